@@ -1,0 +1,3 @@
+//! smb3-csi: a Kubernetes CSI driver for SMB shares built on a userspace SMB3 client.
+
+pub mod smb;
