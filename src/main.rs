@@ -1,1 +1,48 @@
-fn main() {}
+//! The `smb3-csi` command line.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "smb3-csi", version, about = "Kubernetes CSI driver for SMB shares, with its own SMB3 client (encryption and signing, no kernel cifs)")]
+struct Cli {
+    /// Log filter (e.g. info, debug, smb3_csi=trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "warn", env = "SMB3_CSI_LOG_LEVEL")]
+    log_level: String,
+    /// Log format: text or json.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Debug client: talk to an SMB share directly (info, ls, get, put, ...).
+    Smb(cli::smb::SmbArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    cli::init_logging(&cli.log_level, &cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("smb3-csi: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Smb(args) => cli::smb::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("smb3-csi: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
