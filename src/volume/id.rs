@@ -32,7 +32,7 @@ use std::fmt;
 
 use super::params::OnDelete;
 use super::path::{PathError, SharePath};
-use super::share_url::{ShareUrl, ShareUrlError, DEFAULT_SMB_PORT};
+use super::share_url::{parse_port, ShareUrl, ShareUrlError, DEFAULT_SMB_PORT};
 
 /// CSI's general string limit, which applies to volume ids.
 pub const MAX_VOLUME_ID_LEN: usize = 128;
@@ -176,12 +176,9 @@ impl VolumeId {
         let sub_dir = unescape(id, sub_dir, "subdir")?;
         let port = match port {
             "" => DEFAULT_SMB_PORT,
-            p => p
-                .parse::<u16>()
-                .ok()
-                .filter(|&n| {
-                    n != 0 && n != DEFAULT_SMB_PORT && p.bytes().all(|b| b.is_ascii_digit())
-                })
+            // 445 is written as the empty field, so "445" is not canonical.
+            p => parse_port(p)
+                .filter(|&n| n != DEFAULT_SMB_PORT)
                 .ok_or_else(|| VolumeIdError::BadPort {
                     id: id.to_string(),
                     port: p.to_string(),

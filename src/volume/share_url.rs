@@ -233,16 +233,21 @@ fn split_authority<'a>(url: &str, authority: &'a str) -> Result<(&'a str, u16), 
     };
     let port = match port {
         None => DEFAULT_SMB_PORT,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|&n| n != 0 && p.bytes().all(|b| b.is_ascii_digit()))
-            .ok_or_else(|| ShareUrlError::BadPort {
-                url: url.to_string(),
-                port: p.to_string(),
-            })?,
+        Some(p) => parse_port(p).ok_or_else(|| ShareUrlError::BadPort {
+            url: url.to_string(),
+            port: p.to_string(),
+        })?,
     };
     Ok((host, port))
+}
+
+/// A TCP port in plain decimal digits, 1-65535 (`u16::from_str` alone
+/// would also take `+445`).
+pub(crate) fn parse_port(port: &str) -> Option<u16> {
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    port.parse::<u16>().ok().filter(|&n| n != 0)
 }
 
 fn validate_server(server: &str) -> Result<(), &'static str> {
