@@ -1,0 +1,714 @@
+#!/usr/bin/env python3
+"""Chart checks for smb3-csi, driven by tests/chart.rs.
+
+Renders charts/smb3-csi with helm-render over a matrix of values, validates every
+rendering with kubernetes-validate --strict for Kubernetes 1.28 and 1.33, and checks the
+invariants that break real clusters when wrong (driver name, socket paths, mount
+propagation, /dev/fuse, RBAC). Subcommands:
+
+  matrix     render + validate + invariants for every case
+  bad-values values the chart must refuse, with the message it must give
+  selftest   the invariant checks catch deliberately broken manifests
+  deploy     deploy/smb3-csi.yaml is the default rendering; deploy/example/* validate;
+             prints the example volume handles for the Rust side to parse
+
+Tools come from the environment: HELM_RENDER, KUBERNETES_VALIDATE (paths), and this
+interpreter needs PyYAML. Exit status 0 when everything holds; failures are printed.
+"""
+
+import copy
+import os
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CHART = os.path.join(ROOT, "charts", "smb3-csi")
+DEPLOY = os.path.join(ROOT, "deploy")
+KUBE_VERSIONS = ["1.28.0", "1.33.0"]
+RELEASE = "smb3-csi"
+DEPLOY_HEADER = "# Rendered from charts/smb3-csi with default values by scripts/render-deploy.sh; do not edit.\n"
+
+DEFAULT_IMAGES = {
+    "csi-provisioner": "registry.k8s.io/sig-storage/csi-provisioner:v6.3.0",
+    "csi-resizer": "registry.k8s.io/sig-storage/csi-resizer:v2.2.0",
+    "liveness-probe": "registry.k8s.io/sig-storage/livenessprobe:v2.19.0",
+    "node-driver-registrar": "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.17.0",
+    "smb3-csi": "ghcr.io/smb3-csi/smb3-csi:0.1.0",
+}
+
+DRIVER_FLAGS = {
+    "controller": {"--endpoint", "--driver-name", "--metrics-address", "--log-level", "--log-format"},
+    "node": {"--endpoint", "--node-id", "--driver-name", "--metrics-address", "--log-level", "--log-format"},
+}
+
+
+def perms(scope, group, resource, verbs):
+    return {(scope, group, resource, verb) for verb in verbs}
+
+
+# What the sidecars and the driver call, from each sidecar's documented RBAC
+# (deploy/kubernetes/rbac.yaml of external-provisioner v6 and external-resizer v2),
+# narrowed to the features this driver uses: no snapshots, no attach
+# (volumeattachments), no capacity tracking, resizer without --handle-volume-inuse-error.
+PROVISIONER = (
+    perms("cluster", "", "persistentvolumes", ["get", "list", "watch", "create", "patch", "delete"])
+    | perms("cluster", "", "persistentvolumeclaims", ["get", "list", "watch", "update"])
+    | perms("cluster", "storage.k8s.io", "storageclasses", ["get", "list", "watch"])
+    | perms("cluster", "", "events", ["list", "watch", "create", "update", "patch"])
+    | perms("cluster", "storage.k8s.io", "csinodes", ["get", "list", "watch"])
+    | perms("cluster", "", "nodes", ["get", "list", "watch"])
+    | perms("cluster", "storage.k8s.io", "volumeattributesclasses", ["get", "list", "watch"])
+    # The StorageClass's provisioner secret, passed to CreateVolume/DeleteVolume.
+    | perms("cluster", "", "secrets", ["get"])
+)
+RESIZER = (
+    perms("cluster", "", "persistentvolumes", ["get", "list", "watch", "patch"])
+    | perms("cluster", "", "persistentvolumeclaims", ["get", "list", "watch"])
+    | perms("cluster", "", "persistentvolumeclaims/status", ["patch"])
+    | perms("cluster", "", "events", ["list", "watch", "create", "update", "patch"])
+    | perms("cluster", "storage.k8s.io", "volumeattributesclasses", ["get", "list", "watch"])
+)
+
+
+def leader_election(namespace):
+    return perms("ns:" + namespace, "coordination.k8s.io", "leases", ["get", "watch", "list", "delete", "update", "create"])
+
+
+def expected_permissions(case):
+    controller = PROVISIONER | RESIZER | leader_election(case["namespace"])
+    node = perms("cluster", "", "secrets", ["get"]) if case["inline"] else set()
+    return {case["controller_sa"]: controller, case["node_sa"]: node}
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def render(values, namespace, kube_version="1.33.0"):
+    """(returncode, stdout, stderr) of helm-render with a values dict."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(values, f)
+        path = f.name
+    try:
+        p = run([os.environ["HELM_RENDER"], RELEASE, CHART, "-n", namespace, "--kube-version", kube_version, "-f", path])
+    finally:
+        os.unlink(path)
+    return p.returncode, p.stdout, p.stderr
+
+
+def validate(text, label):
+    """kubernetes-validate --strict for every version; returns error strings."""
+    errors = []
+    for version in KUBE_VERSIONS:
+        p = run([os.environ["KUBERNETES_VALIDATE"], "-k", version, "--strict", "-"], input=text)
+        out = p.stdout + p.stderr
+        if p.returncode != 0:
+            errors.append(f"{label}: kubernetes-validate {version} exit {p.returncode}:\n{out}")
+        elif "Couldn't find schema" in out:
+            errors.append(f"{label}: kubernetes-validate {version} has no schema for a kind:\n{out}")
+        elif "passed" not in out:
+            errors.append(f"{label}: kubernetes-validate {version} validated nothing:\n{out}")
+    return errors
+
+
+def docs_of(text):
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+# ---------------------------------------------------------------- invariants
+
+
+def one(docs, kind):
+    found = [d for d in docs if d["kind"] == kind]
+    if len(found) != 1:
+        raise AssertionError(f"expected one {kind}, found {len(found)}")
+    return found[0]
+
+
+def containers(workload):
+    return workload["spec"]["template"]["spec"]["containers"]
+
+
+def container(workload, name):
+    for c in containers(workload):
+        if c["name"] == name:
+            return c
+    raise AssertionError(f"{workload['kind']} {workload['metadata']['name']} has no container {name}")
+
+
+def flags(args):
+    """--name=value arguments as a dict (a bare --name maps to True)."""
+    out = {}
+    for a in args:
+        if a.startswith("--"):
+            name, eq, value = a.partition("=")
+            out[name] = value if eq else True
+    return out
+
+
+def mount_volume(ctr, path):
+    """The volume mounted exactly at `path` in the container, if any."""
+    for m in ctr.get("volumeMounts", []):
+        if m["mountPath"].rstrip("/") == path:
+            return m["name"]
+    return None
+
+
+def host_path_of(workload, ctr, path):
+    """The host path that `path` inside container `ctr` is, through its hostPath mounts."""
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"].get("volumes", [])}
+    best = None
+    for m in ctr.get("volumeMounts", []):
+        mp = m["mountPath"].rstrip("/")
+        if path == mp or path.startswith(mp + "/"):
+            if best is None or len(mp) > len(best[0]):
+                best = (mp, m)
+    if best is None:
+        return None
+    mp, m = best
+    vol = volumes.get(m["name"], {})
+    if "hostPath" not in vol:
+        return None
+    return vol["hostPath"]["path"].rstrip("/") + path[len(mp):]
+
+
+def check(docs, case):
+    """Every invariant for one rendering; returns a list of failures."""
+    errors = []
+
+    def expect(cond, msg):
+        if not cond:
+            errors.append(msg)
+
+    name = case["driver"]
+    kubelet = case["kubelet"].rstrip("/")
+    try:
+        csidriver = one(docs, "CSIDriver")
+        deploy = one(docs, "Deployment")
+        ds = one(docs, "DaemonSet")
+    except AssertionError as e:
+        return [str(e)]
+
+    # CSIDriver
+    spec = csidriver["spec"]
+    expect(csidriver["metadata"]["name"] == name, f"CSIDriver is {csidriver['metadata']['name']}, not {name}")
+    expect(spec.get("attachRequired") is False, "CSIDriver attachRequired must be false")
+    expect(spec.get("podInfoOnMount") is True, "CSIDriver podInfoOnMount must be true")
+    expect(spec.get("fsGroupPolicy") == "File", "CSIDriver fsGroupPolicy must be File")
+    modes = ["Persistent", "Ephemeral"] if case["inline"] else ["Persistent"]
+    expect(spec.get("volumeLifecycleModes") == modes, f"volumeLifecycleModes {spec.get('volumeLifecycleModes')} != {modes}")
+
+    # StorageClass
+    classes = [d for d in docs if d["kind"] == "StorageClass"]
+    expect(len(classes) == (1 if case["storage_class"] else 0), f"{len(classes)} StorageClasses rendered")
+    for sc in classes:
+        expect(sc["provisioner"] == name, f"StorageClass provisioner {sc['provisioner']} != driver {name}")
+        p = sc["parameters"]
+        expect(p.get("source") == case["storage_class"]["source"], "StorageClass source")
+        for role in ("provisioner", "node-stage"):
+            expect(f"csi.storage.k8s.io/{role}-secret-name" in p, f"StorageClass lacks the {role} secret")
+
+    # Driver containers: exactly the flags the binary accepts, one driver name, one socket.
+    node_sock_host = None
+    for workload, role in ((deploy, "controller"), (ds, "node")):
+        try:
+            drv = container(workload, "smb3-csi")
+        except AssertionError as e:
+            errors.append(str(e))
+            continue
+        args = drv.get("args", [])
+        expect(args[:1] == [role], f"{role} container args must start with '{role}': {args}")
+        f = flags(args[1:])
+        expect(set(f) <= DRIVER_FLAGS[role], f"{role}: unknown flags {set(f) - DRIVER_FLAGS[role]}")
+        expect(all(a.startswith("--") for a in args[1:]), f"{role}: stray argument in {args}")
+        expect(f.get("--driver-name") == name, f"{role} --driver-name {f.get('--driver-name')} != {name}")
+        endpoint = f.get("--endpoint", "")
+        expect(endpoint.startswith("unix:///"), f"{role} --endpoint {endpoint!r} is not unix://")
+        sock = endpoint[len("unix://"):]
+        expect(drv.get("image") == case["images"]["smb3-csi"], f"{role} image {drv.get('image')}")
+        expect(f.get("--log-format") in ("text", "json"), f"{role} --log-format {f.get('--log-format')}")
+        port = case["metrics_port"][role]
+        if port:
+            expect(f.get("--metrics-address") == f":{port}", f"{role} --metrics-address {f.get('--metrics-address')}")
+            ports = {p["name"]: p["containerPort"] for p in drv.get("ports", [])}
+            expect(ports.get("metrics") == port, f"{role} metrics containerPort {ports.get('metrics')}")
+        else:
+            expect("--metrics-address" not in f, f"{role}: --metrics-address given with metricsPort 0")
+        # The liveness probe hits the livenessprobe sidecar's --health-port through a named port.
+        probe = drv.get("livenessProbe", {}).get("httpGet", {})
+        expect(probe.get("path") == "/healthz", f"{role} liveness path {probe.get('path')}")
+        lp = container(workload, "liveness-probe")
+        lp_ports = {p["name"]: p["containerPort"] for p in lp.get("ports", [])}
+        health = flags(lp["args"]).get("--health-port")
+        expect(str(lp_ports.get(probe.get("port"))) == str(health), f"{role} liveness port does not reach --health-port {health}")
+        expect(str(health) == str(case["health_port"][role]), f"{role} --health-port {health}")
+        # Every sidecar talks to the same socket the driver serves.
+        for c in containers(workload):
+            addr = flags(c.get("args", [])).get("--csi-address")
+            if addr is not None:
+                expect(addr == sock, f"{role}/{c['name']} --csi-address {addr} != driver socket {sock}")
+                expect(
+                    mount_volume(c, os.path.dirname(sock)) == mount_volume(drv, os.path.dirname(sock)) is not None,
+                    f"{role}/{c['name']} sees a different socket directory",
+                )
+        if role == "node":
+            env = {e["name"]: e for e in drv.get("env", [])}
+            expect(f.get("--node-id") == "$(NODE_NAME)", f"node --node-id {f.get('--node-id')}")
+            expect(
+                env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName",
+                "NODE_NAME must come from spec.nodeName",
+            )
+            node_sock_host = host_path_of(ds, drv, sock)
+            expect(
+                node_sock_host == f"{kubelet}/plugins/{name}/csi.sock",
+                f"node socket on the host is {node_sock_host}, not {kubelet}/plugins/{name}/csi.sock",
+            )
+        if role == "controller":
+            vols = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+            expect(all("hostPath" not in v for v in vols.values()), "controller must not use hostPath volumes")
+
+    # Registrar: registration path == host path of the node socket.
+    registrars = [c for c in containers(ds) if c["name"] in ("node-driver-registrar", "registrar")]
+    expect(len(registrars) == 1, f"{len(registrars)} registrar containers")
+    for reg in registrars:
+        f = flags(reg["args"])
+        expect(
+            f.get("--kubelet-registration-path") == node_sock_host,
+            f"--kubelet-registration-path {f.get('--kubelet-registration-path')} != node socket {node_sock_host}",
+        )
+        expect(
+            host_path_of(ds, reg, f.get("--csi-address", "")) == node_sock_host,
+            "registrar --csi-address is not the node socket",
+        )
+        expect(
+            host_path_of(ds, reg, "/registration") == f"{kubelet}/plugins_registry",
+            f"registration dir is {host_path_of(ds, reg, '/registration')}, not {kubelet}/plugins_registry",
+        )
+        if case["registrar"] == "smb3-csi":
+            expect(reg["name"] == "registrar" and reg["args"][0] == "registrar", "own registrar runs `smb3-csi registrar`")
+            expect(reg["image"] == case["images"]["smb3-csi"], "own registrar uses the driver image")
+        else:
+            expect(reg["name"] == "node-driver-registrar", "node-driver-registrar expected")
+            expect(reg["image"] == case["images"]["node-driver-registrar"], f"registrar image {reg['image']}")
+
+    # Images and the controller sidecars' flags.
+    for c in containers(deploy) + containers(ds):
+        if c["name"] in case["images"] and c["name"] != "smb3-csi":
+            expect(c["image"] == case["images"][c["name"]], f"{c['name']} image {c['image']}")
+    prov = flags(container(deploy, "csi-provisioner")["args"])
+    expect(prov.get("--extra-create-metadata") in (True, "true"), "csi-provisioner needs --extra-create-metadata")
+    for side in ("csi-provisioner", "csi-resizer"):
+        sf = flags(container(deploy, side)["args"])
+        expect(sf.get("--leader-election") in (True, "true"), f"{side} needs --leader-election")
+        expect(sf.get("--leader-election-namespace") == case["namespace"], f"{side} leader election namespace")
+    # The resizer's RBAC has no pods: it must not watch them.
+    expect(flags(container(deploy, "csi-resizer")["args"]).get("--handle-volume-inuse-error") == "false",
+           "csi-resizer must run with --handle-volume-inuse-error=false (no pods RBAC)")
+
+    # Bidirectional propagation only on a privileged container, /dev/fuse present.
+    bidir = []
+    for workload in (deploy, ds):
+        for c in containers(workload) + workload["spec"]["template"]["spec"].get("initContainers", []):
+            priv = c.get("securityContext", {}).get("privileged") is True
+            for m in c.get("volumeMounts", []):
+                if m.get("mountPropagation") == "Bidirectional":
+                    bidir.append((workload["kind"], c["name"], m))
+                    expect(priv, f"{workload['kind']}/{c['name']}: Bidirectional mount {m['mountPath']} on an unprivileged container")
+            if workload is deploy:
+                expect(not priv, f"controller container {c['name']} must not be privileged")
+            elif c["name"] != "smb3-csi":
+                expect(not priv, f"node sidecar {c['name']} must not be privileged")
+    expect([(k, n) for k, n, _ in bidir] == [("DaemonSet", "smb3-csi")], f"Bidirectional mounts: {[(k, n) for k, n, _ in bidir]}")
+    node = container(ds, "smb3-csi")
+    expect(node.get("securityContext", {}).get("privileged") is True, "node driver container must be privileged")
+    for _, _, m in bidir:
+        expect(m["mountPath"].rstrip("/") == kubelet, f"Bidirectional mount at {m['mountPath']}, not the kubelet dir {kubelet}")
+        expect(host_path_of(ds, node, kubelet) == kubelet, "kubelet dir must be mounted at its host path")
+    expect(host_path_of(ds, node, "/dev/fuse") == "/dev/fuse", "/dev/fuse is not mounted into the node container")
+    fuse_vols = [v for v in ds["spec"]["template"]["spec"]["volumes"] if v.get("hostPath", {}).get("path") == "/dev/fuse"]
+    expect(len(fuse_vols) == 1 and fuse_vols[0]["hostPath"].get("type") == "CharDevice", "/dev/fuse hostPath must be a CharDevice")
+
+    # Node pod token only when it has something to call.
+    automount = ds["spec"]["template"]["spec"].get("automountServiceAccountToken", True)
+    expect(automount == case["inline"], f"node automountServiceAccountToken {automount} with inline={case['inline']}")
+
+    # RBAC: effective permissions of each ServiceAccount == what the components call.
+    errors += check_rbac(docs, case, deploy, ds)
+    return errors
+
+
+def check_rbac(docs, case, deploy, ds):
+    errors = []
+    roles = {}
+    for d in docs:
+        if d["kind"] in ("ClusterRole", "Role"):
+            roles[(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"])] = d
+    effective = {}
+    for d in docs:
+        if d["kind"] not in ("ClusterRoleBinding", "RoleBinding"):
+            continue
+        ref = d["roleRef"]
+        ns = d["metadata"].get("namespace") if d["kind"] == "RoleBinding" else None
+        role = roles.get((ref["kind"], ns if ref["kind"] == "Role" else None, ref["name"]))
+        if role is None:
+            errors.append(f"{d['kind']} {d['metadata']['name']} refers to missing {ref['kind']} {ref['name']}")
+            continue
+        scope = "cluster" if d["kind"] == "ClusterRoleBinding" else "ns:" + ns
+        for subject in d.get("subjects", []):
+            if subject.get("kind") != "ServiceAccount":
+                errors.append(f"{d['metadata']['name']}: subject {subject} is not a ServiceAccount")
+                continue
+            if subject.get("namespace") != case["namespace"]:
+                errors.append(f"{d['metadata']['name']}: subject namespace {subject.get('namespace')}")
+            got = effective.setdefault(subject["name"], set())
+            for rule in role.get("rules", []):
+                if rule.get("resourceNames") or rule.get("nonResourceURLs"):
+                    errors.append(f"{role['metadata']['name']}: unexpected resourceNames/nonResourceURLs")
+                for g in rule.get("apiGroups", []):
+                    for r in rule.get("resources", []):
+                        for v in rule.get("verbs", []):
+                            if "*" in (g, r, v):
+                                errors.append(f"{role['metadata']['name']}: wildcard in {rule}")
+                            got.add((scope, g, r, v))
+    want = expected_permissions(case)
+    for sa, perms_ in want.items():
+        got = effective.get(sa, set())
+        missing, extra = perms_ - got, got - perms_
+        if missing:
+            errors.append(f"ServiceAccount {sa} lacks {sorted(missing)}")
+        if extra:
+            errors.append(f"ServiceAccount {sa} has more than needed: {sorted(extra)}")
+    for sa in set(effective) - set(want):
+        errors.append(f"unexpected ServiceAccount {sa} in bindings")
+    expect_sa = {
+        deploy["spec"]["template"]["spec"].get("serviceAccountName"): case["controller_sa"],
+        ds["spec"]["template"]["spec"].get("serviceAccountName"): case["node_sa"],
+    }
+    if set(expect_sa) != set(expect_sa.values()):
+        errors.append(f"pods use ServiceAccounts {sorted(k for k in expect_sa if k)}, bindings name {sorted(expect_sa.values())}")
+    accounts = {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
+    if accounts != {case["controller_sa"], case["node_sa"]}:
+        errors.append(f"ServiceAccounts rendered: {sorted(accounts)}")
+    return errors
+
+
+# ---------------------------------------------------------------- cases
+
+
+def case_from(values, namespace="kube-system"):
+    """The expectations for a values dict (defaults filled in)."""
+    get = lambda path, default: _dig(values, path, default)
+    images = dict(DEFAULT_IMAGES)
+    for key, ctr in (("csiProvisioner", "csi-provisioner"), ("csiResizer", "csi-resizer"),
+                     ("livenessProbe", "liveness-probe"), ("nodeDriverRegistrar", "node-driver-registrar"),
+                     ("smb", "smb3-csi")):
+        repo, tag = images[ctr].rsplit(":", 1)
+        images[ctr] = f"{get(['image', key, 'repository'], repo)}:{get(['image', key, 'tag'], tag) or '0.1.0'}"
+    sc = values.get("storageClass", {})
+    return {
+        "namespace": namespace,
+        "driver": get(["driver", "name"], "smb3.csi.dev"),
+        "kubelet": get(["linux", "kubelet"], "/var/lib/kubelet"),
+        "inline": get(["feature", "enableInlineVolume"], False),
+        "registrar": values.get("registrar", "node-driver-registrar"),
+        "storage_class": sc if sc.get("create") else None,
+        "images": images,
+        "controller_sa": get(["serviceAccount", "controller"], "smb3-csi-controller-sa"),
+        "node_sa": get(["serviceAccount", "node"], "smb3-csi-node-sa"),
+        "metrics_port": {"controller": get(["controller", "metricsPort"], 29744), "node": get(["node", "metricsPort"], 29745)},
+        "health_port": {
+            "controller": get(["controller", "livenessProbe", "healthPort"], 29742),
+            "node": get(["node", "livenessProbe", "healthPort"], 29743),
+        },
+    }
+
+
+def _dig(d, path, default):
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return default
+        d = d[p]
+    return d
+
+
+CASES = [
+    ("defaults", {}, "kube-system"),
+    ("inline-on", {"feature": {"enableInlineVolume": True}}, "kube-system"),
+    ("inline-off", {"feature": {"enableInlineVolume": False}}, "kube-system"),
+    ("kubelet-dir", {"linux": {"kubelet": "/var/snap/microk8s/common/var/lib/kubelet/"}}, "kube-system"),
+    ("storage-class", {"storageClass": {"create": True, "source": "//files.example.com/team/k8s",
+                                        "subDir": "${pvc.metadata.namespace}/${pvc.metadata.name}",
+                                        "onDelete": "archive", "isDefaultClass": True}}, "kube-system"),
+    ("custom-images", {"image": {
+        "smb": {"repository": "registry.example.com/storage/smb3-csi", "tag": "v9.9.9", "pullPolicy": "Always"},
+        "csiProvisioner": {"repository": "mirror.example.com/csi-provisioner", "tag": "v6.3.0-mirror", "pullPolicy": "Always"},
+        "csiResizer": {"repository": "mirror.example.com/csi-resizer", "tag": "v2.2.0-mirror", "pullPolicy": "Always"},
+        "livenessProbe": {"repository": "mirror.example.com/livenessprobe", "tag": "v2.19.0-mirror", "pullPolicy": "Always"},
+        "nodeDriverRegistrar": {"repository": "mirror.example.com/csi-node-driver-registrar", "tag": "v2.17.0-m",
+                                "pullPolicy": "Always"}},
+        "imagePullSecrets": ["regcred"]}, "kube-system"),
+    ("own-registrar", {"registrar": "smb3-csi"}, "kube-system"),
+    ("everything", {
+        "driver": {"name": "smb3-b.csi.example.com"},
+        "rbac": {"name": "smb3b"},
+        "serviceAccount": {"controller": "b-controller", "node": "b-node"},
+        "feature": {"enableInlineVolume": True},
+        "registrar": "smb3-csi",
+        "logFormat": "json",
+        "linux": {"kubelet": "/var/lib/k0s/kubelet", "dsName": "smb3b-node"},
+        "controller": {"name": "smb3b-controller", "replicas": 2, "metricsPort": 0, "runOnControlPlane": True,
+                       "livenessProbe": {"healthPort": 39742}},
+        "node": {"metricsPort": 0, "livenessProbe": {"healthPort": 39743}},
+        "storageClass": {"create": True, "name": "smb3b", "source": "//10.0.0.5:1445/data", "secretNamespace": "creds"},
+        "podLabels": {"team": "storage"}, "customLabels": {"tier": "infra"},
+    }, "storage"),
+]
+
+
+def _case_values(name):
+    return next(values for n, values, _ in CASES if n == name)
+
+
+def cmd_matrix():
+    failures = 0
+    for name, values, ns in CASES:
+        rc, out, err = render(values, ns)
+        if rc != 0:
+            print(f"FAIL {name}: helm-render exit {rc}: {err}")
+            failures += 1
+            continue
+        errors = validate(out, name)
+        if "Warning" in err or "WARNING" in err:
+            errors.append(f"helm-render warnings: {err}")
+        errors += check(docs_of(out), case_from(values, ns))
+        if errors:
+            failures += 1
+            print(f"FAIL {name}:\n  " + "\n  ".join(errors))
+        else:
+            print(f"ok {name}: {len(docs_of(out))} objects, valid for {', '.join(KUBE_VERSIONS)}")
+    return failures
+
+
+BAD_VALUES = [
+    ({"storageClass": {"create": True}}, "storageClass.source is required"),
+    ({"registrar": "csi-node-driver-registrar"}, "registrar"),
+    ({"controller": {"logLevel": 5}}, "logLevel"),
+    ({"linux": {"kubelet": "var/lib/kubelet"}}, "kubelet"),
+    ({"feature": {"enableInlineVolume": "yes"}}, "enableInlineVolume"),
+    ({"driver": {"name": "SMB3_CSI"}}, "name"),
+    ({"logFormat": "xml"}, "logFormat"),
+    ({"storageClass": {"onDelete": "shred"}}, "onDelete"),
+    ({"featuer": {"enableInlineVolume": True}}, "featuer"),
+]
+
+
+def cmd_bad_values():
+    failures = 0
+    for values, needle in BAD_VALUES:
+        rc, out, err = render(values, "kube-system")
+        if rc == 0 or needle not in err:
+            failures += 1
+            print(f"FAIL {values}: exit {rc}, expected an error naming {needle!r}, got: {err.strip()[:300]}")
+        else:
+            print(f"ok refused {values}: {err.strip().splitlines()[-1][:160]}")
+    return failures
+
+
+def mutations():
+    """(description, function mutating the default docs) the checks must catch."""
+
+    def ds(docs):
+        return one(docs, "DaemonSet")
+
+    def deploy(docs):
+        return one(docs, "Deployment")
+
+    def set_flag(ctr, name, value):
+        ctr["args"] = [a for a in ctr["args"] if not a.startswith(name + "=")] + [f"{name}={value}"]
+
+    def m_registration(docs):
+        set_flag(container(ds(docs), "node-driver-registrar"), "--kubelet-registration-path",
+                 "/var/lib/kubelet/plugins/smb.csi.k8s.io/csi.sock")
+
+    def m_driver_name(docs):
+        one(docs, "CSIDriver")["metadata"]["name"] = "smb.csi.k8s.io"
+
+    def m_node_flag(docs):
+        container(ds(docs), "smb3-csi")["args"].append("--kubelet-dir=/var/lib/kubelet")
+
+    def m_bidir_sidecar(docs):
+        container(ds(docs), "node-driver-registrar")["volumeMounts"][0]["mountPropagation"] = "Bidirectional"
+
+    def m_unprivileged(docs):
+        container(ds(docs), "smb3-csi")["securityContext"]["privileged"] = False
+
+    def m_no_fuse(docs):
+        c = container(ds(docs), "smb3-csi")
+        c["volumeMounts"] = [m for m in c["volumeMounts"] if m["mountPath"] != "/dev/fuse"]
+
+    def m_socket_dir(docs):
+        for v in ds(docs)["spec"]["template"]["spec"]["volumes"]:
+            if v["name"] == "socket-dir":
+                v["hostPath"]["path"] = "/var/lib/kubelet/plugins/smb3"
+
+    def m_wildcard(docs):
+        for d in docs:
+            if d["kind"] == "ClusterRole":
+                d["rules"].append({"apiGroups": [""], "resources": ["*"], "verbs": ["get"]})
+                break
+
+    def m_missing_verb(docs):
+        for d in docs:
+            if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("resizer-role"):
+                d["rules"] = [r for r in d["rules"] if r["resources"] != ["persistentvolumeclaims/status"]]
+
+    def m_node_secrets(docs):
+        docs.append({"kind": "ClusterRole", "apiVersion": "rbac.authorization.k8s.io/v1", "metadata": {"name": "x"},
+                     "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}]})
+        docs.append({"kind": "ClusterRoleBinding", "apiVersion": "rbac.authorization.k8s.io/v1", "metadata": {"name": "x"},
+                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "x"},
+                     "subjects": [{"kind": "ServiceAccount", "name": "smb3-csi-node-sa", "namespace": "kube-system"}]})
+
+    def m_no_metadata(docs):
+        c = container(deploy(docs), "csi-provisioner")
+        c["args"] = [a for a in c["args"] if not a.startswith("--extra-create-metadata")]
+
+    def m_ephemeral(docs):
+        one(docs, "CSIDriver")["spec"]["volumeLifecycleModes"].append("Ephemeral")
+
+    def m_health_port(docs):
+        set_flag(container(ds(docs), "liveness-probe"), "--health-port", "9808")
+
+    return [
+        ("registration path of another driver", m_registration),
+        ("CSIDriver name differs", m_driver_name),
+        ("a flag the node binary does not take", m_node_flag),
+        ("Bidirectional on a sidecar", m_bidir_sidecar),
+        ("node container not privileged", m_unprivileged),
+        ("/dev/fuse missing", m_no_fuse),
+        ("plugin socket dir not <kubelet>/plugins/<driver>", m_socket_dir),
+        ("wildcard RBAC", m_wildcard),
+        ("resizer cannot patch claim status", m_missing_verb),
+        ("node can read Secrets without inline volumes", m_node_secrets),
+        ("provisioner without --extra-create-metadata", m_no_metadata),
+        ("Ephemeral mode without inline volumes", m_ephemeral),
+        ("liveness probe port does not reach the sidecar", m_health_port),
+    ]
+
+
+def cmd_selftest():
+    rc, out, err = render({}, "kube-system")
+    if rc != 0:
+        print(f"FAIL: default render: {err}")
+        return 1
+    base = docs_of(out)
+    case = case_from({})
+    failures = 0
+    if check(copy.deepcopy(base), case):
+        print("FAIL: the unmodified rendering does not pass")
+        failures += 1
+    for desc, mutate in mutations():
+        docs = copy.deepcopy(base)
+        mutate(docs)
+        errors = check(docs, case)
+        if errors:
+            print(f"ok caught: {desc}: {errors[0][:140]}")
+        else:
+            print(f"FAIL: not caught: {desc}")
+            failures += 1
+    # The schema validator must also be able to fail: a string port.
+    broken = copy.deepcopy(base)
+    container(one(broken, "Deployment"), "liveness-probe")["ports"][0]["containerPort"] = "29742"
+    if not validate(yaml.safe_dump_all(broken), "broken"):
+        print("FAIL: kubernetes-validate accepted a string containerPort")
+        failures += 1
+    else:
+        print("ok caught: kubernetes-validate rejects a string containerPort")
+    return failures
+
+
+def cmd_deploy():
+    failures = 0
+    rc, out, err = render({}, "kube-system", kube_version=os.environ.get("DEPLOY_KUBE_VERSION", "1.33.0"))
+    # render() passes -f with an empty values file; deploy/ is rendered with none. Same values.
+    with open(os.path.join(DEPLOY, "smb3-csi.yaml")) as f:
+        committed = f.read()
+    if rc != 0:
+        print(f"FAIL: default render: {err}")
+        return 1
+    if committed != DEPLOY_HEADER + out:
+        print("FAIL: deploy/smb3-csi.yaml differs from the default rendering; run scripts/render-deploy.sh")
+        failures += 1
+    else:
+        print("ok deploy/smb3-csi.yaml is the default rendering")
+    errors = validate(committed, "deploy/smb3-csi.yaml")
+    driver = case_from({})["driver"]
+    example_dir = os.path.join(DEPLOY, "example")
+    names = sorted(os.listdir(example_dir))
+    want = {"secret.yaml", "storageclass.yaml", "pvc.yaml", "pod.yaml", "pv-static.yaml", "pod-inline.yaml"}
+    if not want <= set(names):
+        errors.append(f"deploy/example lacks {sorted(want - set(names))}")
+    kinds = {}
+    for n in names:
+        with open(os.path.join(example_dir, n)) as f:
+            text = f.read()
+        errors += validate(text, "deploy/example/" + n)
+        for d in docs_of(text):
+            kinds.setdefault(d["kind"], []).append(d)
+    # The chart's own StorageClass goes through the driver's parser too.
+    rc, out, err = render(_case_values("storage-class"), "kube-system")
+    chart_classes = [d for d in docs_of(out) if d["kind"] == "StorageClass"] if rc == 0 else []
+    if len(chart_classes) != 1:
+        errors.append(f"storage-class case rendered {len(chart_classes)} StorageClasses: {err}")
+    for sc in kinds.get("StorageClass", []) + chart_classes:
+        if sc["provisioner"] != driver:
+            errors.append(f"StorageClass {sc['metadata']['name']} provisioner {sc['provisioner']}")
+        print(f"STORAGECLASS\t{sc['metadata']['name']}")
+        for key, value in sorted(sc["parameters"].items()):
+            if not isinstance(value, str) or "\t" in key + value or "\n" in key + value:
+                errors.append(f"StorageClass parameter {key!r} must be a one-line string")
+            print(f"PARAM\t{key}\t{value}")
+    for pv in kinds.get("PersistentVolume", []):
+        c = pv["spec"]["csi"]
+        if c["driver"] != driver:
+            errors.append(f"example PV driver {c['driver']}")
+        if not c.get("nodeStageSecretRef", {}).get("name"):
+            errors.append("example PV has no nodeStageSecretRef")
+        a = c.get("volumeAttributes", {})
+        print(f"STATICPV\t{c['volumeHandle']}\t{a.get('source', '')}\t{a.get('subDir', '')}")
+    inline = [v for p in kinds.get("Pod", []) for v in p["spec"].get("volumes", []) if "csi" in v]
+    if not inline:
+        errors.append("no inline csi volume in the example pods")
+    for v in inline:
+        c = v["csi"]
+        a = c.get("volumeAttributes", {})
+        if c["driver"] != driver or not a.get("source") or not a.get("secretName"):
+            errors.append(f"inline example volume {v['name']} needs driver, source and secretName")
+        if "csi.storage.k8s.io/ephemeral" in a:
+            errors.append("inline example must not set csi.storage.k8s.io/ephemeral (the kubelet does)")
+        print(f"INLINE\t{a.get('source', '')}\t{a.get('subDir', '')}")
+    for e in errors:
+        print("FAIL " + e)
+    if not errors:
+        print(f"ok deploy/ and {len(names)} examples valid for {', '.join(KUBE_VERSIONS)}")
+    return failures + len(errors)
+
+
+def main():
+    commands = {"matrix": cmd_matrix, "bad-values": cmd_bad_values, "selftest": cmd_selftest, "deploy": cmd_deploy}
+    if len(sys.argv) != 2 or sys.argv[1] not in commands:
+        print(f"usage: {sys.argv[0]} {'|'.join(commands)}", file=sys.stderr)
+        return 2
+    failures = commands[sys.argv[1]]()
+    print(f"{sys.argv[1]}: {failures} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
