@@ -1,3 +1,4 @@
 //! smb3-csi: a Kubernetes CSI driver for SMB shares built on a userspace SMB3 client.
 
 pub mod smb;
+pub mod testkit;
