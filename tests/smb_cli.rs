@@ -158,8 +158,16 @@ fn each_pinned_cipher_is_negotiated_and_moves_data() {
         let back = tmp.path().join("c-back.bin");
         ok(&smb(samba, &["get", "cipher.bin", back.to_str().unwrap()]));
         assert_eq!(sha256_file(&back), sum, "{shown}");
-        let status = samba.smbstatus().unwrap();
-        assert!(status.contains(samba_name) || status.contains("SMB3_11"), "smbstatus: {status}");
+        // The server's own view of a live session agrees on the cipher.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let creds = smb3_csi::smb::Credentials::user(samba.user(), "", samba.password().clone());
+            let opts = smb3_csi::smb::ClientOptions::default();
+            let client = smb3_csi::smb::Client::connect(samba.host(), samba.port(), &creds, &opts).await.unwrap();
+            let status = samba.smbstatus().unwrap();
+            assert!(status.contains(samba_name) && status.contains("SMB3_11"), "smbstatus: {status}");
+            drop(client);
+        });
     }
 }
 

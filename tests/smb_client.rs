@@ -111,6 +111,9 @@ async fn directory_listing_spans_many_buffers() {
     for i in 0..3000 {
         std::fs::write(dir.join(format!("a-rather-long-file-name-to-fill-buffers-{i:05}.txt")), b"x").unwrap();
     }
+    // Made by root on the server's disk: hand them to the share's user so SMB may delete them.
+    let chown = std::process::Command::new("chown").arg("-R").arg(samba.user()).arg(&dir).status().unwrap();
+    assert!(chown.success());
     let entries = tree.read_dir("many").await.unwrap();
     assert_eq!(entries.len(), 3000);
     let matching = tree.read_dir_matching("many", "*-0001?.txt").await.unwrap();
