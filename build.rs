@@ -24,9 +24,7 @@ fn main() {
 
     let mut compiler = protox::Compiler::new([PROTO_DIR]).unwrap_or_else(|e| panic!("protox: {e}"));
     compiler.include_imports(true).include_source_info(true);
-    compiler
-        .open_file(PROTO_FILE)
-        .unwrap_or_else(|e| panic!("compiling {PROTO_DIR}/{PROTO_FILE}: {e}"));
+    compiler.open_file(PROTO_FILE).unwrap_or_else(|e| panic!("compiling {PROTO_DIR}/{PROTO_FILE}: {e}"));
     let pool = compiler.descriptor_pool();
 
     let secret_messages: Vec<MessageDescriptor> = pool
@@ -57,25 +55,17 @@ fn main() {
 
 /// A field whose value is a credential.
 fn is_secret(pool: &DescriptorPool, field: &FieldDescriptor) -> bool {
-    let csi_secret = pool
-        .get_extension_by_name("csi.v1.csi_secret")
-        .expect("csi.proto declares the csi_secret option");
+    let csi_secret = pool.get_extension_by_name("csi.v1.csi_secret").expect("csi.proto declares the csi_secret option");
     let options = field.options();
-    let marked = options.has_extension(&csi_secret)
-        && matches!(
-            options.get_extension(&csi_secret).as_ref(),
-            Value::Bool(true)
-        );
+    let marked =
+        options.has_extension(&csi_secret) && matches!(options.get_extension(&csi_secret).as_ref(), Value::Bool(true));
     marked || field.name() == "secrets"
 }
 
 /// The generated Debug replaces prost's derive only on the message itself;
 /// a secret-carrying message nested inside another would still be printed by
 /// the outer message's derived Debug, so refuse that shape outright.
-fn check_secret_messages_are_top_level(
-    pool: &DescriptorPool,
-    secret_messages: &[MessageDescriptor],
-) {
+fn check_secret_messages_are_top_level(pool: &DescriptorPool, secret_messages: &[MessageDescriptor]) {
     for message in secret_messages {
         assert!(
             message.parent_message().is_none(),
@@ -106,11 +96,7 @@ fn check_secret_messages_are_top_level(
 fn write_redacted_debug(out: &mut String, pool: &DescriptorPool, message: &MessageDescriptor) {
     let name = message.name();
     writeln!(out, "impl ::core::fmt::Debug for {name} {{").unwrap();
-    writeln!(
-        out,
-        "    fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {{"
-    )
-    .unwrap();
+    writeln!(out, "    fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {{").unwrap();
     writeln!(out, "        f.debug_struct(\"{name}\")").unwrap();
     for field in message.fields() {
         let rust = rust_field_name(field.name());
@@ -130,11 +116,7 @@ fn write_logged_service(out: &mut String, service: &prost_reflect::ServiceDescri
     let service_trait = format!("{module}::{}", service.name());
     let mut request_impls = String::new();
     writeln!(out, "#[tonic::async_trait]").unwrap();
-    writeln!(
-        out,
-        "impl<S: {service_trait} + ?Sized> {service_trait} for crate::csi::server::Logged<S> {{"
-    )
-    .unwrap();
+    writeln!(out, "impl<S: {service_trait} + ?Sized> {service_trait} for crate::csi::server::Logged<S> {{").unwrap();
     for method in service.methods() {
         assert!(
             !method.is_client_streaming() && !method.is_server_streaming(),
@@ -162,11 +144,9 @@ fn write_logged_service(out: &mut String, service: &prost_reflect::ServiceDescri
         )
         .unwrap();
 
-        let volume_field = ["volume_id", "source_volume_id"].into_iter().find(|f| {
-            input
-                .get_field_by_name(f)
-                .is_some_and(|fd| fd.kind() == Kind::String)
-        });
+        let volume_field = ["volume_id", "source_volume_id"]
+            .into_iter()
+            .find(|f| input.get_field_by_name(f).is_some_and(|fd| fd.kind() == Kind::String));
         let body = match volume_field {
             Some(f) => format!("Some(self.{f}.as_str()).filter(|id| !id.is_empty())"),
             None => "None".to_string(),
@@ -198,11 +178,9 @@ fn snake_case(camel: &str) -> String {
     let chars: Vec<char> = camel.chars().collect();
     for (i, &c) in chars.iter().enumerate() {
         if c.is_ascii_uppercase() {
-            let prev_lower =
-                i > 0 && (chars[i - 1].is_ascii_lowercase() || chars[i - 1].is_ascii_digit());
-            let acronym_end = i > 0
-                && chars[i - 1].is_ascii_uppercase()
-                && chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
+            let prev_lower = i > 0 && (chars[i - 1].is_ascii_lowercase() || chars[i - 1].is_ascii_digit());
+            let acronym_end =
+                i > 0 && chars[i - 1].is_ascii_uppercase() && chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
             if prev_lower || acronym_end {
                 snake.push('_');
             }

@@ -2,4 +2,5 @@
 
 pub mod csi;
 pub mod smb;
+pub mod testkit;
 pub mod volume;

@@ -5,7 +5,11 @@ mod cli;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "smb3-csi", version, about = "Kubernetes CSI driver for SMB shares, with its own SMB3 client (encryption and signing, no kernel cifs)")]
+#[command(
+    name = "smb3-csi",
+    version,
+    about = "Kubernetes CSI driver for SMB shares, with its own SMB3 client (encryption and signing, no kernel cifs)"
+)]
 struct Cli {
     /// Log filter (e.g. info, debug, smb3_csi=trace); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "warn", env = "SMB3_CSI_LOG_LEVEL")]

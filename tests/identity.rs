@@ -10,8 +10,8 @@ use hyper_util::rt::TokioIo;
 use smb3_csi::csi::proto::controller_client::ControllerClient;
 use smb3_csi::csi::proto::identity_client::IdentityClient;
 use smb3_csi::csi::proto::{
-    plugin_capability, ControllerGetCapabilitiesRequest, GetPluginCapabilitiesRequest,
-    GetPluginInfoRequest, ProbeRequest,
+    plugin_capability, ControllerGetCapabilitiesRequest, GetPluginCapabilitiesRequest, GetPluginInfoRequest,
+    ProbeRequest,
 };
 use smb3_csi::csi::{serve, Endpoint, IdentityService, ServeError, Services};
 use tokio::sync::oneshot;
@@ -50,9 +50,7 @@ async fn connect(socket: &Path) -> Channel {
         let path = socket.clone();
         let connector = tower::service_fn(move |_: tonic::transport::Uri| {
             let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
         });
         // The URI is required by the builder but unused by the connector.
         let endpoint = tonic::transport::Endpoint::try_from("http://[::1]:50051").unwrap();
@@ -76,22 +74,14 @@ async fn identity_rpcs_over_unix_socket_and_clean_shutdown() {
     let channel = connect(&socket).await;
     let mut identity = IdentityClient::new(channel.clone());
 
-    let info = identity
-        .get_plugin_info(GetPluginInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = identity.get_plugin_info(GetPluginInfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.name, DRIVER);
     assert_eq!(info.vendor_version, env!("CARGO_PKG_VERSION"));
 
     let probe = identity.probe(ProbeRequest {}).await.unwrap().into_inner();
     assert_eq!(probe.ready, Some(true));
 
-    let caps = identity
-        .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let caps = identity.get_plugin_capabilities(GetPluginCapabilitiesRequest {}).await.unwrap().into_inner();
     let services: Vec<i32> = caps
         .capabilities
         .iter()
@@ -100,17 +90,11 @@ async fn identity_rpcs_over_unix_socket_and_clean_shutdown() {
             _ => None,
         })
         .collect();
-    assert_eq!(
-        services,
-        vec![plugin_capability::service::Type::ControllerService as i32]
-    );
+    assert_eq!(services, vec![plugin_capability::service::Type::ControllerService as i32]);
 
     // A service that was not added answers UNIMPLEMENTED.
     let mut controller = ControllerClient::new(channel);
-    let err = controller
-        .controller_get_capabilities(ControllerGetCapabilitiesRequest {})
-        .await
-        .unwrap_err();
+    let err = controller.controller_get_capabilities(ControllerGetCapabilitiesRequest {}).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
 
     use std::os::unix::fs::PermissionsExt;
@@ -118,9 +102,7 @@ async fn identity_rpcs_over_unix_socket_and_clean_shutdown() {
     assert_eq!(mode, 0o660);
 
     running.stop.send(()).unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(10), running.task)
-        .await
-        .expect("shutdown in time");
+    let result = tokio::time::timeout(Duration::from_secs(10), running.task).await.expect("shutdown in time");
     result.unwrap().unwrap();
     assert!(!socket.exists(), "socket removed at shutdown");
 }
@@ -136,15 +118,8 @@ async fn stale_socket_file_is_replaced() {
 
     let running = start(&socket, identity_only(false));
     let mut identity = IdentityClient::new(connect(&socket).await);
-    let caps = identity
-        .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(
-        caps.capabilities.is_empty(),
-        "node-only plugin advertises no controller"
-    );
+    let caps = identity.get_plugin_capabilities(GetPluginCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert!(caps.capabilities.is_empty(), "node-only plugin advertises no controller");
 
     running.stop.send(()).unwrap();
     running.task.await.unwrap().unwrap();
@@ -157,9 +132,7 @@ async fn regular_file_at_socket_path_is_refused_and_kept() {
     std::fs::write(&path, b"not a socket").unwrap();
 
     let endpoint = Endpoint::parse(path.to_str().unwrap()).unwrap();
-    let err = serve(&endpoint, identity_only(false), async {})
-        .await
-        .unwrap_err();
+    let err = serve(&endpoint, identity_only(false), async {}).await.unwrap_err();
     assert!(matches!(err, ServeError::NotASocket { .. }), "{err}");
     assert!(err.to_string().contains("csi.sock"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
@@ -173,22 +146,12 @@ async fn live_socket_is_not_stolen() {
     let _ = connect(&socket).await;
 
     let endpoint = Endpoint::parse(socket.to_str().unwrap()).unwrap();
-    let err = serve(&endpoint, identity_only(false), async {})
-        .await
-        .unwrap_err();
+    let err = serve(&endpoint, identity_only(false), async {}).await.unwrap_err();
     assert!(matches!(err, ServeError::InUse { .. }), "{err}");
 
     // The first server still answers.
     let mut identity = IdentityClient::new(connect(&socket).await);
-    assert_eq!(
-        identity
-            .probe(ProbeRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .ready,
-        Some(true)
-    );
+    assert_eq!(identity.probe(ProbeRequest {}).await.unwrap().into_inner().ready, Some(true));
     first.stop.send(()).unwrap();
     first.task.await.unwrap().unwrap();
 }

@@ -10,11 +10,7 @@ fn csi_proto_matches_the_spec() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tool = root.join("../shared/tools/check-csi-proto");
     if !tool.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} is missing in CI",
-            tool.display()
-        );
+        assert!(std::env::var_os("CI").is_none(), "{} is missing in CI", tool.display());
         println!("skipped: {} not found", tool.display());
         return;
     }
@@ -24,10 +20,6 @@ fn csi_proto_matches_the_spec() {
         .unwrap_or_else(|e| panic!("running {}: {e}", tool.display()));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "check-csi-proto failed ({}):\n{stdout}{stderr}",
-        output.status
-    );
+    assert!(output.status.success(), "check-csi-proto failed ({}):\n{stdout}{stderr}", output.status);
     assert!(stdout.contains("definitions match CSI spec"), "{stdout}");
 }

@@ -144,9 +144,12 @@ fn signing_only_server_with_if_supported_still_encrypts_smb3() {
 #[test]
 fn each_pinned_cipher_is_negotiated_and_moves_data() {
     let tmp = tempfile::tempdir().unwrap();
-    for (samba_name, shown) in
-        [("AES-128-GCM", "AES-128-GCM"), ("AES-256-GCM", "AES-256-GCM"), ("AES-128-CCM", "AES-128-CCM"), ("AES-256-CCM", "AES-256-CCM")]
-    {
+    for (samba_name, shown) in [
+        ("AES-128-GCM", "AES-128-GCM"),
+        ("AES-256-GCM", "AES-256-GCM"),
+        ("AES-128-CCM", "AES-128-CCM"),
+        ("AES-256-CCM", "AES-256-CCM"),
+    ] {
         let samba = samba!(SambaProfile::Cipher(samba_name));
         let info = ok(&smb(samba, &["info"]));
         assert_eq!(field(&info, "cipher"), shown, "{info}");
@@ -234,7 +237,8 @@ fn wrong_password_is_one_clear_line() {
     let tmp = tempfile::tempdir().unwrap();
     let creds = tmp.path().join("bad");
     std::fs::write(&creds, format!("username={}\npassword=definitely-wrong-pw\n", samba.user())).unwrap();
-    let out = Command::new(BIN).args(["smb", "--credentials"]).arg(&creds).arg(samba.unc()).arg("info").output().unwrap();
+    let out =
+        Command::new(BIN).args(["smb", "--credentials"]).arg(&creds).arg(samba.unc()).arg("info").output().unwrap();
     let err = fails(&out);
     assert!(err.contains("STATUS_LOGON_FAILURE"), "{err}");
     assert!(err.contains(&samba.unc()) || err.contains("127.0.0.1"), "{err}");

@@ -25,7 +25,8 @@ fn creds(samba: &Samba) -> Credentials {
 }
 
 async fn connect(samba: &Samba) -> (Client, Tree) {
-    let client = Client::connect(samba.host(), samba.port(), &creds(samba), &ClientOptions::default()).await.expect("connect");
+    let client =
+        Client::connect(samba.host(), samba.port(), &creds(samba), &ClientOptions::default()).await.expect("connect");
     let tree = client.tree(samba.share_name()).await.expect("tree");
     (client, tree)
 }
@@ -162,7 +163,8 @@ async fn wrong_password_and_unknown_share() {
 async fn flipped_byte_in_encrypted_response_is_an_integrity_error() {
     let samba = samba!(SambaProfile::EncryptRequired);
     let proxy = CorruptingProxy::start(samba.addr()).expect("proxy");
-    let client = Client::connect("127.0.0.1", proxy.addr().port(), &creds(samba), &ClientOptions::default()).await.unwrap();
+    let client =
+        Client::connect("127.0.0.1", proxy.addr().port(), &creds(samba), &ClientOptions::default()).await.unwrap();
     let tree = client.tree(samba.share_name()).await.unwrap();
     std::fs::write(samba.share_path().join("integrity.txt"), b"secret data").unwrap();
     let f = tree.open("integrity.txt", OpenOptions::new().read(true)).await.unwrap();

@@ -100,9 +100,8 @@ pub async fn run(args: SmbArgs) -> Result<(), String> {
     } else if let Some(file) = &args.credentials {
         Credentials::from_file(file).map_err(|e| e.to_string())?
     } else {
-        Credentials::from_env().ok_or_else(|| {
-            "no credentials: use --credentials FILE or set SMB_USERNAME and SMB_PASSWORD".to_string()
-        })?
+        Credentials::from_env()
+            .ok_or_else(|| "no credentials: use --credentials FILE or set SMB_USERNAME and SMB_PASSWORD".to_string())?
     };
     let mut opts = ClientOptions {
         encryption: args.encryption,
@@ -126,8 +125,12 @@ pub async fn run(args: SmbArgs) -> Result<(), String> {
         }
         SmbCommand::Ls { path } => ls(&tree, &at(&path)).await.map_err(|e| fail("ls", &shown(&path), e)),
         SmbCommand::Stat { path } => stat(&tree, &at(&path)).await.map_err(|e| fail("stat", &shown(&path), e)),
-        SmbCommand::Get { remote, local } => get(&tree, &at(&remote), &local).await.map_err(|e| fail("get", &shown(&remote), e)),
-        SmbCommand::Put { local, remote } => put(&tree, &local, &at(&remote)).await.map_err(|e| fail("put", &shown(&remote), e)),
+        SmbCommand::Get { remote, local } => {
+            get(&tree, &at(&remote), &local).await.map_err(|e| fail("get", &shown(&remote), e))
+        }
+        SmbCommand::Put { local, remote } => {
+            put(&tree, &local, &at(&remote)).await.map_err(|e| fail("put", &shown(&remote), e))
+        }
         SmbCommand::Mkdir { path, parents } => {
             let r = if parents { tree.mkdir_all(&at(&path)).await } else { tree.mkdir(&at(&path)).await };
             r.map_err(|e| fail("mkdir", &shown(&path), e))
@@ -136,7 +139,9 @@ pub async fn run(args: SmbArgs) -> Result<(), String> {
             let r = if recursive {
                 match tree.remove_tree(&at(&path)).await {
                     Ok(true) => Ok(()),
-                    Ok(false) => Err(Error::Status { op: String::new(), status: smb3_csi::smb::NtStatus::OBJECT_NAME_NOT_FOUND }),
+                    Ok(false) => {
+                        Err(Error::Status { op: String::new(), status: smb3_csi::smb::NtStatus::OBJECT_NAME_NOT_FOUND })
+                    }
                     Err(e) => Err(e),
                 }
             } else {
@@ -145,7 +150,9 @@ pub async fn run(args: SmbArgs) -> Result<(), String> {
             r.map_err(|e| fail("rm", &shown(&path), e))
         }
         SmbCommand::Rmdir { path } => tree.remove_dir(&at(&path)).await.map_err(|e| fail("rmdir", &shown(&path), e)),
-        SmbCommand::Mv { from, to } => tree.rename(&at(&from), &at(&to), true).await.map_err(|e| fail("mv", &shown(&from), e)),
+        SmbCommand::Mv { from, to } => {
+            tree.rename(&at(&from), &at(&to), true).await.map_err(|e| fail("mv", &shown(&from), e))
+        }
         SmbCommand::Df => df(&tree).await.map_err(|e| fail("df", &target.to_string(), e)),
     };
     let _ = tree.disconnect().await;

@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 
 use super::proto::identity_server::Identity;
 use super::proto::{
-    plugin_capability, GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse,
-    GetPluginInfoRequest, GetPluginInfoResponse, PluginCapability, ProbeRequest, ProbeResponse,
+    plugin_capability, GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest,
+    GetPluginInfoResponse, PluginCapability, ProbeRequest, ProbeResponse,
 };
 
 /// The spec's limit on the plugin name (CSI spec, "GetPluginInfo").
@@ -25,9 +25,7 @@ pub enum DriverNameError {
     TooLong { name: String, len: usize },
     #[error("driver name {name:?} must begin and end with a letter or digit")]
     BadEnds { name: String },
-    #[error(
-        "driver name {name:?} contains {found:?}; only letters, digits, '-' and '.' are allowed"
-    )]
+    #[error("driver name {name:?} contains {found:?}; only letters, digits, '-' and '.' are allowed")]
     BadCharacter { name: String, found: char },
 }
 
@@ -37,27 +35,16 @@ pub fn validate_driver_name(name: &str) -> Result<(), DriverNameError> {
     if name.is_empty() {
         return Err(DriverNameError::Empty);
     }
-    if let Some(found) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
-    {
-        return Err(DriverNameError::BadCharacter {
-            name: name.to_string(),
-            found,
-        });
+    if let Some(found) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.')) {
+        return Err(DriverNameError::BadCharacter { name: name.to_string(), found });
     }
     // All ASCII from here on, so bytes are characters.
     if name.len() > MAX_DRIVER_NAME_LEN {
-        return Err(DriverNameError::TooLong {
-            name: name.to_string(),
-            len: name.len(),
-        });
+        return Err(DriverNameError::TooLong { name: name.to_string(), len: name.len() });
     }
     let bytes = name.as_bytes();
     if !bytes[0].is_ascii_alphanumeric() || !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
-        return Err(DriverNameError::BadEnds {
-            name: name.to_string(),
-        });
+        return Err(DriverNameError::BadEnds { name: name.to_string() });
     }
     Ok(())
 }
@@ -75,11 +62,7 @@ pub struct IdentityService {
 impl IdentityService {
     /// `controller` says whether this process also serves the Controller
     /// service, which GetPluginCapabilities then advertises.
-    pub fn new(
-        driver_name: &str,
-        controller: bool,
-        ready: Arc<AtomicBool>,
-    ) -> Result<Self, DriverNameError> {
+    pub fn new(driver_name: &str, controller: bool, ready: Arc<AtomicBool>) -> Result<Self, DriverNameError> {
         validate_driver_name(driver_name)?;
         Ok(IdentityService {
             driver_name: driver_name.to_string(),
@@ -120,25 +103,16 @@ impl Identity for IdentityService {
         let mut capabilities = Vec::new();
         if self.controller {
             capabilities.push(PluginCapability {
-                r#type: Some(plugin_capability::Type::Service(
-                    plugin_capability::Service {
-                        r#type: plugin_capability::service::Type::ControllerService as i32,
-                    },
-                )),
+                r#type: Some(plugin_capability::Type::Service(plugin_capability::Service {
+                    r#type: plugin_capability::service::Type::ControllerService as i32,
+                })),
             });
         }
-        Ok(Response::new(GetPluginCapabilitiesResponse {
-            capabilities,
-        }))
+        Ok(Response::new(GetPluginCapabilitiesResponse { capabilities }))
     }
 
-    async fn probe(
-        &self,
-        _request: Request<ProbeRequest>,
-    ) -> Result<Response<ProbeResponse>, Status> {
-        Ok(Response::new(ProbeResponse {
-            ready: Some(self.ready.load(Ordering::Acquire)),
-        }))
+    async fn probe(&self, _request: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+        Ok(Response::new(ProbeResponse { ready: Some(self.ready.load(Ordering::Acquire)) }))
     }
 }
 
@@ -148,13 +122,7 @@ mod tests {
 
     #[test]
     fn valid_names() {
-        for name in [
-            "smb3.csi.example.com",
-            "a",
-            "smb-csi",
-            "A1.b2",
-            &"x".repeat(63),
-        ] {
+        for name in ["smb3.csi.example.com", "a", "smb-csi", "A1.b2", &"x".repeat(63)] {
             assert_eq!(validate_driver_name(name), Ok(()), "{name}");
         }
     }
@@ -162,30 +130,12 @@ mod tests {
     #[test]
     fn invalid_names_say_why() {
         assert_eq!(validate_driver_name(""), Err(DriverNameError::Empty));
-        assert!(matches!(
-            validate_driver_name(&"x".repeat(64)),
-            Err(DriverNameError::TooLong { len: 64, .. })
-        ));
-        assert!(matches!(
-            validate_driver_name("-smb"),
-            Err(DriverNameError::BadEnds { .. })
-        ));
-        assert!(matches!(
-            validate_driver_name("smb."),
-            Err(DriverNameError::BadEnds { .. })
-        ));
-        assert!(matches!(
-            validate_driver_name("smb_csi"),
-            Err(DriverNameError::BadCharacter { found: '_', .. })
-        ));
-        assert!(matches!(
-            validate_driver_name("smb/csi"),
-            Err(DriverNameError::BadCharacter { found: '/', .. })
-        ));
-        assert!(matches!(
-            validate_driver_name("smbé.csi"),
-            Err(DriverNameError::BadCharacter { found: 'é', .. })
-        ));
+        assert!(matches!(validate_driver_name(&"x".repeat(64)), Err(DriverNameError::TooLong { len: 64, .. })));
+        assert!(matches!(validate_driver_name("-smb"), Err(DriverNameError::BadEnds { .. })));
+        assert!(matches!(validate_driver_name("smb."), Err(DriverNameError::BadEnds { .. })));
+        assert!(matches!(validate_driver_name("smb_csi"), Err(DriverNameError::BadCharacter { found: '_', .. })));
+        assert!(matches!(validate_driver_name("smb/csi"), Err(DriverNameError::BadCharacter { found: '/', .. })));
+        assert!(matches!(validate_driver_name("smbé.csi"), Err(DriverNameError::BadCharacter { found: 'é', .. })));
         assert!(IdentityService::new("bad name", true, Arc::default()).is_err());
     }
 
@@ -193,20 +143,12 @@ mod tests {
     async fn answers() {
         let ready = Arc::new(AtomicBool::new(false));
         let service = IdentityService::new("smb3.csi.example.com", true, ready.clone()).unwrap();
-        let info = service
-            .get_plugin_info(Request::new(GetPluginInfoRequest {}))
-            .await
-            .unwrap()
-            .into_inner();
+        let info = service.get_plugin_info(Request::new(GetPluginInfoRequest {})).await.unwrap().into_inner();
         assert_eq!(info.name, "smb3.csi.example.com");
         assert_eq!(info.vendor_version, env!("CARGO_PKG_VERSION"));
 
         let probe = |s: IdentityService| async move {
-            s.probe(Request::new(ProbeRequest {}))
-                .await
-                .unwrap()
-                .into_inner()
-                .ready
+            s.probe(Request::new(ProbeRequest {})).await.unwrap().into_inner().ready
         };
         assert_eq!(probe(service.clone()).await, Some(false));
         ready.store(true, Ordering::Release);

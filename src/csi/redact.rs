@@ -26,9 +26,7 @@ impl fmt::Debug for RedactedMap<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut keys: Vec<&String> = self.0.keys().collect();
         keys.sort();
-        f.debug_map()
-            .entries(keys.into_iter().map(|k| (k, Redacted)))
-            .finish()
+        f.debug_map().entries(keys.into_iter().map(|k| (k, Redacted))).finish()
     }
 }
 
@@ -36,17 +34,13 @@ impl fmt::Debug for RedactedMap<'_> {
 mod tests {
     use super::*;
     use crate::csi::proto::{
-        volume_capability, CreateVolumeRequest, DeleteVolumeRequest, NodeStageVolumeRequest,
-        VolumeCapability,
+        volume_capability, CreateVolumeRequest, DeleteVolumeRequest, NodeStageVolumeRequest, VolumeCapability,
     };
 
     const PASSWORD: &str = "S3cr3t-P@ssw0rd";
 
     fn secrets() -> HashMap<String, String> {
-        HashMap::from([
-            ("username".to_string(), "alice".to_string()),
-            ("password".to_string(), PASSWORD.to_string()),
-        ])
+        HashMap::from([("username".to_string(), "alice".to_string()), ("password".to_string(), PASSWORD.to_string())])
     }
 
     #[test]
@@ -55,13 +49,11 @@ mod tests {
             volume_id: "v1|srv|445|share||delete".into(),
             staging_target_path: "/var/lib/kubelet/staging".into(),
             volume_capability: Some(VolumeCapability {
-                access_type: Some(volume_capability::AccessType::Mount(
-                    volume_capability::MountVolume {
-                        fs_type: "cifs".into(),
-                        mount_flags: vec!["vers=3.1.1".into()],
-                        volume_mount_group: String::new(),
-                    },
-                )),
+                access_type: Some(volume_capability::AccessType::Mount(volume_capability::MountVolume {
+                    fs_type: "cifs".into(),
+                    mount_flags: vec!["vers=3.1.1".into()],
+                    volume_mount_group: String::new(),
+                })),
                 access_mode: None,
             }),
             secrets: secrets(),
@@ -99,13 +91,7 @@ mod tests {
 
     #[test]
     fn every_secret_bearing_request_is_covered() {
-        let printed = format!(
-            "{:?}",
-            DeleteVolumeRequest {
-                volume_id: "x".into(),
-                secrets: secrets()
-            }
-        );
+        let printed = format!("{:?}", DeleteVolumeRequest { volume_id: "x".into(), secrets: secrets() });
         assert!(!printed.contains(PASSWORD), "{printed}");
         assert_eq!(
             printed,

@@ -71,20 +71,14 @@ impl Endpoint {
             None => trimmed,
         };
         if path.contains('\0') {
-            return Err(EndpointError::NulByte {
-                endpoint: endpoint.to_string(),
-            });
+            return Err(EndpointError::NulByte { endpoint: endpoint.to_string() });
         }
         // `unix://csi.sock` would be a relative path: ambiguous under a
         // container's working directory, so refuse it.
         if !path.starts_with('/') {
-            return Err(EndpointError::NotAbsolute {
-                endpoint: endpoint.to_string(),
-            });
+            return Err(EndpointError::NotAbsolute { endpoint: endpoint.to_string() });
         }
-        Ok(Endpoint {
-            socket_path: PathBuf::from(path),
-        })
+        Ok(Endpoint { socket_path: PathBuf::from(path) })
     }
 
     pub fn socket_path(&self) -> &Path {
@@ -199,33 +193,20 @@ pub async fn serve(
 
     remove_socket(path);
     tracing::info!(%endpoint, "CSI server stopped");
-    result.map_err(|source| ServeError::Transport {
-        endpoint: endpoint.to_string(),
-        source,
-    })
+    result.map_err(|source| ServeError::Transport { endpoint: endpoint.to_string(), source })
 }
 
 async fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
-    let io_error = |action, source| ServeError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_error = |action, source| ServeError::Io { action, path: path.to_path_buf(), source };
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if tokio::net::UnixStream::connect(path).await.is_ok() {
-                return Err(ServeError::InUse {
-                    path: path.to_path_buf(),
-                });
+                return Err(ServeError::InUse { path: path.to_path_buf() });
             }
             tracing::info!(path = %path.display(), "removing stale CSI socket");
             std::fs::remove_file(path).map_err(|e| io_error("removing stale socket", e))?;
         }
-        Ok(_) => {
-            return Err(ServeError::NotASocket {
-                path: path.to_path_buf(),
-            })
-        }
+        Ok(_) => return Err(ServeError::NotASocket { path: path.to_path_buf() }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_error("inspecting", e)),
     }
@@ -310,9 +291,7 @@ impl<S: ?Sized> Logged<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::csi::proto::{
-        CreateVolumeRequest, CreateVolumeResponse, NodeStageVolumeRequest, Volume,
-    };
+    use crate::csi::proto::{CreateVolumeRequest, CreateVolumeResponse, NodeStageVolumeRequest, Volume};
     use std::collections::HashMap;
     use std::sync::Mutex;
 
@@ -321,14 +300,9 @@ mod tests {
         let unix = Endpoint::parse("unix:///csi/csi.sock").unwrap();
         assert_eq!(unix.socket_path(), Path::new("/csi/csi.sock"));
         assert_eq!(unix.to_string(), "unix:///csi/csi.sock");
+        assert_eq!(Endpoint::parse("UNIX:///a/b.sock").unwrap().socket_path(), Path::new("/a/b.sock"));
         assert_eq!(
-            Endpoint::parse("UNIX:///a/b.sock").unwrap().socket_path(),
-            Path::new("/a/b.sock")
-        );
-        assert_eq!(
-            Endpoint::parse("/var/lib/kubelet/plugins/x/csi.sock")
-                .unwrap()
-                .to_string(),
+            Endpoint::parse("/var/lib/kubelet/plugins/x/csi.sock").unwrap().to_string(),
             "unix:///var/lib/kubelet/plugins/x/csi.sock"
         );
     }
@@ -336,23 +310,12 @@ mod tests {
     #[test]
     fn endpoint_rejections_name_the_problem() {
         let tcp = Endpoint::parse("tcp://127.0.0.1:10000").unwrap_err();
-        assert!(
-            matches!(tcp, EndpointError::UnsupportedScheme { ref scheme, .. } if scheme == "tcp")
-        );
+        assert!(matches!(tcp, EndpointError::UnsupportedScheme { ref scheme, .. } if scheme == "tcp"));
         assert!(tcp.to_string().contains("unix:///"), "{tcp}");
         assert_eq!(Endpoint::parse("  "), Err(EndpointError::Empty));
-        assert!(matches!(
-            Endpoint::parse("unix://csi.sock"),
-            Err(EndpointError::NotAbsolute { .. })
-        ));
-        assert!(matches!(
-            Endpoint::parse("csi.sock"),
-            Err(EndpointError::NotAbsolute { .. })
-        ));
-        assert!(matches!(
-            Endpoint::parse("unix:///a\0b"),
-            Err(EndpointError::NulByte { .. })
-        ));
+        assert!(matches!(Endpoint::parse("unix://csi.sock"), Err(EndpointError::NotAbsolute { .. })));
+        assert!(matches!(Endpoint::parse("csi.sock"), Err(EndpointError::NotAbsolute { .. })));
+        assert!(matches!(Endpoint::parse("unix:///a\0b"), Err(EndpointError::NulByte { .. })));
     }
 
     /// Collects everything the fmt subscriber writes.
@@ -385,10 +348,7 @@ mod tests {
         ) -> Result<Response<CreateVolumeResponse>, Status> {
             tracing::info!("inside handler");
             Ok(Response::new(CreateVolumeResponse {
-                volume: Some(Volume {
-                    volume_id: format!("id-of-{}", request.get_ref().name),
-                    ..Default::default()
-                }),
+                volume: Some(Volume { volume_id: format!("id-of-{}", request.get_ref().name), ..Default::default() }),
             }))
         }
     }
@@ -402,10 +362,7 @@ mod tests {
     const PASSWORD: &str = "hunter2-do-not-log";
 
     fn secrets() -> HashMap<String, String> {
-        HashMap::from([
-            ("username".into(), "bob".into()),
-            ("password".into(), PASSWORD.into()),
-        ])
+        HashMap::from([("username".into(), "bob".into()), ("password".into(), PASSWORD.into())])
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -426,26 +383,13 @@ mod tests {
             secrets: secrets(),
             ..Default::default()
         };
-        let status = node
-            .node_stage_volume(Request::new(stage))
-            .await
-            .unwrap_err();
+        let status = node.node_stage_volume(Request::new(stage)).await.unwrap_err();
         assert_eq!(status.code(), Code::Unimplemented);
 
         let controller = Logged::new(Arc::new(FakeController));
-        let create = CreateVolumeRequest {
-            name: "pvc-7".into(),
-            secrets: secrets(),
-            ..Default::default()
-        };
-        let response = controller
-            .create_volume(Request::new(create))
-            .await
-            .unwrap();
-        assert_eq!(
-            response.get_ref().volume.as_ref().unwrap().volume_id,
-            "id-of-pvc-7"
-        );
+        let create = CreateVolumeRequest { name: "pvc-7".into(), secrets: secrets(), ..Default::default() };
+        let response = controller.create_volume(Request::new(create)).await.unwrap();
+        assert_eq!(response.get_ref().volume.as_ref().unwrap().volume_id, "id-of-pvc-7");
 
         let logs = captured.text();
         assert!(!logs.contains(PASSWORD), "{logs}");
@@ -459,23 +403,15 @@ mod tests {
         // The debug line shows the request, redacted.
         assert!(logs.contains("\"password\": <redacted>"), "{logs}");
         // Handler logs carry the RPC span.
-        let handler_line = logs
-            .lines()
-            .find(|l| l.contains("inside handler"))
-            .expect("handler log line");
-        assert!(
-            handler_line.contains("/csi.v1.Controller/CreateVolume"),
-            "{handler_line}"
-        );
+        let handler_line = logs.lines().find(|l| l.contains("inside handler")).expect("handler log line");
+        assert!(handler_line.contains("/csi.v1.Controller/CreateVolume"), "{handler_line}");
     }
 
     #[tokio::test]
     async fn serving_nothing_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let endpoint = Endpoint::parse(dir.path().join("csi.sock").to_str().unwrap()).unwrap();
-        let err = serve(&endpoint, Services::new(), async {})
-            .await
-            .unwrap_err();
+        let err = serve(&endpoint, Services::new(), async {}).await.unwrap_err();
         assert!(matches!(err, ServeError::NoServices));
     }
 }

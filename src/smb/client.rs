@@ -43,7 +43,7 @@ impl ShareTarget {
         let mut parts = after.split('/').filter(|p| !p.is_empty());
         let share = parts.next().ok_or_else(|| bad("missing share name"))?.to_string();
         let path: Vec<&str> = parts.collect();
-        if path.iter().any(|p| *p == "..") {
+        if path.contains(&"..") {
             return Err(bad("'..' is not allowed in the path"));
         }
         if path.iter().chain(std::iter::once(&share.as_str())).any(|p| p.chars().any(|c| c.is_control())) {
@@ -93,17 +93,17 @@ fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
 
 /// Joins `/`-separated share paths, dropping empty components.
 pub fn join_path(base: &str, sub: &str) -> String {
-    base.split('/')
-        .chain(sub.split(['/', '\\']))
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect::<Vec<_>>()
-        .join("/")
+    base.split('/').chain(sub.split(['/', '\\'])).filter(|p| !p.is_empty() && *p != ".").collect::<Vec<_>>().join("/")
 }
 
 /// Who we authenticate as.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credentials {
-    User { user: String, domain: String, password: Secret },
+    User {
+        user: String,
+        domain: String,
+        password: Secret,
+    },
     /// Guest logon; only when explicitly asked for.
     Guest,
     /// Anonymous (null) session; only when explicitly asked for.
@@ -238,7 +238,11 @@ pub fn parse_cipher_list(s: &str) -> std::result::Result<Vec<CipherId>, String> 
     let list: Vec<CipherId> = s
         .split(',')
         .filter(|p| !p.trim().is_empty())
-        .map(|p| CipherId::parse(p).ok_or_else(|| format!("unknown cipher {p:?} (expected aes-128-ccm, aes-128-gcm, aes-256-ccm, aes-256-gcm)")))
+        .map(|p| {
+            CipherId::parse(p).ok_or_else(|| {
+                format!("unknown cipher {p:?} (expected aes-128-ccm, aes-128-gcm, aes-256-ccm, aes-256-gcm)")
+            })
+        })
         .collect::<std::result::Result<_, _>>()?;
     if list.is_empty() {
         return Err("empty cipher list".into());
@@ -277,7 +281,11 @@ impl Client {
     }
 
     /// Connects and opens the target's share in one step.
-    pub async fn connect_share(target: &ShareTarget, creds: &Credentials, opts: &ClientOptions) -> Result<(Client, Tree)> {
+    pub async fn connect_share(
+        target: &ShareTarget,
+        creds: &Credentials,
+        opts: &ClientOptions,
+    ) -> Result<(Client, Tree)> {
         let client = Client::connect(&target.host, target.port, creds, opts).await?;
         let tree = client.tree(&target.share).await?;
         Ok((client, tree))
@@ -328,7 +336,9 @@ mod tests {
         let t = ShareTarget::parse("//[::1]:139/s").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 139));
         assert_eq!(t.to_string(), "//[::1]:139/s");
-        for bad in ["", "srv/share", "//srv", "//srv/", "//:1/s", "//srv:0/s", "//srv:x/s", "//srv/s/../x", "//srv/s\u{1}"] {
+        for bad in
+            ["", "srv/share", "//srv", "//srv/", "//:1/s", "//srv:0/s", "//srv:x/s", "//srv/s/../x", "//srv/s\u{1}"]
+        {
             assert!(ShareTarget::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -353,7 +363,10 @@ mod tests {
     fn parses_policy_ciphers_dialects() {
         assert_eq!("if-supported".parse::<EncryptionPolicy>().unwrap(), EncryptionPolicy::IfSupported);
         assert!("maybe".parse::<EncryptionPolicy>().is_err());
-        assert_eq!(parse_cipher_list("aes-128-ccm,AES-256-GCM").unwrap(), vec![CipherId::Aes128Ccm, CipherId::Aes256Gcm]);
+        assert_eq!(
+            parse_cipher_list("aes-128-ccm,AES-256-GCM").unwrap(),
+            vec![CipherId::Aes128Ccm, CipherId::Aes256Gcm]
+        );
         assert!(parse_cipher_list("des").is_err());
         assert_eq!(parse_dialect("SMB3_11").unwrap(), Dialect::Smb311);
         assert_eq!(parse_dialect("3.0.2").unwrap(), Dialect::Smb302);

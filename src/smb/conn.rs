@@ -59,7 +59,6 @@ impl Response {
             Err(Error::Status { op: op(), status: self.header.status })
         }
     }
-
 }
 
 /// A request to send: a 64-byte placeholder header followed by the body.
@@ -317,10 +316,8 @@ impl Connection {
         keep_request: bool,
     ) -> Result<(Vec<Vec<u8>>, Vec<Response>)> {
         let negotiate = outs.len() == 1 && outs[0].command == Command::Negotiate;
-        let charges: Vec<u32> = outs
-            .iter()
-            .map(|o| if negotiate { 0 } else { u32::from(self.credit_charge(o.payload_len)) })
-            .collect();
+        let charges: Vec<u32> =
+            outs.iter().map(|o| if negotiate { 0 } else { u32::from(self.credit_charge(o.payload_len)) }).collect();
         let total_charge: u32 = charges.iter().sum();
         let (first_id, credit_request) = self.reserve(if negotiate { 1 } else { total_charge }).await?;
 
@@ -358,7 +355,8 @@ impl Connection {
             }
             ids.push(h.message_id);
         }
-        let expect = Expect { encrypted: prot.sealer.is_some(), signed: prot.sealer.is_none() && prot.signer.is_some() };
+        let expect =
+            Expect { encrypted: prot.sealer.is_some(), signed: prot.sealer.is_none() && prot.signer.is_some() };
 
         let payload = if n == 1 {
             std::mem::take(&mut outs[0].msg)
@@ -410,10 +408,12 @@ impl Connection {
         loop {
             match tokio::time::timeout(self.timeout, &mut rx).await {
                 Ok(Ok(r)) => return r,
-                Ok(Err(_)) => return Err(self.shared.check_alive().err().unwrap_or(Error::Disconnected {
-                    addr: self.shared.addr.clone(),
-                    why: "reader stopped".into(),
-                })),
+                Ok(Err(_)) => {
+                    return Err(self.shared.check_alive().err().unwrap_or(Error::Disconnected {
+                        addr: self.shared.addr.clone(),
+                        why: "reader stopped".into(),
+                    }))
+                }
                 Err(_) => {
                     // A server that said STATUS_PENDING is still working: keep waiting.
                     let mut pending = self.shared.pending.lock().unwrap();
@@ -474,9 +474,10 @@ async fn netbios_handshake(
         NetbiosSessionReply::Negative(code) => {
             Err(Error::Netbios { addr: addr.to_string(), why: format!("negative session response 0x{code:02x}") })
         }
-        NetbiosSessionReply::Retarget { .. } => {
-            Err(Error::Netbios { addr: addr.to_string(), why: "server asked to retarget, which is not supported".into() })
-        }
+        NetbiosSessionReply::Retarget { .. } => Err(Error::Netbios {
+            addr: addr.to_string(),
+            why: "server asked to retarget, which is not supported".into(),
+        }),
     }
 }
 
@@ -596,7 +597,10 @@ fn verify(shared: &Shared, h: &Header, msg: &[u8], encrypted: bool, expect: Expe
     }
     if expect.signed && !encrypted {
         if !h.is_signed() {
-            return Err(Error::Integrity(format!("unsigned {:?} response ({}) where a signature is required", h.command, h.status)));
+            return Err(Error::Integrity(format!(
+                "unsigned {:?} response ({}) where a signature is required",
+                h.command, h.status
+            )));
         }
         let keys = shared.sessions.lock().unwrap().get(&h.session_id).cloned();
         let signer = keys

@@ -22,7 +22,9 @@ pub enum Error {
     Smb1Only,
     #[error("no common dialect: server chose {0}")]
     NoCommonDialect(Dialect),
-    #[error("encryption required but not available: {0} (use --encryption if-supported or off only on trusted networks)")]
+    #[error(
+        "encryption required but not available: {0} (use --encryption if-supported or off only on trusted networks)"
+    )]
     EncryptionUnavailable(String),
     #[error("{op}: {status}")]
     Status { op: String, status: NtStatus },

@@ -87,7 +87,11 @@ impl OpenOptions {
         }
         if self.write || self.append {
             a |= access::FILE_WRITE_ATTRIBUTES;
-            a |= if self.append && !self.write { access::FILE_APPEND_DATA } else { access::FILE_WRITE_DATA | access::FILE_APPEND_DATA };
+            a |= if self.append && !self.write {
+                access::FILE_APPEND_DATA
+            } else {
+                access::FILE_WRITE_DATA | access::FILE_APPEND_DATA
+            };
         }
         if self.delete {
             a |= access::DELETE;
@@ -208,10 +212,8 @@ impl File {
         if len <= chunk {
             return self.read_chunk(offset, len as u32).await;
         }
-        let parts: Vec<(u64, u32)> = (0..len)
-            .step_by(chunk)
-            .map(|start| (offset + start as u64, (len - start).min(chunk) as u32))
-            .collect();
+        let parts: Vec<(u64, u32)> =
+            (0..len).step_by(chunk).map(|start| (offset + start as u64, (len - start).min(chunk) as u32)).collect();
         let mut out = Vec::with_capacity(len);
         let mut reads = stream::iter(parts).map(|(off, l)| self.read_chunk(off, l)).buffered(PIPELINE_DEPTH);
         while let Some(data) = reads.next().await {
@@ -227,7 +229,8 @@ impl File {
 
     /// One WRITE; returns the count the server wrote.
     async fn write_chunk(&self, offset: u64, data: &[u8]) -> Result<u32> {
-        let out = self.tree.out(Command::Write, data.len(), |m| WriteRequest::encode_parts(offset, self.id, 0, data, m));
+        let out =
+            self.tree.out(Command::Write, data.len(), |m| WriteRequest::encode_parts(offset, self.id, 0, data, m));
         let resp = self.tree.request(out).await?.ok(|| self.op("write"))?;
         let body = WriteResponse::decode(&resp.msg)?;
         if body.count as usize > data.len() {
@@ -277,8 +280,17 @@ impl File {
 
     /// Sets a FILE-class info structure on this handle (basic info, rename, disposition...).
     pub async fn set_info(&self, class: u8, buffer: Vec<u8>) -> Result<()> {
-        let req = SetInfoRequest { info_type: info::INFO_FILE, file_info_class: class, additional_information: 0, file_id: self.id, buffer };
-        self.tree.request(self.tree.out(Command::SetInfo, 0, |m| req.encode(m))).await?.ok(|| self.op("set info on"))?;
+        let req = SetInfoRequest {
+            info_type: info::INFO_FILE,
+            file_info_class: class,
+            additional_information: 0,
+            file_id: self.id,
+            buffer,
+        };
+        self.tree
+            .request(self.tree.out(Command::SetInfo, 0, |m| req.encode(m)))
+            .await?
+            .ok(|| self.op("set info on"))?;
         Ok(())
     }
 
@@ -293,7 +305,11 @@ impl File {
             flags: 0,
             file_id: self.id,
         };
-        let resp = self.tree.request(self.tree.out(Command::QueryInfo, max_len as usize, |m| req.encode(m))).await?.ok(|| self.op("query info on"))?;
+        let resp = self
+            .tree
+            .request(self.tree.out(Command::QueryInfo, max_len as usize, |m| req.encode(m)))
+            .await?
+            .ok(|| self.op("query info on"))?;
         Ok(info::QueryInfoResponse::decode(&resp.msg)?.buffer)
     }
 
@@ -370,13 +386,19 @@ impl File {
                     // The server tells its limits in the response (MS-SMB2 3.3.5.15.6.2).
                     let out = IoctlResponse::decode(&resp.msg)?.output;
                     let r = CopyChunkResponse::decode(&out)?;
-                    let (c, s, t) = (u64::from(r.chunks_written), u64::from(r.chunk_bytes_written), u64::from(r.total_bytes_written));
+                    let (c, s, t) = (
+                        u64::from(r.chunks_written),
+                        u64::from(r.chunk_bytes_written),
+                        u64::from(r.total_bytes_written),
+                    );
                     if c == 0 || s == 0 || t == 0 || (c, s, t) == (max_chunks, max_chunk, max_total) {
                         return Err(Error::Status { op: self.op("server-side copy into"), status: resp.header.status });
                     }
                     (max_chunks, max_chunk, max_total) = (c, s, t);
                 }
-                NtStatus::NOT_SUPPORTED | NtStatus::INVALID_DEVICE_REQUEST | NtStatus::NOT_IMPLEMENTED => return Ok(false),
+                NtStatus::NOT_SUPPORTED | NtStatus::INVALID_DEVICE_REQUEST | NtStatus::NOT_IMPLEMENTED => {
+                    return Ok(false)
+                }
                 status => return Err(Error::Status { op: self.op("server-side copy into"), status }),
             }
         }
@@ -405,9 +427,7 @@ impl File {
             if data.is_empty() {
                 break;
             }
-            sink.write_all(&data)
-                .await
-                .map_err(|source| Error::LocalIo { op: "writing local file".into(), source })?;
+            sink.write_all(&data).await.map_err(|source| Error::LocalIo { op: "writing local file".into(), source })?;
             total += data.len() as u64;
             offset += data.len() as u64;
             if data.len() < chunk as usize {

@@ -57,7 +57,12 @@ impl SessionPool {
             h.update(password.expose().as_bytes());
         }
         h.update(format!("{opts:?}").as_bytes());
-        PoolKey { host: target.host.to_ascii_lowercase(), port: target.port, who: creds.display_name(), digest: h.finalize().into() }
+        PoolKey {
+            host: target.host.to_ascii_lowercase(),
+            port: target.port,
+            who: creds.display_name(),
+            digest: h.finalize().into(),
+        }
     }
 
     /// A connected tree for the target's share, reusing a live session.
@@ -70,9 +75,10 @@ impl SessionPool {
         let key = Self::key(target, creds, opts);
         let slot = {
             let mut entries = self.entries.lock().unwrap();
-            let e = entries
-                .entry(key)
-                .or_insert_with(|| Entry { slot: Arc::new(tokio::sync::Mutex::new(Slot::default())), last_used: Instant::now() });
+            let e = entries.entry(key).or_insert_with(|| Entry {
+                slot: Arc::new(tokio::sync::Mutex::new(Slot::default())),
+                last_used: Instant::now(),
+            });
             e.last_used = Instant::now();
             e.slot.clone()
         };

@@ -95,7 +95,8 @@ pub(crate) async fn negotiate(conn: &Connection, opts: &ClientOptions) -> Result
     let mut cipher = None;
     let mut signing = if dialect.is_smb3() { SigningAlgorithmId::AesCmac } else { SigningAlgorithmId::HmacSha256 };
     if dialect == Dialect::Smb311 {
-        let (algs, _) = body.preauth().ok_or_else(|| Error::Protocol("3.1.1 without preauth integrity context".into()))?;
+        let (algs, _) =
+            body.preauth().ok_or_else(|| Error::Protocol("3.1.1 without preauth integrity context".into()))?;
         if algs != [neg::HASH_SHA512] {
             return Err(Error::Protocol(format!("preauth hash algorithms {algs:?}, expected SHA-512")));
         }
@@ -273,7 +274,9 @@ impl Session {
                     EncryptionPolicy::Off => server_wants,
                 };
                 if encrypt && !can_encrypt {
-                    return Err(Error::EncryptionUnavailable("server requires encryption but none was negotiated".into()));
+                    return Err(Error::EncryptionUnavailable(
+                        "server requires encryption but none was negotiated".into(),
+                    ));
                 }
                 let sealer = match (encrypt, negotiated.cipher) {
                     (true, Some(c)) => Some(Sealer::new(c, &derived.encryption, &derived.decryption)?),

@@ -11,7 +11,9 @@ use super::conn::{Outgoing, Response};
 use super::error::{Error, Result};
 use super::file::{File, OpenOptions};
 use super::session::Session;
-use super::wire::create::{self, access, attributes, disposition, options, share_access, CreateRequest, CreateResponse};
+use super::wire::create::{
+    self, access, attributes, disposition, options, share_access, CreateRequest, CreateResponse,
+};
 use super::wire::directory::{
     self, parse_directory_entries, DirectoryEntry, QueryDirectoryRequest, QueryDirectoryResponse,
 };
@@ -298,7 +300,9 @@ impl Tree {
             file_id: FileId::ANY,
         };
         let middle = vec![self.out(Command::QueryInfo, 4096, |m| q.encode(m))];
-        let resps = self.with_handle(path, access::FILE_READ_ATTRIBUTES | access::SYNCHRONIZE, disposition::OPEN, 0, middle, "stat").await?;
+        let resps = self
+            .with_handle(path, access::FILE_READ_ATTRIBUTES | access::SYNCHRONIZE, disposition::OPEN, 0, middle, "stat")
+            .await?;
         let body = QueryInfoResponse::decode(&resps[0].msg)?;
         let all = FileAllInformation::decode(&body.buffer)?;
         Ok(Metadata {
@@ -360,7 +364,9 @@ impl Tree {
             match resp.header.status {
                 NtStatus::NO_MORE_FILES => break,
                 NtStatus::NO_SUCH_FILE if entries.is_empty() => break,
-                s if !s.is_success() => return Err(Error::Status { op: format!("listing {}", display_path(path)), status: s }),
+                s if !s.is_success() => {
+                    return Err(Error::Status { op: format!("listing {}", display_path(path)), status: s })
+                }
                 _ => {}
             }
             let body = QueryDirectoryResponse::decode(&resp.msg)?;
@@ -375,9 +381,16 @@ impl Tree {
 
     /// Creates one directory; its parent must exist.
     pub async fn mkdir(&self, path: &str) -> Result<()> {
-        self.with_handle(path, access::FILE_READ_ATTRIBUTES | access::SYNCHRONIZE, disposition::CREATE, options::DIRECTORY_FILE, Vec::new(), "mkdir")
-            .await
-            .map(|_| ())
+        self.with_handle(
+            path,
+            access::FILE_READ_ATTRIBUTES | access::SYNCHRONIZE,
+            disposition::CREATE,
+            options::DIRECTORY_FILE,
+            Vec::new(),
+            "mkdir",
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Creates a directory and its missing parents; an existing directory is fine.
@@ -405,9 +418,16 @@ impl Tree {
     }
 
     async fn open_dir_create(&self, path: &str) -> Result<()> {
-        self.with_handle(path, access::FILE_READ_ATTRIBUTES | access::SYNCHRONIZE, disposition::OPEN_IF, options::DIRECTORY_FILE, Vec::new(), "mkdir")
-            .await
-            .map(|_| ())
+        self.with_handle(
+            path,
+            access::FILE_READ_ATTRIBUTES | access::SYNCHRONIZE,
+            disposition::OPEN_IF,
+            options::DIRECTORY_FILE,
+            Vec::new(),
+            "mkdir",
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Deletes a file (clearing the read-only attribute if set).
@@ -447,8 +467,18 @@ impl Tree {
         if attrs == 0 {
             attrs = attributes::NORMAL;
         }
-        self.set_basic(path, opts, FileBasicInformation { creation_time: 0, last_access_time: 0, last_write_time: 0, change_time: 0, file_attributes: attrs })
-            .await
+        self.set_basic(
+            path,
+            opts,
+            FileBasicInformation {
+                creation_time: 0,
+                last_access_time: 0,
+                last_write_time: 0,
+                change_time: 0,
+                file_attributes: attrs,
+            },
+        )
+        .await
     }
 
     async fn set_basic(&self, path: &str, opts: u32, basic: FileBasicInformation) -> Result<()> {
@@ -460,15 +490,32 @@ impl Tree {
             buffer: basic.encode(),
         };
         let middle = vec![self.out(Command::SetInfo, 0, |m| set.encode(m))];
-        self.with_handle(path, access::FILE_WRITE_ATTRIBUTES | access::FILE_READ_ATTRIBUTES | access::SYNCHRONIZE, disposition::OPEN, opts, middle, "set attributes of")
-            .await
-            .map(|_| ())
+        self.with_handle(
+            path,
+            access::FILE_WRITE_ATTRIBUTES | access::FILE_READ_ATTRIBUTES | access::SYNCHRONIZE,
+            disposition::OPEN,
+            opts,
+            middle,
+            "set attributes of",
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Sets timestamps (FILETIME; 0 leaves a field unchanged) and/or attributes (0 leaves them).
     pub async fn set_times(&self, path: &str, accessed: u64, modified: u64, attributes: u32) -> Result<()> {
-        self.set_basic(path, 0, FileBasicInformation { creation_time: 0, last_access_time: accessed, last_write_time: modified, change_time: 0, file_attributes: attributes })
-            .await
+        self.set_basic(
+            path,
+            0,
+            FileBasicInformation {
+                creation_time: 0,
+                last_access_time: accessed,
+                last_write_time: modified,
+                change_time: 0,
+                file_attributes: attributes,
+            },
+        )
+        .await
     }
 
     /// Deletes a directory tree (or a single file), clearing read-only attributes
@@ -515,13 +562,21 @@ impl Tree {
             file_info_class: file_class::RENAME,
             additional_information: 0,
             file_id: FileId::ANY,
-            buffer: FileRenameInformation { replace_if_exists: replace, root_directory: 0, file_name: smb_path(to) }.encode(),
+            buffer: FileRenameInformation { replace_if_exists: replace, root_directory: 0, file_name: smb_path(to) }
+                .encode(),
         };
         let middle = vec![self.out(Command::SetInfo, 0, |m| set.encode(m))];
-        self.with_handle(from, access::DELETE | access::FILE_READ_ATTRIBUTES | access::SYNCHRONIZE, disposition::OPEN, 0, middle, "rename")
-            .await
-            .map_err(|e| e.context(format!("rename {} to {}", display_path(from), display_path(to))))
-            .map(|_| ())
+        self.with_handle(
+            from,
+            access::DELETE | access::FILE_READ_ATTRIBUTES | access::SYNCHRONIZE,
+            disposition::OPEN,
+            0,
+            middle,
+            "rename",
+        )
+        .await
+        .map_err(|e| e.context(format!("rename {} to {}", display_path(from), display_path(to))))
+        .map(|_| ())
     }
 
     /// Creates a hard link `link` to `existing` (servers may refuse: STATUS_NOT_SUPPORTED).
@@ -531,12 +586,20 @@ impl Tree {
             file_info_class: file_class::LINK,
             additional_information: 0,
             file_id: FileId::ANY,
-            buffer: FileRenameInformation { replace_if_exists: false, root_directory: 0, file_name: smb_path(link) }.encode(),
+            buffer: FileRenameInformation { replace_if_exists: false, root_directory: 0, file_name: smb_path(link) }
+                .encode(),
         };
         let middle = vec![self.out(Command::SetInfo, 0, |m| set.encode(m))];
-        self.with_handle(existing, access::FILE_READ_ATTRIBUTES | access::FILE_WRITE_ATTRIBUTES | access::SYNCHRONIZE, disposition::OPEN, options::NON_DIRECTORY_FILE, middle, "link")
-            .await
-            .map(|_| ())
+        self.with_handle(
+            existing,
+            access::FILE_READ_ATTRIBUTES | access::FILE_WRITE_ATTRIBUTES | access::SYNCHRONIZE,
+            disposition::OPEN,
+            options::NON_DIRECTORY_FILE,
+            middle,
+            "link",
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Space on the share.
@@ -551,7 +614,16 @@ impl Tree {
             file_id: FileId::ANY,
         };
         let middle = vec![self.out(Command::QueryInfo, 64, |m| q.encode(m))];
-        let resps = self.with_handle("", access::FILE_READ_ATTRIBUTES | access::SYNCHRONIZE, disposition::OPEN, options::DIRECTORY_FILE, middle, "statfs").await?;
+        let resps = self
+            .with_handle(
+                "",
+                access::FILE_READ_ATTRIBUTES | access::SYNCHRONIZE,
+                disposition::OPEN,
+                options::DIRECTORY_FILE,
+                middle,
+                "statfs",
+            )
+            .await?;
         let body = QueryInfoResponse::decode(&resps[0].msg)?;
         let fs = FileFsFullSizeInformation::decode(&body.buffer)?;
         let block = u64::from(fs.sectors_per_allocation_unit).saturating_mul(u64::from(fs.bytes_per_sector)).max(1);
@@ -574,7 +646,9 @@ impl Tree {
         } else {
             let server_side = match src.resume_key().await {
                 Ok(key) => dst.copy_chunks_from(&key, len).await?,
-                Err(e) if matches!(e.status(), Some(NtStatus::NOT_SUPPORTED | NtStatus::INVALID_DEVICE_REQUEST)) => false,
+                Err(e) if matches!(e.status(), Some(NtStatus::NOT_SUPPORTED | NtStatus::INVALID_DEVICE_REQUEST)) => {
+                    false
+                }
                 Err(e) => return Err(e),
             };
             if server_side {
@@ -597,13 +671,29 @@ impl Tree {
         let attrs = src.opened_metadata();
         src.close().await?;
         // Keep the source's modification time, as `cp -p` would.
-        dst.set_info(file_class::BASIC, FileBasicInformation { creation_time: 0, last_access_time: 0, last_write_time: attrs.modified, change_time: 0, file_attributes: 0 }.encode()).await?;
+        dst.set_info(
+            file_class::BASIC,
+            FileBasicInformation {
+                creation_time: 0,
+                last_access_time: 0,
+                last_write_time: attrs.modified,
+                change_time: 0,
+                file_attributes: 0,
+            }
+            .encode(),
+        )
+        .await?;
         dst.close().await?;
         Ok(method)
     }
 
     /// Copies a directory tree into `to` (created). `progress` is called after each file.
-    pub async fn copy_tree(&self, from: &str, to: &str, progress: &(dyn Fn(&CopyProgress) + Sync)) -> Result<CopyProgress> {
+    pub async fn copy_tree(
+        &self,
+        from: &str,
+        to: &str,
+        progress: &(dyn Fn(&CopyProgress) + Sync),
+    ) -> Result<CopyProgress> {
         let meta = self.stat(from).await?;
         let mut p = CopyProgress::default();
         if !meta.is_dir() {
@@ -654,7 +744,12 @@ pub(crate) fn display_path(path: &str) -> String {
 pub fn is_not_found(e: &Error) -> bool {
     matches!(
         e.status(),
-        Some(NtStatus::OBJECT_NAME_NOT_FOUND | NtStatus::OBJECT_PATH_NOT_FOUND | NtStatus::NO_SUCH_FILE | NtStatus::DELETE_PENDING)
+        Some(
+            NtStatus::OBJECT_NAME_NOT_FOUND
+                | NtStatus::OBJECT_PATH_NOT_FOUND
+                | NtStatus::NO_SUCH_FILE
+                | NtStatus::DELETE_PENDING
+        )
     )
 }
 

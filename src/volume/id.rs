@@ -52,9 +52,7 @@ pub enum VolumeIdError {
          use a shorter server, share, base path or subDir"
     )]
     TooLong { len: usize },
-    #[error(
-        "volume id {id:?} has version {version:?}; this driver reads v1 and csi-driver-smb handles"
-    )]
+    #[error("volume id {id:?} has version {version:?}; this driver reads v1 and csi-driver-smb handles")]
     UnsupportedVersion { id: String, version: String },
     #[error("volume id {id:?} has {found} fields, v1 has {V1_FIELDS}")]
     FieldCount { id: String, found: usize },
@@ -77,9 +75,7 @@ pub enum VolumeIdError {
     },
     #[error("volume id {id:?}: onDelete {value:?} is not one of delete, retain, archive")]
     BadOnDelete { id: String, value: String },
-    #[error(
-        "volume id {id:?} is neither a v1 handle nor a csi-driver-smb handle (server/share#subdir)"
-    )]
+    #[error("volume id {id:?} is neither a v1 handle nor a csi-driver-smb handle (server/share#subdir)")]
     Unrecognised { id: String },
 }
 
@@ -117,10 +113,7 @@ impl VolumeId {
             escape(self.share.share()),
             escape(&self.share.base_path().to_string()),
             escape(&self.sub_dir.to_string()),
-            self.on_delete
-                .map(OnDelete::as_str)
-                .unwrap_or_default()
-                .to_string(),
+            self.on_delete.map(OnDelete::as_str).unwrap_or_default().to_string(),
         ];
         let mut id = String::from(VERSION);
         for field in &fields {
@@ -159,16 +152,10 @@ impl VolumeId {
     fn parse_v1(id: &str) -> Result<Self, VolumeIdError> {
         let fields: Vec<&str> = id.split(SEPARATOR).collect();
         if fields[0] != VERSION {
-            return Err(VolumeIdError::UnsupportedVersion {
-                id: id.to_string(),
-                version: fields[0].to_string(),
-            });
+            return Err(VolumeIdError::UnsupportedVersion { id: id.to_string(), version: fields[0].to_string() });
         }
         let [_, server, port, share, base, sub_dir, on_delete] = fields[..] else {
-            return Err(VolumeIdError::FieldCount {
-                id: id.to_string(),
-                found: fields.len(),
-            });
+            return Err(VolumeIdError::FieldCount { id: id.to_string(), found: fields.len() });
         };
         let server = unescape(id, server, "server")?;
         let share = unescape(id, share, "share")?;
@@ -179,32 +166,17 @@ impl VolumeId {
             // 445 is written as the empty field, so "445" is not canonical.
             p => parse_port(p)
                 .filter(|&n| n != DEFAULT_SMB_PORT)
-                .ok_or_else(|| VolumeIdError::BadPort {
-                    id: id.to_string(),
-                    port: p.to_string(),
-                })?,
+                .ok_or_else(|| VolumeIdError::BadPort { id: id.to_string(), port: p.to_string() })?,
         };
         let path = |field, value: &str| {
-            SharePath::parse_or_root(value).map_err(|error| VolumeIdError::BadPath {
-                id: id.to_string(),
-                field,
-                error,
-            })
+            SharePath::parse_or_root(value).map_err(|error| VolumeIdError::BadPath { id: id.to_string(), field, error })
         };
         let base = path("base path", &base)?;
         let sub_dir = path("subdir", &sub_dir)?;
-        let share = ShareUrl::from_parts(&server, port, &share, base).map_err(|error| {
-            VolumeIdError::BadShare {
-                id: id.to_string(),
-                error,
-            }
-        })?;
+        let share = ShareUrl::from_parts(&server, port, &share, base)
+            .map_err(|error| VolumeIdError::BadShare { id: id.to_string(), error })?;
         let on_delete = parse_on_delete(id, on_delete)?;
-        let parsed = VolumeId {
-            share,
-            sub_dir,
-            on_delete,
-        };
+        let parsed = VolumeId { share, sub_dir, on_delete };
         // One spelling per volume: `a/` or `%7C`-free `%41` would otherwise
         // alias the canonical handle.
         if parsed.encode().as_deref() != Ok(id) {
@@ -219,24 +191,12 @@ impl VolumeId {
             return Err(VolumeIdError::Unrecognised { id: id.to_string() });
         }
         let source = segments[0].trim_start_matches('/');
-        let share =
-            ShareUrl::parse(&format!("//{source}")).map_err(|error| VolumeIdError::BadShare {
-                id: id.to_string(),
-                error,
-            })?;
-        let sub_dir = SharePath::parse_or_root(segments[1].trim_matches('/')).map_err(|error| {
-            VolumeIdError::BadPath {
-                id: id.to_string(),
-                field: "subdir",
-                error,
-            }
-        })?;
+        let share = ShareUrl::parse(&format!("//{source}"))
+            .map_err(|error| VolumeIdError::BadShare { id: id.to_string(), error })?;
+        let sub_dir = SharePath::parse_or_root(segments[1].trim_matches('/'))
+            .map_err(|error| VolumeIdError::BadPath { id: id.to_string(), field: "subdir", error })?;
         let on_delete = parse_on_delete(id, segments.get(3).copied().unwrap_or(""))?;
-        Ok(VolumeId {
-            share,
-            sub_dir,
-            on_delete,
-        })
+        Ok(VolumeId { share, sub_dir, on_delete })
     }
 }
 
@@ -256,10 +216,7 @@ fn parse_on_delete(id: &str, value: &str) -> Result<Option<OnDelete>, VolumeIdEr
     }
     OnDelete::parse(value)
         .map(Some)
-        .ok_or_else(|| VolumeIdError::BadOnDelete {
-            id: id.to_string(),
-            value: value.to_string(),
-        })
+        .ok_or_else(|| VolumeIdError::BadOnDelete { id: id.to_string(), value: value.to_string() })
 }
 
 fn escape(field: &str) -> String {
@@ -275,10 +232,7 @@ fn escape(field: &str) -> String {
 }
 
 fn unescape(id: &str, field: &str, name: &'static str) -> Result<String, VolumeIdError> {
-    let bad = || VolumeIdError::BadEscape {
-        id: id.to_string(),
-        field: name,
-    };
+    let bad = || VolumeIdError::BadEscape { id: id.to_string(), field: name };
     let mut out = String::with_capacity(field.len());
     let mut rest = field;
     while let Some(at) = rest.find('%') {
@@ -316,23 +270,14 @@ mod tests {
     #[test]
     fn v1_round_trips() {
         let cases = [
-            (
-                volume("//srv/share", "pvc-1", Some(OnDelete::Delete)),
-                "v1|srv||share||pvc-1|delete",
-            ),
+            (volume("//srv/share", "pvc-1", Some(OnDelete::Delete)), "v1|srv||share||pvc-1|delete"),
             (
                 volume("//srv:1445/share/base/dir", "a/b", Some(OnDelete::Archive)),
                 "v1|srv|1445|share|base/dir|a/b|archive",
             ),
             (volume("//[fd00::1]/s", "x", None), "v1|fd00::1||s||x|"),
-            (
-                volume("//srv/share", "", Some(OnDelete::Retain)),
-                "v1|srv||share|||retain",
-            ),
-            (
-                volume("//srv/pct%share", "100%/x", None),
-                "v1|srv||pct%25share||100%25/x|",
-            ),
+            (volume("//srv/share", "", Some(OnDelete::Retain)), "v1|srv||share|||retain"),
+            (volume("//srv/pct%share", "100%/x", None), "v1|srv||pct%25share||100%25/x|"),
         ];
         for (v, expected) in cases {
             assert_eq!(round_trip(&v), expected);
@@ -349,9 +294,7 @@ mod tests {
 
     #[test]
     fn length_boundary_is_128_bytes() {
-        let empty = volume("//srv/share", "", Some(OnDelete::Delete))
-            .encode()
-            .unwrap();
+        let empty = volume("//srv/share", "", Some(OnDelete::Delete)).encode().unwrap();
         let fits = MAX_VOLUME_ID_LEN - empty.len();
         let at_limit = volume("//srv/share", &"a".repeat(fits), Some(OnDelete::Delete));
         assert_eq!(round_trip(&at_limit).len(), 128);
@@ -360,21 +303,11 @@ mod tests {
         assert_eq!(err, VolumeIdError::TooLong { len: 129 });
         assert!(err.to_string().contains("128"), "{err}");
         // Multi-byte characters count in bytes: 'é' is two.
-        let multibyte = volume(
-            "//srv/share",
-            &"é".repeat(fits / 2 + 1),
-            Some(OnDelete::Delete),
-        );
-        assert!(matches!(
-            multibyte.encode(),
-            Err(VolumeIdError::TooLong { .. })
-        ));
+        let multibyte = volume("//srv/share", &"é".repeat(fits / 2 + 1), Some(OnDelete::Delete));
+        assert!(matches!(multibyte.encode(), Err(VolumeIdError::TooLong { .. })));
         // Parsing refuses over-long input before looking at it.
         let long = format!("{}{}", empty, "a".repeat(fits + 1));
-        assert_eq!(
-            VolumeId::parse(&long),
-            Err(VolumeIdError::TooLong { len: 129 })
-        );
+        assert_eq!(VolumeId::parse(&long), Err(VolumeIdError::TooLong { len: 129 }));
     }
 
     #[test]
@@ -393,15 +326,9 @@ mod tests {
 
         // Four fields with empty uuid and onDelete, as that driver writes for "delete".
         let v = VolumeId::parse("srv/share#pvc-1##").unwrap();
-        assert_eq!(
-            (v.sub_dir.to_string(), v.on_delete),
-            ("pvc-1".to_string(), None)
-        );
+        assert_eq!((v.sub_dir.to_string(), v.on_delete), ("pvc-1".to_string(), None));
         let v = VolumeId::parse("//srv:1445/share#sub#uuid#Retain").unwrap();
-        assert_eq!(
-            (v.share.port(), v.on_delete),
-            (1445, Some(OnDelete::Retain))
-        );
+        assert_eq!((v.share.port(), v.on_delete), (1445, Some(OnDelete::Retain)));
         // Static PVs may point at the share root.
         assert!(VolumeId::parse("srv/share#").unwrap().sub_dir.is_root());
 
@@ -414,116 +341,36 @@ mod tests {
     fn hostile_and_malformed_handles() {
         let err = |id: &str| VolumeId::parse(id).unwrap_err();
         assert_eq!(err(""), VolumeIdError::Empty);
-        assert!(matches!(
-            err("just-a-name"),
-            VolumeIdError::Unrecognised { .. }
-        ));
-        assert!(matches!(
-            err("v2|srv||share||x|"),
-            VolumeIdError::UnsupportedVersion { .. }
-        ));
-        assert!(matches!(
-            err("v1|srv||share||x"),
-            VolumeIdError::FieldCount { found: 6, .. }
-        ));
-        assert!(matches!(
-            err("v1|srv||share||x||"),
-            VolumeIdError::FieldCount { found: 8, .. }
-        ));
-        assert!(matches!(
-            err("v1|srv||share||../../etc|"),
-            VolumeIdError::BadPath {
-                field: "subdir",
-                ..
-            }
-        ));
-        assert!(matches!(
-            err("v1|srv||share|..|x|"),
-            VolumeIdError::BadPath {
-                field: "base path",
-                ..
-            }
-        ));
-        assert!(matches!(
-            err("v1|srv||share||/abs|"),
-            VolumeIdError::BadPath { .. }
-        ));
-        assert!(matches!(
-            err("v1|srv||share||a\0b|"),
-            VolumeIdError::BadPath { .. }
-        ));
-        assert!(matches!(
-            err("v1|srv||share||a%7Cb|"),
-            VolumeIdError::BadPath { .. }
-        ));
-        assert!(matches!(
-            err("v1|srv||share||a%2|"),
-            VolumeIdError::BadEscape {
-                field: "subdir",
-                ..
-            }
-        ));
-        assert!(matches!(
-            err("v1|srv||share||a%41|"),
-            VolumeIdError::BadEscape { .. }
-        ));
-        assert!(matches!(
-            err("v1|srv||share||%|"),
-            VolumeIdError::BadEscape { .. }
-        ));
-        assert!(matches!(
-            err("v1|srv|0|share||x|"),
-            VolumeIdError::BadPort { .. }
-        ));
-        assert!(matches!(
-            err("v1|srv|99999|share||x|"),
-            VolumeIdError::BadPort { .. }
-        ));
-        assert!(matches!(
-            err("v1|srv|+1|share||x|"),
-            VolumeIdError::BadPort { .. }
-        ));
-        assert!(matches!(
-            err("v1|s rv||share||x|"),
-            VolumeIdError::BadShare { .. }
-        ));
-        assert!(matches!(
-            err("v1|srv||||x|"),
-            VolumeIdError::BadShare { .. }
-        ));
-        assert!(matches!(
-            err("v1|srv||share||x|shred"),
-            VolumeIdError::BadOnDelete { .. }
-        ));
-        assert!(matches!(
-            err("srv/share#x#u#shred"),
-            VolumeIdError::BadOnDelete { .. }
-        ));
-        assert!(matches!(
-            err("srv/share#../x"),
-            VolumeIdError::BadPath { .. }
-        ));
+        assert!(matches!(err("just-a-name"), VolumeIdError::Unrecognised { .. }));
+        assert!(matches!(err("v2|srv||share||x|"), VolumeIdError::UnsupportedVersion { .. }));
+        assert!(matches!(err("v1|srv||share||x"), VolumeIdError::FieldCount { found: 6, .. }));
+        assert!(matches!(err("v1|srv||share||x||"), VolumeIdError::FieldCount { found: 8, .. }));
+        assert!(matches!(err("v1|srv||share||../../etc|"), VolumeIdError::BadPath { field: "subdir", .. }));
+        assert!(matches!(err("v1|srv||share|..|x|"), VolumeIdError::BadPath { field: "base path", .. }));
+        assert!(matches!(err("v1|srv||share||/abs|"), VolumeIdError::BadPath { .. }));
+        assert!(matches!(err("v1|srv||share||a\0b|"), VolumeIdError::BadPath { .. }));
+        assert!(matches!(err("v1|srv||share||a%7Cb|"), VolumeIdError::BadPath { .. }));
+        assert!(matches!(err("v1|srv||share||a%2|"), VolumeIdError::BadEscape { field: "subdir", .. }));
+        assert!(matches!(err("v1|srv||share||a%41|"), VolumeIdError::BadEscape { .. }));
+        assert!(matches!(err("v1|srv||share||%|"), VolumeIdError::BadEscape { .. }));
+        assert!(matches!(err("v1|srv|0|share||x|"), VolumeIdError::BadPort { .. }));
+        assert!(matches!(err("v1|srv|99999|share||x|"), VolumeIdError::BadPort { .. }));
+        assert!(matches!(err("v1|srv|+1|share||x|"), VolumeIdError::BadPort { .. }));
+        assert!(matches!(err("v1|s rv||share||x|"), VolumeIdError::BadShare { .. }));
+        assert!(matches!(err("v1|srv||||x|"), VolumeIdError::BadShare { .. }));
+        assert!(matches!(err("v1|srv||share||x|shred"), VolumeIdError::BadOnDelete { .. }));
+        assert!(matches!(err("srv/share#x#u#shred"), VolumeIdError::BadOnDelete { .. }));
+        assert!(matches!(err("srv/share#../x"), VolumeIdError::BadPath { .. }));
         assert!(matches!(err("srv#x"), VolumeIdError::BadShare { .. }));
-        assert!(matches!(
-            err("srv/share#a#b#retain#extra"),
-            VolumeIdError::Unrecognised { .. }
-        ));
-        assert!(matches!(
-            err("user@srv/share#x"),
-            VolumeIdError::BadShare { .. }
-        ));
+        assert!(matches!(err("srv/share#a#b#retain#extra"), VolumeIdError::Unrecognised { .. }));
+        assert!(matches!(err("user@srv/share#x"), VolumeIdError::BadShare { .. }));
     }
 
     #[test]
     fn one_spelling_per_volume() {
         // Non-canonical spellings of a valid volume are refused, so equal
         // volumes always have equal handles.
-        for id in [
-            "v1|srv|445|share||x|",
-            "v1|srv||share||x/|",
-            r"v1|srv||share||a\b|",
-            "v1|srv||share||x|Retain",
-        ] {
+        for id in ["v1|srv|445|share||x|", "v1|srv||share||x/|", r"v1|srv||share||a\b|", "v1|srv||share||x|Retain"] {
             assert!(VolumeId::parse(id).is_err(), "{id}");
         }
     }

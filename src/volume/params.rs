@@ -95,9 +95,7 @@ pub enum ParamError {
     Duplicate { key: String },
     #[error("StorageClass parameter {key:?}: {value:?} is not one of delete, retain, archive")]
     BadOnDelete { key: String, value: String },
-    #[error(
-        "StorageClass parameter {key:?} is not supported (supported: source, subDir, onDelete)"
-    )]
+    #[error("StorageClass parameter {key:?} is not supported (supported: source, subDir, onDelete)")]
     UnknownKey { key: String },
     #[error("subDir {template:?}: unknown variable ${{{variable}}}; use ${{pvc.metadata.name}}, ${{pvc.metadata.namespace}} or ${{pv.metadata.name}}")]
     UnknownVariable { template: String, variable: String },
@@ -107,11 +105,7 @@ pub enum ParamError {
         "subDir {template:?} uses ${{{variable}}} but the request has no {key:?}; \
          run external-provisioner with --extra-create-metadata"
     )]
-    MissingMetadata {
-        template: String,
-        variable: String,
-        key: &'static str,
-    },
+    MissingMetadata { template: String, variable: String, key: &'static str },
     #[error("subDir {template:?} expands to {expanded:?}: {error}")]
     BadSubDir {
         template: String,
@@ -137,9 +131,7 @@ const VARIABLES: &[(&str, &str)] = &[
 
 impl SubDirTemplate {
     pub fn parse(template: &str) -> Result<Self, ParamError> {
-        let parsed = SubDirTemplate {
-            template: template.to_string(),
-        };
+        let parsed = SubDirTemplate { template: template.to_string() };
         // Expanding with placeholder values checks the variables' syntax.
         parsed.substitute(|_, _| Ok("x"))?;
         Ok(parsed)
@@ -160,17 +152,10 @@ impl SubDirTemplate {
         while let Some(start) = rest.find("${") {
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
-            let end = after
-                .find('}')
-                .ok_or_else(|| ParamError::UnterminatedVariable {
-                    template: template.clone(),
-                })?;
+            let end = after.find('}').ok_or_else(|| ParamError::UnterminatedVariable { template: template.clone() })?;
             let name = &after[..end];
             let (variable, key) = VARIABLES.iter().find(|(v, _)| *v == name).ok_or_else(|| {
-                ParamError::UnknownVariable {
-                    template: template.clone(),
-                    variable: name.to_string(),
-                }
+                ParamError::UnknownVariable { template: template.clone(), variable: name.to_string() }
             })?;
             out.push_str(lookup(variable, key)?);
             rest = &after[end + 1..];
@@ -217,10 +202,8 @@ impl StorageClassParams {
         }
 
         let (source_key, source_value) = source.ok_or(ParamError::MissingSource)?;
-        let source = ShareUrl::parse(&source_value).map_err(|error| ParamError::BadSource {
-            key: source_key,
-            error,
-        })?;
+        let source =
+            ShareUrl::parse(&source_value).map_err(|error| ParamError::BadSource { key: source_key, error })?;
         let sub_dir = match sub_dir {
             Some((_, template)) if !template.is_empty() => Some(SubDirTemplate::parse(&template)?),
             _ => None,
@@ -228,9 +211,7 @@ impl StorageClassParams {
         let on_delete = match on_delete {
             None => OnDelete::default(),
             Some((_, value)) if value.is_empty() => OnDelete::default(),
-            Some((key, value)) => {
-                OnDelete::parse(&value).ok_or(ParamError::BadOnDelete { key, value })?
-            }
+            Some((key, value)) => OnDelete::parse(&value).ok_or(ParamError::BadOnDelete { key, value })?,
         };
         let value = |slot: Option<(String, String)>| slot.map(|(_, v)| v);
         Ok(StorageClassParams {
@@ -265,11 +246,7 @@ impl StorageClassParams {
                 (t.as_str().to_string(), expanded)
             }
         };
-        SharePath::parse(&expanded).map_err(|error| ParamError::BadSubDir {
-            template,
-            expanded,
-            error,
-        })
+        SharePath::parse(&expanded).map_err(|error| ParamError::BadSubDir { template, expanded, error })
     }
 }
 
@@ -278,10 +255,7 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn parse(pairs: &[(&str, &str)]) -> Result<StorageClassParams, ParamError> {
@@ -299,18 +273,11 @@ mod tests {
 
     #[test]
     fn keys_are_case_insensitive_like_csi_driver_smb() {
-        let p = parse(&[
-            ("Source", r"\\srv\share\k8s"),
-            ("SUBDIR", "x/${pv.metadata.name}"),
-            ("ondelete", "Archive"),
-        ])
-        .unwrap();
+        let p = parse(&[("Source", r"\\srv\share\k8s"), ("SUBDIR", "x/${pv.metadata.name}"), ("ondelete", "Archive")])
+            .unwrap();
         assert_eq!(p.source.base_path().to_string(), "k8s");
         assert_eq!(p.on_delete, OnDelete::Archive);
-        let p = StorageClassParams {
-            pv_name: Some("pv-9".into()),
-            ..p
-        };
+        let p = StorageClassParams { pv_name: Some("pv-9".into()), ..p };
         assert_eq!(p.sub_dir_for("ignored").unwrap().to_string(), "x/pv-9");
     }
 
@@ -318,10 +285,7 @@ mod tests {
     fn template_with_provisioner_metadata() {
         let p = parse(&[
             ("source", "//srv/share"),
-            (
-                "subDir",
-                r"${pvc.metadata.namespace}\${pvc.metadata.name}-data",
-            ),
+            ("subDir", r"${pvc.metadata.namespace}\${pvc.metadata.name}-data"),
             ("csi.storage.k8s.io/pvc/name", "web"),
             ("csi.storage.k8s.io/pvc/namespace", "shop"),
             ("csi.storage.k8s.io/pv/name", "pvc-1"),
@@ -330,10 +294,7 @@ mod tests {
         .unwrap();
         assert_eq!(p.on_delete, OnDelete::Retain);
         assert_eq!(p.sub_dir_for("pvc-1").unwrap().to_string(), "shop/web-data");
-        assert_eq!(
-            p.sub_dir.as_ref().unwrap().as_str(),
-            r"${pvc.metadata.namespace}\${pvc.metadata.name}-data"
-        );
+        assert_eq!(p.sub_dir.as_ref().unwrap().as_str(), r"${pvc.metadata.namespace}\${pvc.metadata.name}-data");
     }
 
     #[test]
@@ -351,19 +312,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        for key in [
-            "mountPermissions",
-            "server",
-            "csi.storage.k8s.io/unknown",
-            "subdirectory",
-        ] {
+        for key in ["mountPermissions", "server", "csi.storage.k8s.io/unknown", "subdirectory"] {
             let err = parse(&[("source", "//srv/share"), (key, "1")]).unwrap_err();
-            assert_eq!(
-                err,
-                ParamError::UnknownKey {
-                    key: key.to_string()
-                }
-            );
+            assert_eq!(err, ParamError::UnknownKey { key: key.to_string() });
             assert!(err.to_string().contains(key));
         }
     }
@@ -371,32 +322,17 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         assert_eq!(parse(&[("subDir", "x")]), Err(ParamError::MissingSource));
-        assert!(matches!(
-            parse(&[("source", "srv/share")]),
-            Err(ParamError::BadSource { .. })
-        ));
+        assert!(matches!(parse(&[("source", "srv/share")]), Err(ParamError::BadSource { .. })));
         assert!(matches!(
             parse(&[("source", "//srv/share"), ("onDelete", "shred")]),
             Err(ParamError::BadOnDelete { ref value, .. }) if value == "shred"
         ));
+        assert!(matches!(parse(&[("source", "//a/s"), ("Source", "//b/s")]), Err(ParamError::Duplicate { .. })));
+        let unknown = parse(&[("source", "//srv/share"), ("subDir", "${pvc.metadata.uid}")]).unwrap_err();
+        assert!(matches!(unknown, ParamError::UnknownVariable { ref variable, .. } if variable == "pvc.metadata.uid"));
+        assert!(unknown.to_string().contains("${pvc.metadata.uid}"), "{unknown}");
         assert!(matches!(
-            parse(&[("source", "//a/s"), ("Source", "//b/s")]),
-            Err(ParamError::Duplicate { .. })
-        ));
-        let unknown =
-            parse(&[("source", "//srv/share"), ("subDir", "${pvc.metadata.uid}")]).unwrap_err();
-        assert!(
-            matches!(unknown, ParamError::UnknownVariable { ref variable, .. } if variable == "pvc.metadata.uid")
-        );
-        assert!(
-            unknown.to_string().contains("${pvc.metadata.uid}"),
-            "{unknown}"
-        );
-        assert!(matches!(
-            parse(&[
-                ("source", "//srv/share"),
-                ("subDir", "a/${pvc.metadata.name")
-            ]),
+            parse(&[("source", "//srv/share"), ("subDir", "a/${pvc.metadata.name")]),
             Err(ParamError::UnterminatedVariable { .. })
         ));
     }
@@ -408,65 +344,25 @@ mod tests {
             p.pvc_name = Some(pvc_name.to_string());
             p.sub_dir_for("vol")
         };
-        assert!(matches!(
-            with("../${pvc.metadata.name}", "a"),
-            Err(ParamError::BadSubDir { .. })
-        ));
-        assert!(matches!(
-            with("${pvc.metadata.name}", ".."),
-            Err(ParamError::BadSubDir { .. })
-        ));
-        assert!(matches!(
-            with("/${pvc.metadata.name}", "a"),
-            Err(ParamError::BadSubDir { .. })
-        ));
-        assert!(matches!(
-            with(r"\x", "a"),
-            Err(ParamError::BadSubDir { .. })
-        ));
-        assert!(matches!(
-            with("${pvc.metadata.name}", ""),
-            Err(ParamError::BadSubDir { .. })
-        ));
-        assert!(matches!(
-            with("a/${pvc.metadata.name}", "x\0y"),
-            Err(ParamError::BadSubDir { .. })
-        ));
-        assert!(matches!(
-            with("${pvc.metadata.name}", &"n".repeat(256)),
-            Err(ParamError::BadSubDir { .. })
-        ));
-        assert_eq!(
-            with("$HOME/${pvc.metadata.name}", "a").unwrap().to_string(),
-            "$HOME/a"
-        );
+        assert!(matches!(with("../${pvc.metadata.name}", "a"), Err(ParamError::BadSubDir { .. })));
+        assert!(matches!(with("${pvc.metadata.name}", ".."), Err(ParamError::BadSubDir { .. })));
+        assert!(matches!(with("/${pvc.metadata.name}", "a"), Err(ParamError::BadSubDir { .. })));
+        assert!(matches!(with(r"\x", "a"), Err(ParamError::BadSubDir { .. })));
+        assert!(matches!(with("${pvc.metadata.name}", ""), Err(ParamError::BadSubDir { .. })));
+        assert!(matches!(with("a/${pvc.metadata.name}", "x\0y"), Err(ParamError::BadSubDir { .. })));
+        assert!(matches!(with("${pvc.metadata.name}", &"n".repeat(256)), Err(ParamError::BadSubDir { .. })));
+        assert_eq!(with("$HOME/${pvc.metadata.name}", "a").unwrap().to_string(), "$HOME/a");
         // The default (no subDir) is validated too.
         let p = parse(&[("source", "//srv/share")]).unwrap();
-        assert!(matches!(
-            p.sub_dir_for("../x"),
-            Err(ParamError::BadSubDir { .. })
-        ));
-        assert!(matches!(
-            p.sub_dir_for(""),
-            Err(ParamError::BadSubDir { .. })
-        ));
+        assert!(matches!(p.sub_dir_for("../x"), Err(ParamError::BadSubDir { .. })));
+        assert!(matches!(p.sub_dir_for(""), Err(ParamError::BadSubDir { .. })));
     }
 
     #[test]
     fn missing_metadata_says_how_to_fix_it() {
-        let p = parse(&[
-            ("source", "//srv/share"),
-            ("subDir", "${pvc.metadata.namespace}"),
-        ])
-        .unwrap();
+        let p = parse(&[("source", "//srv/share"), ("subDir", "${pvc.metadata.namespace}")]).unwrap();
         let err = p.sub_dir_for("vol").unwrap_err();
-        assert!(matches!(
-            err,
-            ParamError::MissingMetadata {
-                key: PVC_NAMESPACE_KEY,
-                ..
-            }
-        ));
+        assert!(matches!(err, ParamError::MissingMetadata { key: PVC_NAMESPACE_KEY, .. }));
         assert!(err.to_string().contains("--extra-create-metadata"), "{err}");
     }
 

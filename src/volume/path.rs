@@ -57,45 +57,24 @@ impl SharePath {
             return Ok(Self::root());
         }
         if path.starts_with(['/', '\\']) {
-            return Err(PathError::Absolute {
-                path: path.to_string(),
-            });
+            return Err(PathError::Absolute { path: path.to_string() });
         }
         if let Some(found) = path.chars().find(|c| c.is_control()) {
-            return Err(PathError::ControlCharacter {
-                path: path.to_string(),
-                found,
-            });
+            return Err(PathError::ControlCharacter { path: path.to_string(), found });
         }
-        if let Some(found) = path
-            .chars()
-            .find(|c| matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*'))
-        {
-            return Err(PathError::ReservedCharacter {
-                path: path.to_string(),
-                found,
-            });
+        if let Some(found) = path.chars().find(|c| matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*')) {
+            return Err(PathError::ReservedCharacter { path: path.to_string(), found });
         }
         let trimmed = path.strip_suffix(['/', '\\']).unwrap_or(path);
         let mut components = Vec::new();
         for component in trimmed.split(['/', '\\']) {
             match component {
-                "" => {
-                    return Err(PathError::EmptyComponent {
-                        path: path.to_string(),
-                    })
-                }
+                "" => return Err(PathError::EmptyComponent { path: path.to_string() }),
                 "." | ".." => {
-                    return Err(PathError::DotComponent {
-                        path: path.to_string(),
-                        component: component.to_string(),
-                    })
+                    return Err(PathError::DotComponent { path: path.to_string(), component: component.to_string() })
                 }
                 _ if component.len() > MAX_COMPONENT_LEN => {
-                    return Err(PathError::ComponentTooLong {
-                        component: component.to_string(),
-                        len: component.len(),
-                    })
+                    return Err(PathError::ComponentTooLong { component: component.to_string(), len: component.len() })
                 }
                 _ => components.push(component.to_string()),
             }
@@ -113,14 +92,7 @@ impl SharePath {
 
     /// This path followed by `other`.
     pub fn join(&self, other: &SharePath) -> SharePath {
-        SharePath {
-            components: self
-                .components
-                .iter()
-                .chain(&other.components)
-                .cloned()
-                .collect(),
-        }
+        SharePath { components: self.components.iter().chain(&other.components).cloned().collect() }
     }
 }
 
@@ -147,10 +119,7 @@ mod tests {
         assert_eq!(p.components(), ["team", "data", "pvc-1"]);
         assert_eq!(p.to_string(), "team/data/pvc-1");
         assert_eq!(SharePath::parse("a/").unwrap().to_string(), "a");
-        assert_eq!(
-            SharePath::parse("données/日本").unwrap().to_string(),
-            "données/日本"
-        );
+        assert_eq!(SharePath::parse("données/日本").unwrap().to_string(), "données/日本");
         assert_eq!(SharePath::parse("..a/b..").unwrap().to_string(), "..a/b..");
     }
 
@@ -159,9 +128,7 @@ mod tests {
         assert_eq!(SharePath::parse(""), Err(PathError::Empty));
         assert!(SharePath::parse_or_root("").unwrap().is_root());
         assert_eq!(SharePath::root().to_string(), "");
-        let joined = SharePath::parse("base")
-            .unwrap()
-            .join(&SharePath::parse("x/y").unwrap());
+        let joined = SharePath::parse("base").unwrap().join(&SharePath::parse("x/y").unwrap());
         assert_eq!(joined.to_string(), "base/x/y");
     }
 
@@ -175,25 +142,15 @@ mod tests {
             (r"\srv", |e| matches!(e, PathError::Absolute { .. })),
             ("a/../b", |e| matches!(e, PathError::DotComponent { .. })),
             ("..", |e| matches!(e, PathError::DotComponent { .. })),
-            (r"a\..\..\b", |e| {
-                matches!(e, PathError::DotComponent { .. })
-            }),
+            (r"a\..\..\b", |e| matches!(e, PathError::DotComponent { .. })),
             ("./a", |e| matches!(e, PathError::DotComponent { .. })),
             ("a//b", |e| matches!(e, PathError::EmptyComponent { .. })),
             ("a//", |e| matches!(e, PathError::EmptyComponent { .. })),
-            ("a\0b", |e| {
-                matches!(e, PathError::ControlCharacter { found: '\0', .. })
-            }),
+            ("a\0b", |e| matches!(e, PathError::ControlCharacter { found: '\0', .. })),
             ("a\nb", |e| matches!(e, PathError::ControlCharacter { .. })),
-            ("a\u{7f}", |e| {
-                matches!(e, PathError::ControlCharacter { .. })
-            }),
-            ("file:stream", |e| {
-                matches!(e, PathError::ReservedCharacter { found: ':', .. })
-            }),
-            ("a|b", |e| {
-                matches!(e, PathError::ReservedCharacter { found: '|', .. })
-            }),
+            ("a\u{7f}", |e| matches!(e, PathError::ControlCharacter { .. })),
+            ("file:stream", |e| matches!(e, PathError::ReservedCharacter { found: ':', .. })),
+            ("a|b", |e| matches!(e, PathError::ReservedCharacter { found: '|', .. })),
             ("a*", |e| matches!(e, PathError::ReservedCharacter { .. })),
         ];
         for (input, is_expected) in cases {
@@ -210,9 +167,6 @@ mod tests {
             Err(PathError::ComponentTooLong { len: 256, .. })
         ));
         // 128 two-byte characters: 256 bytes.
-        assert!(matches!(
-            SharePath::parse(&"é".repeat(128)),
-            Err(PathError::ComponentTooLong { len: 256, .. })
-        ));
+        assert!(matches!(SharePath::parse(&"é".repeat(128)), Err(PathError::ComponentTooLong { len: 256, .. })));
     }
 }

@@ -28,19 +28,11 @@ pub enum ShareUrlError {
     #[error("share address {url:?} names no share; expected //server/share")]
     MissingShare { url: String },
     #[error("share address {url:?}: bad server {server:?}: {why}")]
-    BadServer {
-        url: String,
-        server: String,
-        why: &'static str,
-    },
+    BadServer { url: String, server: String, why: &'static str },
     #[error("share address {url:?}: bad port {port:?}: expected 1-65535")]
     BadPort { url: String, port: String },
     #[error("share address {url:?}: bad share name {share:?}: {why}")]
-    BadShare {
-        url: String,
-        share: String,
-        why: &'static str,
-    },
+    BadShare { url: String, share: String, why: &'static str },
     #[error("share address {url:?}: bad path inside the share: {error}")]
     BadPath {
         url: String,
@@ -92,9 +84,7 @@ impl ShareUrl {
             return Err(ShareUrlError::MissingPrefix { url: owned(url) });
         }
 
-        let (authority, path) = rest
-            .split_once('/')
-            .ok_or_else(|| ShareUrlError::MissingShare { url: owned(url) })?;
+        let (authority, path) = rest.split_once('/').ok_or_else(|| ShareUrlError::MissingShare { url: owned(url) })?;
         if authority.contains('@') {
             return Err(ShareUrlError::Credentials { url: owned(url) });
         }
@@ -103,20 +93,13 @@ impl ShareUrl {
         if share.is_empty() {
             return Err(ShareUrlError::MissingShare { url: owned(url) });
         }
-        let base_path = SharePath::parse_or_root(base).map_err(|error| ShareUrlError::BadPath {
-            url: owned(url),
-            error,
-        })?;
+        let base_path =
+            SharePath::parse_or_root(base).map_err(|error| ShareUrlError::BadPath { url: owned(url), error })?;
         Self::from_parts_for(url, server, port, share, base_path)
     }
 
     /// Builds from already separated parts, validating each as [`ShareUrl::parse`] does.
-    pub fn from_parts(
-        server: &str,
-        port: u16,
-        share: &str,
-        base_path: SharePath,
-    ) -> Result<Self, ShareUrlError> {
+    pub fn from_parts(server: &str, port: u16, share: &str, base_path: SharePath) -> Result<Self, ShareUrlError> {
         let shown = format!("//{server}:{port}/{share}");
         Self::from_parts_for(&shown, server, port, share, base_path)
     }
@@ -134,22 +117,14 @@ impl ShareUrl {
             why,
         })?;
         if port == 0 {
-            return Err(ShareUrlError::BadPort {
-                url: url.to_string(),
-                port: "0".into(),
-            });
+            return Err(ShareUrlError::BadPort { url: url.to_string(), port: "0".into() });
         }
         validate_share(share).map_err(|why| ShareUrlError::BadShare {
             url: url.to_string(),
             share: share.to_string(),
             why,
         })?;
-        Ok(ShareUrl {
-            server: server.to_string(),
-            port,
-            share: share.to_string(),
-            base_path,
-        })
+        Ok(ShareUrl { server: server.to_string(), port, share: share.to_string(), base_path })
     }
 
     /// Host name or IP address (IPv6 without brackets).
@@ -191,20 +166,17 @@ impl fmt::Display for ShareUrl {
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`.
 fn split_authority<'a>(url: &str, authority: &'a str) -> Result<(&'a str, u16), ShareUrlError> {
     let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-        let (host, after) = bracketed
-            .split_once(']')
-            .ok_or_else(|| ShareUrlError::BadServer {
-                url: url.to_string(),
-                server: authority.to_string(),
-                why: "unclosed '['",
-            })?;
+        let (host, after) = bracketed.split_once(']').ok_or_else(|| ShareUrlError::BadServer {
+            url: url.to_string(),
+            server: authority.to_string(),
+            why: "unclosed '['",
+        })?;
         if host.parse::<Ipv6Addr>().is_err() {
             return Err(ShareUrlError::BadServer {
                 url: url.to_string(),
@@ -233,10 +205,7 @@ fn split_authority<'a>(url: &str, authority: &'a str) -> Result<(&'a str, u16), 
     };
     let port = match port {
         None => DEFAULT_SMB_PORT,
-        Some(p) => parse_port(p).ok_or_else(|| ShareUrlError::BadPort {
-            url: url.to_string(),
-            port: p.to_string(),
-        })?,
+        Some(p) => parse_port(p).ok_or_else(|| ShareUrlError::BadPort { url: url.to_string(), port: p.to_string() })?,
     };
     Ok((host, port))
 }
@@ -255,19 +224,13 @@ fn validate_server(server: &str) -> Result<(), &'static str> {
         return Err("empty");
     }
     if server.contains(':') {
-        return server
-            .parse::<Ipv6Addr>()
-            .map(|_| ())
-            .map_err(|_| "not an IPv6 address");
+        return server.parse::<Ipv6Addr>().map(|_| ()).map_err(|_| "not an IPv6 address");
     }
     if server.len() > MAX_SERVER_LEN {
         return Err("longer than 253 characters");
     }
     // DNS names, IPv4 addresses and NetBIOS-style names with '_'.
-    if !server
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-    {
+    if !server.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')) {
         return Err("only letters, digits, '-', '.' and '_' are allowed");
     }
     if server.starts_with(['-', '.']) || server.ends_with('-') {
@@ -301,50 +264,26 @@ mod tests {
 
     fn parts(url: &str) -> (String, u16, String, String) {
         let u = ShareUrl::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
-        (
-            u.server().to_string(),
-            u.port(),
-            u.share().to_string(),
-            u.base_path().to_string(),
-        )
+        (u.server().to_string(), u.port(), u.share().to_string(), u.base_path().to_string())
     }
 
     #[test]
     fn accepted_forms() {
-        let expect =
-            |s: &str, p: u16, sh: &str, b: &str| (s.to_string(), p, sh.to_string(), b.to_string());
+        let expect = |s: &str, p: u16, sh: &str, b: &str| (s.to_string(), p, sh.to_string(), b.to_string());
         assert_eq!(parts("//srv/share"), expect("srv", 445, "share", ""));
         assert_eq!(parts("//srv/share/"), expect("srv", 445, "share", ""));
-        assert_eq!(
-            parts("//srv:1445/share/a/b"),
-            expect("srv", 1445, "share", "a/b")
-        );
-        assert_eq!(
-            parts(r"\\srv\share\a\b"),
-            expect("srv", 445, "share", "a/b")
-        );
-        assert_eq!(
-            parts("smb://srv.example.com/share/a"),
-            expect("srv.example.com", 445, "share", "a")
-        );
-        assert_eq!(
-            parts("SMB://10.0.0.5:4445/data"),
-            expect("10.0.0.5", 4445, "data", "")
-        );
-        assert_eq!(
-            parts("//[fd00::1]:445/share"),
-            expect("fd00::1", 445, "share", "")
-        );
+        assert_eq!(parts("//srv:1445/share/a/b"), expect("srv", 1445, "share", "a/b"));
+        assert_eq!(parts(r"\\srv\share\a\b"), expect("srv", 445, "share", "a/b"));
+        assert_eq!(parts("smb://srv.example.com/share/a"), expect("srv.example.com", 445, "share", "a"));
+        assert_eq!(parts("SMB://10.0.0.5:4445/data"), expect("10.0.0.5", 4445, "data", ""));
+        assert_eq!(parts("//[fd00::1]:445/share"), expect("fd00::1", 445, "share", ""));
         assert_eq!(parts("//[::1]/share"), expect("::1", 445, "share", ""));
         assert_eq!(parts("  //srv/C$  "), expect("srv", 445, "C$", ""));
         assert_eq!(
             parts("//smb-server.default.svc.cluster.local/share"),
             expect("smb-server.default.svc.cluster.local", 445, "share", "")
         );
-        assert_eq!(
-            parts("//srv/partage/données"),
-            expect("srv", 445, "partage", "données")
-        );
+        assert_eq!(parts("//srv/partage/données"), expect("srv", 445, "partage", "données"));
     }
 
     #[test]
@@ -365,105 +304,38 @@ mod tests {
     fn refusals_name_the_problem() {
         let err = |u: &str| ShareUrl::parse(u).unwrap_err();
         assert_eq!(err(""), ShareUrlError::Empty);
-        assert!(matches!(
-            err("srv/share"),
-            ShareUrlError::MissingPrefix { .. }
-        ));
-        assert!(matches!(
-            err("/srv/share"),
-            ShareUrlError::MissingPrefix { .. }
-        ));
-        assert!(matches!(
-            err("nfs://srv/share"),
-            ShareUrlError::MissingPrefix { .. }
-        ));
+        assert!(matches!(err("srv/share"), ShareUrlError::MissingPrefix { .. }));
+        assert!(matches!(err("/srv/share"), ShareUrlError::MissingPrefix { .. }));
+        assert!(matches!(err("nfs://srv/share"), ShareUrlError::MissingPrefix { .. }));
         assert!(matches!(err("//srv"), ShareUrlError::MissingShare { .. }));
         assert!(matches!(err("//srv/"), ShareUrlError::MissingShare { .. }));
-        assert!(matches!(
-            err("//srv//share"),
-            ShareUrlError::MissingShare { .. }
-        ));
-        assert!(matches!(
-            err("smb://user:pw@srv/share"),
-            ShareUrlError::Credentials { .. }
-        ));
-        assert!(matches!(
-            err("smb://srv/share?x=1"),
-            ShareUrlError::QueryOrFragment { .. }
-        ));
-        assert!(matches!(
-            err("//srv:0/share"),
-            ShareUrlError::BadPort { .. }
-        ));
-        assert!(matches!(
-            err("//srv:65536/share"),
-            ShareUrlError::BadPort { .. }
-        ));
-        assert!(matches!(
-            err("//srv:+445/share"),
-            ShareUrlError::BadPort { .. }
-        ));
+        assert!(matches!(err("//srv//share"), ShareUrlError::MissingShare { .. }));
+        assert!(matches!(err("smb://user:pw@srv/share"), ShareUrlError::Credentials { .. }));
+        assert!(matches!(err("smb://srv/share?x=1"), ShareUrlError::QueryOrFragment { .. }));
+        assert!(matches!(err("//srv:0/share"), ShareUrlError::BadPort { .. }));
+        assert!(matches!(err("//srv:65536/share"), ShareUrlError::BadPort { .. }));
+        assert!(matches!(err("//srv:+445/share"), ShareUrlError::BadPort { .. }));
         assert!(matches!(err("//srv:/share"), ShareUrlError::BadPort { .. }));
-        assert!(matches!(
-            err("//:445/share"),
-            ShareUrlError::BadServer { .. }
-        ));
-        assert!(matches!(
-            err("//fd00::1/share"),
-            ShareUrlError::BadPort { .. }
-        ));
-        assert!(matches!(
-            err("//[fd00::1/share"),
-            ShareUrlError::BadServer { .. }
-        ));
-        assert!(matches!(
-            err("//[nothex]/share"),
-            ShareUrlError::BadServer { .. }
-        ));
-        assert!(matches!(
-            err("//s rv/share"),
-            ShareUrlError::BadServer { .. }
-        ));
-        assert!(matches!(
-            err("//-srv/share"),
-            ShareUrlError::BadServer { .. }
-        ));
-        assert!(matches!(
-            err(&format!("//{}/share", "a".repeat(254))),
-            ShareUrlError::BadServer { .. }
-        ));
-        assert!(matches!(
-            err(&format!("//srv/{}", "s".repeat(81))),
-            ShareUrlError::BadShare { .. }
-        ));
-        assert!(matches!(
-            err("//srv/sh:are"),
-            ShareUrlError::BadShare { .. }
-        ));
-        assert!(matches!(
-            err("//srv/sh\u{1}are"),
-            ShareUrlError::BadShare { .. }
-        ));
+        assert!(matches!(err("//:445/share"), ShareUrlError::BadServer { .. }));
+        assert!(matches!(err("//fd00::1/share"), ShareUrlError::BadPort { .. }));
+        assert!(matches!(err("//[fd00::1/share"), ShareUrlError::BadServer { .. }));
+        assert!(matches!(err("//[nothex]/share"), ShareUrlError::BadServer { .. }));
+        assert!(matches!(err("//s rv/share"), ShareUrlError::BadServer { .. }));
+        assert!(matches!(err("//-srv/share"), ShareUrlError::BadServer { .. }));
+        assert!(matches!(err(&format!("//{}/share", "a".repeat(254))), ShareUrlError::BadServer { .. }));
+        assert!(matches!(err(&format!("//srv/{}", "s".repeat(81))), ShareUrlError::BadShare { .. }));
+        assert!(matches!(err("//srv/sh:are"), ShareUrlError::BadShare { .. }));
+        assert!(matches!(err("//srv/sh\u{1}are"), ShareUrlError::BadShare { .. }));
         assert!(matches!(err("//srv/.."), ShareUrlError::BadShare { .. }));
-        assert!(matches!(
-            err("//srv/share/../etc"),
-            ShareUrlError::BadPath { .. }
-        ));
-        assert!(matches!(
-            err(r"\\srv\share\a\..\.."),
-            ShareUrlError::BadPath { .. }
-        ));
+        assert!(matches!(err("//srv/share/../etc"), ShareUrlError::BadPath { .. }));
+        assert!(matches!(err(r"\\srv\share\a\..\.."), ShareUrlError::BadPath { .. }));
         let message = err("//srv/share/a/../b").to_string();
-        assert!(
-            message.contains("//srv/share/a/../b") && message.contains(".."),
-            "{message}"
-        );
+        assert!(message.contains("//srv/share/a/../b") && message.contains(".."), "{message}");
     }
 
     #[test]
     fn from_parts_validates_like_parse() {
-        let url =
-            ShareUrl::from_parts("srv", 445, "share", SharePath::parse("x").unwrap()).unwrap();
+        let url = ShareUrl::from_parts("srv", 445, "share", SharePath::parse("x").unwrap()).unwrap();
         assert_eq!(url, ShareUrl::parse("//srv/share/x").unwrap());
         assert!(ShareUrl::from_parts("srv", 0, "share", SharePath::root()).is_err());
         assert!(ShareUrl::from_parts("s|rv", 445, "share", SharePath::root()).is_err());

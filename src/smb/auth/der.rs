@@ -35,11 +35,7 @@ pub const fn context(n: u8) -> u8 {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DerError {
     #[error("truncated {what}: need {need} bytes, have {have}")]
-    Truncated {
-        what: &'static str,
-        need: usize,
-        have: usize,
-    },
+    Truncated { what: &'static str, need: usize, have: usize },
     #[error("indefinite length is not DER")]
     IndefiniteLength,
     #[error("length field of {octets} octets is not supported")]
@@ -51,18 +47,11 @@ pub enum DerError {
     #[error("{count} trailing bytes after the {what}")]
     TrailingBytes { what: &'static str, count: usize },
     #[error("expected {what} (tag 0x{expected:02x}), found tag 0x{found:02x}")]
-    UnexpectedTag {
-        what: &'static str,
-        expected: u8,
-        found: u8,
-    },
+    UnexpectedTag { what: &'static str, expected: u8, found: u8 },
     #[error("missing {what}")]
     Missing { what: &'static str },
     #[error("invalid {what}: {why}")]
-    Invalid {
-        what: &'static str,
-        why: &'static str,
-    },
+    Invalid { what: &'static str, why: &'static str },
 }
 
 /// One decoded element. `children` is filled for constructed tags only;
@@ -84,11 +73,7 @@ impl<'a> Element<'a> {
         if self.tag == tag {
             Ok(self)
         } else {
-            Err(DerError::UnexpectedTag {
-                what,
-                expected: tag,
-                found: self.tag,
-            })
+            Err(DerError::UnexpectedTag { what, expected: tag, found: self.tag })
         }
     }
 
@@ -102,10 +87,7 @@ impl<'a> Element<'a> {
         match self.children.as_slice() {
             [one] => Ok(one),
             [] => Err(DerError::Missing { what }),
-            _ => Err(DerError::Invalid {
-                what,
-                why: "explicit tag wraps more than one element",
-            }),
+            _ => Err(DerError::Invalid { what, why: "explicit tag wraps more than one element" }),
         }
     }
 }
@@ -115,38 +97,22 @@ pub fn parse(input: &[u8]) -> Result<Element<'_>, DerError> {
     let mut pos = 0;
     let element = parse_element(input, &mut pos, 0)?;
     if pos != input.len() {
-        return Err(DerError::TrailingBytes {
-            what: "top-level element",
-            count: input.len() - pos,
-        });
+        return Err(DerError::TrailingBytes { what: "top-level element", count: input.len() - pos });
     }
     Ok(element)
 }
 
-fn take<'a>(
-    input: &'a [u8],
-    pos: &mut usize,
-    len: usize,
-    what: &'static str,
-) -> Result<&'a [u8], DerError> {
+fn take<'a>(input: &'a [u8], pos: &mut usize, len: usize, what: &'static str) -> Result<&'a [u8], DerError> {
     let have = input.len() - *pos;
     if len > have {
-        return Err(DerError::Truncated {
-            what,
-            need: len,
-            have,
-        });
+        return Err(DerError::Truncated { what, need: len, have });
     }
     let s = &input[*pos..*pos + len];
     *pos += len;
     Ok(s)
 }
 
-fn parse_element<'a>(
-    input: &'a [u8],
-    pos: &mut usize,
-    depth: usize,
-) -> Result<Element<'a>, DerError> {
+fn parse_element<'a>(input: &'a [u8], pos: &mut usize, depth: usize) -> Result<Element<'a>, DerError> {
     if depth >= MAX_DEPTH {
         return Err(DerError::TooDeep { limit: MAX_DEPTH });
     }
@@ -165,9 +131,7 @@ fn parse_element<'a>(
         if octets > 4 {
             return Err(DerError::LengthTooLong { octets });
         }
-        take(input, pos, octets, "long-form length")?
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
+        take(input, pos, octets, "long-form length")?.iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
     };
     let content = take(input, pos, len, "content")?;
     let mut children = Vec::new();
@@ -177,11 +141,7 @@ fn parse_element<'a>(
             children.push(parse_element(content, &mut inner, depth + 1)?);
         }
     }
-    Ok(Element {
-        tag,
-        content,
-        children,
-    })
+    Ok(Element { tag, content, children })
 }
 
 /// Appends a DER length (minimal form).
@@ -247,32 +207,20 @@ pub fn encode_oid(arcs: &[u64]) -> Option<Vec<u8>> {
 pub fn decode_oid(content: &[u8]) -> Result<Vec<u64>, DerError> {
     const WHAT: &str = "object identifier";
     if content.is_empty() {
-        return Err(DerError::Invalid {
-            what: WHAT,
-            why: "empty",
-        });
+        return Err(DerError::Invalid { what: WHAT, why: "empty" });
     }
     if content.last().is_some_and(|&b| b & 0x80 != 0) {
-        return Err(DerError::Invalid {
-            what: WHAT,
-            why: "last subidentifier unterminated",
-        });
+        return Err(DerError::Invalid { what: WHAT, why: "last subidentifier unterminated" });
     }
     let mut arcs = Vec::with_capacity(content.len() + 1);
     let mut value: u64 = 0;
     let mut started = false;
     for &b in content {
         if !started && b == 0x80 {
-            return Err(DerError::Invalid {
-                what: WHAT,
-                why: "non-minimal subidentifier",
-            });
+            return Err(DerError::Invalid { what: WHAT, why: "non-minimal subidentifier" });
         }
         if value > u64::MAX >> 7 {
-            return Err(DerError::Invalid {
-                what: WHAT,
-                why: "subidentifier overflows 64 bits",
-            });
+            return Err(DerError::Invalid { what: WHAT, why: "subidentifier overflows 64 bits" });
         }
         value = (value << 7) | u64::from(b & 0x7F);
         started = true;
@@ -325,14 +273,7 @@ mod tests {
         assert_eq!(s.children.len(), 2);
         assert_eq!(s.child(TAG_OCTET_STRING).unwrap().content, b"xy");
         assert!(s.child(TAG_INTEGER).is_none());
-        assert!(matches!(
-            s.expect(TAG_OID, "oid"),
-            Err(DerError::UnexpectedTag {
-                expected: 0x06,
-                found: 0x30,
-                ..
-            })
-        ));
+        assert!(matches!(s.expect(TAG_OID, "oid"), Err(DerError::UnexpectedTag { expected: 0x06, found: 0x30, .. })));
     }
 
     #[test]
@@ -344,31 +285,15 @@ mod tests {
 
     #[test]
     fn length_beyond_buffer_is_an_error() {
-        assert!(matches!(
-            parse(&[0x04, 0x05, 1, 2]),
-            Err(DerError::Truncated {
-                need: 5,
-                have: 2,
-                ..
-            })
-        ));
-        assert!(matches!(
-            parse(&[0x30, 0x84, 0xFF, 0xFF, 0xFF, 0xFF, 0]),
-            Err(DerError::Truncated { .. })
-        ));
+        assert!(matches!(parse(&[0x04, 0x05, 1, 2]), Err(DerError::Truncated { need: 5, have: 2, .. })));
+        assert!(matches!(parse(&[0x30, 0x84, 0xFF, 0xFF, 0xFF, 0xFF, 0]), Err(DerError::Truncated { .. })));
         assert!(matches!(
             parse(&[0x30, 0x88, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]),
             Err(DerError::LengthTooLong { octets: 8 })
         ));
         // A child claiming more than its parent holds, although the input has it.
-        assert!(matches!(
-            parse(&[0x30, 0x02, 0x04, 0x03, 1, 2, 3]),
-            Err(DerError::Truncated { .. })
-        ));
-        assert!(matches!(
-            parse(&[0x30, 0x03, 0x04, 0x03, 1]),
-            Err(DerError::Truncated { .. })
-        ));
+        assert!(matches!(parse(&[0x30, 0x02, 0x04, 0x03, 1, 2, 3]), Err(DerError::Truncated { .. })));
+        assert!(matches!(parse(&[0x30, 0x03, 0x04, 0x03, 1]), Err(DerError::Truncated { .. })));
     }
 
     #[test]
@@ -381,21 +306,9 @@ mod tests {
 
     #[test]
     fn rejects_indefinite_high_tag_and_trailing_bytes() {
-        assert_eq!(
-            parse(&[0x30, 0x80, 0x00, 0x00]),
-            Err(DerError::IndefiniteLength)
-        );
-        assert_eq!(
-            parse(&[0x1F, 0x81, 0x00, 0x00]),
-            Err(DerError::HighTagNumber { tag: 0x1F })
-        );
-        assert_eq!(
-            parse(&[0x04, 0x00, 0x00]),
-            Err(DerError::TrailingBytes {
-                what: "top-level element",
-                count: 1
-            })
-        );
+        assert_eq!(parse(&[0x30, 0x80, 0x00, 0x00]), Err(DerError::IndefiniteLength));
+        assert_eq!(parse(&[0x1F, 0x81, 0x00, 0x00]), Err(DerError::HighTagNumber { tag: 0x1F }));
+        assert_eq!(parse(&[0x04, 0x00, 0x00]), Err(DerError::TrailingBytes { what: "top-level element", count: 1 }));
     }
 
     #[test]
@@ -419,14 +332,8 @@ mod tests {
         let spnego = [0x2B, 0x06, 0x01, 0x05, 0x05, 0x02];
         let ntlmssp = [0x2B, 0x06, 0x01, 0x04, 0x01, 0x82, 0x37, 0x02, 0x02, 0x0A];
         assert_eq!(encode_oid(&[1, 3, 6, 1, 5, 5, 2]).unwrap(), spnego);
-        assert_eq!(
-            encode_oid(&[1, 3, 6, 1, 4, 1, 311, 2, 2, 10]).unwrap(),
-            ntlmssp
-        );
-        assert_eq!(
-            decode_oid(&ntlmssp).unwrap(),
-            [1, 3, 6, 1, 4, 1, 311, 2, 2, 10]
-        );
+        assert_eq!(encode_oid(&[1, 3, 6, 1, 4, 1, 311, 2, 2, 10]).unwrap(), ntlmssp);
+        assert_eq!(decode_oid(&ntlmssp).unwrap(), [1, 3, 6, 1, 4, 1, 311, 2, 2, 10]);
         assert_eq!(decode_oid(&[0x88, 0x37]).unwrap(), [2, 999]);
         assert_eq!(encode_oid(&[2, 999]).unwrap(), [0x88, 0x37]);
         assert!(encode_oid(&[1]).is_none());
@@ -434,9 +341,6 @@ mod tests {
         assert!(decode_oid(&[]).is_err());
         assert!(decode_oid(&[0x2B, 0x82]).is_err());
         assert!(decode_oid(&[0x2B, 0x80, 0x01]).is_err());
-        assert!(
-            decode_oid(&[0x2B, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F])
-                .is_err()
-        );
+        assert!(decode_oid(&[0x2B, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]).is_err());
     }
 }

@@ -92,10 +92,7 @@ fn rc4_once(key: &[u8; 16], data: &[u8]) -> Vec<u8> {
 }
 
 fn malformed(what: &'static str, why: impl Into<String>) -> AuthError {
-    AuthError::Malformed {
-        what,
-        why: why.into(),
-    }
+    AuthError::Malformed { what, why: why.into() }
 }
 
 /// Constant-time equality for MACs.
@@ -112,11 +109,7 @@ pub fn ntowfv2(password: &Secret, user: &str, domain: &str) -> [u8; 16] {
 }
 
 /// LMv2 response (MS-NLMP 3.3.2): HMAC_MD5(ResponseKeyLM, ServerChallenge || ClientChallenge) || ClientChallenge.
-pub fn lmv2_response(
-    response_key: &[u8; 16],
-    server_challenge: &[u8; 8],
-    client_challenge: &[u8; 8],
-) -> [u8; 24] {
+pub fn lmv2_response(response_key: &[u8; 16], server_challenge: &[u8; 8], client_challenge: &[u8; 8]) -> [u8; 24] {
     let proof = hmac_md5(response_key, &[server_challenge, client_challenge]);
     let mut out = [0u8; 24];
     out[..16].copy_from_slice(&proof);
@@ -139,11 +132,7 @@ pub fn ntlmv2_client_blob(timestamp: u64, client_challenge: &[u8; 8], av_pairs: 
 }
 
 /// NTLMv2 response (MS-NLMP 3.3.2): returns (NtChallengeResponse = NTProofStr || temp, SessionBaseKey).
-pub fn ntlmv2_response(
-    response_key: &[u8; 16],
-    server_challenge: &[u8; 8],
-    temp: &[u8],
-) -> (Vec<u8>, [u8; 16]) {
+pub fn ntlmv2_response(response_key: &[u8; 16], server_challenge: &[u8; 8], temp: &[u8]) -> (Vec<u8>, [u8; 16]) {
     let nt_proof = hmac_md5(response_key, &[server_challenge, temp]);
     let session_base_key = hmac_md5(response_key, &[&nt_proof]);
     let mut response = nt_proof.to_vec();
@@ -165,24 +154,12 @@ pub enum Role {
 
 /// SIGNKEY (MS-NLMP 3.4.5.2) for messages sent by `sender`.
 pub fn signing_key(exported_session_key: &[u8; 16], sender: Role) -> [u8; 16] {
-    let magic = if sender == Role::Client {
-        CLIENT_SIGN_MAGIC
-    } else {
-        SERVER_SIGN_MAGIC
-    };
-    Md5::new()
-        .chain_update(exported_session_key)
-        .chain_update(magic)
-        .finalize()
-        .into()
+    let magic = if sender == Role::Client { CLIENT_SIGN_MAGIC } else { SERVER_SIGN_MAGIC };
+    Md5::new().chain_update(exported_session_key).chain_update(magic).finalize().into()
 }
 
 /// SEALKEY (MS-NLMP 3.4.5.3, extended session security) for messages sent by `sender`.
-pub fn sealing_key(
-    exported_session_key: &[u8; 16],
-    negotiated_flags: u32,
-    sender: Role,
-) -> [u8; 16] {
+pub fn sealing_key(exported_session_key: &[u8; 16], negotiated_flags: u32, sender: Role) -> [u8; 16] {
     let strength = if negotiated_flags & flags::NEGOTIATE_128 != 0 {
         16
     } else if negotiated_flags & flags::NEGOTIATE_56 != 0 {
@@ -190,27 +167,15 @@ pub fn sealing_key(
     } else {
         5
     };
-    let magic = if sender == Role::Client {
-        CLIENT_SEAL_MAGIC
-    } else {
-        SERVER_SEAL_MAGIC
-    };
-    Md5::new()
-        .chain_update(&exported_session_key[..strength])
-        .chain_update(magic)
-        .finalize()
-        .into()
+    let magic = if sender == Role::Client { CLIENT_SEAL_MAGIC } else { SERVER_SEAL_MAGIC };
+    Md5::new().chain_update(&exported_session_key[..strength]).chain_update(magic).finalize().into()
 }
 
 /// Windows FILETIME now: 100 ns ticks since 1601-01-01 UTC.
 fn filetime_now() -> u64 {
     const UNIX_EPOCH_AS_FILETIME: u64 = 116_444_736_000_000_000;
-    let since_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    UNIX_EPOCH_AS_FILETIME
-        + since_unix.as_secs() * 10_000_000
-        + u64::from(since_unix.subsec_nanos() / 100)
+    let since_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    UNIX_EPOCH_AS_FILETIME + since_unix.as_secs() * 10_000_000 + u64::from(since_unix.subsec_nanos() / 100)
 }
 
 /// AV_PAIR ids (MS-NLMP 2.2.2.1).
@@ -284,15 +249,9 @@ pub fn decode_av_pairs(bytes: &[u8]) -> Result<Vec<AvPair>, AuthError> {
             return Ok(pairs);
         }
         if pairs.len() == MAX_AV_PAIRS {
-            return Err(malformed(
-                "target info",
-                format!("more than {MAX_AV_PAIRS} AV pairs"),
-            ));
+            return Err(malformed("target info", format!("more than {MAX_AV_PAIRS} AV pairs")));
         }
-        pairs.push(AvPair {
-            id,
-            value: value.to_vec(),
-        });
+        pairs.push(AvPair { id, value: value.to_vec() });
     }
 }
 
@@ -325,20 +284,13 @@ fn read_field<'a>(r: &mut Reader<'a>, what: &'static str) -> Result<&'a [u8], Au
     Ok(r.slice_at(offset, len, what)?)
 }
 
-fn expect_header(
-    r: &mut Reader<'_>,
-    message_type: u32,
-    what: &'static str,
-) -> Result<(), AuthError> {
+fn expect_header(r: &mut Reader<'_>, message_type: u32, what: &'static str) -> Result<(), AuthError> {
     if r.array::<8>("NTLMSSP signature")? != NTLMSSP_SIGNATURE {
         return Err(malformed(what, "bad NTLMSSP signature"));
     }
     let got = r.u32("NTLM message type")?;
     if got != message_type {
-        return Err(malformed(
-            what,
-            format!("message type {got}, expected {message_type}"),
-        ));
+        return Err(malformed(what, format!("message type {got}, expected {message_type}")));
     }
     Ok(())
 }
@@ -370,11 +322,7 @@ impl NegotiateMessage {
         let flags = r.u32("negotiate flags")?;
         read_field(&mut r, "negotiate domain")?;
         read_field(&mut r, "negotiate workstation")?;
-        let version = if flags & flags::VERSION != 0 {
-            r.array::<8>("version")?
-        } else {
-            [0; 8]
-        };
+        let version = if flags & flags::VERSION != 0 { r.array::<8>("version")? } else { [0; 8] };
         Ok(NegotiateMessage { flags, version })
     }
 }
@@ -421,23 +369,9 @@ impl ChallengeMessage {
         let server_challenge = r.array::<8>("server challenge")?;
         r.skip(8, "challenge reserved")?;
         let target_info_bytes = read_field(&mut r, "challenge target info")?;
-        let version = if flags & flags::VERSION != 0 {
-            Some(r.array::<8>("challenge version")?)
-        } else {
-            None
-        };
-        let target_info = if target_info_bytes.is_empty() {
-            Vec::new()
-        } else {
-            decode_av_pairs(target_info_bytes)?
-        };
-        Ok(ChallengeMessage {
-            flags,
-            server_challenge,
-            target_name,
-            target_info,
-            version,
-        })
+        let version = if flags & flags::VERSION != 0 { Some(r.array::<8>("challenge version")?) } else { None };
+        let target_info = if target_info_bytes.is_empty() { Vec::new() } else { decode_av_pairs(target_info_bytes)? };
+        Ok(ChallengeMessage { flags, server_challenge, target_name, target_info, version })
     }
 }
 
@@ -467,10 +401,7 @@ impl std::fmt::Debug for AuthenticateMessage {
             .field("domain", &self.domain)
             .field("user", &self.user)
             .field("workstation", &self.workstation)
-            .field(
-                "encrypted_session_key_len",
-                &self.encrypted_session_key.len(),
-            )
+            .field("encrypted_session_key_len", &self.encrypted_session_key.len())
             .field("mic", &self.mic.is_some())
             .finish()
     }
@@ -482,14 +413,8 @@ impl AuthenticateMessage {
         let user = utf16le(&self.user);
         let workstation = utf16le(&self.workstation);
         // Payload order as Windows and the MS-NLMP 4.2.4.3 example lay it out.
-        let payload: [&[u8]; 6] = [
-            &domain,
-            &user,
-            &workstation,
-            &self.lm_response,
-            &self.nt_response,
-            &self.encrypted_session_key,
-        ];
+        let payload: [&[u8]; 6] =
+            [&domain, &user, &workstation, &self.lm_response, &self.nt_response, &self.encrypted_session_key];
         let mut at = MIC_OFFSET + if self.mic.is_some() { 16 } else { 0 };
         let mut offsets = [0usize; 6];
         for (o, p) in offsets.iter_mut().zip(payload) {
@@ -533,14 +458,9 @@ impl AuthenticateMessage {
                 .ok()
                 .and_then(|pairs| find_av(&pairs, AvId::Flags).map(|p| p.value.clone()))
                 .is_some_and(|v| {
-                    v.len() == 4
-                        && u32::from_le_bytes([v[0], v[1], v[2], v[3]]) & AV_FLAG_MIC_PRESENT != 0
+                    v.len() == 4 && u32::from_le_bytes([v[0], v[1], v[2], v[3]]) & AV_FLAG_MIC_PRESENT != 0
                 });
-        let mic = if mic_announced {
-            Some(r.array::<16>("MIC")?)
-        } else {
-            None
-        };
+        let mic = if mic_announced { Some(r.array::<16>("MIC")?) } else { None };
         Ok(AuthenticateMessage {
             flags,
             lm_response,
@@ -610,11 +530,7 @@ impl std::fmt::Debug for SessionSecurity {
 
 impl SessionSecurity {
     pub fn new(exported_session_key: &[u8; 16], negotiated_flags: u32, role: Role) -> Self {
-        let peer = if role == Role::Client {
-            Role::Server
-        } else {
-            Role::Client
-        };
+        let peer = if role == Role::Client { Role::Server } else { Role::Client };
         SessionSecurity {
             outbound: DirectionKeys::new(exported_session_key, negotiated_flags, role),
             inbound: DirectionKeys::new(exported_session_key, negotiated_flags, peer),
@@ -688,10 +604,7 @@ impl std::fmt::Debug for NtlmClient {
             .field("user", &self.creds.as_ref().map(|c| (&c.domain, &c.user)))
             .field("target_spn", &self.target_spn)
             .field("state", &self.state)
-            .field(
-                "session_key",
-                &self.exported_session_key.map(|_| "<redacted>"),
-            )
+            .field("session_key", &self.exported_session_key.map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -737,11 +650,7 @@ impl NtlmClient {
         exported_session_key: [u8; 16],
     ) -> NtlmClient {
         let mut c = NtlmClient::new(creds);
-        c.fixed = Some(FixedInputs {
-            client_challenge,
-            timestamp,
-            exported_session_key,
-        });
+        c.fixed = Some(FixedInputs { client_challenge, timestamp, exported_session_key });
         c
     }
 
@@ -751,11 +660,7 @@ impl NtlmClient {
 
     /// NEGOTIATE_MESSAGE with [`CLIENT_FLAGS`]; remembered for the MIC.
     pub fn negotiate_message(&mut self) -> Vec<u8> {
-        self.negotiate = NegotiateMessage {
-            flags: CLIENT_FLAGS,
-            version: CLIENT_VERSION,
-        }
-        .encode();
+        self.negotiate = NegotiateMessage { flags: CLIENT_FLAGS, version: CLIENT_VERSION }.encode();
         self.state = NtlmState::NegotiateSent;
         self.negotiate.clone()
     }
@@ -765,26 +670,16 @@ impl NtlmClient {
     /// LMv2 response zeroed, when the server sent MsvAvTimestamp.
     pub fn authenticate_message(&mut self, challenge: &[u8]) -> Result<Vec<u8>, AuthError> {
         match self.state {
-            NtlmState::Initial => {
-                return Err(AuthError::OutOfOrder(
-                    "AUTHENTICATE requested before NEGOTIATE",
-                ))
-            }
-            NtlmState::Authenticated => {
-                return Err(AuthError::OutOfOrder("AUTHENTICATE already built"))
-            }
+            NtlmState::Initial => return Err(AuthError::OutOfOrder("AUTHENTICATE requested before NEGOTIATE")),
+            NtlmState::Authenticated => return Err(AuthError::OutOfOrder("AUTHENTICATE already built")),
             NtlmState::NegotiateSent => {}
         }
         let chal = ChallengeMessage::decode(challenge)?;
         let missing = REQUIRED_SERVER_FLAGS & !chal.flags;
         if missing != 0 {
-            return Err(AuthError::UnsupportedFlags {
-                server_flags: chal.flags,
-                missing,
-            });
+            return Err(AuthError::UnsupportedFlags { server_flags: chal.flags, missing });
         }
-        let mut negotiated =
-            (CLIENT_FLAGS & chal.flags) | flags::REQUEST_TARGET | flags::TARGET_INFO;
+        let mut negotiated = (CLIENT_FLAGS & chal.flags) | flags::REQUEST_TARGET | flags::TARGET_INFO;
 
         let Some(creds) = self.creds.clone() else {
             negotiated = (negotiated | flags::ANONYMOUS) & !flags::KEY_EXCH;
@@ -807,17 +702,11 @@ impl NtlmClient {
         if find_av(&chal.target_info, AvId::NbComputerName).is_none()
             || find_av(&chal.target_info, AvId::NbDomainName).is_none()
         {
-            return Err(malformed(
-                "NTLM CHALLENGE",
-                "target info lacks the NetBIOS computer or domain name",
-            ));
+            return Err(malformed("NTLM CHALLENGE", "target info lacks the NetBIOS computer or domain name"));
         }
         let server_timestamp = match find_av(&chal.target_info, AvId::Timestamp) {
             Some(p) => Some(u64::from_le_bytes(
-                p.value
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| malformed("MsvAvTimestamp", "not 8 bytes"))?,
+                p.value.as_slice().try_into().map_err(|_| malformed("MsvAvTimestamp", "not 8 bytes"))?,
             )),
             None => None,
         };
@@ -827,27 +716,16 @@ impl NtlmClient {
         if with_mic {
             match pairs.iter_mut().find(|p| p.id == AvId::Flags) {
                 Some(p) => {
-                    let v: [u8; 4] = p
-                        .value
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| malformed("MsvAvFlags", "not 4 bytes"))?;
-                    p.value = (u32::from_le_bytes(v) | AV_FLAG_MIC_PRESENT)
-                        .to_le_bytes()
-                        .to_vec();
+                    let v: [u8; 4] =
+                        p.value.as_slice().try_into().map_err(|_| malformed("MsvAvFlags", "not 4 bytes"))?;
+                    p.value = (u32::from_le_bytes(v) | AV_FLAG_MIC_PRESENT).to_le_bytes().to_vec();
                 }
-                None => pairs.push(AvPair {
-                    id: AvId::Flags,
-                    value: AV_FLAG_MIC_PRESENT.to_le_bytes().to_vec(),
-                }),
+                None => pairs.push(AvPair { id: AvId::Flags, value: AV_FLAG_MIC_PRESENT.to_le_bytes().to_vec() }),
             }
         }
         if let Some(spn) = &self.target_spn {
             if find_av(&pairs, AvId::TargetName).is_none() {
-                pairs.push(AvPair {
-                    id: AvId::TargetName,
-                    value: utf16le(spn),
-                });
+                pairs.push(AvPair { id: AvId::TargetName, value: utf16le(spn) });
             }
         }
         let mut av_bytes = Vec::new();
@@ -867,8 +745,7 @@ impl NtlmClient {
 
         let response_key = ntowfv2(&creds.password, &creds.user, &creds.domain);
         let temp = ntlmv2_client_blob(timestamp, &client_challenge, &av_bytes);
-        let (nt_response, session_base_key) =
-            ntlmv2_response(&response_key, &chal.server_challenge, &temp);
+        let (nt_response, session_base_key) = ntlmv2_response(&response_key, &chal.server_challenge, &temp);
         // MS-NLMP 3.1.5.1.2: with MsvAvTimestamp the LmChallengeResponse is Z(24).
         let lm_response = if with_mic {
             vec![0u8; 24]
@@ -952,16 +829,13 @@ mod tests {
 
     /// MS-NLMP 4.2.4.3 CHALLENGE_MESSAGE.
     fn spec_challenge() -> Vec<u8> {
-        h(
-            "4e544c4d53535000 02000000 0c000c00 38000000 33828ae2 0123456789abcdef 0000000000000000
+        h("4e544c4d53535000 02000000 0c000c00 38000000 33828ae2 0123456789abcdef 0000000000000000
            24002400 44000000 060070170000000f 530065007200760065007200
-           02000c0044006f006d00610069006e00 01000c00530065007200760065007200 00000000",
-        )
+           02000c0044006f006d00610069006e00 01000c00530065007200760065007200 00000000")
     }
 
     /// MS-NLMP 4.2.4 target info: NbDomainName "Domain", NbComputerName "Server", EOL.
-    const SPEC_TARGET_INFO: &str =
-        "02000c0044006f006d00610069006e0001000c005300650072007600650072000000 0000";
+    const SPEC_TARGET_INFO: &str = "02000c0044006f006d00610069006e0001000c005300650072007600650072000000 0000";
 
     fn spec_key() -> [u8; 16] {
         ntowfv2(&Secret::new("Password"), "User", "Domain")
@@ -971,23 +845,14 @@ mod tests {
     fn ntowfv2_matches_ms_nlmp_4_2_4_1_1() {
         assert_eq!(spec_key().to_vec(), h("0c868a403bfd7a93a3001ef22ef02e3f"));
         // User name is case-insensitive, domain is not.
-        assert_eq!(
-            ntowfv2(&Secret::new("Password"), "USER", "Domain"),
-            spec_key()
-        );
-        assert_ne!(
-            ntowfv2(&Secret::new("Password"), "User", "DOMAIN"),
-            spec_key()
-        );
+        assert_eq!(ntowfv2(&Secret::new("Password"), "USER", "Domain"), spec_key());
+        assert_ne!(ntowfv2(&Secret::new("Password"), "User", "DOMAIN"), spec_key());
     }
 
     #[test]
     fn lmv2_response_matches_ms_nlmp_4_2_4_2_1() {
         let lm = lmv2_response(&spec_key(), &SERVER_CHALLENGE, &CLIENT_CHALLENGE);
-        assert_eq!(
-            lm.to_vec(),
-            h("86c35097ac9cec102554764a57cccc19aaaaaaaaaaaaaaaa")
-        );
+        assert_eq!(lm.to_vec(), h("86c35097ac9cec102554764a57cccc19aaaaaaaaaaaaaaaa"));
     }
 
     #[test]
@@ -1001,33 +866,21 @@ mod tests {
         let (nt, session_base_key) = ntlmv2_response(&spec_key(), &SERVER_CHALLENGE, &temp);
         assert_eq!(nt[..16].to_vec(), h("68cd0ab851e51c96aabc927bebef6a1c"));
         assert_eq!(&nt[16..], temp.as_slice());
-        assert_eq!(
-            session_base_key.to_vec(),
-            h("8de40ccadbc14a82f15cb0ad0de95ca3")
-        );
+        assert_eq!(session_base_key.to_vec(), h("8de40ccadbc14a82f15cb0ad0de95ca3"));
         // 4.2.4.1.3 key exchange: RC4(KeyExchangeKey = SessionBaseKey, RandomSessionKey).
-        assert_eq!(
-            rc4_once(&session_base_key, &RANDOM_SESSION_KEY),
-            h("c5dad2544fc9799094ce1ce90bc9d03e")
-        );
+        assert_eq!(rc4_once(&session_base_key, &RANDOM_SESSION_KEY), h("c5dad2544fc9799094ce1ce90bc9d03e"));
     }
 
     #[test]
     fn session_security_matches_ms_nlmp_4_2_4_4_wrap_example() {
         let negotiated = 0xe288_8235;
-        assert_eq!(
-            signing_key(&RANDOM_SESSION_KEY, Role::Client).to_vec(),
-            h("4788dc861b4782f35d43fd98fe1a2d39")
-        );
+        assert_eq!(signing_key(&RANDOM_SESSION_KEY, Role::Client).to_vec(), h("4788dc861b4782f35d43fd98fe1a2d39"));
         assert_eq!(
             sealing_key(&RANDOM_SESSION_KEY, negotiated, Role::Client).to_vec(),
             h("59f600973cc4960a25480a7c196e4c58")
         );
         let plaintext = utf16le("Plaintext");
-        let checksum = hmac_md5(
-            &signing_key(&RANDOM_SESSION_KEY, Role::Client),
-            &[&[0, 0, 0, 0], &plaintext],
-        );
+        let checksum = hmac_md5(&signing_key(&RANDOM_SESSION_KEY, Role::Client), &[&[0, 0, 0, 0], &plaintext]);
         assert_eq!(checksum[..8].to_vec(), h("70352851f2564309"));
 
         let mut sec = SessionSecurity::new(&RANDOM_SESSION_KEY, negotiated, Role::Client);
@@ -1046,14 +899,8 @@ mod tests {
         assert_eq!(
             c.target_info,
             vec![
-                AvPair {
-                    id: AvId::NbDomainName,
-                    value: utf16le("Domain")
-                },
-                AvPair {
-                    id: AvId::NbComputerName,
-                    value: utf16le("Server")
-                },
+                AvPair { id: AvId::NbDomainName, value: utf16le("Domain") },
+                AvPair { id: AvId::NbComputerName, value: utf16le("Server") },
             ]
         );
         assert_eq!(c.version, Some([0x06, 0x00, 0x70, 0x17, 0, 0, 0, 0x0f]));
@@ -1063,20 +910,17 @@ mod tests {
 
     #[test]
     fn authenticate_matches_ms_nlmp_4_2_4_3_bytes() {
-        let mut client =
-            NtlmClient::with_fixed_inputs(spec_creds(), CLIENT_CHALLENGE, 0, RANDOM_SESSION_KEY);
+        let mut client = NtlmClient::with_fixed_inputs(spec_creds(), CLIENT_CHALLENGE, 0, RANDOM_SESSION_KEY);
         client.negotiate_message();
         let auth = client.authenticate_message(&spec_challenge()).unwrap();
-        let mut expected = h(
-            "4e544c4d535350000300000018001800 6c00000054005400840000000c000c00
+        let mut expected = h("4e544c4d535350000300000018001800 6c00000054005400840000000c000c00
             48000000080008005400000010001000 5c00000010001000d8000000358288e2
             0501280a0000000f44006f006d006100 69006e00550073006500720043004f00
             4d005000550054004500520086c35097 ac9cec102554764a57cccc19aaaaaaaa
             aaaaaaaa68cd0ab851e51c96aabc927b ebef6a1c010100000000000000000000
             00000000aaaaaaaaaaaaaaaa00000000 02000c0044006f006d00610069006e00
             01000c00530065007200760065007200 0000000000000000c5dad2544fc97990
-            94ce1ce90bc9d03e",
-        );
+            94ce1ce90bc9d03e");
         // The spec's client is Windows; only the informational VERSION differs.
         expected[64..72].copy_from_slice(&CLIENT_VERSION);
         assert_eq!(auth, expected);
@@ -1087,18 +931,11 @@ mod tests {
     fn negotiate_message_bytes_and_round_trip() {
         let mut client = NtlmClient::new(spec_creds());
         let neg = client.negotiate_message();
-        let mut expected =
-            h("4e544c4d53535000 01000000 358208e2 0000000028000000 0000000028000000");
+        let mut expected = h("4e544c4d53535000 01000000 358208e2 0000000028000000 0000000028000000");
         expected.extend_from_slice(&CLIENT_VERSION);
         assert_eq!(neg, expected);
         let decoded = NegotiateMessage::decode(&neg).unwrap();
-        assert_eq!(
-            decoded,
-            NegotiateMessage {
-                flags: CLIENT_FLAGS,
-                version: CLIENT_VERSION
-            }
-        );
+        assert_eq!(decoded, NegotiateMessage { flags: CLIENT_FLAGS, version: CLIENT_VERSION });
         assert!(NegotiateMessage::decode(&neg[..39]).is_err());
     }
 
@@ -1109,26 +946,11 @@ mod tests {
             server_challenge: [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88],
             target_name: utf16le("SAMBA"),
             target_info: vec![
-                AvPair {
-                    id: AvId::NbDomainName,
-                    value: utf16le("SAMBA"),
-                },
-                AvPair {
-                    id: AvId::NbComputerName,
-                    value: utf16le("FILES"),
-                },
-                AvPair {
-                    id: AvId::DnsDomainName,
-                    value: utf16le("samba.example"),
-                },
-                AvPair {
-                    id: AvId::DnsComputerName,
-                    value: utf16le("files.samba.example"),
-                },
-                AvPair {
-                    id: AvId::Timestamp,
-                    value: timestamp.to_le_bytes().to_vec(),
-                },
+                AvPair { id: AvId::NbDomainName, value: utf16le("SAMBA") },
+                AvPair { id: AvId::NbComputerName, value: utf16le("FILES") },
+                AvPair { id: AvId::DnsDomainName, value: utf16le("samba.example") },
+                AvPair { id: AvId::DnsComputerName, value: utf16le("files.samba.example") },
+                AvPair { id: AvId::Timestamp, value: timestamp.to_le_bytes().to_vec() },
             ],
             version: Some([6, 1, 0, 0, 0, 0, 0, 15]),
         }
@@ -1143,46 +965,24 @@ mod tests {
         let auth_bytes = client.authenticate_message(&challenge).unwrap();
         let auth = AuthenticateMessage::decode(&auth_bytes).unwrap();
 
-        assert_eq!(
-            auth.lm_response,
-            vec![0u8; 24],
-            "LMv2 is Z(24) when the server sent a timestamp"
-        );
-        assert_eq!(
-            (auth.user.as_str(), auth.domain.as_str()),
-            ("User", "Domain")
-        );
+        assert_eq!(auth.lm_response, vec![0u8; 24], "LMv2 is Z(24) when the server sent a timestamp");
+        assert_eq!((auth.user.as_str(), auth.domain.as_str()), ("User", "Domain"));
         assert_eq!(auth.flags & flags::KEY_EXCH, flags::KEY_EXCH);
 
         // Server-side check of the NTLMv2 response.
         let (proof, temp) = auth.nt_response.split_at(16);
-        assert_eq!(
-            &temp[8..16],
-            &server_time.to_le_bytes(),
-            "server timestamp reused"
-        );
+        assert_eq!(&temp[8..16], &server_time.to_le_bytes(), "server timestamp reused");
         let key = ntowfv2(&Secret::new("Password"), "User", "Domain");
-        let (recomputed, session_base_key) = ntlmv2_response(
-            &key,
-            &[0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88],
-            temp,
-        );
+        let (recomputed, session_base_key) =
+            ntlmv2_response(&key, &[0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88], temp);
         assert_eq!(&recomputed[..16], proof);
         let pairs = decode_av_pairs(&temp[CLIENT_CHALLENGE_HEADER..]).unwrap();
-        assert_eq!(
-            find_av(&pairs, AvId::Flags).unwrap().value,
-            2u32.to_le_bytes()
-        );
-        assert_eq!(
-            find_av(&pairs, AvId::TargetName).unwrap().value,
-            utf16le("cifs/files.samba.example")
-        );
+        assert_eq!(find_av(&pairs, AvId::Flags).unwrap().value, 2u32.to_le_bytes());
+        assert_eq!(find_av(&pairs, AvId::TargetName).unwrap().value, utf16le("cifs/files.samba.example"));
         assert_eq!(pairs.len(), 7);
 
         // Key exchange and MIC, recomputed as the server does.
-        let exported: [u8; 16] = rc4_once(&session_base_key, &auth.encrypted_session_key)
-            .try_into()
-            .unwrap();
+        let exported: [u8; 16] = rc4_once(&session_base_key, &auth.encrypted_session_key).try_into().unwrap();
         assert_eq!(client.session_key(), Some(exported));
         let mic = auth.mic.expect("MIC announced and present");
         let mut zeroed = auth_bytes.clone();
@@ -1199,10 +999,7 @@ mod tests {
             let decoded = AuthenticateMessage::decode(&bytes).unwrap();
             assert_eq!(decoded.encode(), bytes);
             for cut in [0, 8, 12, 40, 63, 71, 80] {
-                assert!(
-                    AuthenticateMessage::decode(&bytes[..cut]).is_err(),
-                    "cut {cut}"
-                );
+                assert!(AuthenticateMessage::decode(&bytes[..cut]).is_err(), "cut {cut}");
             }
         }
     }
@@ -1229,24 +1026,13 @@ mod tests {
         client.verify_mic(b"mech types", &server_mic).unwrap();
         let mut forged = server.sign(b"mech types");
         forged[5] ^= 1;
-        assert!(matches!(
-            client.verify_mic(b"mech types", &forged),
-            Err(AuthError::BadServerMic)
-        ));
-        assert!(matches!(
-            client.verify_mic(b"x", &[1, 2, 3]),
-            Err(AuthError::BadServerMic)
-        ));
+        assert!(matches!(client.verify_mic(b"mech types", &forged), Err(AuthError::BadServerMic)));
+        assert!(matches!(client.verify_mic(b"x", &[1, 2, 3]), Err(AuthError::BadServerMic)));
     }
 
     #[test]
     fn refuses_servers_without_ntlmv2_flags() {
-        for drop in [
-            flags::EXTENDED_SESSIONSECURITY,
-            flags::TARGET_INFO,
-            flags::NEGOTIATE_128,
-            flags::UNICODE,
-        ] {
+        for drop in [flags::EXTENDED_SESSIONSECURITY, flags::TARGET_INFO, flags::NEGOTIATE_128, flags::UNICODE] {
             let mut c = challenge_with_timestamp(1);
             c.flags &= !drop;
             let mut client = NtlmClient::new(spec_creds());
@@ -1264,20 +1050,14 @@ mod tests {
         c.target_info.retain(|p| p.id != AvId::NbComputerName);
         let mut client = NtlmClient::new(spec_creds());
         client.negotiate_message();
-        assert!(matches!(
-            client.authenticate_message(&c.encode()),
-            Err(AuthError::Malformed { .. })
-        ));
+        assert!(matches!(client.authenticate_message(&c.encode()), Err(AuthError::Malformed { .. })));
     }
 
     #[test]
     fn hostile_challenges_are_errors() {
         let good = spec_challenge();
         for cut in 0..good.len() {
-            assert!(
-                ChallengeMessage::decode(&good[..cut]).is_err(),
-                "cut at {cut}"
-            );
+            assert!(ChallengeMessage::decode(&good[..cut]).is_err(), "cut at {cut}");
         }
         // Target info offset past the end.
         let mut bad = good.clone();
@@ -1297,10 +1077,7 @@ mod tests {
             many.put_u16(0);
         }
         many.put_u32(0);
-        assert!(matches!(
-            decode_av_pairs(&many),
-            Err(AuthError::Malformed { .. })
-        ));
+        assert!(matches!(decode_av_pairs(&many), Err(AuthError::Malformed { .. })));
         // AV pair length beyond the buffer, and no EOL.
         assert!(decode_av_pairs(&[1, 0, 0xFF, 0xFF, 0x41, 0x00]).is_err());
         assert!(decode_av_pairs(&[1, 0, 2, 0, 0x41, 0x00]).is_err());
@@ -1309,10 +1086,7 @@ mod tests {
         c.target_info[4].value.truncate(4);
         let mut client = NtlmClient::new(spec_creds());
         client.negotiate_message();
-        assert!(matches!(
-            client.authenticate_message(&c.encode()),
-            Err(AuthError::Malformed { .. })
-        ));
+        assert!(matches!(client.authenticate_message(&c.encode()), Err(AuthError::Malformed { .. })));
     }
 
     #[test]
@@ -1320,59 +1094,33 @@ mod tests {
         let mut client = NtlmClient::anonymous();
         assert!(client.is_anonymous());
         client.negotiate_message();
-        let bytes = client
-            .authenticate_message(&challenge_with_timestamp(1).encode())
-            .unwrap();
+        let bytes = client.authenticate_message(&challenge_with_timestamp(1).encode()).unwrap();
         let auth = AuthenticateMessage::decode(&bytes).unwrap();
         assert_eq!(auth.lm_response, vec![0]);
-        assert!(
-            auth.nt_response.is_empty()
-                && auth.user.is_empty()
-                && auth.encrypted_session_key.is_empty()
-        );
-        assert_eq!(
-            auth.flags & (flags::ANONYMOUS | flags::KEY_EXCH),
-            flags::ANONYMOUS
-        );
+        assert!(auth.nt_response.is_empty() && auth.user.is_empty() && auth.encrypted_session_key.is_empty());
+        assert_eq!(auth.flags & (flags::ANONYMOUS | flags::KEY_EXCH), flags::ANONYMOUS);
         assert_eq!(client.session_key(), None);
         assert_eq!(client.sign_mic(b"x"), [0u8; 16]);
-        assert!(matches!(
-            client.verify_mic(b"x", &[0u8; 16]),
-            Err(AuthError::NoSessionKey)
-        ));
+        assert!(matches!(client.verify_mic(b"x", &[0u8; 16]), Err(AuthError::NoSessionKey)));
     }
 
     #[test]
     fn steps_out_of_order_are_errors() {
         let mut client = NtlmClient::new(spec_creds());
-        assert!(matches!(
-            client.authenticate_message(&spec_challenge()),
-            Err(AuthError::OutOfOrder(_))
-        ));
+        assert!(matches!(client.authenticate_message(&spec_challenge()), Err(AuthError::OutOfOrder(_))));
         client.negotiate_message();
         client.authenticate_message(&spec_challenge()).unwrap();
-        assert!(matches!(
-            client.authenticate_message(&spec_challenge()),
-            Err(AuthError::OutOfOrder(_))
-        ));
+        assert!(matches!(client.authenticate_message(&spec_challenge()), Err(AuthError::OutOfOrder(_))));
     }
 
     #[test]
     fn debug_output_has_no_secrets() {
-        let mut client =
-            NtlmClient::with_fixed_inputs(spec_creds(), CLIENT_CHALLENGE, 0, RANDOM_SESSION_KEY);
+        let mut client = NtlmClient::with_fixed_inputs(spec_creds(), CLIENT_CHALLENGE, 0, RANDOM_SESSION_KEY);
         client.negotiate_message();
         let bytes = client.authenticate_message(&spec_challenge()).unwrap();
-        let shown = format!(
-            "{client:?} {:?} {:?}",
-            spec_creds(),
-            AuthenticateMessage::decode(&bytes).unwrap()
-        );
+        let shown = format!("{client:?} {:?} {:?}", spec_creds(), AuthenticateMessage::decode(&bytes).unwrap());
         assert!(!shown.contains("Password"), "{shown}");
-        assert!(
-            !shown.contains("85, 85") && !shown.contains("55, 55"),
-            "{shown}"
-        );
+        assert!(!shown.contains("85, 85") && !shown.contains("55, 55"), "{shown}");
         assert!(shown.contains("<redacted>"));
     }
 }

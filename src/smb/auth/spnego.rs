@@ -47,19 +47,12 @@ impl NegState {
 }
 
 fn malformed(what: &'static str, why: impl Into<String>) -> AuthError {
-    AuthError::Malformed {
-        what,
-        why: why.into(),
-    }
+    AuthError::Malformed { what, why: why.into() }
 }
 
 /// Content of the OCTET STRING inside an explicit `[n]` field.
 fn octets(field: &Element<'_>, what: &'static str) -> Result<Vec<u8>, AuthError> {
-    Ok(field
-        .inner(what)?
-        .expect(TAG_OCTET_STRING, what)?
-        .content
-        .to_vec())
+    Ok(field.inner(what)?.expect(TAG_OCTET_STRING, what)?.content.to_vec())
 }
 
 /// MechTypeList: SEQUENCE OF OBJECT IDENTIFIER, as DER.
@@ -81,10 +74,7 @@ pub struct NegTokenInit {
 impl NegTokenInit {
     /// The GSS-API InitialContextToken: [APPLICATION 0] { SPNEGO OID, [0] NegTokenInit }.
     pub fn encode(&self) -> Vec<u8> {
-        let mut fields = vec![der::tlv(
-            der::context(0),
-            &encode_mech_types(&self.mech_types),
-        )];
+        let mut fields = vec![der::tlv(der::context(0), &encode_mech_types(&self.mech_types))];
         if let Some(t) = &self.mech_token {
             fields.push(der::tlv(der::context(2), &der::tlv(TAG_OCTET_STRING, t)));
         }
@@ -93,13 +83,7 @@ impl NegTokenInit {
         }
         let parts: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
         let init = der::constructed(TAG_SEQUENCE, &parts);
-        der::constructed(
-            der::application(0),
-            &[
-                &der::tlv(TAG_OID, SPNEGO_OID),
-                &der::tlv(der::context(0), &init),
-            ],
-        )
+        der::constructed(der::application(0), &[&der::tlv(TAG_OID, SPNEGO_OID), &der::tlv(der::context(0), &init)])
     }
 
     pub fn decode(token: &[u8]) -> Result<Self, AuthError> {
@@ -107,30 +91,19 @@ impl NegTokenInit {
         let root = der::parse(token)?;
         root.expect(der::application(0), "GSS-API InitialContextToken")?;
         let [oid, body, ..] = root.children.as_slice() else {
-            return Err(malformed(
-                WHAT,
-                "InitialContextToken needs a mechanism OID and a token",
-            ));
+            return Err(malformed(WHAT, "InitialContextToken needs a mechanism OID and a token"));
         };
         if oid.expect(TAG_OID, "thisMech")?.content != SPNEGO_OID {
             return Err(malformed(WHAT, "thisMech is not SPNEGO"));
         }
-        let seq = body
-            .expect(der::context(0), "negTokenInit")?
-            .inner(WHAT)?
-            .expect(TAG_SEQUENCE, WHAT)?;
-        let list = seq
-            .child(der::context(0))
-            .ok_or(der::DerError::Missing { what: "mechTypes" })?;
+        let seq = body.expect(der::context(0), "negTokenInit")?.inner(WHAT)?.expect(TAG_SEQUENCE, WHAT)?;
+        let list = seq.child(der::context(0)).ok_or(der::DerError::Missing { what: "mechTypes" })?;
         let list = list.inner("mechTypes")?.expect(TAG_SEQUENCE, "mechTypes")?;
         let mut mech_types = Vec::with_capacity(list.children.len());
         for m in &list.children {
             mech_types.push(m.expect(TAG_OID, "mech type")?.content.to_vec());
         }
-        let mech_token = seq
-            .child(der::context(2))
-            .map(|f| octets(f, "mechToken"))
-            .transpose()?;
+        let mech_token = seq.child(der::context(2)).map(|f| octets(f, "mechToken")).transpose()?;
         // [3] is mechListMIC in NegTokenInit but negHints (a SEQUENCE) in NegTokenInit2, whose MIC is [4].
         let mut mech_list_mic = None;
         for tag in [der::context(3), der::context(4)] {
@@ -140,11 +113,7 @@ impl NegTokenInit {
                 }
             }
         }
-        Ok(NegTokenInit {
-            mech_types,
-            mech_token,
-            mech_list_mic,
-        })
+        Ok(NegTokenInit { mech_types, mech_token, mech_list_mic })
     }
 }
 
@@ -161,10 +130,7 @@ impl NegTokenResp {
     pub fn encode(&self) -> Vec<u8> {
         let mut fields = Vec::new();
         if let Some(s) = self.neg_state {
-            fields.push(der::tlv(
-                der::context(0),
-                &der::tlv(TAG_ENUMERATED, &[s.code()]),
-            ));
+            fields.push(der::tlv(der::context(0), &der::tlv(TAG_ENUMERATED, &[s.code()])));
         }
         if let Some(m) = &self.supported_mech {
             fields.push(der::tlv(der::context(1), &der::tlv(TAG_OID, m)));
@@ -182,44 +148,21 @@ impl NegTokenResp {
     pub fn decode(token: &[u8]) -> Result<Self, AuthError> {
         const WHAT: &str = "SPNEGO NegTokenResp";
         let root = der::parse(token)?;
-        let seq = root
-            .expect(der::context(1), "negTokenResp")?
-            .inner(WHAT)?
-            .expect(TAG_SEQUENCE, WHAT)?;
+        let seq = root.expect(der::context(1), "negTokenResp")?.inner(WHAT)?.expect(TAG_SEQUENCE, WHAT)?;
         let neg_state = match seq.child(der::context(0)) {
-            Some(f) => match f
-                .inner("negState")?
-                .expect(TAG_ENUMERATED, "negState")?
-                .content
-            {
+            Some(f) => match f.inner("negState")?.expect(TAG_ENUMERATED, "negState")?.content {
                 [c] => Some(NegState::from_code(*c)),
                 _ => return Err(malformed(WHAT, "negState is not a one-byte ENUMERATED")),
             },
             None => None,
         };
         let supported_mech = match seq.child(der::context(1)) {
-            Some(f) => Some(
-                f.inner("supportedMech")?
-                    .expect(TAG_OID, "supportedMech")?
-                    .content
-                    .to_vec(),
-            ),
+            Some(f) => Some(f.inner("supportedMech")?.expect(TAG_OID, "supportedMech")?.content.to_vec()),
             None => None,
         };
-        let response_token = seq
-            .child(der::context(2))
-            .map(|f| octets(f, "responseToken"))
-            .transpose()?;
-        let mech_list_mic = seq
-            .child(der::context(3))
-            .map(|f| octets(f, "mechListMIC"))
-            .transpose()?;
-        Ok(NegTokenResp {
-            neg_state,
-            supported_mech,
-            response_token,
-            mech_list_mic,
-        })
+        let response_token = seq.child(der::context(2)).map(|f| octets(f, "responseToken")).transpose()?;
+        let mech_list_mic = seq.child(der::context(3)).map(|f| octets(f, "mechListMIC")).transpose()?;
+        Ok(NegTokenResp { neg_state, supported_mech, response_token, mech_list_mic })
     }
 }
 
@@ -243,11 +186,7 @@ pub struct SpnegoClient {
 
 impl SpnegoClient {
     pub fn new(ntlm: NtlmClient) -> SpnegoClient {
-        SpnegoClient {
-            ntlm,
-            state: SpnegoState::Start,
-            mech_types_der: encode_mech_types(&[NTLMSSP_OID.to_vec()]),
-        }
+        SpnegoClient { ntlm, state: SpnegoState::Start, mech_types_der: encode_mech_types(&[NTLMSSP_OID.to_vec()]) }
     }
 
     /// `server_hint` is the SMB2 NEGOTIATE response security buffer (may be
@@ -259,8 +198,7 @@ impl SpnegoClient {
             return Err(AuthError::OutOfOrder("SPNEGO initial token already built"));
         }
         if !server_hint.is_empty() {
-            let hint = NegTokenInit::decode(server_hint)
-                .inspect_err(|_| self.state = SpnegoState::Failed)?;
+            let hint = NegTokenInit::decode(server_hint).inspect_err(|_| self.state = SpnegoState::Failed)?;
             if !hint.mech_types.iter().any(|m| m == NTLMSSP_OID) {
                 self.state = SpnegoState::Failed;
                 return Err(AuthError::NoNtlmMech);
@@ -285,9 +223,7 @@ impl SpnegoClient {
         let result = match self.state {
             SpnegoState::SentNegotiate => self.on_challenge(server_token).map(Some),
             SpnegoState::SentAuthenticate => self.on_final(server_token).map(|()| None),
-            SpnegoState::Start => Err(AuthError::OutOfOrder(
-                "SPNEGO step before the initial token",
-            )),
+            SpnegoState::Start => Err(AuthError::OutOfOrder("SPNEGO step before the initial token")),
             SpnegoState::Complete => Err(AuthError::OutOfOrder("SPNEGO exchange already complete")),
             SpnegoState::Failed => Err(AuthError::OutOfOrder("SPNEGO exchange already failed")),
         };
@@ -299,53 +235,30 @@ impl SpnegoClient {
 
     fn on_challenge(&mut self, server_token: &[u8]) -> Result<Vec<u8>, AuthError> {
         if server_token.is_empty() {
-            return Err(malformed(
-                "SPNEGO response",
-                "empty where the NTLM CHALLENGE was expected",
-            ));
+            return Err(malformed("SPNEGO response", "empty where the NTLM CHALLENGE was expected"));
         }
         let resp = NegTokenResp::decode(server_token)?;
-        if resp
-            .supported_mech
-            .as_deref()
-            .is_some_and(|m| m != NTLMSSP_OID)
-        {
+        if resp.supported_mech.as_deref().is_some_and(|m| m != NTLMSSP_OID) {
             return Err(AuthError::NoNtlmMech);
         }
         match resp.neg_state {
             Some(NegState::Reject) => return Err(AuthError::Rejected),
             Some(NegState::AcceptIncomplete | NegState::RequestMic) | None => {}
             Some(NegState::AcceptCompleted) => {
-                return Err(malformed(
-                    "SPNEGO response",
-                    "accept-completed before NTLM AUTHENTICATE",
-                ))
+                return Err(malformed("SPNEGO response", "accept-completed before NTLM AUTHENTICATE"))
             }
-            Some(NegState::Unknown(c)) => {
-                return Err(malformed("SPNEGO response", format!("negState {c}")))
-            }
+            Some(NegState::Unknown(c)) => return Err(malformed("SPNEGO response", format!("negState {c}"))),
         }
-        let challenge = resp.response_token.ok_or_else(|| {
-            malformed(
-                "SPNEGO response",
-                "no responseToken carrying the NTLM CHALLENGE",
-            )
-        })?;
+        let challenge = resp
+            .response_token
+            .ok_or_else(|| malformed("SPNEGO response", "no responseToken carrying the NTLM CHALLENGE"))?;
         let authenticate = self.ntlm.authenticate_message(&challenge)?;
         // Samba requires the mechListMIC once the NTLM AUTHENTICATE has a MIC;
         // sending it whenever there is a key is always accepted.
-        let mech_list_mic = self
-            .ntlm
-            .session_key()
-            .map(|_| self.ntlm.sign_mic(&self.mech_types_der).to_vec());
+        let mech_list_mic = self.ntlm.session_key().map(|_| self.ntlm.sign_mic(&self.mech_types_der).to_vec());
         self.state = SpnegoState::SentAuthenticate;
-        Ok(NegTokenResp {
-            neg_state: None,
-            supported_mech: None,
-            response_token: Some(authenticate),
-            mech_list_mic,
-        }
-        .encode())
+        Ok(NegTokenResp { neg_state: None, supported_mech: None, response_token: Some(authenticate), mech_list_mic }
+            .encode())
     }
 
     fn on_final(&mut self, server_token: &[u8]) -> Result<(), AuthError> {
@@ -354,24 +267,14 @@ impl SpnegoClient {
             match resp.neg_state {
                 Some(NegState::AcceptCompleted) | None => {}
                 Some(NegState::Reject) => return Err(AuthError::Rejected),
-                Some(s) => {
-                    return Err(malformed(
-                        "SPNEGO response",
-                        format!("negState {s:?} after NTLM AUTHENTICATE"),
-                    ))
-                }
+                Some(s) => return Err(malformed("SPNEGO response", format!("negState {s:?} after NTLM AUTHENTICATE"))),
             }
             if resp.response_token.as_ref().is_some_and(|t| !t.is_empty()) {
-                return Err(malformed(
-                    "SPNEGO response",
-                    "NTLM has no token after AUTHENTICATE",
-                ));
+                return Err(malformed("SPNEGO response", "NTLM has no token after AUTHENTICATE"));
             }
             // Anonymous has no key, so there is nothing to check the MIC against.
             if let (Some(mic), Some(_)) = (&resp.mech_list_mic, self.ntlm.session_key()) {
-                self.ntlm
-                    .verify_mic(&self.mech_types_der, mic)
-                    .map_err(|_| AuthError::BadServerMic)?;
+                self.ntlm.verify_mic(&self.mech_types_der, mic).map_err(|_| AuthError::BadServerMic)?;
             }
         }
         self.state = SpnegoState::Complete;
@@ -426,12 +329,7 @@ mod tests {
         }
         let mut mech_types = vec![0xA0, oids.len() as u8 + 2, 0x30, oids.len() as u8];
         mech_types.extend_from_slice(&oids);
-        let mut hints = vec![
-            0xA3,
-            hint_name.len() as u8 + 6,
-            0x30,
-            hint_name.len() as u8 + 4,
-        ];
+        let mut hints = vec![0xA3, hint_name.len() as u8 + 6, 0x30, hint_name.len() as u8 + 4];
         hints.extend_from_slice(&[0xA0, hint_name.len() as u8 + 2, 0x1B, hint_name.len() as u8]);
         hints.extend_from_slice(hint_name);
         let seq_len = mech_types.len() + hints.len();
@@ -450,26 +348,11 @@ mod tests {
             server_challenge: [9, 8, 7, 6, 5, 4, 3, 2],
             target_name: utf16le("SAMBA"),
             target_info: vec![
-                AvPair {
-                    id: AvId::NbDomainName,
-                    value: utf16le("SAMBA"),
-                },
-                AvPair {
-                    id: AvId::NbComputerName,
-                    value: utf16le("FILES"),
-                },
-                AvPair {
-                    id: AvId::DnsDomainName,
-                    value: utf16le("samba.example"),
-                },
-                AvPair {
-                    id: AvId::DnsComputerName,
-                    value: utf16le("files.samba.example"),
-                },
-                AvPair {
-                    id: AvId::Timestamp,
-                    value: 0x01da_0000_0000_0000u64.to_le_bytes().to_vec(),
-                },
+                AvPair { id: AvId::NbDomainName, value: utf16le("SAMBA") },
+                AvPair { id: AvId::NbComputerName, value: utf16le("FILES") },
+                AvPair { id: AvId::DnsDomainName, value: utf16le("samba.example") },
+                AvPair { id: AvId::DnsComputerName, value: utf16le("files.samba.example") },
+                AvPair { id: AvId::Timestamp, value: 0x01da_0000_0000_0000u64.to_le_bytes().to_vec() },
             ],
             version: Some([6, 1, 0, 0, 0, 0, 0, 15]),
         }
@@ -490,14 +373,7 @@ mod tests {
     #[test]
     fn parses_samba_neg_token_init2_hint() {
         let hint = NegTokenInit::decode(&samba_hint(true)).unwrap();
-        assert_eq!(
-            hint.mech_types,
-            vec![
-                MS_KRB5_OID.to_vec(),
-                KRB5_OID.to_vec(),
-                NTLMSSP_OID.to_vec()
-            ]
-        );
+        assert_eq!(hint.mech_types, vec![MS_KRB5_OID.to_vec(), KRB5_OID.to_vec(), NTLMSSP_OID.to_vec()]);
         assert_eq!((hint.mech_token, hint.mech_list_mic), (None, None));
         let mut client = SpnegoClient::new(NtlmClient::new(creds()));
         assert!(client.initial_token(&samba_hint(true)).is_ok());
@@ -506,10 +382,7 @@ mod tests {
     #[test]
     fn hint_without_ntlmssp_is_refused() {
         let mut client = SpnegoClient::new(NtlmClient::new(creds()));
-        assert!(matches!(
-            client.initial_token(&samba_hint(false)),
-            Err(AuthError::NoNtlmMech)
-        ));
+        assert!(matches!(client.initial_token(&samba_hint(false)), Err(AuthError::NoNtlmMech)));
         assert!(client.step(&[]).is_err(), "a failed exchange stays failed");
     }
 
@@ -528,10 +401,7 @@ mod tests {
         assert_eq!(token, expected);
         let decoded = NegTokenInit::decode(&token).unwrap();
         assert_eq!(decoded.mech_token, Some(negotiate));
-        assert!(matches!(
-            client.initial_token(&[]),
-            Err(AuthError::OutOfOrder(_))
-        ));
+        assert!(matches!(client.initial_token(&[]), Err(AuthError::OutOfOrder(_))));
     }
 
     #[test]
@@ -549,17 +419,10 @@ mod tests {
             mech_list_mic: Some(vec![4; 16]),
         };
         assert_eq!(NegTokenResp::decode(&resp.encode()).unwrap(), resp);
-        let empty = NegTokenResp {
-            neg_state: None,
-            supported_mech: None,
-            response_token: None,
-            mech_list_mic: None,
-        };
+        let empty = NegTokenResp { neg_state: None, supported_mech: None, response_token: None, mech_list_mic: None };
         assert_eq!(NegTokenResp::decode(&empty.encode()).unwrap(), empty);
         // A Windows/Samba final token, from bytes: accept-completed + 16-byte MIC.
-        let mut fin = vec![
-            0xA1, 0x1B, 0x30, 0x19, 0xA0, 0x03, 0x0A, 0x01, 0x00, 0xA3, 0x12, 0x04, 0x10,
-        ];
+        let mut fin = vec![0xA1, 0x1B, 0x30, 0x19, 0xA0, 0x03, 0x0A, 0x01, 0x00, 0xA3, 0x12, 0x04, 0x10];
         fin.extend_from_slice(&[0xEE; 16]);
         let d = NegTokenResp::decode(&fin).unwrap();
         assert_eq!(d.neg_state, Some(NegState::AcceptCompleted));
@@ -585,9 +448,7 @@ mod tests {
         }
         assert!(NegTokenResp::decode(&der::tlv(der::context(1), &deep)).is_err());
         // Wrong types in fields.
-        assert!(
-            NegTokenResp::decode(&[0xA1, 0x07, 0x30, 0x05, 0xA0, 0x03, 0x04, 0x01, 0x00]).is_err()
-        );
+        assert!(NegTokenResp::decode(&[0xA1, 0x07, 0x30, 0x05, 0xA0, 0x03, 0x04, 0x01, 0x00]).is_err());
         assert!(NegTokenInit::decode(&[0x60, 0x02, 0x05, 0x00]).is_err());
         // An Init where a Resp is expected.
         assert!(NegTokenResp::decode(&hint).is_err());
@@ -598,30 +459,20 @@ mod tests {
     fn full_exchange_with_mech_list_mics() {
         let mut client = SpnegoClient::new(NtlmClient::new(creds()));
         client.initial_token(&samba_hint(true)).unwrap();
-        let out = client
-            .step(&challenge_token(&samba_challenge()))
-            .unwrap()
-            .expect("AUTHENTICATE token");
+        let out = client.step(&challenge_token(&samba_challenge())).unwrap().expect("AUTHENTICATE token");
         assert!(!client.is_complete());
 
         let resp = NegTokenResp::decode(&out).unwrap();
         assert_eq!((resp.neg_state, resp.supported_mech.as_ref()), (None, None));
-        let auth =
-            crate::smb::auth::ntlm::AuthenticateMessage::decode(&resp.response_token.unwrap())
-                .unwrap();
+        let auth = crate::smb::auth::ntlm::AuthenticateMessage::decode(&resp.response_token.unwrap()).unwrap();
         assert_eq!(auth.user, "alice");
         assert!(auth.mic.is_some());
 
-        let key = client
-            .session_key()
-            .expect("session key after AUTHENTICATE");
-        let mut server =
-            SessionSecurity::new(&key, CLIENT_FLAGS | flags::TARGET_INFO, Role::Server);
+        let key = client.session_key().expect("session key after AUTHENTICATE");
+        let mut server = SessionSecurity::new(&key, CLIENT_FLAGS | flags::TARGET_INFO, Role::Server);
         let mech_types = encode_mech_types(&[NTLMSSP_OID.to_vec()]);
         assert_eq!(mech_types[..4], [0x30, 0x0C, 0x06, 0x0A]);
-        server
-            .verify(&mech_types, &resp.mech_list_mic.unwrap())
-            .expect("client mechListMIC verifies");
+        server.verify(&mech_types, &resp.mech_list_mic.unwrap()).expect("client mechListMIC verifies");
 
         let fin = NegTokenResp {
             neg_state: Some(NegState::AcceptCompleted),
@@ -646,10 +497,7 @@ mod tests {
             response_token: None,
             mech_list_mic: Some(vec![1, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 0, 0, 0, 0]),
         };
-        assert!(matches!(
-            client.step(&fin.encode()),
-            Err(AuthError::BadServerMic)
-        ));
+        assert!(matches!(client.step(&fin.encode()), Err(AuthError::BadServerMic)));
         assert!(!client.is_complete());
     }
 
@@ -684,32 +532,20 @@ mod tests {
         client.initial_token(&[]).unwrap();
         let mut krb = NegTokenResp::decode(&challenge_token(&samba_challenge())).unwrap();
         krb.supported_mech = Some(KRB5_OID.to_vec());
-        assert!(matches!(
-            client.step(&krb.encode()),
-            Err(AuthError::NoNtlmMech)
-        ));
+        assert!(matches!(client.step(&krb.encode()), Err(AuthError::NoNtlmMech)));
 
         let mut client = SpnegoClient::new(NtlmClient::new(creds()));
-        assert!(matches!(
-            client.step(&reject),
-            Err(AuthError::OutOfOrder(_))
-        ));
+        assert!(matches!(client.step(&reject), Err(AuthError::OutOfOrder(_))));
         client = SpnegoClient::new(NtlmClient::new(creds()));
         client.initial_token(&[]).unwrap();
-        assert!(
-            client.step(&[]).is_err(),
-            "empty token instead of a CHALLENGE"
-        );
+        assert!(client.step(&[]).is_err(), "empty token instead of a CHALLENGE");
     }
 
     #[test]
     fn anonymous_exchange_sends_no_mic() {
         let mut client = SpnegoClient::new(NtlmClient::anonymous());
         client.initial_token(&[]).unwrap();
-        let out = client
-            .step(&challenge_token(&samba_challenge()))
-            .unwrap()
-            .unwrap();
+        let out = client.step(&challenge_token(&samba_challenge())).unwrap().unwrap();
         let resp = NegTokenResp::decode(&out).unwrap();
         assert!(resp.mech_list_mic.is_none());
         assert_eq!(client.step(&[]).unwrap(), None);

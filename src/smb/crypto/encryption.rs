@@ -15,8 +15,7 @@ use rand::RngCore;
 
 use super::CryptoError;
 use crate::smb::wire::transform::{
-    TransformHeader, TRANSFORM_AAD_OFFSET, TRANSFORM_FLAG_ENCRYPTED, TRANSFORM_HEADER_LEN,
-    TRANSFORM_SIGNATURE_OFFSET,
+    TransformHeader, TRANSFORM_AAD_OFFSET, TRANSFORM_FLAG_ENCRYPTED, TRANSFORM_HEADER_LEN, TRANSFORM_SIGNATURE_OFFSET,
 };
 use crate::smb::wire::CipherId;
 
@@ -33,19 +32,8 @@ pub const MAX_DECRYPTED_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 /// 16-byte Nonce field; each cipher uses its own prefix of it.
 trait MessageAead: Send + Sync {
     fn nonce_len(&self) -> usize;
-    fn seal(
-        &self,
-        nonce_field: &[u8; 16],
-        aad: &[u8],
-        buf: &mut [u8],
-    ) -> Result<[u8; 16], aes_gcm::Error>;
-    fn open(
-        &self,
-        nonce_field: &[u8; 16],
-        aad: &[u8],
-        buf: &mut [u8],
-        tag: &[u8; 16],
-    ) -> Result<(), aes_gcm::Error>;
+    fn seal(&self, nonce_field: &[u8; 16], aad: &[u8], buf: &mut [u8]) -> Result<[u8; 16], aes_gcm::Error>;
+    fn open(&self, nonce_field: &[u8; 16], aad: &[u8], buf: &mut [u8], tag: &[u8; 16]) -> Result<(), aes_gcm::Error>;
 }
 
 impl<A> MessageAead for A
@@ -56,12 +44,7 @@ where
         A::NonceSize::USIZE
     }
 
-    fn seal(
-        &self,
-        nonce_field: &[u8; 16],
-        aad: &[u8],
-        buf: &mut [u8],
-    ) -> Result<[u8; 16], aes_gcm::Error> {
+    fn seal(&self, nonce_field: &[u8; 16], aad: &[u8], buf: &mut [u8]) -> Result<[u8; 16], aes_gcm::Error> {
         let nonce = GenericArray::from_slice(&nonce_field[..A::NonceSize::USIZE]);
         let tag = self.encrypt_in_place_detached(nonce, aad, buf)?;
         let mut out = [0u8; 16];
@@ -69,31 +52,15 @@ where
         Ok(out)
     }
 
-    fn open(
-        &self,
-        nonce_field: &[u8; 16],
-        aad: &[u8],
-        buf: &mut [u8],
-        tag: &[u8; 16],
-    ) -> Result<(), aes_gcm::Error> {
+    fn open(&self, nonce_field: &[u8; 16], aad: &[u8], buf: &mut [u8], tag: &[u8; 16]) -> Result<(), aes_gcm::Error> {
         let nonce = GenericArray::from_slice(&nonce_field[..A::NonceSize::USIZE]);
         self.decrypt_in_place_detached(nonce, aad, buf, GenericArray::from_slice(tag))
     }
 }
 
-fn build_aead(
-    cipher: CipherId,
-    key: &[u8],
-    what: &'static str,
-) -> Result<Box<dyn MessageAead>, CryptoError> {
-    let expected = cipher
-        .key_len()
-        .ok_or(CryptoError::UnsupportedCipher(cipher))?;
-    let bad_len = CryptoError::BadKeyLength {
-        what,
-        got: key.len(),
-        expected,
-    };
+fn build_aead(cipher: CipherId, key: &[u8], what: &'static str) -> Result<Box<dyn MessageAead>, CryptoError> {
+    let expected = cipher.key_len().ok_or(CryptoError::UnsupportedCipher(cipher))?;
+    let bad_len = CryptoError::BadKeyLength { what, got: key.len(), expected };
     if key.len() != expected {
         return Err(bad_len);
     }
@@ -123,32 +90,20 @@ pub struct Sealer {
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sealer")
-            .field("cipher", &self.cipher)
-            .finish_non_exhaustive()
+        f.debug_struct("Sealer").field("cipher", &self.cipher).finish_non_exhaustive()
     }
 }
 
 impl Sealer {
     /// `encryption_key` seals what we send (client-to-server),
     /// `decryption_key` opens what we receive (server-to-client).
-    pub fn new(
-        cipher: CipherId,
-        encryption_key: &[u8],
-        decryption_key: &[u8],
-    ) -> Result<Sealer, CryptoError> {
+    pub fn new(cipher: CipherId, encryption_key: &[u8], decryption_key: &[u8]) -> Result<Sealer, CryptoError> {
         let encryptor = build_aead(cipher, encryption_key, "encryption")?;
         let decryptor = build_aead(cipher, decryption_key, "decryption")?;
         let mut rng = rand::thread_rng();
         let mut nonce_salt = [0u8; 4];
         rng.fill_bytes(&mut nonce_salt);
-        Ok(Sealer {
-            cipher,
-            encryptor,
-            decryptor,
-            nonce_salt,
-            nonce_counter: AtomicU64::new(rng.next_u64()),
-        })
+        Ok(Sealer { cipher, encryptor, decryptor, nonce_salt, nonce_counter: AtomicU64::new(rng.next_u64()) })
     }
 
     pub fn cipher(&self) -> CipherId {
@@ -211,17 +166,11 @@ impl Sealer {
         }
         let declared = header.original_message_size as usize;
         if declared > MAX_DECRYPTED_MESSAGE_SIZE {
-            return Err(CryptoError::MessageTooLarge {
-                size: declared,
-                limit: MAX_DECRYPTED_MESSAGE_SIZE,
-            });
+            return Err(CryptoError::MessageTooLarge { size: declared, limit: MAX_DECRYPTED_MESSAGE_SIZE });
         }
         let ciphertext = &transform_msg[TRANSFORM_HEADER_LEN..];
         if ciphertext.len() != declared {
-            return Err(CryptoError::SizeMismatch {
-                declared: header.original_message_size,
-                actual: ciphertext.len(),
-            });
+            return Err(CryptoError::SizeMismatch { declared: header.original_message_size, actual: ciphertext.len() });
         }
         let mut plaintext = ciphertext.to_vec();
         self.decryptor
@@ -259,27 +208,23 @@ mod tests {
     const SMB30_SESSION_ID: u64 = 0x8E40014000011;
     const SMB30_ENCRYPTION_KEY: &str = "261B72350558F2E9DCF613070383EDBF";
     const SMB30_DECRYPTION_KEY: &str = "8FE2B57EC34D2DB5B1A9727F526BBDB5";
-    const SMB30_WRITE_PLAIN: &str =
-        "FE534D4240000100000000000900400008000000000000000400000000000000\
+    const SMB30_WRITE_PLAIN: &str = "FE534D4240000100000000000900400008000000000000000400000000000000\
         FFFE0000010000001100001400E4080000000000000000000000000000000000\
         3100700017000000000000000000000015010000390000020100000039020000\
         00000000000000007000000000000000536D623320656E6372797074696F6E20\
         74657374696E67";
-    const SMB30_WRITE_SEALED: &str =
-        "FD534D4281A286535415445DAE393921E44FA42E66E69A111892584FB5ED524A\
+    const SMB30_WRITE_SEALED: &str = "FD534D4281A286535415445DAE393921E44FA42E66E69A111892584FB5ED524A\
         744DA3EE87000000000001001100001400E4080025C8FEE16605A437832D1CD5\
         2DA9F4645333482A175FE5384563F45FCDAFAEF38BC62BA4D5C62897996625A4\
         4C29BE5658DE2E6117585779E7B59FFD971278D08580D7FA899E410E910EABF5\
         AA1DB43050B33B49182637759AC15D84BFCDF5B6B238993C0F4CF4D6012023F6\
         C627297075D84B7803912D0A9639634453595EF3E33FFE4E7AC2AB";
-    const SMB30_READ_SEALED: &str =
-        "FD534D42A6015530A18F6D9AFFE22AFAE8E66484860000000000000011000014\
+    const SMB30_READ_SEALED: &str = "FD534D42A6015530A18F6D9AFFE22AFAE8E66484860000000000000011000014\
         00E4080050000000000001001100001400E40800DBF46435C5F14169293CE079\
         E344479BF670227E49873F458672C3098DAC467DD5809F369D67409166515787\
         1483E01F7BECD02064EAC3E235F913668BBC2F097980D4B378F1993EFF6E60D1\
         77309E5B";
-    const SMB30_READ_PLAIN: &str =
-        "FE534D4240000100000000000900210009000000000000000400000000000000\
+    const SMB30_READ_PLAIN: &str = "FE534D4240000100000000000900210009000000000000000400000000000000\
         FFFE0000010000001100001400E4080000000000000000000000000000000000\
         11000000170000000000000000000000";
 
@@ -288,8 +233,7 @@ mod tests {
     const SMB311_SESSION_ID: u64 = 0x100000000025;
     const SMB311_ENCRYPTION_KEY: &str = "A2F5E80E5D59103034F32E52F698E5EC";
     const SMB311_DECRYPTION_KEY: &str = "748C50868C90F302962A5C35F5F9A8BF";
-    const SMB311_WRITE_PLAIN: &str =
-        "FE534D4240000100000000000900010008000000000000000500000000000000FFFE000001000000\
+    const SMB311_WRITE_PLAIN: &str = "FE534D4240000100000000000900010008000000000000000500000000000000FFFE000001000000\
         25000000001000000000000000000000000000000000000031007000170000000000000000000000\
         0600000004000000010000000400000000000000000000007000000000000000536D623320656E63\
         72797074696F6E2074657374696E67";
@@ -299,31 +243,19 @@ mod tests {
         D14EF247F8BDE38ACF6256F8B1D3B56F77FBDEB312FEA5E92CBCC1ED8FB2EBBFAA75E49A4A394BB4\
         4576545567C24D4C014D47C9FBDFDAFD2C4F9B72F8D256452620A299F48E29E53D6B61D1C13A19E9\
         1AF013F00D17E3ABC2FC3D36C8C1B6B93973253852DBD442E46EE8";
-    const SMB311_READ_SEALED: &str =
-        "FD534D42ACBE1CB7ED343ADF1725EF144D90D4B0E06831DD2E8EB7B4000000000000000050000000\
+    const SMB311_READ_SEALED: &str = "FD534D42ACBE1CB7ED343ADF1725EF144D90D4B0E06831DD2E8EB7B4000000000000000050000000\
         00000100250000000010000026BBBF949983A6C1C796559D0F2C510CB651D1F7B6AC8DED32A2A0B8\
         F2D793A815C6F6B848D69767A215841A42D400AE6DDB5F0B44173A014973321FDD7950DA6179159B\
         82E03C9E18A050FF0EA1C967";
-    const SMB311_READ_PLAIN: &str =
-        "FE534D4240000100000000000900010001000000000000000500000000000000FFFE000001000000\
+    const SMB311_READ_PLAIN: &str = "FE534D4240000100000000000900010001000000000000000500000000000000FFFE000001000000\
         25000000001000000000000000000000000000000000000011000000170000000000000000000000";
 
     fn smb30_client() -> Sealer {
-        Sealer::new(
-            CipherId::Aes128Ccm,
-            &h(SMB30_ENCRYPTION_KEY),
-            &h(SMB30_DECRYPTION_KEY),
-        )
-        .unwrap()
+        Sealer::new(CipherId::Aes128Ccm, &h(SMB30_ENCRYPTION_KEY), &h(SMB30_DECRYPTION_KEY)).unwrap()
     }
 
     fn smb311_client() -> Sealer {
-        Sealer::new(
-            CipherId::Aes128Gcm,
-            &h(SMB311_ENCRYPTION_KEY),
-            &h(SMB311_DECRYPTION_KEY),
-        )
-        .unwrap()
+        Sealer::new(CipherId::Aes128Gcm, &h(SMB311_ENCRYPTION_KEY), &h(SMB311_DECRYPTION_KEY)).unwrap()
     }
 
     #[test]
@@ -360,12 +292,8 @@ mod tests {
         assert_eq!(plain, h(SMB311_READ_PLAIN));
     }
 
-    const ALL_CIPHERS: [CipherId; 4] = [
-        CipherId::Aes128Ccm,
-        CipherId::Aes128Gcm,
-        CipherId::Aes256Ccm,
-        CipherId::Aes256Gcm,
-    ];
+    const ALL_CIPHERS: [CipherId; 4] =
+        [CipherId::Aes128Ccm, CipherId::Aes128Gcm, CipherId::Aes256Ccm, CipherId::Aes256Gcm];
 
     /// A client and the matching server: the server seals with the client's
     /// decryption key and opens with its encryption key.
@@ -373,39 +301,25 @@ mod tests {
         let len = cipher.key_len().unwrap();
         let c2s = vec![0xC2; len];
         let s2c = vec![0x5C; len];
-        (
-            Sealer::new(cipher, &c2s, &s2c).unwrap(),
-            Sealer::new(cipher, &s2c, &c2s).unwrap(),
-        )
+        (Sealer::new(cipher, &c2s, &s2c).unwrap(), Sealer::new(cipher, &s2c, &c2s).unwrap())
     }
 
     #[test]
     fn one_mib_round_trip_every_cipher() {
-        let plain: Vec<u8> = (0..1024 * 1024)
-            .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-            .collect();
+        let plain: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
         for cipher in ALL_CIPHERS {
             let (client, server) = pair(cipher);
             assert_eq!(client.cipher(), cipher);
             let start = std::time::Instant::now();
             let sealed = client.encrypt(42, &plain);
             assert_eq!(sealed.len(), TRANSFORM_HEADER_LEN + plain.len());
-            assert_ne!(
-                &sealed[TRANSFORM_HEADER_LEN..TRANSFORM_HEADER_LEN + 64],
-                &plain[..64]
-            );
+            assert_ne!(&sealed[TRANSFORM_HEADER_LEN..TRANSFORM_HEADER_LEN + 64], &plain[..64]);
             let (sid, opened) = server.decrypt(&sealed).unwrap();
-            eprintln!(
-                "{cipher}: 1 MiB sealed and opened in {:?} (debug build)",
-                start.elapsed()
-            );
+            eprintln!("{cipher}: 1 MiB sealed and opened in {:?} (debug build)", start.elapsed());
             assert_eq!(sid, 42);
             assert!(opened == plain);
             // A message we sent cannot be opened with our own receive key.
-            assert!(matches!(
-                client.decrypt(&sealed),
-                Err(CryptoError::DecryptFailed)
-            ));
+            assert!(matches!(client.decrypt(&sealed), Err(CryptoError::DecryptFailed)));
         }
     }
 
@@ -425,23 +339,13 @@ mod tests {
     fn nonce_layout_and_uniqueness() {
         for cipher in ALL_CIPHERS {
             let (client, _) = pair(cipher);
-            let nonce_len = if matches!(cipher, CipherId::Aes128Ccm | CipherId::Aes256Ccm) {
-                11
-            } else {
-                12
-            };
+            let nonce_len = if matches!(cipher, CipherId::Aes128Ccm | CipherId::Aes256Ccm) { 11 } else { 12 };
             let mut seen = HashSet::new();
             for _ in 0..10_000 {
                 let sealed = client.encrypt(1, b"x");
                 let nonce: [u8; 16] = sealed[20..36].try_into().unwrap();
-                assert!(
-                    nonce[nonce_len..].iter().all(|&b| b == 0),
-                    "reserved nonce bytes must be zero"
-                );
-                assert!(
-                    seen.insert(nonce[..nonce_len].to_vec()),
-                    "{cipher}: nonce repeated"
-                );
+                assert!(nonce[nonce_len..].iter().all(|&b| b == 0), "reserved nonce bytes must be zero");
+                assert!(seen.insert(nonce[..nonce_len].to_vec()), "{cipher}: nonce repeated");
             }
         }
     }
@@ -450,12 +354,8 @@ mod tests {
     fn two_sealers_with_one_key_use_different_nonces() {
         let (a, _) = pair(CipherId::Aes128Gcm);
         let (b, _) = pair(CipherId::Aes128Gcm);
-        let na: HashSet<Vec<u8>> = (0..1000)
-            .map(|_| a.encrypt(1, b"")[20..32].to_vec())
-            .collect();
-        let nb: HashSet<Vec<u8>> = (0..1000)
-            .map(|_| b.encrypt(1, b"")[20..32].to_vec())
-            .collect();
+        let na: HashSet<Vec<u8>> = (0..1000).map(|_| a.encrypt(1, b"")[20..32].to_vec()).collect();
+        let nb: HashSet<Vec<u8>> = (0..1000).map(|_| b.encrypt(1, b"")[20..32].to_vec()).collect();
         assert!(na.is_disjoint(&nb));
     }
 
@@ -463,17 +363,13 @@ mod tests {
     fn tampering_anywhere_fails_decrypt() {
         for cipher in ALL_CIPHERS {
             let (client, server) = pair(cipher);
-            let sealed =
-                client.encrypt(0x77, b"an SMB2 message that must not be altered in flight");
+            let sealed = client.encrypt(0x77, b"an SMB2 message that must not be altered in flight");
             // Signature (tag), nonce, reserved, session id and ciphertext
             // bytes are all authenticated.
             for i in [4, 19, 20, 35, 40, 41, 44, 51, 52, sealed.len() - 1] {
                 let mut bad = sealed.clone();
                 bad[i] ^= 0x01;
-                assert!(
-                    matches!(server.decrypt(&bad), Err(CryptoError::DecryptFailed)),
-                    "{cipher}: byte {i}"
-                );
+                assert!(matches!(server.decrypt(&bad), Err(CryptoError::DecryptFailed)), "{cipher}: byte {i}");
             }
         }
     }
@@ -485,47 +381,26 @@ mod tests {
 
         let mut flags = sealed.clone();
         flags[42] = 0x02;
-        assert!(matches!(
-            server.decrypt(&flags),
-            Err(CryptoError::BadTransformFlags(2))
-        ));
+        assert!(matches!(server.decrypt(&flags), Err(CryptoError::BadTransformFlags(2))));
 
         let mut size = sealed.clone();
         size[36..40].copy_from_slice(&99u32.to_le_bytes());
-        assert!(matches!(
-            server.decrypt(&size),
-            Err(CryptoError::SizeMismatch {
-                declared: 99,
-                actual: 100
-            })
-        ));
-        assert!(matches!(
-            server.decrypt(&sealed[..sealed.len() - 1]),
-            Err(CryptoError::SizeMismatch { .. })
-        ));
+        assert!(matches!(server.decrypt(&size), Err(CryptoError::SizeMismatch { declared: 99, actual: 100 })));
+        assert!(matches!(server.decrypt(&sealed[..sealed.len() - 1]), Err(CryptoError::SizeMismatch { .. })));
 
         let mut huge = sealed.clone();
         huge[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            server.decrypt(&huge),
-            Err(CryptoError::MessageTooLarge { .. })
-        ));
+        assert!(matches!(server.decrypt(&huge), Err(CryptoError::MessageTooLarge { .. })));
 
         for len in [0, 3, 4, 20, 51] {
             assert!(
-                matches!(
-                    server.decrypt(&sealed[..len]),
-                    Err(CryptoError::Transform(WireError::Truncated { .. }))
-                ),
+                matches!(server.decrypt(&sealed[..len]), Err(CryptoError::Transform(WireError::Truncated { .. }))),
                 "length {len}"
             );
         }
         let mut compressed = sealed.clone();
         compressed[0] = 0xFC;
-        assert!(matches!(
-            server.decrypt(&compressed),
-            Err(CryptoError::Transform(WireError::Invalid { .. }))
-        ));
+        assert!(matches!(server.decrypt(&compressed), Err(CryptoError::Transform(WireError::Invalid { .. }))));
     }
 
     #[test]
@@ -536,19 +411,11 @@ mod tests {
         ));
         assert!(matches!(
             Sealer::new(CipherId::Aes256Gcm, &[0; 16], &[0; 32]),
-            Err(CryptoError::BadKeyLength {
-                what: "encryption",
-                got: 16,
-                expected: 32
-            })
+            Err(CryptoError::BadKeyLength { what: "encryption", got: 16, expected: 32 })
         ));
         assert!(matches!(
             Sealer::new(CipherId::Aes128Ccm, &[0; 16], &[0; 32]),
-            Err(CryptoError::BadKeyLength {
-                what: "decryption",
-                got: 32,
-                expected: 16
-            })
+            Err(CryptoError::BadKeyLength { what: "decryption", got: 32, expected: 16 })
         ));
         let s = Sealer::new(CipherId::Aes128Gcm, &[0xAB; 16], &[0xCD; 16]).unwrap();
         let shown = format!("{s:?}");
@@ -564,17 +431,10 @@ mod tests {
             let handles: Vec<_> = (0..4)
                 .map(|t| {
                     let client = &client;
-                    s.spawn(move || {
-                        (0..500)
-                            .map(|_| client.encrypt(t, b"m")[20..31].to_vec())
-                            .collect::<Vec<_>>()
-                    })
+                    s.spawn(move || (0..500).map(|_| client.encrypt(t, b"m")[20..31].to_vec()).collect::<Vec<_>>())
                 })
                 .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap())
-                .collect()
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
         });
         let unique: HashSet<_> = nonces.iter().collect();
         assert_eq!(unique.len(), nonces.len());

@@ -44,12 +44,7 @@ mod tests {
     // cryptographic keys" (appendix, SMB 3.0 first channel).
     #[test]
     fn published_smb30_signing_key() {
-        let key = kdf(
-            &h("7CD451825D0450D235424E44BA6E78CC"),
-            b"SMB2AESCMAC\0",
-            b"SmbSign\0",
-            128,
-        );
+        let key = kdf(&h("7CD451825D0450D235424E44BA6E78CC"), b"SMB2AESCMAC\0", b"SmbSign\0", 128);
         assert_eq!(key, h("0B7E9C5CAC36C0F6EA9AB275298CEDCE"));
     }
 

@@ -64,11 +64,7 @@ impl SessionKeys {
             },
             Dialect::Smb311 => {
                 let aes256 = matches!(cipher, Some(CipherId::Aes256Ccm | CipherId::Aes256Gcm));
-                let (cipher_key, l_bits): (&[u8], u32) = if aes256 {
-                    (session_key, 256)
-                } else {
-                    (&key, 128)
-                };
+                let (cipher_key, l_bits): (&[u8], u32) = if aes256 { (session_key, 256) } else { (&key, 128) };
                 SessionKeys {
                     signing: kdf(&key, b"SMBSigningKey\0", preauth_hash, 128),
                     encryption: kdf(cipher_key, b"SMBC2SCipherKey\0", preauth_hash, l_bits),
@@ -76,14 +72,12 @@ impl SessionKeys {
                     application: kdf(&key, b"SMBAppKey\0", preauth_hash, 128),
                 }
             }
-            Dialect::Smb202 | Dialect::Smb210 | Dialect::Wildcard | Dialect::Unknown(_) => {
-                SessionKeys {
-                    signing: key.to_vec(),
-                    encryption: Vec::new(),
-                    decryption: Vec::new(),
-                    application: Vec::new(),
-                }
-            }
+            Dialect::Smb202 | Dialect::Smb210 | Dialect::Wildcard | Dialect::Unknown(_) => SessionKeys {
+                signing: key.to_vec(),
+                encryption: Vec::new(),
+                decryption: Vec::new(),
+                application: Vec::new(),
+            },
         }
     }
 }
@@ -106,12 +100,7 @@ mod tests {
 
     #[test]
     fn published_smb30_first_channel() {
-        let k = SessionKeys::derive(
-            Dialect::Smb300,
-            &h("7CD451825D0450D235424E44BA6E78CC"),
-            &[0; 64],
-            None,
-        );
+        let k = SessionKeys::derive(Dialect::Smb300, &h("7CD451825D0450D235424E44BA6E78CC"), &[0; 64], None);
         assert_eq!(k.signing, h("0B7E9C5CAC36C0F6EA9AB275298CEDCE"));
         assert_eq!(k.encryption, h("FAD27796665B313EBB578F388632B4F7"));
         assert_eq!(k.decryption, h("B0F0427F7CEB416D1D9DCC0CD4F99447"));
@@ -120,29 +109,17 @@ mod tests {
 
     #[test]
     fn published_smb30_second_channel_signing_key() {
-        let k = SessionKeys::derive(
-            Dialect::Smb300,
-            &h("4E01A2B313BCF660CC250BEF021AEDE6"),
-            &[0; 64],
-            None,
-        );
+        let k = SessionKeys::derive(Dialect::Smb300, &h("4E01A2B313BCF660CC250BEF021AEDE6"), &[0; 64], None);
         assert_eq!(k.signing, h("BA1A17DBBFEC349BCA105563D598952F"));
         // 3.0.2 uses the same labels.
-        let k302 = SessionKeys::derive(
-            Dialect::Smb302,
-            &h("4E01A2B313BCF660CC250BEF021AEDE6"),
-            &[0; 64],
-            None,
-        );
+        let k302 = SessionKeys::derive(Dialect::Smb302, &h("4E01A2B313BCF660CC250BEF021AEDE6"), &[0; 64], None);
         assert_eq!(k302.signing, k.signing);
     }
 
     #[test]
     fn published_smb311_first_channel() {
-        let preauth = h64(
-            "0DD13628CC3ED218EF9DF9772D436D0887AB9814BFAE63A80AA845F36909DB79\
-             28622DDDAD522D9751640A459762C5A9D6BB084CBB3CE6BDADEF5D5BCE3C6C01",
-        );
+        let preauth = h64("0DD13628CC3ED218EF9DF9772D436D0887AB9814BFAE63A80AA845F36909DB79\
+             28622DDDAD522D9751640A459762C5A9D6BB084CBB3CE6BDADEF5D5BCE3C6C01");
         let k = SessionKeys::derive(
             Dialect::Smb311,
             &h("270E1BA896585EEB7AF3472D3B4C75A7"),
@@ -157,10 +134,8 @@ mod tests {
 
     #[test]
     fn published_smb311_second_channel_signing_key() {
-        let preauth = h64(
-            "EA3BF912B11CBFEC5B1889E8209614218687F82FA5294521AD3063425E49E88A\
-             10BD022124CE25123BC9111F52D9566BA88BF46344E6063DC5E3FF0389026F6C",
-        );
+        let preauth = h64("EA3BF912B11CBFEC5B1889E8209614218687F82FA5294521AD3063425E49E88A\
+             10BD022124CE25123BC9111F52D9566BA88BF46344E6063DC5E3FF0389026F6C");
         let k = SessionKeys::derive(
             Dialect::Smb311,
             &h("84B9DBB730116A8FA6E9889555C265F9"),
@@ -175,19 +150,12 @@ mod tests {
     // Encryption in Windows 10").
     #[test]
     fn published_encryption_blog_keys() {
-        let k30 = SessionKeys::derive(
-            Dialect::Smb300,
-            &h("B4546771B515F766A86735532DD6C4F0"),
-            &[0; 64],
-            None,
-        );
+        let k30 = SessionKeys::derive(Dialect::Smb300, &h("B4546771B515F766A86735532DD6C4F0"), &[0; 64], None);
         assert_eq!(k30.encryption, h("261B72350558F2E9DCF613070383EDBF"));
         assert_eq!(k30.decryption, h("8FE2B57EC34D2DB5B1A9727F526BBDB5"));
 
-        let preauth = h64(
-            "B23F3CBFD69487D9832B79B1594A367CDD950909B774C3A4C412B4FCEA9EDDDB\
-             A7DB256BA2EA30E977F11F9B113247578E0E915C6D2A513B8F2FCA5707DC8770",
-        );
+        let preauth = h64("B23F3CBFD69487D9832B79B1594A367CDD950909B774C3A4C412B4FCEA9EDDDB\
+             A7DB256BA2EA30E977F11F9B113247578E0E915C6D2A513B8F2FCA5707DC8770");
         let k311 = SessionKeys::derive(
             Dialect::Smb311,
             &h("419FDDF34C1E001909D362AE7FB6AF79"),
@@ -218,23 +186,12 @@ mod tests {
         let full: Vec<u8> = (0u8..32).collect();
         for cipher in [CipherId::Aes256Gcm, CipherId::Aes256Ccm] {
             let k = SessionKeys::derive(Dialect::Smb311, &full, &preauth, Some(cipher));
-            assert_eq!(
-                k.encryption,
-                kdf(&full, b"SMBC2SCipherKey\0", &preauth, 256)
-            );
-            assert_eq!(
-                k.decryption,
-                kdf(&full, b"SMBS2CCipherKey\0", &preauth, 256)
-            );
+            assert_eq!(k.encryption, kdf(&full, b"SMBC2SCipherKey\0", &preauth, 256));
+            assert_eq!(k.decryption, kdf(&full, b"SMBS2CCipherKey\0", &preauth, 256));
             assert_eq!(k.encryption.len(), 32);
             assert_ne!(k.encryption, k.decryption);
             // Signing and application keys stay 16 bytes from the first 16 key bytes.
-            let k128 = SessionKeys::derive(
-                Dialect::Smb311,
-                &full[..16],
-                &preauth,
-                Some(CipherId::Aes128Gcm),
-            );
+            let k128 = SessionKeys::derive(Dialect::Smb311, &full[..16], &preauth, Some(CipherId::Aes128Gcm));
             assert_eq!(k.signing, k128.signing);
             assert_eq!(k.application, k128.application);
             assert_eq!(k.signing.len(), 16);
@@ -247,12 +204,7 @@ mod tests {
 
     #[test]
     fn debug_redacts_keys() {
-        let k = SessionKeys::derive(
-            Dialect::Smb300,
-            &h("7CD451825D0450D235424E44BA6E78CC"),
-            &[0; 64],
-            None,
-        );
+        let k = SessionKeys::derive(Dialect::Smb300, &h("7CD451825D0450D235424E44BA6E78CC"), &[0; 64], None);
         let shown = format!("{k:?}");
         assert!(shown.contains("redacted"));
         for key in [&k.signing, &k.encryption, &k.decryption, &k.application] {

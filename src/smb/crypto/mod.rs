@@ -38,11 +38,7 @@ pub enum CryptoError {
     #[error("unsupported signing algorithm: {0}")]
     UnsupportedSigning(SigningAlgorithmId),
     #[error("{what} key is {got} bytes, expected {expected}")]
-    BadKeyLength {
-        what: &'static str,
-        got: usize,
-        expected: usize,
-    },
+    BadKeyLength { what: &'static str, got: usize, expected: usize },
     #[error("bad transform header: {0}")]
     Transform(#[from] WireError),
 }

@@ -120,12 +120,7 @@ mod tests {
         assert_eq!(hash.value(), [0; 64]);
         for (i, (message, expected)) in steps.iter().enumerate() {
             hash.update(&h(message));
-            assert_eq!(
-                hash.value().to_vec(),
-                h(expected),
-                "after message {}",
-                i + 1
-            );
+            assert_eq!(hash.value().to_vec(), h(expected), "after message {}", i + 1);
         }
     }
 

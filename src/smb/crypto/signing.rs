@@ -36,9 +36,7 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer")
-            .field("algorithm", &self.algorithm)
-            .finish_non_exhaustive()
+        f.debug_struct("Signer").field("algorithm", &self.algorithm).finish_non_exhaustive()
     }
 }
 
@@ -57,12 +55,7 @@ fn gmac_nonce(msg: &[u8]) -> [u8; 12] {
 }
 
 fn read_flags(msg: &[u8]) -> u32 {
-    u32::from_le_bytes([
-        msg[FLAGS_OFFSET],
-        msg[FLAGS_OFFSET + 1],
-        msg[FLAGS_OFFSET + 2],
-        msg[FLAGS_OFFSET + 3],
-    ])
+    u32::from_le_bytes([msg[FLAGS_OFFSET], msg[FLAGS_OFFSET + 1], msg[FLAGS_OFFSET + 2], msg[FLAGS_OFFSET + 3]])
 }
 
 impl Signer {
@@ -73,30 +66,20 @@ impl Signer {
             return Err(CryptoError::UnsupportedSigning(algorithm));
         }
         if key.len() != SIGNING_KEY_LEN {
-            return Err(CryptoError::BadKeyLength {
-                what: "signing",
-                got: key.len(),
-                expected: SIGNING_KEY_LEN,
-            });
+            return Err(CryptoError::BadKeyLength { what: "signing", got: key.len(), expected: SIGNING_KEY_LEN });
         }
-        let bad_len = CryptoError::BadKeyLength {
-            what: "signing",
-            got: key.len(),
-            expected: SIGNING_KEY_LEN,
-        };
+        let bad_len = CryptoError::BadKeyLength { what: "signing", got: key.len(), expected: SIGNING_KEY_LEN };
         let mac = match algorithm {
-            SigningAlgorithmId::HmacSha256 => Mac16::HmacSha256(Box::new(
-                <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| bad_len)?,
-            )),
-            SigningAlgorithmId::AesCmac => Mac16::AesCmac(Box::new(
-                <Cmac<Aes128> as Mac>::new_from_slice(key).map_err(|_| bad_len)?,
-            )),
-            SigningAlgorithmId::AesGmac => Mac16::AesGmac(Box::new(
-                Aes128Gcm::new_from_slice(key).map_err(|_| bad_len)?,
-            )),
-            SigningAlgorithmId::Unknown(_) => {
-                return Err(CryptoError::UnsupportedSigning(algorithm))
+            SigningAlgorithmId::HmacSha256 => {
+                Mac16::HmacSha256(Box::new(<Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| bad_len)?))
             }
+            SigningAlgorithmId::AesCmac => {
+                Mac16::AesCmac(Box::new(<Cmac<Aes128> as Mac>::new_from_slice(key).map_err(|_| bad_len)?))
+            }
+            SigningAlgorithmId::AesGmac => {
+                Mac16::AesGmac(Box::new(Aes128Gcm::new_from_slice(key).map_err(|_| bad_len)?))
+            }
+            SigningAlgorithmId::Unknown(_) => return Err(CryptoError::UnsupportedSigning(algorithm)),
         };
         Ok(Signer { algorithm, mac })
     }
@@ -111,11 +94,7 @@ impl Signer {
     /// Panics if `msg` is shorter than the 64-byte header: we only sign
     /// messages we built ourselves, so that is a bug in the caller.
     pub fn sign(&self, msg: &mut [u8]) {
-        assert!(
-            msg.len() >= HEADER_LEN,
-            "signing a {}-byte message, shorter than an SMB2 header",
-            msg.len()
-        );
+        assert!(msg.len() >= HEADER_LEN, "signing a {}-byte message, shorter than an SMB2 header", msg.len());
         let flags = read_flags(msg) | FLAG_SIGNED;
         msg[FLAGS_OFFSET..FLAGS_OFFSET + 4].copy_from_slice(&flags.to_le_bytes());
         msg[SIGNATURE_OFFSET..SIGNATURE_END].fill(0);
@@ -252,32 +231,18 @@ mod tests {
     #[test]
     fn wrong_key_or_tampering_fails_verify() {
         let msg = h(FIRST_CHANNEL_RESPONSE);
-        let wrong = Signer::new(
-            SigningAlgorithmId::AesCmac,
-            &h("C962BCA1A9DD1697B030644199705431"),
-        )
-        .unwrap();
+        let wrong = Signer::new(SigningAlgorithmId::AesCmac, &h("C962BCA1A9DD1697B030644199705431")).unwrap();
         assert!(matches!(wrong.verify(&msg), Err(CryptoError::BadSignature)));
 
-        let right = Signer::new(
-            SigningAlgorithmId::AesCmac,
-            &h("73FE7A9A77BEF0BDE49C650D8CCB5F76"),
-        )
-        .unwrap();
+        let right = Signer::new(SigningAlgorithmId::AesCmac, &h("73FE7A9A77BEF0BDE49C650D8CCB5F76")).unwrap();
         for i in [0, 30, SIGNATURE_OFFSET, SIGNATURE_END - 1, msg.len() - 1] {
             let mut bad = msg.clone();
             bad[i] ^= 0x01;
-            assert!(
-                matches!(right.verify(&bad), Err(CryptoError::BadSignature)),
-                "byte {i}"
-            );
+            assert!(matches!(right.verify(&bad), Err(CryptoError::BadSignature)), "byte {i}");
         }
         let mut longer = msg.clone();
         longer.push(0);
-        assert!(matches!(
-            right.verify(&longer),
-            Err(CryptoError::BadSignature)
-        ));
+        assert!(matches!(right.verify(&longer), Err(CryptoError::BadSignature)));
     }
 
     #[test]
@@ -293,10 +258,7 @@ mod tests {
         expect[SIGNATURE_OFFSET..SIGNATURE_END].fill(0);
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap();
         mac.update(&expect);
-        assert_eq!(
-            &msg[SIGNATURE_OFFSET..SIGNATURE_END],
-            &mac.finalize().into_bytes()[..16]
-        );
+        assert_eq!(&msg[SIGNATURE_OFFSET..SIGNATURE_END], &mac.finalize().into_bytes()[..16]);
 
         signer.verify(&msg).unwrap();
         let other = Signer::new(SigningAlgorithmId::HmacSha256, &[0x43; 16]).unwrap();
@@ -323,10 +285,7 @@ mod tests {
         assert_eq!(gmac_nonce(&cancel), [9, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0]);
         // A CANCEL only exists as a request; a response flag means server.
         let cancel_resp = message(Command::Cancel, FLAG_SERVER_TO_REDIR, 9, 0);
-        assert_eq!(
-            gmac_nonce(&cancel_resp),
-            [9, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]
-        );
+        assert_eq!(gmac_nonce(&cancel_resp), [9, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
     }
 
     #[test]
@@ -343,17 +302,11 @@ mod tests {
         nonce[..8].copy_from_slice(&77u64.to_le_bytes());
         nonce[8] = 1;
         let gcm = Aes128Gcm::new_from_slice(&key).unwrap();
-        assert_eq!(
-            &msg[SIGNATURE_OFFSET..SIGNATURE_END],
-            &gmac(&gcm, &nonce, &zeroed)
-        );
+        assert_eq!(&msg[SIGNATURE_OFFSET..SIGNATURE_END], &gmac(&gcm, &nonce, &zeroed));
 
         let mut tampered = msg.clone();
         tampered[100] ^= 0x80;
-        assert!(matches!(
-            signer.verify(&tampered),
-            Err(CryptoError::BadSignature)
-        ));
+        assert!(matches!(signer.verify(&tampered), Err(CryptoError::BadSignature)));
         let other = Signer::new(SigningAlgorithmId::AesGmac, &[0x12; 16]).unwrap();
         assert!(matches!(other.verify(&msg), Err(CryptoError::BadSignature)));
     }
@@ -363,27 +316,18 @@ mod tests {
         let signer = Signer::new(SigningAlgorithmId::AesCmac, &[1; 16]).unwrap();
         let msg = message(Command::Echo, FLAG_SERVER_TO_REDIR, 3, 4);
         assert!(matches!(signer.verify(&msg), Err(CryptoError::Unsigned)));
-        assert!(matches!(
-            signer.verify(&msg[..63]),
-            Err(CryptoError::MessageTooShort { len: 63 })
-        ));
+        assert!(matches!(signer.verify(&msg[..63]), Err(CryptoError::MessageTooShort { len: 63 })));
     }
 
     #[test]
     fn every_algorithm_round_trips() {
-        for alg in [
-            SigningAlgorithmId::HmacSha256,
-            SigningAlgorithmId::AesCmac,
-            SigningAlgorithmId::AesGmac,
-        ] {
+        for alg in [SigningAlgorithmId::HmacSha256, SigningAlgorithmId::AesCmac, SigningAlgorithmId::AesGmac] {
             let signer = Signer::new(alg, &[0x5C; 16]).unwrap();
             assert_eq!(signer.algorithm(), alg);
             for len in [0, 1, 15, 16, 17, 1000] {
                 let mut msg = message(Command::QueryInfo, 0, len as u64, len);
                 signer.sign(&mut msg);
-                signer
-                    .verify(&msg)
-                    .unwrap_or_else(|e| panic!("{alg} {len}: {e}"));
+                signer.verify(&msg).unwrap_or_else(|e| panic!("{alg} {len}: {e}"));
             }
         }
     }
@@ -392,23 +336,10 @@ mod tests {
     fn rejects_bad_keys_and_unknown_algorithms() {
         assert!(matches!(
             Signer::new(SigningAlgorithmId::Unknown(9), &[0; 16]),
-            Err(CryptoError::UnsupportedSigning(
-                SigningAlgorithmId::Unknown(9)
-            ))
+            Err(CryptoError::UnsupportedSigning(SigningAlgorithmId::Unknown(9)))
         ));
-        for alg in [
-            SigningAlgorithmId::HmacSha256,
-            SigningAlgorithmId::AesCmac,
-            SigningAlgorithmId::AesGmac,
-        ] {
-            assert!(matches!(
-                Signer::new(alg, &[0; 32]),
-                Err(CryptoError::BadKeyLength {
-                    got: 32,
-                    expected: 16,
-                    ..
-                })
-            ));
+        for alg in [SigningAlgorithmId::HmacSha256, SigningAlgorithmId::AesCmac, SigningAlgorithmId::AesGmac] {
+            assert!(matches!(Signer::new(alg, &[0; 32]), Err(CryptoError::BadKeyLength { got: 32, expected: 16, .. })));
         }
         let s = Signer::new(SigningAlgorithmId::AesCmac, &[0xAB; 16]).unwrap();
         assert!(!format!("{s:?}").to_lowercase().contains("abab"));

@@ -132,18 +132,12 @@ pub struct CreateContext {
 impl CreateContext {
     /// Asks the server for the caller's maximal access to the file (2.2.13.2.5).
     pub fn query_maximal_access() -> CreateContext {
-        CreateContext {
-            name: CONTEXT_QUERY_MAXIMAL_ACCESS.to_vec(),
-            data: Vec::new(),
-        }
+        CreateContext { name: CONTEXT_QUERY_MAXIMAL_ACCESS.to_vec(), data: Vec::new() }
     }
 
     /// Asks the server for the file's on-disk id (2.2.13.2.9).
     pub fn query_on_disk_id() -> CreateContext {
-        CreateContext {
-            name: CONTEXT_QUERY_ON_DISK_ID.to_vec(),
-            data: Vec::new(),
-        }
+        CreateContext { name: CONTEXT_QUERY_ON_DISK_ID.to_vec(), data: Vec::new() }
     }
 }
 
@@ -191,17 +185,10 @@ fn context_field<'a>(
         return Ok(&[]);
     }
     let start = base + offset;
-    let stop = start
-        .checked_add(len)
-        .filter(|&s| s <= end && offset >= CONTEXT_HEADER_LEN);
+    let stop = start.checked_add(len).filter(|&s| s <= end && offset >= CONTEXT_HEADER_LEN);
     match stop {
         Some(stop) => Ok(&region[start..stop]),
-        None => Err(WireError::BadOffset {
-            what,
-            offset: start,
-            len,
-            buf: end,
-        }),
+        None => Err(WireError::BadOffset { what, offset: start, len, buf: end }),
     }
 }
 
@@ -236,41 +223,22 @@ fn decode_contexts(
         let end = if next == 0 {
             region.len()
         } else {
-            if next < CONTEXT_HEADER_LEN || next % 8 != 0 {
+            if next < CONTEXT_HEADER_LEN || !next.is_multiple_of(8) {
                 return Err(WireError::Invalid {
                     what: "create context next",
                     why: format!("{next} is not a forward, 8-byte aligned offset"),
                 });
             }
-            pos.checked_add(next)
-                .filter(|&e| e < region.len())
-                .ok_or(WireError::BadOffset {
-                    what: "create context next",
-                    offset: pos.saturating_add(next),
-                    len: CONTEXT_HEADER_LEN,
-                    buf: region.len(),
-                })?
+            pos.checked_add(next).filter(|&e| e < region.len()).ok_or(WireError::BadOffset {
+                what: "create context next",
+                offset: pos.saturating_add(next),
+                len: CONTEXT_HEADER_LEN,
+                buf: region.len(),
+            })?
         };
-        let name = context_field(
-            region,
-            pos,
-            end,
-            name_offset,
-            name_len,
-            "create context name",
-        )?;
-        let data = context_field(
-            region,
-            pos,
-            end,
-            data_offset,
-            data_len,
-            "create context data",
-        )?;
-        contexts.push(CreateContext {
-            name: name.to_vec(),
-            data: data.to_vec(),
-        });
+        let name = context_field(region, pos, end, name_offset, name_len, "create context name")?;
+        let data = context_field(region, pos, end, data_offset, data_len, "create context data")?;
+        contexts.push(CreateContext { name: name.to_vec(), data: data.to_vec() });
         if next == 0 {
             break;
         }
@@ -434,12 +402,7 @@ impl CreateResponse {
         let file_id = FileId::decode(&mut r)?;
         let contexts_offset = r.u32("create response contexts offset")? as usize;
         let contexts_len = r.u32("create response contexts length")? as usize;
-        let contexts = decode_contexts(
-            &r,
-            contexts_offset,
-            contexts_len,
-            HEADER_LEN + Self::FIXED_LEN,
-        )?;
+        let contexts = decode_contexts(&r, contexts_offset, contexts_len, HEADER_LEN + Self::FIXED_LEN)?;
         Ok(CreateResponse {
             oplock_level,
             flags,
@@ -500,23 +463,11 @@ mod tests {
             allocation_size: 0,
             end_of_file: 0,
             file_attributes: attributes::ARCHIVE,
-            file_id: FileId {
-                persistent: 5,
-                volatile: 6,
-            },
+            file_id: FileId { persistent: 5, volatile: 6 },
             contexts: vec![
-                CreateContext {
-                    name: b"MxAc".to_vec(),
-                    data: vec![0, 0, 0, 0, 0xFF, 0x01, 0x1F, 0x00],
-                },
-                CreateContext {
-                    name: b"QFid".to_vec(),
-                    data: (0..32).collect(),
-                },
-                CreateContext {
-                    name: b"XYZ".to_vec(),
-                    data: vec![],
-                },
+                CreateContext { name: b"MxAc".to_vec(), data: vec![0, 0, 0, 0, 0xFF, 0x01, 0x1F, 0x00] },
+                CreateContext { name: b"QFid".to_vec(), data: (0..32).collect() },
+                CreateContext { name: b"XYZ".to_vec(), data: vec![] },
             ],
         }
     }
@@ -534,10 +485,7 @@ mod tests {
             name: "dir\\sub dir\\fïlé.txt".into(),
             contexts: vec![
                 CreateContext::query_maximal_access(),
-                CreateContext {
-                    name: b"Lease".to_vec(),
-                    data: vec![7; 13],
-                },
+                CreateContext { name: b"Lease".to_vec(), data: vec![7; 13] },
                 CreateContext::query_on_disk_id(),
             ],
         };
@@ -677,17 +625,8 @@ mod tests {
         assert_eq!(resp.allocation_size, 1 << 20);
         assert_eq!(resp.end_of_file, 1_000_000);
         assert_eq!(resp.file_attributes, attributes::ARCHIVE);
-        assert_eq!(
-            resp.file_id,
-            FileId {
-                persistent: 0x1122_3344_5566_7788,
-                volatile: 0x99aa_bbcc_ddee_ff00
-            }
-        );
-        assert_eq!(
-            resp.maximal_access(),
-            Some((NtStatus::SUCCESS, 0x001F_01FF))
-        );
+        assert_eq!(resp.file_id, FileId { persistent: 0x1122_3344_5566_7788, volatile: 0x99aa_bbcc_ddee_ff00 });
+        assert_eq!(resp.maximal_access(), Some((NtStatus::SUCCESS, 0x001F_01FF)));
         let id = resp.on_disk_id().unwrap();
         assert_eq!(&id[..8], &0x2au64.to_le_bytes());
         assert_eq!(&id[8..16], &0x1234u64.to_le_bytes());
@@ -720,14 +659,8 @@ mod tests {
     fn short_context_data_is_not_an_answer() {
         let mut resp = sample_response();
         resp.contexts = vec![
-            CreateContext {
-                name: b"MxAc".to_vec(),
-                data: vec![0; 4],
-            },
-            CreateContext {
-                name: b"QFid".to_vec(),
-                data: vec![0; 31],
-            },
+            CreateContext { name: b"MxAc".to_vec(), data: vec![0; 4] },
+            CreateContext { name: b"QFid".to_vec(), data: vec![0; 31] },
         ];
         assert_eq!(resp.maximal_access(), None);
         assert_eq!(resp.on_disk_id(), None);
@@ -757,10 +690,7 @@ mod tests {
         // Data running past the context into the next one.
         let mut m = msg.clone();
         m[ctx + 12..ctx + 16].copy_from_slice(&64u32.to_le_bytes());
-        assert!(matches!(
-            CreateResponse::decode(&m),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(CreateResponse::decode(&m), Err(WireError::BadOffset { .. })));
         // Name offset inside the context header.
         let mut m = msg.clone();
         m[ctx + 4..ctx + 6].copy_from_slice(&0u16.to_le_bytes());
@@ -768,41 +698,23 @@ mod tests {
         // Contexts offset inside the fixed part or outside the message.
         let mut m = msg.clone();
         m[64 + 80..64 + 84].copy_from_slice(&64u32.to_le_bytes());
-        assert!(matches!(
-            CreateResponse::decode(&m),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(CreateResponse::decode(&m), Err(WireError::BadOffset { .. })));
         let mut m = msg.clone();
         m[64 + 84..64 + 88].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            CreateResponse::decode(&m),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(CreateResponse::decode(&m), Err(WireError::BadOffset { .. })));
     }
 
     #[test]
     fn bounds_the_number_of_contexts() {
         // A chain of minimal contexts, each Next = 16, longer than the limit.
         let mut resp = sample_response();
-        resp.contexts = vec![
-            CreateContext {
-                name: vec![],
-                data: vec![]
-            };
-            MAX_CREATE_CONTEXTS + 1
-        ];
+        resp.contexts = vec![CreateContext { name: vec![], data: vec![] }; MAX_CREATE_CONTEXTS + 1];
         let mut msg = header();
         resp.encode(&mut msg);
-        assert!(matches!(
-            CreateResponse::decode(&msg),
-            Err(WireError::TooLarge { .. })
-        ));
+        assert!(matches!(CreateResponse::decode(&msg), Err(WireError::TooLarge { .. })));
         resp.contexts.truncate(MAX_CREATE_CONTEXTS);
         let mut msg = header();
         resp.encode(&mut msg);
-        assert_eq!(
-            CreateResponse::decode(&msg).unwrap().contexts.len(),
-            MAX_CREATE_CONTEXTS
-        );
+        assert_eq!(CreateResponse::decode(&msg).unwrap().contexts.len(), MAX_CREATE_CONTEXTS);
     }
 }

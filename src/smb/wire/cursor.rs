@@ -41,9 +41,11 @@ impl<'a> Reader<'a> {
     }
 
     pub fn take(&mut self, len: usize, what: &'static str) -> Result<&'a [u8], WireError> {
-        let end = self.pos.checked_add(len).filter(|&e| e <= self.buf.len()).ok_or(
-            WireError::Truncated { what, need: len, have: self.remaining() },
-        )?;
+        let end = self.pos.checked_add(len).filter(|&e| e <= self.buf.len()).ok_or(WireError::Truncated {
+            what,
+            need: len,
+            have: self.remaining(),
+        })?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -101,10 +103,12 @@ impl<'a> Reader<'a> {
         if len == 0 {
             return Ok(&[]);
         }
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or(WireError::BadOffset { what, offset, len, buf: self.buf.len() })?;
+        let end = offset.checked_add(len).filter(|&e| e <= self.buf.len()).ok_or(WireError::BadOffset {
+            what,
+            offset,
+            len,
+            buf: self.buf.len(),
+        })?;
         Ok(&self.buf[offset..end])
     }
 }
@@ -163,7 +167,7 @@ pub fn utf16le(s: &str) -> Vec<u8> {
 
 /// Decodes UTF-16LE; an odd length or unpaired surrogate is an error.
 pub fn from_utf16le(b: &[u8], what: &'static str) -> Result<String, WireError> {
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return Err(WireError::Invalid { what, why: "odd UTF-16 length".into() });
     }
     let units: Vec<u16> = b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();

@@ -65,22 +65,9 @@ impl QueryDirectoryRequest {
         let name_len = r.u16("query directory name length")? as usize;
         let output_buffer_length = r.u32("query directory output buffer length")?;
         let fixed_end = HEADER_LEN + Self::FIXED_LEN;
-        let pattern = body_buffer(
-            &r,
-            name_offset,
-            name_len,
-            fixed_end,
-            "query directory pattern",
-        )?;
+        let pattern = body_buffer(&r, name_offset, name_len, fixed_end, "query directory pattern")?;
         let pattern = from_utf16le(pattern, "query directory pattern")?;
-        Ok(QueryDirectoryRequest {
-            info_class,
-            flags,
-            file_index,
-            file_id,
-            pattern,
-            output_buffer_length,
-        })
+        Ok(QueryDirectoryRequest { info_class, flags, file_index, file_id, pattern, output_buffer_length })
     }
 }
 
@@ -112,9 +99,7 @@ impl QueryDirectoryResponse {
         let len = r.u32("query directory output length")? as usize;
         let fixed_end = HEADER_LEN + Self::FIXED_LEN;
         let buffer = body_buffer(&r, offset, len, fixed_end, "query directory output")?;
-        Ok(QueryDirectoryResponse {
-            buffer: buffer.to_vec(),
-        })
+        Ok(QueryDirectoryResponse { buffer: buffer.to_vec() })
     }
 }
 
@@ -168,13 +153,9 @@ fn layout(info_class: u8) -> Result<EntryLayout, WireError> {
         FILE_ID_FULL_DIRECTORY_INFORMATION => l(80, true, false, Some(72)),
         FILE_BOTH_DIRECTORY_INFORMATION => l(94, true, true, None),
         FILE_ID_BOTH_DIRECTORY_INFORMATION => l(104, true, true, Some(96)),
-        FILE_NAMES_INFORMATION => EntryLayout {
-            name_at: 12,
-            names_only: true,
-            ea_size: false,
-            short_name: false,
-            file_id_at: None,
-        },
+        FILE_NAMES_INFORMATION => {
+            EntryLayout { name_at: 12, names_only: true, ea_size: false, short_name: false, file_id_at: None }
+        }
         other => {
             return Err(WireError::Invalid {
                 what: "directory information class",
@@ -189,10 +170,7 @@ fn layout(info_class: u8) -> Result<EntryLayout, WireError> {
 /// FILE_ID_FULL_DIRECTORY_INFORMATION). Entries are chained by NextEntryOffset;
 /// one that does not move past the current entry, is not a multiple of 8, or
 /// points outside the buffer is an error.
-pub fn parse_directory_entries(
-    info_class: u8,
-    buffer: &[u8],
-) -> Result<Vec<DirectoryEntry>, WireError> {
+pub fn parse_directory_entries(info_class: u8, buffer: &[u8]) -> Result<Vec<DirectoryEntry>, WireError> {
     let layout = layout(info_class)?;
     let mut entries = Vec::new();
     let mut pos = 0usize;
@@ -202,10 +180,7 @@ pub fn parse_directory_entries(
         entry.slice_at(pos, layout.name_at, "directory entry")?;
         let mut r = entry.clone();
         let next = r.u32("directory entry next offset")? as usize;
-        let mut e = DirectoryEntry {
-            file_index: r.u32("directory entry file index")?,
-            ..Default::default()
-        };
+        let mut e = DirectoryEntry { file_index: r.u32("directory entry file index")?, ..Default::default() };
         let name_len = if layout.names_only {
             r.u32("directory entry name length")? as usize
         } else {
@@ -230,8 +205,7 @@ pub fn parse_directory_entries(
                     why: format!("length {short_len} exceeds {SHORT_NAME_MAX}"),
                 });
             }
-            let short =
-                entry.slice_at(pos + SHORT_NAME_AT, short_len, "directory entry short name")?;
+            let short = entry.slice_at(pos + SHORT_NAME_AT, short_len, "directory entry short name")?;
             e.short_name = from_utf16le(short, "directory entry short name")?;
         }
         if let Some(at) = layout.file_id_at {
@@ -242,7 +216,7 @@ pub fn parse_directory_entries(
         let end = if next == 0 {
             buffer.len()
         } else {
-            if next % 8 != 0 {
+            if !next.is_multiple_of(8) {
                 return Err(WireError::Invalid {
                     what: "directory entry next offset",
                     why: format!("{next} is not a multiple of 8"),
@@ -261,9 +235,7 @@ pub fn parse_directory_entries(
             }
         };
         let name_start = pos + layout.name_at;
-        let name_end = name_start
-            .checked_add(name_len)
-            .filter(|&name_end| name_end <= end);
+        let name_end = name_start.checked_add(name_len).filter(|&name_end| name_end <= end);
         let Some(name_end) = name_end else {
             return Err(WireError::BadOffset {
                 what: "directory entry name",
@@ -386,11 +358,7 @@ mod tests {
                 file_id: 0xdead_beef_0000_0001,
                 short_name: "ALONGE~1.TXT".into(),
             },
-            DirectoryEntry {
-                name: "z".into(),
-                file_id: 8,
-                ..Default::default()
-            },
+            DirectoryEntry { name: "z".into(), file_id: 8, ..Default::default() },
         ]
     }
 
@@ -399,11 +367,7 @@ mod tests {
         let l = layout(info_class).unwrap();
         let mut e = e.clone();
         if l.names_only {
-            e = DirectoryEntry {
-                name: e.name,
-                file_index: e.file_index,
-                ..Default::default()
-            };
+            e = DirectoryEntry { name: e.name, file_index: e.file_index, ..Default::default() };
         }
         if !l.ea_size {
             e.ea_size = 0;
@@ -423,10 +387,7 @@ mod tests {
             info_class: FILE_ID_BOTH_DIRECTORY_INFORMATION,
             flags: RESTART_SCANS,
             file_index: 0,
-            file_id: FileId {
-                persistent: 1,
-                volatile: 2,
-            },
+            file_id: FileId { persistent: 1, volatile: 2 },
             pattern: "*".into(),
             output_buffer_length: 65536,
         };
@@ -435,15 +396,9 @@ mod tests {
         assert_eq!(&msg[64 + 24..64 + 26], &96u16.to_le_bytes());
         assert_eq!(QueryDirectoryRequest::decode(&msg).unwrap(), req);
         for cut in 0..msg.len() {
-            assert!(
-                QueryDirectoryRequest::decode(&msg[..cut]).is_err(),
-                "prefix {cut}"
-            );
+            assert!(QueryDirectoryRequest::decode(&msg[..cut]).is_err(), "prefix {cut}");
         }
-        let empty = QueryDirectoryRequest {
-            pattern: String::new(),
-            ..req
-        };
+        let empty = QueryDirectoryRequest { pattern: String::new(), ..req };
         let mut msg = header();
         empty.encode(&mut msg);
         assert_eq!(msg.len(), 64 + 33);
@@ -461,23 +416,14 @@ mod tests {
         assert!(QueryDirectoryResponse::decode(&msg[..msg.len() - 1]).is_err());
         let mut inside = msg.clone();
         inside[66..68].copy_from_slice(&8u16.to_le_bytes());
-        assert!(matches!(
-            QueryDirectoryResponse::decode(&inside),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(QueryDirectoryResponse::decode(&inside), Err(WireError::BadOffset { .. })));
         let mut long = msg.clone();
         long[68..72].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            QueryDirectoryResponse::decode(&long),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(QueryDirectoryResponse::decode(&long), Err(WireError::BadOffset { .. })));
 
         let mut empty = header();
         QueryDirectoryResponse::default().encode(&mut empty);
-        assert_eq!(
-            QueryDirectoryResponse::decode(&empty).unwrap(),
-            QueryDirectoryResponse::default()
-        );
+        assert_eq!(QueryDirectoryResponse::decode(&empty).unwrap(), QueryDirectoryResponse::default());
     }
 
     #[test]
@@ -496,17 +442,10 @@ mod tests {
             let expected: Vec<_> = entries.iter().map(|e| reduced(class, e)).collect();
             assert_eq!(parsed, expected, "class 0x{class:02x}");
             for cut in 1..buf.len() {
-                assert!(
-                    parse_directory_entries(class, &buf[..cut]).is_err(),
-                    "class {class} cut {cut}"
-                );
+                assert!(parse_directory_entries(class, &buf[..cut]).is_err(), "class {class} cut {cut}");
             }
         }
-        assert!(
-            parse_directory_entries(FILE_ID_BOTH_DIRECTORY_INFORMATION, &[])
-                .unwrap()
-                .is_empty()
-        );
+        assert!(parse_directory_entries(FILE_ID_BOTH_DIRECTORY_INFORMATION, &[]).unwrap().is_empty());
         assert!(parse_directory_entries(0x7F, &[0; 200]).is_err());
     }
 
@@ -587,10 +526,7 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(
-            encode_directory_entries(FILE_ID_BOTH_DIRECTORY_INFORMATION, &entries),
-            buf
-        );
+        assert_eq!(encode_directory_entries(FILE_ID_BOTH_DIRECTORY_INFORMATION, &entries), buf);
     }
 
     #[test]
@@ -606,34 +542,22 @@ mod tests {
         assert!(parse_directory_entries(class, &with_next(8)).is_err());
         assert!(parse_directory_entries(class, &with_next(104)).is_err());
         // Unaligned.
-        assert!(matches!(
-            parse_directory_entries(class, &with_next(113)),
-            Err(WireError::Invalid { .. })
-        ));
+        assert!(matches!(parse_directory_entries(class, &with_next(113)), Err(WireError::Invalid { .. })));
         // Past the buffer, or exactly at its end.
-        assert!(matches!(
-            parse_directory_entries(class, &with_next(4096)),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(parse_directory_entries(class, &with_next(4096)), Err(WireError::BadOffset { .. })));
         assert!(parse_directory_entries(class, &with_next(buf.len() as u32 & !7)).is_err());
         assert!(parse_directory_entries(class, &with_next(0xFFFF_FFF8)).is_err());
         // Name length beyond the entry or the buffer.
         let mut b = buf.clone();
         b[60..64].copy_from_slice(&20u32.to_le_bytes());
-        assert!(matches!(
-            parse_directory_entries(class, &b),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(parse_directory_entries(class, &b), Err(WireError::BadOffset { .. })));
         let mut b = buf.clone();
         b[112 + 60..112 + 64].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(parse_directory_entries(class, &b).is_err());
         // Oversized short name.
         let mut b = buf.clone();
         b[68] = 26;
-        assert!(matches!(
-            parse_directory_entries(class, &b),
-            Err(WireError::Invalid { .. })
-        ));
+        assert!(matches!(parse_directory_entries(class, &b), Err(WireError::Invalid { .. })));
         // Odd name length.
         let mut b = buf.clone();
         b[112 + 60] = 9;
@@ -642,11 +566,7 @@ mod tests {
 
     #[test]
     fn encoder_cuts_long_short_names() {
-        let e = DirectoryEntry {
-            name: "x".into(),
-            short_name: "ABCDEFGHIJKLMN".into(),
-            ..Default::default()
-        };
+        let e = DirectoryEntry { name: "x".into(), short_name: "ABCDEFGHIJKLMN".into(), ..Default::default() };
         let buf = encode_directory_entries(FILE_BOTH_DIRECTORY_INFORMATION, &[e]);
         let parsed = parse_directory_entries(FILE_BOTH_DIRECTORY_INFORMATION, &buf).unwrap();
         assert_eq!(parsed[0].short_name, "ABCDEFGHIJKL");

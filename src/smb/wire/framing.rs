@@ -36,11 +36,7 @@ pub enum Frame {
 pub fn encode_frame_header(len: usize) -> Result<[u8; 4], WireError> {
     let limit = MAX_FRAME_LEN.min(MAX_STREAM_PROTOCOL_LEN);
     if len > limit {
-        return Err(WireError::TooLarge {
-            what: "frame",
-            len,
-            limit,
-        });
+        return Err(WireError::TooLarge { what: "frame", len, limit });
     }
     let b = (len as u32).to_be_bytes();
     Ok([SESSION_MESSAGE, b[1], b[2], b[3]])
@@ -52,23 +48,15 @@ pub fn decode_frame_header(h: [u8; 4]) -> Result<Frame, WireError> {
     match h[0] {
         SESSION_MESSAGE => {
             if len > MAX_FRAME_LEN {
-                return Err(WireError::TooLarge {
-                    what: "frame",
-                    len,
-                    limit: MAX_FRAME_LEN,
-                });
+                return Err(WireError::TooLarge { what: "frame", len, limit: MAX_FRAME_LEN });
             }
             Ok(Frame::Message(len))
         }
         SESSION_KEEP_ALIVE if len == 0 => Ok(Frame::KeepAlive),
-        SESSION_KEEP_ALIVE => Err(WireError::Invalid {
-            what: "netbios keepalive",
-            why: format!("non-zero length {len}"),
-        }),
-        other => Err(WireError::Invalid {
-            what: "frame header",
-            why: format!("packet type 0x{other:02x}"),
-        }),
+        SESSION_KEEP_ALIVE => {
+            Err(WireError::Invalid { what: "netbios keepalive", why: format!("non-zero length {len}") })
+        }
+        other => Err(WireError::Invalid { what: "frame header", why: format!("packet type 0x{other:02x}") }),
     }
 }
 
@@ -78,11 +66,7 @@ pub fn decode_frame_header(h: [u8; 4]) -> Result<Frame, WireError> {
 fn netbios_name(name: &str, suffix: u8) -> [u8; 16] {
     let mut out = [b' '; 16];
     for (slot, b) in out.iter_mut().zip(name.bytes().take(15)) {
-        *slot = if b.is_ascii_graphic() {
-            b.to_ascii_uppercase()
-        } else {
-            b'_'
-        };
+        *slot = if b.is_ascii_graphic() { b.to_ascii_uppercase() } else { b'_' };
     }
     out[15] = suffix;
     out
@@ -114,10 +98,7 @@ fn called_name(server: &str) -> &str {
 /// our own name.
 pub fn netbios_session_request(called: &str, calling: &str) -> Vec<u8> {
     let called = netbios_name(called_name(called), SUFFIX_SERVER);
-    let calling = netbios_name(
-        calling.trim().split('.').next().unwrap_or(""),
-        SUFFIX_WORKSTATION,
-    );
+    let calling = netbios_name(calling.trim().split('.').next().unwrap_or(""), SUFFIX_WORKSTATION);
     let mut out = Vec::with_capacity(4 + 2 * 34);
     out.extend_from_slice(&[SESSION_REQUEST, 0, 0, 68]);
     put_encoded_name(&mut out, &called);
@@ -143,11 +124,7 @@ pub enum NetbiosSessionReply {
 /// Parses a session reply, 4-byte header included.
 pub fn decode_netbios_session_reply(buf: &[u8]) -> Result<NetbiosSessionReply, WireError> {
     if buf.len() < 4 {
-        return Err(WireError::Truncated {
-            what: "netbios session reply",
-            need: 4,
-            have: buf.len(),
-        });
+        return Err(WireError::Truncated { what: "netbios session reply", need: 4, have: buf.len() });
     }
     // The low bit of the flags byte extends the 16-bit length (RFC 1002 4.3.1).
     let len = (((buf[1] & 1) as usize) << 16) | ((buf[2] as usize) << 8) | buf[3] as usize;
@@ -156,23 +133,13 @@ pub fn decode_netbios_session_reply(buf: &[u8]) -> Result<NetbiosSessionReply, W
         NEGATIVE_SESSION_RESPONSE => (1, "negative session response"),
         RETARGET_SESSION_RESPONSE => (6, "retarget session response"),
         other => {
-            return Err(WireError::Invalid {
-                what: "netbios session reply",
-                why: format!("packet type 0x{other:02x}"),
-            })
+            return Err(WireError::Invalid { what: "netbios session reply", why: format!("packet type 0x{other:02x}") })
         }
     };
     if len != want {
-        return Err(WireError::Invalid {
-            what,
-            why: format!("length {len}, expected {want}"),
-        });
+        return Err(WireError::Invalid { what, why: format!("length {len}, expected {want}") });
     }
-    let body = buf.get(4..4 + want).ok_or(WireError::Truncated {
-        what,
-        need: 4 + want,
-        have: buf.len(),
-    })?;
+    let body = buf.get(4..4 + want).ok_or(WireError::Truncated { what, need: 4 + want, have: buf.len() })?;
     Ok(match buf[0] {
         POSITIVE_SESSION_RESPONSE => NetbiosSessionReply::Positive,
         NEGATIVE_SESSION_RESPONSE => NetbiosSessionReply::Negative(body[0]),
@@ -190,43 +157,20 @@ mod tests {
     #[test]
     fn frame_header_round_trip_and_real_bytes() {
         assert_eq!(encode_frame_header(0x7C).unwrap(), [0x00, 0x00, 0x00, 0x7C]);
-        assert_eq!(
-            encode_frame_header(0x12_3456).unwrap(),
-            [0x00, 0x12, 0x34, 0x56]
-        );
-        for len in [
-            0,
-            1,
-            64,
-            65_535,
-            65_536,
-            8 * 1024 * 1024 + 4096,
-            MAX_STREAM_PROTOCOL_LEN,
-        ] {
+        assert_eq!(encode_frame_header(0x12_3456).unwrap(), [0x00, 0x12, 0x34, 0x56]);
+        for len in [0, 1, 64, 65_535, 65_536, 8 * 1024 * 1024 + 4096, MAX_STREAM_PROTOCOL_LEN] {
             let h = encode_frame_header(len).unwrap();
             assert_eq!(decode_frame_header(h).unwrap(), Frame::Message(len));
         }
-        assert!(matches!(
-            encode_frame_header(MAX_STREAM_PROTOCOL_LEN + 1),
-            Err(WireError::TooLarge { .. })
-        ));
-        assert!(matches!(
-            encode_frame_header(usize::MAX),
-            Err(WireError::TooLarge { .. })
-        ));
+        assert!(matches!(encode_frame_header(MAX_STREAM_PROTOCOL_LEN + 1), Err(WireError::TooLarge { .. })));
+        assert!(matches!(encode_frame_header(usize::MAX), Err(WireError::TooLarge { .. })));
     }
 
     #[test]
     fn frame_header_keepalive_and_bad_types() {
-        assert_eq!(
-            decode_frame_header([0x85, 0, 0, 0]).unwrap(),
-            Frame::KeepAlive
-        );
+        assert_eq!(decode_frame_header([0x85, 0, 0, 0]).unwrap(), Frame::KeepAlive);
         assert!(decode_frame_header([0x85, 0, 0, 1]).is_err());
-        assert!(matches!(
-            decode_frame_header([0xFE, b'S', b'M', b'B']),
-            Err(WireError::Invalid { .. })
-        ));
+        assert!(matches!(decode_frame_header([0xFE, b'S', b'M', b'B']), Err(WireError::Invalid { .. })));
         assert!(decode_frame_header([0x82, 0, 0, 0]).is_err());
     }
 
@@ -259,49 +203,22 @@ mod tests {
         assert_eq!(&netbios_session_request("", "c")[4..38], &expected[..]);
 
         // Long names are cut to 15 bytes; non-ASCII becomes '_'.
-        assert_eq!(
-            &netbios_name("averyveryverylongname", 0x20)[..],
-            b"AVERYVERYVERYLO "
-        );
+        assert_eq!(&netbios_name("averyveryverylongname", 0x20)[..], b"AVERYVERYVERYLO ");
         assert_eq!(&netbios_name("s\u{e9}rv", 0x20)[..5], b"S__RV");
     }
 
     #[test]
     fn session_replies() {
-        assert_eq!(
-            decode_netbios_session_reply(&[0x82, 0, 0, 0]).unwrap(),
-            NetbiosSessionReply::Positive
-        );
-        assert_eq!(
-            decode_netbios_session_reply(&[0x83, 0, 0, 1, 0x82]).unwrap(),
-            NetbiosSessionReply::Negative(0x82)
-        );
+        assert_eq!(decode_netbios_session_reply(&[0x82, 0, 0, 0]).unwrap(), NetbiosSessionReply::Positive);
+        assert_eq!(decode_netbios_session_reply(&[0x83, 0, 0, 1, 0x82]).unwrap(), NetbiosSessionReply::Negative(0x82));
         assert_eq!(
             decode_netbios_session_reply(&[0x84, 0, 0, 6, 10, 0, 0, 7, 0x00, 0x8B]).unwrap(),
-            NetbiosSessionReply::Retarget {
-                ip: [10, 0, 0, 7],
-                port: 139
-            }
+            NetbiosSessionReply::Retarget { ip: [10, 0, 0, 7], port: 139 }
         );
-        assert!(matches!(
-            decode_netbios_session_reply(&[0x82, 0]),
-            Err(WireError::Truncated { .. })
-        ));
-        assert!(matches!(
-            decode_netbios_session_reply(&[0x83, 0, 0, 1]),
-            Err(WireError::Truncated { .. })
-        ));
-        assert!(matches!(
-            decode_netbios_session_reply(&[0x84, 0, 0, 6, 1, 2, 3]),
-            Err(WireError::Truncated { .. })
-        ));
-        assert!(matches!(
-            decode_netbios_session_reply(&[0x83, 0, 0, 9, 0x80]),
-            Err(WireError::Invalid { .. })
-        ));
-        assert!(matches!(
-            decode_netbios_session_reply(&[0x00, 0, 0, 0]),
-            Err(WireError::Invalid { .. })
-        ));
+        assert!(matches!(decode_netbios_session_reply(&[0x82, 0]), Err(WireError::Truncated { .. })));
+        assert!(matches!(decode_netbios_session_reply(&[0x83, 0, 0, 1]), Err(WireError::Truncated { .. })));
+        assert!(matches!(decode_netbios_session_reply(&[0x84, 0, 0, 6, 1, 2, 3]), Err(WireError::Truncated { .. })));
+        assert!(matches!(decode_netbios_session_reply(&[0x83, 0, 0, 9, 0x80]), Err(WireError::Invalid { .. })));
+        assert!(matches!(decode_netbios_session_reply(&[0x00, 0, 0, 0]), Err(WireError::Invalid { .. })));
     }
 }

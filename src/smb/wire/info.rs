@@ -60,8 +60,7 @@ pub fn filetime_to_system_time(filetime: u64) -> Option<SystemTime> {
     if filetime == 0 || filetime > i64::MAX as u64 {
         return None;
     }
-    let ticks_to_duration =
-        |t: u64| Duration::new(t / TICKS_PER_SECOND, (t % TICKS_PER_SECOND) as u32 * 100);
+    let ticks_to_duration = |t: u64| Duration::new(t / TICKS_PER_SECOND, (t % TICKS_PER_SECOND) as u32 * 100);
     if filetime >= FILETIME_UNIX_EPOCH {
         UNIX_EPOCH.checked_add(ticks_to_duration(filetime - FILETIME_UNIX_EPOCH))
     } else {
@@ -75,10 +74,8 @@ pub fn filetime_to_system_time(filetime: u64) -> Option<SystemTime> {
 pub fn system_time_to_filetime(time: SystemTime) -> u64 {
     let filetime = match time.duration_since(UNIX_EPOCH) {
         Ok(after) => {
-            let ticks = after
-                .as_secs()
-                .saturating_mul(TICKS_PER_SECOND)
-                .saturating_add(u64::from(after.subsec_nanos() / 100));
+            let ticks =
+                after.as_secs().saturating_mul(TICKS_PER_SECOND).saturating_add(u64::from(after.subsec_nanos() / 100));
             FILETIME_UNIX_EPOCH.saturating_add(ticks)
         }
         Err(before) => {
@@ -122,11 +119,7 @@ impl QueryInfoRequest {
         msg.put_u8(self.file_info_class);
         msg.put_u32(self.output_buffer_length);
         // No input: offset and length both 0, as servers expect.
-        msg.put_u16(if self.input.is_empty() {
-            0
-        } else {
-            buffer_start as u16
-        });
+        msg.put_u16(if self.input.is_empty() { 0 } else { buffer_start as u16 });
         msg.put_u16(0); // Reserved
         msg.put_u32(self.input.len() as u32);
         msg.put_u32(self.additional_information);
@@ -189,9 +182,7 @@ impl QueryInfoResponse {
         let len = r.u32("query info output length")? as usize;
         let fixed_end = HEADER_LEN + Self::FIXED_LEN;
         let buffer = body_buffer(&r, offset, len, fixed_end, "query info output")?;
-        Ok(QueryInfoResponse {
-            buffer: buffer.to_vec(),
-        })
+        Ok(QueryInfoResponse { buffer: buffer.to_vec() })
     }
 }
 
@@ -237,13 +228,7 @@ impl SetInfoRequest {
         let file_id = FileId::decode(&mut r)?;
         let fixed_end = HEADER_LEN + Self::FIXED_LEN;
         let buffer = body_buffer(&r, offset, len, fixed_end, "set info buffer")?;
-        Ok(SetInfoRequest {
-            info_type,
-            file_info_class,
-            additional_information,
-            file_id,
-            buffer: buffer.to_vec(),
-        })
+        Ok(SetInfoRequest { info_type, file_info_class, additional_information, file_id, buffer: buffer.to_vec() })
     }
 }
 
@@ -378,9 +363,7 @@ impl FileInternalInformation {
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, WireError> {
-        Ok(FileInternalInformation {
-            index_number: Reader::new(b).u64("internal info index number")?,
-        })
+        Ok(FileInternalInformation { index_number: Reader::new(b).u64("internal info index number")? })
     }
 }
 
@@ -471,9 +454,7 @@ impl FileEndOfFileInformation {
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, WireError> {
-        Ok(FileEndOfFileInformation {
-            end_of_file: Reader::new(b).u64("end of file info")?,
-        })
+        Ok(FileEndOfFileInformation { end_of_file: Reader::new(b).u64("end of file info")? })
     }
 }
 
@@ -492,9 +473,7 @@ impl FileDispositionInformation {
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, WireError> {
-        Ok(FileDispositionInformation {
-            delete_pending: Reader::new(b).u8("disposition info")? != 0,
-        })
+        Ok(FileDispositionInformation { delete_pending: Reader::new(b).u8("disposition info")? != 0 })
     }
 }
 
@@ -535,11 +514,7 @@ impl FileRenameInformation {
         let root_directory = r.u64("rename info root directory")?;
         let len = r.u32("rename info name length")? as usize;
         let file_name = name_at(&mut r, len, "rename info name")?;
-        Ok(FileRenameInformation {
-            replace_if_exists,
-            root_directory,
-            file_name,
-        })
+        Ok(FileRenameInformation { replace_if_exists, root_directory, file_name })
     }
 }
 
@@ -581,9 +556,7 @@ impl FileAllInformation {
         let mut r = Reader::new(b);
         let basic = FileBasicInformation::read(&mut r)?;
         let standard = FileStandardInformation::read(&mut r)?;
-        let internal = FileInternalInformation {
-            index_number: r.u64("all info index number")?,
-        };
+        let internal = FileInternalInformation { index_number: r.u64("all info index number")? };
         let ea_size = r.u32("all info ea size")?;
         let access_flags = r.u32("all info access flags")?;
         let current_byte_offset = r.u64("all info position")?;
@@ -707,12 +680,7 @@ impl FileFsVolumeInformation {
         let supports_objects = r.u8("fs volume supports objects")? != 0;
         r.skip(1, "fs volume reserved")?;
         let label = name_at(&mut r, len, "fs volume label")?;
-        Ok(FileFsVolumeInformation {
-            volume_creation_time,
-            volume_serial_number,
-            supports_objects,
-            label,
-        })
+        Ok(FileFsVolumeInformation { volume_creation_time, volume_serial_number, supports_objects, label })
     }
 }
 
@@ -745,11 +713,7 @@ impl FileFsAttributeInformation {
         let max_component_name_length = r.u32("fs attribute max component length")?;
         let len = r.u32("fs attribute name length")? as usize;
         let file_system_name = name_at(&mut r, len, "fs attribute name")?;
-        Ok(FileFsAttributeInformation {
-            attributes,
-            max_component_name_length,
-            file_system_name,
-        })
+        Ok(FileFsAttributeInformation { attributes, max_component_name_length, file_system_name })
     }
 }
 
@@ -765,10 +729,7 @@ mod tests {
     }
 
     fn fid() -> FileId {
-        FileId {
-            persistent: 0xAA,
-            volatile: 0xBB,
-        }
+        FileId { persistent: 0xAA, volatile: 0xBB }
     }
 
     /// Round-trips an info structure and checks every strict prefix fails.
@@ -782,19 +743,13 @@ mod tests {
         assert_eq!(bytes.len(), expected_len, "{value:?}");
         assert_eq!(&decode(&bytes).unwrap(), value);
         for cut in 0..bytes.len() {
-            assert!(
-                decode(&bytes[..cut]).is_err(),
-                "{value:?} decoded from {cut} bytes"
-            );
+            assert!(decode(&bytes[..cut]).is_err(), "{value:?} decoded from {cut} bytes");
         }
     }
 
     #[test]
     fn filetime_conversions() {
-        assert_eq!(
-            filetime_to_system_time(FILETIME_UNIX_EPOCH),
-            Some(UNIX_EPOCH)
-        );
+        assert_eq!(filetime_to_system_time(FILETIME_UNIX_EPOCH), Some(UNIX_EPOCH));
         assert_eq!(filetime_to_system_time(0), None);
         assert_eq!(filetime_to_system_time(u64::MAX), None);
         // 2023-11-14T22:13:20Z = 1_700_000_000 s after the Unix epoch, plus 1.2345678 s.
@@ -809,17 +764,11 @@ mod tests {
         let ft_before = FILETIME_UNIX_EPOCH - 86_400 * TICKS_PER_SECOND;
         assert_eq!(system_time_to_filetime(before), ft_before);
         assert_eq!(filetime_to_system_time(ft_before), Some(before));
-        assert_eq!(
-            system_time_to_filetime(before - Duration::from_nanos(50)),
-            ft_before - 1
-        );
+        assert_eq!(system_time_to_filetime(before - Duration::from_nanos(50)), ft_before - 1);
         if let Some(ancient) = UNIX_EPOCH.checked_sub(Duration::from_secs(400 * 366 * 86_400)) {
             assert_eq!(system_time_to_filetime(ancient), 1);
         }
-        assert_eq!(
-            filetime_to_system_time(1),
-            UNIX_EPOCH.checked_sub(Duration::new(11_644_473_599, 999_999_900))
-        );
+        assert_eq!(filetime_to_system_time(1), UNIX_EPOCH.checked_sub(Duration::new(11_644_473_599, 999_999_900)));
     }
 
     #[test]
@@ -838,17 +787,10 @@ mod tests {
         assert_eq!(msg.len(), 64 + 41);
         assert_eq!(QueryInfoRequest::decode(&msg).unwrap(), req);
         for cut in 0..64 + 40 {
-            assert!(
-                QueryInfoRequest::decode(&msg[..cut]).is_err(),
-                "prefix {cut}"
-            );
+            assert!(QueryInfoRequest::decode(&msg[..cut]).is_err(), "prefix {cut}");
         }
 
-        let with_input = QueryInfoRequest {
-            info_type: INFO_QUOTA,
-            input: vec![1, 2, 3, 4, 5],
-            ..req
-        };
+        let with_input = QueryInfoRequest { info_type: INFO_QUOTA, input: vec![1, 2, 3, 4, 5], ..req };
         let mut msg = header(Command::QueryInfo);
         with_input.encode(&mut msg);
         assert_eq!(&msg[64 + 8..64 + 10], &104u16.to_le_bytes());
@@ -856,10 +798,7 @@ mod tests {
         assert!(QueryInfoRequest::decode(&msg[..msg.len() - 1]).is_err());
         let mut inside = msg.clone();
         inside[64 + 8..64 + 10].copy_from_slice(&100u16.to_le_bytes());
-        assert!(matches!(
-            QueryInfoRequest::decode(&inside),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(QueryInfoRequest::decode(&inside), Err(WireError::BadOffset { .. })));
     }
 
     #[test]
@@ -893,46 +832,28 @@ mod tests {
             }
         );
         let mut again = header(Command::QueryInfo);
-        QueryInfoResponse {
-            buffer: info.encode(),
-        }
-        .encode(&mut again);
+        QueryInfoResponse { buffer: info.encode() }.encode(&mut again);
         assert_eq!(again, msg);
 
         // Output offset inside the header, length past the end, truncation.
         let mut inside = msg.clone();
         inside[66..68].copy_from_slice(&60u16.to_le_bytes());
-        assert!(matches!(
-            QueryInfoResponse::decode(&inside),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(QueryInfoResponse::decode(&inside), Err(WireError::BadOffset { .. })));
         let mut long = msg.clone();
         long[68..72].copy_from_slice(&25u32.to_le_bytes());
-        assert!(matches!(
-            QueryInfoResponse::decode(&long),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(QueryInfoResponse::decode(&long), Err(WireError::BadOffset { .. })));
         for cut in 0..72 {
-            assert!(
-                QueryInfoResponse::decode(&msg[..cut]).is_err(),
-                "prefix {cut}"
-            );
+            assert!(QueryInfoResponse::decode(&msg[..cut]).is_err(), "prefix {cut}");
         }
         let mut empty = header(Command::QueryInfo);
         QueryInfoResponse::default().encode(&mut empty);
-        assert_eq!(
-            QueryInfoResponse::decode(&empty).unwrap(),
-            QueryInfoResponse::default()
-        );
+        assert_eq!(QueryInfoResponse::decode(&empty).unwrap(), QueryInfoResponse::default());
     }
 
     #[test]
     fn set_info_round_trip() {
-        let rename = FileRenameInformation {
-            replace_if_exists: true,
-            root_directory: 0,
-            file_name: "new\\name".into(),
-        };
+        let rename =
+            FileRenameInformation { replace_if_exists: true, root_directory: 0, file_name: "new\\name".into() };
         let req = SetInfoRequest {
             info_type: INFO_FILE,
             file_info_class: FileRenameInformation::CLASS,
@@ -945,19 +866,13 @@ mod tests {
         assert_eq!(&msg[64 + 8..64 + 10], &96u16.to_le_bytes());
         let decoded = SetInfoRequest::decode(&msg).unwrap();
         assert_eq!(decoded, req);
-        assert_eq!(
-            FileRenameInformation::decode(&decoded.buffer).unwrap(),
-            rename
-        );
+        assert_eq!(FileRenameInformation::decode(&decoded.buffer).unwrap(), rename);
         for cut in 0..msg.len() {
             assert!(SetInfoRequest::decode(&msg[..cut]).is_err(), "prefix {cut}");
         }
         let mut inside = msg.clone();
         inside[64 + 8..64 + 10].copy_from_slice(&64u16.to_le_bytes());
-        assert!(matches!(
-            SetInfoRequest::decode(&inside),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(SetInfoRequest::decode(&inside), Err(WireError::BadOffset { .. })));
 
         let mut msg = header(Command::SetInfo);
         SetInfoResponse.encode(&mut msg);
@@ -975,12 +890,7 @@ mod tests {
             change_time: FILETIME_STOP_UPDATING,
             file_attributes: 0x20,
         };
-        check_info(
-            &basic,
-            FileBasicInformation::encode,
-            FileBasicInformation::decode,
-            40,
-        );
+        check_info(&basic, FileBasicInformation::encode, FileBasicInformation::decode, 40);
         let standard = FileStandardInformation {
             allocation_size: 8192,
             end_of_file: 8000,
@@ -988,21 +898,9 @@ mod tests {
             delete_pending: true,
             directory: false,
         };
-        check_info(
-            &standard,
-            FileStandardInformation::encode,
-            FileStandardInformation::decode,
-            24,
-        );
-        let internal = FileInternalInformation {
-            index_number: 0x1234_5678_9abc,
-        };
-        check_info(
-            &internal,
-            FileInternalInformation::encode,
-            FileInternalInformation::decode,
-            8,
-        );
+        check_info(&standard, FileStandardInformation::encode, FileStandardInformation::decode, 24);
+        let internal = FileInternalInformation { index_number: 0x1234_5678_9abc };
+        check_info(&internal, FileInternalInformation::encode, FileInternalInformation::decode, 8);
         let open = FileNetworkOpenInformation {
             creation_time: 10,
             last_access_time: 11,
@@ -1012,40 +910,13 @@ mod tests {
             end_of_file: 15,
             file_attributes: 0x10,
         };
-        check_info(
-            &open,
-            FileNetworkOpenInformation::encode,
-            FileNetworkOpenInformation::decode,
-            56,
-        );
-        let id = FileIdInformation {
-            volume_serial_number: 77,
-            file_id: *b"0123456789abcdef",
-        };
-        check_info(
-            &id,
-            FileIdInformation::encode,
-            FileIdInformation::decode,
-            24,
-        );
-        let eof = FileEndOfFileInformation {
-            end_of_file: 1 << 40,
-        };
-        check_info(
-            &eof,
-            FileEndOfFileInformation::encode,
-            FileEndOfFileInformation::decode,
-            8,
-        );
-        let disp = FileDispositionInformation {
-            delete_pending: true,
-        };
-        check_info(
-            &disp,
-            FileDispositionInformation::encode,
-            FileDispositionInformation::decode,
-            1,
-        );
+        check_info(&open, FileNetworkOpenInformation::encode, FileNetworkOpenInformation::decode, 56);
+        let id = FileIdInformation { volume_serial_number: 77, file_id: *b"0123456789abcdef" };
+        check_info(&id, FileIdInformation::encode, FileIdInformation::decode, 24);
+        let eof = FileEndOfFileInformation { end_of_file: 1 << 40 };
+        check_info(&eof, FileEndOfFileInformation::encode, FileEndOfFileInformation::decode, 8);
+        let disp = FileDispositionInformation { delete_pending: true };
+        check_info(&disp, FileDispositionInformation::encode, FileDispositionInformation::decode, 1);
         let full = FileFsFullSizeInformation {
             total_allocation_units: 1000,
             caller_available_allocation_units: 400,
@@ -1053,56 +924,32 @@ mod tests {
             sectors_per_allocation_unit: 8,
             bytes_per_sector: 512,
         };
-        check_info(
-            &full,
-            FileFsFullSizeInformation::encode,
-            FileFsFullSizeInformation::decode,
-            32,
-        );
+        check_info(&full, FileFsFullSizeInformation::encode, FileFsFullSizeInformation::decode, 32);
         let size = FileFsSizeInformation {
             total_allocation_units: 1000,
             available_allocation_units: 500,
             sectors_per_allocation_unit: 8,
             bytes_per_sector: 4096,
         };
-        check_info(
-            &size,
-            FileFsSizeInformation::encode,
-            FileFsSizeInformation::decode,
-            24,
-        );
+        check_info(&size, FileFsSizeInformation::encode, FileFsSizeInformation::decode, 24);
     }
 
     #[test]
     fn named_structures_round_trip() {
-        let rename = FileRenameInformation {
-            replace_if_exists: false,
-            root_directory: 0,
-            file_name: "a\\b ç.txt".into(),
-        };
+        let rename =
+            FileRenameInformation { replace_if_exists: false, root_directory: 0, file_name: "a\\b ç.txt".into() };
         let bytes = rename.encode();
         assert_eq!(bytes.len(), 20 + 18 + 2);
         assert_eq!(FileRenameInformation::decode(&bytes).unwrap(), rename);
         // The trailing NUL is optional on decode; the name itself is not.
         assert_eq!(FileRenameInformation::decode(&bytes[..38]).unwrap(), rename);
         for cut in 0..38 {
-            assert!(
-                FileRenameInformation::decode(&bytes[..cut]).is_err(),
-                "cut {cut}"
-            );
+            assert!(FileRenameInformation::decode(&bytes[..cut]).is_err(), "cut {cut}");
         }
 
         let all = FileAllInformation {
-            basic: FileBasicInformation {
-                creation_time: 5,
-                file_attributes: 0x80,
-                ..Default::default()
-            },
-            standard: FileStandardInformation {
-                end_of_file: 3,
-                number_of_links: 1,
-                ..Default::default()
-            },
+            basic: FileBasicInformation { creation_time: 5, file_attributes: 0x80, ..Default::default() },
+            standard: FileStandardInformation { end_of_file: 3, number_of_links: 1, ..Default::default() },
             internal: FileInternalInformation { index_number: 99 },
             ea_size: 0,
             access_flags: 0x0012_0089,
@@ -1111,12 +958,7 @@ mod tests {
             alignment_requirement: 0,
             name: "\\share\\dir\\file".into(),
         };
-        check_info(
-            &all,
-            FileAllInformation::encode,
-            FileAllInformation::decode,
-            100 + 30,
-        );
+        check_info(&all, FileAllInformation::encode, FileAllInformation::decode, 100 + 30);
 
         let volume = FileFsVolumeInformation {
             volume_creation_time: 133_000_000_000_000_000,
@@ -1124,24 +966,14 @@ mod tests {
             supports_objects: false,
             label: "data".into(),
         };
-        check_info(
-            &volume,
-            FileFsVolumeInformation::encode,
-            FileFsVolumeInformation::decode,
-            18 + 8,
-        );
+        check_info(&volume, FileFsVolumeInformation::encode, FileFsVolumeInformation::decode, 18 + 8);
 
         let attr = FileFsAttributeInformation {
             attributes: 0x0000_0003,
             max_component_name_length: 255,
             file_system_name: "NTFS".into(),
         };
-        check_info(
-            &attr,
-            FileFsAttributeInformation::encode,
-            FileFsAttributeInformation::decode,
-            12 + 8,
-        );
+        check_info(&attr, FileFsAttributeInformation::encode, FileFsAttributeInformation::decode, 12 + 8);
     }
 
     #[test]
@@ -1157,16 +989,10 @@ mod tests {
 
         let mut lying = bytes.clone();
         lying[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            FileFsAttributeInformation::decode(&lying),
-            Err(WireError::Truncated { .. })
-        ));
+        assert!(matches!(FileFsAttributeInformation::decode(&lying), Err(WireError::Truncated { .. })));
         let mut odd = bytes.clone();
         odd[8] = 7;
-        assert!(matches!(
-            FileFsAttributeInformation::decode(&odd),
-            Err(WireError::Invalid { .. })
-        ));
+        assert!(matches!(FileFsAttributeInformation::decode(&odd), Err(WireError::Invalid { .. })));
         let mut all_lying = FileAllInformation::default().encode();
         let n = all_lying.len();
         all_lying[n - 4..].copy_from_slice(&0x7FFF_FFFFu32.to_le_bytes());

@@ -19,12 +19,7 @@ pub(crate) fn body_buffer<'a>(
         return Ok(&[]);
     }
     if offset < fixed_end {
-        return Err(WireError::BadOffset {
-            what,
-            offset,
-            len,
-            buf: r.buffer().len(),
-        });
+        return Err(WireError::BadOffset { what, offset, len, buf: r.buffer().len() });
     }
     r.slice_at(offset, len, what)
 }
@@ -152,9 +147,7 @@ impl FlushRequest {
         let mut r = Reader::at(msg, HEADER_LEN)?;
         expect_structure_size(&mut r, Self::STRUCTURE_SIZE, "flush request")?;
         r.skip(6, "flush request reserved")?;
-        Ok(FlushRequest {
-            file_id: FileId::decode(&mut r)?,
-        })
+        Ok(FlushRequest { file_id: FileId::decode(&mut r)? })
     }
 }
 
@@ -226,15 +219,7 @@ impl ReadRequest {
         r.skip(4, "read request channel")?;
         let remaining_bytes = r.u32("read request remaining bytes")?;
         r.skip(4, "read request channel info")?;
-        Ok(ReadRequest {
-            padding,
-            flags,
-            length,
-            offset,
-            file_id,
-            minimum_count,
-            remaining_bytes,
-        })
+        Ok(ReadRequest { padding, flags, length, offset, file_id, minimum_count, remaining_bytes })
     }
 }
 
@@ -272,17 +257,8 @@ impl ReadResponse {
         let data_remaining = r.u32("read response data remaining")?;
         r.skip(4, "read response flags")?;
         let fixed_end = HEADER_LEN + Self::FIXED_LEN;
-        let data = body_buffer(
-            &r,
-            data_offset,
-            data_length,
-            fixed_end,
-            "read response data",
-        )?;
-        Ok(ReadResponse {
-            data_remaining,
-            data: data.to_vec(),
-        })
+        let data = body_buffer(&r, data_offset, data_length, fixed_end, "read response data")?;
+        Ok(ReadResponse { data_remaining, data: data.to_vec() })
     }
 }
 
@@ -337,12 +313,7 @@ impl WriteRequest {
         let flags = r.u32("write request flags")?;
         let fixed_end = HEADER_LEN + Self::FIXED_LEN;
         let data = body_buffer(&r, data_offset, length, fixed_end, "write request data")?;
-        Ok(WriteRequest {
-            offset,
-            file_id,
-            flags,
-            data: data.to_vec(),
-        })
+        Ok(WriteRequest { offset, file_id, flags, data: data.to_vec() })
     }
 }
 
@@ -421,21 +392,14 @@ impl LockRequest {
         expect_structure_size(&mut r, Self::STRUCTURE_SIZE, "lock request")?;
         let count = r.u16("lock count")? as usize;
         if count == 0 {
-            return Err(WireError::Invalid {
-                what: "lock request",
-                why: "lock count is 0".into(),
-            });
+            return Err(WireError::Invalid { what: "lock request", why: "lock count is 0".into() });
         }
         let lock_sequence = r.u32("lock sequence")?;
         let file_id = FileId::decode(&mut r)?;
         // Check the count against the bytes present before allocating for it.
         let need = count * Self::ELEMENT_LEN;
         if r.remaining() < need {
-            return Err(WireError::Truncated {
-                what: "lock elements",
-                need,
-                have: r.remaining(),
-            });
+            return Err(WireError::Truncated { what: "lock elements", need, have: r.remaining() });
         }
         let mut locks = Vec::with_capacity(count);
         for _ in 0..count {
@@ -443,17 +407,9 @@ impl LockRequest {
             let length = r.u64("lock length")?;
             let flags = r.u32("lock flags")?;
             r.skip(4, "lock reserved")?;
-            locks.push(LockElement {
-                offset,
-                length,
-                flags,
-            });
+            locks.push(LockElement { offset, length, flags });
         }
-        Ok(LockRequest {
-            lock_sequence,
-            file_id,
-            locks,
-        })
+        Ok(LockRequest { lock_sequence, file_id, locks })
     }
 }
 
@@ -489,31 +445,19 @@ mod tests {
     }
 
     fn fid() -> FileId {
-        FileId {
-            persistent: 0x0102_0304_0506_0708,
-            volatile: 0x1112_1314_1516_1718,
-        }
+        FileId { persistent: 0x0102_0304_0506_0708, volatile: 0x1112_1314_1516_1718 }
     }
 
     /// Every strict prefix of a valid message must fail to decode, not panic.
-    fn assert_prefixes_fail<T: std::fmt::Debug>(
-        msg: &[u8],
-        decode: fn(&[u8]) -> Result<T, WireError>,
-    ) {
+    fn assert_prefixes_fail<T: std::fmt::Debug>(msg: &[u8], decode: fn(&[u8]) -> Result<T, WireError>) {
         for cut in 0..msg.len() {
-            assert!(
-                decode(&msg[..cut]).is_err(),
-                "prefix of {cut} bytes decoded"
-            );
+            assert!(decode(&msg[..cut]).is_err(), "prefix of {cut} bytes decoded");
         }
     }
 
     #[test]
     fn close_round_trip() {
-        let req = CloseRequest {
-            flags: CLOSE_FLAG_POSTQUERY_ATTRIB,
-            file_id: fid(),
-        };
+        let req = CloseRequest { flags: CLOSE_FLAG_POSTQUERY_ATTRIB, file_id: fid() };
         let mut msg = header(Command::Close);
         req.encode(&mut msg);
         assert_eq!(msg.len(), 64 + 24);
@@ -541,10 +485,7 @@ mod tests {
     fn flush_and_lock_responses_round_trip() {
         let mut msg = header(Command::Flush);
         FlushRequest { file_id: fid() }.encode(&mut msg);
-        assert_eq!(
-            FlushRequest::decode(&msg).unwrap(),
-            FlushRequest { file_id: fid() }
-        );
+        assert_eq!(FlushRequest::decode(&msg).unwrap(), FlushRequest { file_id: fid() });
         assert_prefixes_fail(&msg, FlushRequest::decode);
 
         let mut msg = header(Command::Flush);
@@ -583,17 +524,11 @@ mod tests {
         // DataRemaining 0, Reserved2, then "hello".
         let mut msg = header(Command::Read);
         msg.extend_from_slice(&[
-            0x11, 0x00, 0x50, 0x00, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-            0x00, 0x00, b'h', b'e', b'l', b'l', b'o',
+            0x11, 0x00, 0x50, 0x00, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, b'h', b'e',
+            b'l', b'l', b'o',
         ]);
         let resp = ReadResponse::decode(&msg).unwrap();
-        assert_eq!(
-            resp,
-            ReadResponse {
-                data_remaining: 0,
-                data: b"hello".to_vec()
-            }
-        );
+        assert_eq!(resp, ReadResponse { data_remaining: 0, data: b"hello".to_vec() });
 
         let mut again = header(Command::Read);
         resp.encode(&mut again);
@@ -602,10 +537,7 @@ mod tests {
 
     #[test]
     fn read_response_rejects_bad_data_offsets() {
-        let resp = ReadResponse {
-            data_remaining: 7,
-            data: vec![0xAB; 32],
-        };
+        let resp = ReadResponse { data_remaining: 7, data: vec![0xAB; 32] };
         let mut msg = header(Command::Read);
         resp.encode(&mut msg);
         assert_eq!(ReadResponse::decode(&msg).unwrap(), resp);
@@ -613,10 +545,7 @@ mod tests {
         // DataOffset pointing inside the header.
         let mut inside = msg.clone();
         inside[64 + 2] = 0x10;
-        assert!(matches!(
-            ReadResponse::decode(&inside),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(ReadResponse::decode(&inside), Err(WireError::BadOffset { .. })));
         // DataOffset pointing inside the fixed body.
         let mut inside_body = msg.clone();
         inside_body[64 + 2] = 0x4F;
@@ -624,10 +553,7 @@ mod tests {
         // DataLength running past the end.
         let mut long = msg.clone();
         long[64 + 4] = 33;
-        assert!(matches!(
-            ReadResponse::decode(&long),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(ReadResponse::decode(&long), Err(WireError::BadOffset { .. })));
         // Truncated data.
         assert!(ReadResponse::decode(&msg[..msg.len() - 1]).is_err());
         assert_prefixes_fail(&msg[..64 + 16], ReadResponse::decode);
@@ -636,10 +562,7 @@ mod tests {
         let mut empty = header(Command::Read);
         ReadResponse::default().encode(&mut empty);
         assert_eq!(empty.len(), 64 + 17);
-        assert_eq!(
-            ReadResponse::decode(&empty).unwrap(),
-            ReadResponse::default()
-        );
+        assert_eq!(ReadResponse::decode(&empty).unwrap(), ReadResponse::default());
     }
 
     #[test]
@@ -654,12 +577,7 @@ mod tests {
         let decoded = WriteRequest::decode(&msg).unwrap();
         assert_eq!(
             decoded,
-            WriteRequest {
-                offset: 4096,
-                file_id: fid(),
-                flags: WRITEFLAG_WRITE_THROUGH,
-                data: data.clone()
-            }
+            WriteRequest { offset: 4096, file_id: fid(), flags: WRITEFLAG_WRITE_THROUGH, data: data.clone() }
         );
         let mut via_struct = header(Command::Write);
         decoded.encode(&mut via_struct);
@@ -679,10 +597,7 @@ mod tests {
 
     #[test]
     fn write_response_round_trip() {
-        let resp = WriteResponse {
-            count: 65536,
-            remaining: 0,
-        };
+        let resp = WriteResponse { count: 65536, remaining: 0 };
         let mut msg = header(Command::Write);
         resp.encode(&mut msg);
         assert_eq!(WriteResponse::decode(&msg).unwrap(), resp);
@@ -695,16 +610,8 @@ mod tests {
             lock_sequence: 0x11,
             file_id: fid(),
             locks: vec![
-                LockElement {
-                    offset: 0,
-                    length: 100,
-                    flags: lock_flags::EXCLUSIVE | lock_flags::FAIL_IMMEDIATELY,
-                },
-                LockElement {
-                    offset: 200,
-                    length: 1,
-                    flags: lock_flags::UNLOCK,
-                },
+                LockElement { offset: 0, length: 100, flags: lock_flags::EXCLUSIVE | lock_flags::FAIL_IMMEDIATELY },
+                LockElement { offset: 200, length: 1, flags: lock_flags::UNLOCK },
             ],
         };
         let mut msg = header(Command::Lock);
@@ -716,15 +623,9 @@ mod tests {
         // A count far larger than the bytes present fails before allocating.
         let mut lying = msg.clone();
         lying[66..68].copy_from_slice(&u16::MAX.to_le_bytes());
-        assert!(matches!(
-            LockRequest::decode(&lying),
-            Err(WireError::Truncated { .. })
-        ));
+        assert!(matches!(LockRequest::decode(&lying), Err(WireError::Truncated { .. })));
         let mut zero = msg.clone();
         zero[66..68].copy_from_slice(&0u16.to_le_bytes());
-        assert!(matches!(
-            LockRequest::decode(&zero),
-            Err(WireError::Invalid { .. })
-        ));
+        assert!(matches!(LockRequest::decode(&zero), Err(WireError::Invalid { .. })));
     }
 }

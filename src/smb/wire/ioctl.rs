@@ -72,14 +72,7 @@ impl IoctlRequest {
         debug_assert_eq!(r.position(), REQUEST_BUFFER_OFFSET);
         let input = r.slice_at(input_offset, input_len, "ioctl input")?.to_vec();
         r.slice_at(output_offset, output_len, "ioctl request output")?;
-        Ok(IoctlRequest {
-            ctl_code,
-            file_id,
-            input,
-            max_input_response,
-            max_output_response,
-            flags,
-        })
+        Ok(IoctlRequest { ctl_code, file_id, input, max_input_response, max_output_response, flags })
     }
 }
 
@@ -136,16 +129,8 @@ impl IoctlResponse {
         r.skip(4, "reserved2")?;
         debug_assert_eq!(r.position(), RESPONSE_BUFFER_OFFSET);
         let input = r.slice_at(input_offset, input_len, "ioctl input")?.to_vec();
-        let output = r
-            .slice_at(output_offset, output_len, "ioctl output")?
-            .to_vec();
-        Ok(IoctlResponse {
-            ctl_code,
-            file_id,
-            input,
-            output,
-            flags,
-        })
+        let output = r.slice_at(output_offset, output_len, "ioctl output")?.to_vec();
+        Ok(IoctlResponse { ctl_code, file_id, input, output, flags })
     }
 }
 
@@ -178,16 +163,8 @@ impl ValidateNegotiateInfoRequest {
         let security_mode = r.u16("validate negotiate security mode")?;
         let count = r.u16("validate negotiate dialect count")? as usize;
         let raw = r.take(count * 2, "validate negotiate dialects")?;
-        let dialects = raw
-            .chunks_exact(2)
-            .map(|c| Dialect::from_code(u16::from_le_bytes([c[0], c[1]])))
-            .collect();
-        Ok(ValidateNegotiateInfoRequest {
-            capabilities,
-            guid,
-            security_mode,
-            dialects,
-        })
+        let dialects = raw.chunks_exact(2).map(|c| Dialect::from_code(u16::from_le_bytes([c[0], c[1]]))).collect();
+        Ok(ValidateNegotiateInfoRequest { capabilities, guid, security_mode, dialects })
     }
 }
 
@@ -279,13 +256,11 @@ impl CopyChunkRequest {
         let count = r.u32("copychunk chunk count")? as usize;
         r.skip(4, "reserved")?;
         // Take the whole array first so a lying count cannot drive the allocation.
-        let len = count
-            .checked_mul(COPY_CHUNK_LEN)
-            .ok_or(WireError::TooLarge {
-                what: "copychunk chunk count",
-                len: count,
-                limit: r.remaining() / COPY_CHUNK_LEN,
-            })?;
+        let len = count.checked_mul(COPY_CHUNK_LEN).ok_or(WireError::TooLarge {
+            what: "copychunk chunk count",
+            len: count,
+            limit: r.remaining() / COPY_CHUNK_LEN,
+        })?;
         let raw = r.take(len, "copychunk chunks")?;
         let mut chunks = Vec::with_capacity(count);
         let mut cr = Reader::new(raw);
@@ -294,11 +269,7 @@ impl CopyChunkRequest {
             let target_offset = cr.u64("chunk target offset")?;
             let length = cr.u32("chunk length")?;
             cr.skip(4, "chunk reserved")?;
-            chunks.push(CopyChunk {
-                source_offset,
-                target_offset,
-                length,
-            });
+            chunks.push(CopyChunk { source_offset, target_offset, length });
         }
         Ok(CopyChunkRequest { source_key, chunks })
     }
@@ -370,20 +341,14 @@ mod tests {
         assert_eq!(&msg[88..96], &[120, 0, 0, 0, 28, 0, 0, 0]); // InputOffset, InputCount
         let decoded = IoctlRequest::decode(&msg).unwrap();
         assert_eq!(decoded, req);
-        assert_eq!(
-            ValidateNegotiateInfoRequest::decode(&decoded.input).unwrap(),
-            validate_request()
-        );
+        assert_eq!(ValidateNegotiateInfoRequest::decode(&decoded.input).unwrap(), validate_request());
     }
 
     #[test]
     fn request_with_empty_input() {
         let req = IoctlRequest {
             ctl_code: FSCTL_SRV_REQUEST_RESUME_KEY,
-            file_id: FileId {
-                persistent: 5,
-                volatile: 6,
-            },
+            file_id: FileId { persistent: 5, volatile: 6 },
             input: vec![],
             max_input_response: 0,
             max_output_response: 32,
@@ -406,8 +371,7 @@ mod tests {
         msg.extend_from_slice(&[0xFF; 16]); // FileId
         msg.extend_from_slice(&[
             0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // InputOffset, InputCount
-            0x70, 0x00, 0x00, 0x00, 0x18, 0x00, 0x00,
-            0x00, // OutputOffset 112, OutputCount 24
+            0x70, 0x00, 0x00, 0x00, 0x18, 0x00, 0x00, 0x00, // OutputOffset 112, OutputCount 24
             0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // Flags, Reserved2
             0x40, 0x00, 0x00, 0x00, // Capabilities: ENCRYPTION
         ]);
@@ -437,17 +401,10 @@ mod tests {
     fn response_round_trip_with_input_and_output() {
         let resp = IoctlResponse {
             ctl_code: FSCTL_SRV_COPYCHUNK_WRITE,
-            file_id: FileId {
-                persistent: 1,
-                volatile: 2,
-            },
+            file_id: FileId { persistent: 1, volatile: 2 },
             input: vec![1, 2, 3],
-            output: CopyChunkResponse {
-                chunks_written: 2,
-                chunk_bytes_written: 0,
-                total_bytes_written: 1 << 20,
-            }
-            .encode(),
+            output: CopyChunkResponse { chunks_written: 2, chunk_bytes_written: 0, total_bytes_written: 1 << 20 }
+                .encode(),
             flags: 0,
         };
         let mut msg = with_header();
@@ -455,13 +412,7 @@ mod tests {
         assert_eq!(u32::from_le_bytes(msg[96..100].try_into().unwrap()), 120); // aligned output
         assert_eq!(IoctlResponse::decode(&msg).unwrap(), resp);
 
-        let empty = IoctlResponse {
-            ctl_code: 0,
-            file_id: FileId::default(),
-            input: vec![],
-            output: vec![],
-            flags: 0,
-        };
+        let empty = IoctlResponse { ctl_code: 0, file_id: FileId::default(), input: vec![], output: vec![], flags: 0 };
         let mut msg = with_header();
         empty.encode(&mut msg);
         assert_eq!(msg.len(), 64 + 49);
@@ -484,16 +435,10 @@ mod tests {
         }
         let mut bad = msg.clone();
         bad[96..100].copy_from_slice(&u32::MAX.to_le_bytes()); // OutputOffset
-        assert!(matches!(
-            IoctlResponse::decode(&bad),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(IoctlResponse::decode(&bad), Err(WireError::BadOffset { .. })));
         let mut bad = msg.clone();
         bad[100..104].copy_from_slice(&u32::MAX.to_le_bytes()); // OutputCount
-        assert!(matches!(
-            IoctlResponse::decode(&bad),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(IoctlResponse::decode(&bad), Err(WireError::BadOffset { .. })));
 
         let req = IoctlRequest {
             ctl_code: FSCTL_SRV_COPYCHUNK,
@@ -508,10 +453,7 @@ mod tests {
         assert!(IoctlRequest::decode(&msg[..msg.len() - 1]).is_err());
         let mut bad = msg.clone();
         bad[88..92].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes()); // InputOffset
-        assert!(matches!(
-            IoctlRequest::decode(&bad),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(IoctlRequest::decode(&bad), Err(WireError::BadOffset { .. })));
     }
 
     #[test]
@@ -523,10 +465,7 @@ mod tests {
         assert!(ValidateNegotiateInfoRequest::decode(&bytes[..27]).is_err());
         let mut huge = bytes.clone();
         huge[22..24].copy_from_slice(&u16::MAX.to_le_bytes());
-        assert!(matches!(
-            ValidateNegotiateInfoRequest::decode(&huge),
-            Err(WireError::Truncated { .. })
-        ));
+        assert!(matches!(ValidateNegotiateInfoRequest::decode(&huge), Err(WireError::Truncated { .. })));
 
         let vr = ValidateNegotiateInfoResponse {
             capabilities: 1,
@@ -534,10 +473,7 @@ mod tests {
             security_mode: 2,
             dialect: Dialect::Smb311,
         };
-        assert_eq!(
-            ValidateNegotiateInfoResponse::decode(&vr.encode()).unwrap(),
-            vr
-        );
+        assert_eq!(ValidateNegotiateInfoResponse::decode(&vr.encode()).unwrap(), vr);
         assert!(ValidateNegotiateInfoResponse::decode(&vr.encode()[..23]).is_err());
 
         let key = ResumeKey(core::array::from_fn(|i| i as u8));
@@ -548,11 +484,7 @@ mod tests {
         assert_eq!(ResumeKey::decode(&padded).unwrap(), key);
         assert!(ResumeKey::decode(&[0; 23]).is_err());
 
-        let cc = CopyChunkResponse {
-            chunks_written: 16,
-            chunk_bytes_written: 1 << 20,
-            total_bytes_written: 1 << 24,
-        };
+        let cc = CopyChunkResponse { chunks_written: 16, chunk_bytes_written: 1 << 20, total_bytes_written: 1 << 24 };
         assert_eq!(CopyChunkResponse::decode(&cc.encode()).unwrap(), cc);
         assert!(CopyChunkResponse::decode(&cc.encode()[..11]).is_err());
     }
@@ -562,16 +494,8 @@ mod tests {
         let req = CopyChunkRequest {
             source_key: [0xAA; 24],
             chunks: vec![
-                CopyChunk {
-                    source_offset: 0,
-                    target_offset: 0x1000,
-                    length: 0x10_0000,
-                },
-                CopyChunk {
-                    source_offset: 0x10_0000,
-                    target_offset: 0x11_000,
-                    length: 42,
-                },
+                CopyChunk { source_offset: 0, target_offset: 0x1000, length: 0x10_0000 },
+                CopyChunk { source_offset: 0x10_0000, target_offset: 0x11_000, length: 42 },
             ],
         };
         let bytes = req.encode();
@@ -580,10 +504,7 @@ mod tests {
         assert_eq!(&bytes[24..32], &[2, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(
             &bytes[32..56],
-            &[
-                0, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x10, 0, 0, 0, 0, 0, 0, 0x00, 0x00, 0x10, 0x00, 0, 0,
-                0, 0
-            ]
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x10, 0, 0, 0, 0, 0, 0, 0x00, 0x00, 0x10, 0x00, 0, 0, 0, 0]
         );
         assert_eq!(CopyChunkRequest::decode(&bytes).unwrap(), req);
         assert!(CopyChunkRequest::decode(&bytes[..bytes.len() - 1]).is_err());

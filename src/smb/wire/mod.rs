@@ -14,17 +14,17 @@ pub mod cursor;
 pub mod header;
 pub mod status;
 
+pub mod create;
+pub mod directory;
+pub mod framing;
+pub mod info;
+pub mod io;
+pub mod ioctl;
 pub mod negotiate;
 pub mod session_setup;
-pub mod tree;
-pub mod create;
-pub mod io;
-pub mod directory;
-pub mod info;
-pub mod ioctl;
 pub mod simple;
 pub mod transform;
-pub mod framing;
+pub mod tree;
 
 pub use header::Header;
 pub use status::NtStatus;

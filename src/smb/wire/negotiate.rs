@@ -38,23 +38,11 @@ const CONTEXT_HEADER_LEN: usize = 8;
 /// One SMB2_NEGOTIATE_CONTEXT (2.2.3.1). Types we do not use keep their raw data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NegotiateContext {
-    PreauthIntegrity {
-        hash_algorithms: Vec<u16>,
-        salt: Vec<u8>,
-    },
-    Encryption {
-        ciphers: Vec<CipherId>,
-    },
-    Signing {
-        algorithms: Vec<SigningAlgorithmId>,
-    },
-    NetnameNegotiate {
-        netname: String,
-    },
-    Unknown {
-        context_type: u16,
-        data: Vec<u8>,
-    },
+    PreauthIntegrity { hash_algorithms: Vec<u16>, salt: Vec<u8> },
+    Encryption { ciphers: Vec<CipherId> },
+    Signing { algorithms: Vec<SigningAlgorithmId> },
+    NetnameNegotiate { netname: String },
+    Unknown { context_type: u16, data: Vec<u8> },
 }
 
 impl NegotiateContext {
@@ -70,10 +58,7 @@ impl NegotiateContext {
 
     fn encode_data(&self, out: &mut Vec<u8>) {
         match self {
-            NegotiateContext::PreauthIntegrity {
-                hash_algorithms,
-                salt,
-            } => {
+            NegotiateContext::PreauthIntegrity { hash_algorithms, salt } => {
                 out.put_u16(hash_algorithms.len() as u16);
                 out.put_u16(salt.len() as u16);
                 for h in hash_algorithms {
@@ -118,39 +103,26 @@ impl NegotiateContext {
                 let salt_len = r.u16("preauth salt length")? as usize;
                 let hash_algorithms = u16_list(&mut r, count, "preauth hash algorithms")?;
                 let salt = r.take(salt_len, "preauth salt")?.to_vec();
-                NegotiateContext::PreauthIntegrity {
-                    hash_algorithms,
-                    salt,
-                }
+                NegotiateContext::PreauthIntegrity { hash_algorithms, salt }
             }
             CTX_ENCRYPTION => {
                 let count = r.u16("cipher count")? as usize;
                 let ciphers = u16_list(&mut r, count, "ciphers")?;
-                NegotiateContext::Encryption {
-                    ciphers: ciphers.into_iter().map(CipherId::from_code).collect(),
-                }
+                NegotiateContext::Encryption { ciphers: ciphers.into_iter().map(CipherId::from_code).collect() }
             }
             CTX_SIGNING => {
                 let count = r.u16("signing algorithm count")? as usize;
                 let algorithms = u16_list(&mut r, count, "signing algorithms")?;
                 NegotiateContext::Signing {
-                    algorithms: algorithms
-                        .into_iter()
-                        .map(SigningAlgorithmId::from_code)
-                        .collect(),
+                    algorithms: algorithms.into_iter().map(SigningAlgorithmId::from_code).collect(),
                 }
             }
             CTX_NETNAME => {
                 let name = from_utf16le(data, "netname")?;
                 // Some senders include a terminator; the name itself never contains NUL.
-                NegotiateContext::NetnameNegotiate {
-                    netname: name.trim_end_matches('\0').to_string(),
-                }
+                NegotiateContext::NetnameNegotiate { netname: name.trim_end_matches('\0').to_string() }
             }
-            other => NegotiateContext::Unknown {
-                context_type: other,
-                data: data.to_vec(),
-            },
+            other => NegotiateContext::Unknown { context_type: other, data: data.to_vec() },
         })
     }
 }
@@ -158,10 +130,7 @@ impl NegotiateContext {
 /// Reads `count` little-endian u16s, checking the byte length before allocating.
 fn u16_list(r: &mut Reader<'_>, count: usize, what: &'static str) -> Result<Vec<u16>, WireError> {
     let raw = r.take(count * 2, what)?;
-    Ok(raw
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect())
+    Ok(raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
 }
 
 /// Appends contexts, each starting on an 8-byte boundary of the message.
@@ -181,15 +150,11 @@ fn encode_contexts(msg: &mut Vec<u8>, contexts: &[NegotiateContext]) -> usize {
 /// Decodes `count` contexts starting at `offset`. The Vec grows only as
 /// contexts are actually read, so a huge count with a short buffer fails
 /// with `Truncated` instead of allocating.
-fn decode_contexts(
-    msg: &[u8],
-    offset: usize,
-    count: u16,
-) -> Result<Vec<NegotiateContext>, WireError> {
+fn decode_contexts(msg: &[u8], offset: usize, count: u16) -> Result<Vec<NegotiateContext>, WireError> {
     if count == 0 {
         return Ok(Vec::new());
     }
-    if offset % CONTEXT_ALIGN != 0 {
+    if !offset.is_multiple_of(CONTEXT_ALIGN) {
         return Err(WireError::Invalid {
             what: "negotiate context offset",
             why: format!("{offset} is not 8-byte aligned"),
@@ -267,22 +232,14 @@ impl NegotiateRequest {
         let context_count = r.u16("negotiate context count")?;
         r.skip(2, "reserved2")?;
         debug_assert_eq!(r.position(), REQUEST_DIALECTS_OFFSET);
-        let dialects: Vec<Dialect> = u16_list(&mut r, dialect_count, "dialects")?
-            .into_iter()
-            .map(Dialect::from_code)
-            .collect();
+        let dialects: Vec<Dialect> =
+            u16_list(&mut r, dialect_count, "dialects")?.into_iter().map(Dialect::from_code).collect();
         let contexts = if dialects.contains(&Dialect::Smb311) {
             decode_contexts(msg, context_offset, context_count)?
         } else {
             Vec::new()
         };
-        Ok(NegotiateRequest {
-            security_mode,
-            capabilities,
-            client_guid,
-            dialects,
-            contexts,
-        })
+        Ok(NegotiateRequest { security_mode, capabilities, client_guid, dialects, contexts })
     }
 }
 
@@ -311,11 +268,7 @@ impl NegotiateResponse {
         msg.put_u16(RESPONSE_STRUCTURE_SIZE);
         msg.put_u16(self.security_mode);
         msg.put_u16(self.dialect.code());
-        msg.put_u16(if is_311 {
-            self.contexts.len() as u16
-        } else {
-            0
-        });
+        msg.put_u16(if is_311 { self.contexts.len() as u16 } else { 0 });
         msg.put_bytes(&self.server_guid);
         msg.put_u32(self.capabilities);
         msg.put_u32(self.max_transact_size);
@@ -355,8 +308,7 @@ impl NegotiateResponse {
         if dialect == Dialect::Wildcard {
             return Err(WireError::Invalid {
                 what: "negotiate dialect",
-                why: "server answered with the SMB2 wildcard 0x02FF (SMB1-style negotiation)"
-                    .into(),
+                why: "server answered with the SMB2 wildcard 0x02FF (SMB1-style negotiation)".into(),
             });
         }
         let context_count = r.u16("negotiate context count")?;
@@ -372,11 +324,8 @@ impl NegotiateResponse {
         let context_offset = r.u32("negotiate context offset")? as usize;
         debug_assert_eq!(r.position(), RESPONSE_BUFFER_OFFSET);
         let security_buffer = r.slice_at(sec_offset, sec_len, "security buffer")?.to_vec();
-        let contexts = if dialect == Dialect::Smb311 {
-            decode_contexts(msg, context_offset, context_count)?
-        } else {
-            Vec::new()
-        };
+        let contexts =
+            if dialect == Dialect::Smb311 { decode_contexts(msg, context_offset, context_count)? } else { Vec::new() };
         Ok(NegotiateResponse {
             security_mode,
             dialect,
@@ -395,10 +344,9 @@ impl NegotiateResponse {
     /// The selected preauth hash algorithms and salt (3.1.1 only).
     pub fn preauth(&self) -> Option<(&[u16], &[u8])> {
         self.contexts.iter().find_map(|c| match c {
-            NegotiateContext::PreauthIntegrity {
-                hash_algorithms,
-                salt,
-            } => Some((hash_algorithms.as_slice(), salt.as_slice())),
+            NegotiateContext::PreauthIntegrity { hash_algorithms, salt } => {
+                Some((hash_algorithms.as_slice(), salt.as_slice()))
+            }
             _ => None,
         })
     }
@@ -438,27 +386,15 @@ mod tests {
             client_guid: [0x11; 16],
             dialects: vec![Dialect::Smb300, Dialect::Smb302, Dialect::Smb311],
             contexts: vec![
-                NegotiateContext::PreauthIntegrity {
-                    hash_algorithms: vec![HASH_SHA512],
-                    salt: vec![0xAB; 32],
-                },
+                NegotiateContext::PreauthIntegrity { hash_algorithms: vec![HASH_SHA512], salt: vec![0xAB; 32] },
                 NegotiateContext::Encryption {
-                    ciphers: vec![
-                        CipherId::Aes256Gcm,
-                        CipherId::Aes128Gcm,
-                        CipherId::Aes128Ccm,
-                    ],
+                    ciphers: vec![CipherId::Aes256Gcm, CipherId::Aes128Gcm, CipherId::Aes128Ccm],
                 },
                 NegotiateContext::Signing {
                     algorithms: vec![SigningAlgorithmId::AesGmac, SigningAlgorithmId::AesCmac],
                 },
-                NegotiateContext::NetnameNegotiate {
-                    netname: "fileserver".into(),
-                },
-                NegotiateContext::Unknown {
-                    context_type: 0x0003,
-                    data: vec![1, 2, 3],
-                },
+                NegotiateContext::NetnameNegotiate { netname: "fileserver".into() },
+                NegotiateContext::Unknown { context_type: 0x0003, data: vec![1, 2, 3] },
             ],
         }
     }
@@ -500,13 +436,11 @@ mod tests {
             0x03, 0x00, // NegotiateContextCount 3
             0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, // ServerGuid
             0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F, //
-            0x6F, 0x00, 0x00,
-            0x00, // Capabilities: DFS|LEASING|LARGE_MTU|MULTI_CHANNEL|DIR_LEASING|ENCRYPTION
+            0x6F, 0x00, 0x00, 0x00, // Capabilities: DFS|LEASING|LARGE_MTU|MULTI_CHANNEL|DIR_LEASING|ENCRYPTION
             0x00, 0x00, 0x80, 0x00, // MaxTransactSize 8 MiB
             0x00, 0x00, 0x80, 0x00, // MaxReadSize 8 MiB
             0x00, 0x00, 0x80, 0x00, // MaxWriteSize 8 MiB
-            0x00, 0x80, 0x3E, 0xD5, 0xDE, 0xB1, 0x9D,
-            0x01, // SystemTime (FILETIME of 1970-01-01)
+            0x00, 0x80, 0x3E, 0xD5, 0xDE, 0xB1, 0x9D, 0x01, // SystemTime (FILETIME of 1970-01-01)
             0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // ServerStartTime
             0x80, 0x00, // SecurityBufferOffset 128
             0x06, 0x00, // SecurityBufferLength 6
@@ -516,10 +450,8 @@ mod tests {
             // 136: SMB2_PREAUTH_INTEGRITY_CAPABILITIES, DataLength 38
             0x01, 0x00, 0x26, 0x00, 0x00, 0x00, 0x00, 0x00, //
             0x01, 0x00, 0x20, 0x00, 0x01, 0x00, // count 1, salt 32, SHA-512
-            0xA0, 0xA1, 0xA2, 0xA3, 0xA4, 0xA5, 0xA6, 0xA7, 0xA8, 0xA9, 0xAA, 0xAB, 0xAC, 0xAD,
-            0xAE, 0xAF, //
-            0xB0, 0xB1, 0xB2, 0xB3, 0xB4, 0xB5, 0xB6, 0xB7, 0xB8, 0xB9, 0xBA, 0xBB, 0xBC, 0xBD,
-            0xBE, 0xBF, //
+            0xA0, 0xA1, 0xA2, 0xA3, 0xA4, 0xA5, 0xA6, 0xA7, 0xA8, 0xA9, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF, //
+            0xB0, 0xB1, 0xB2, 0xB3, 0xB4, 0xB5, 0xB6, 0xB7, 0xB8, 0xB9, 0xBA, 0xBB, 0xBC, 0xBD, 0xBE, 0xBF, //
             0x00, 0x00, // pad 182 -> 184
             // 184: SMB2_ENCRYPTION_CAPABILITIES, DataLength 4: one cipher, AES-128-GCM
             0x02, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, //
@@ -539,10 +471,7 @@ mod tests {
         let resp = NegotiateResponse::decode(&msg).unwrap();
         assert_eq!(resp.dialect, Dialect::Smb311);
         assert_eq!(resp.security_mode, SECURITY_SIGNING_ENABLED);
-        assert_eq!(
-            resp.server_guid,
-            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
-        );
+        assert_eq!(resp.server_guid, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
         assert_eq!(resp.capabilities & CAP_ENCRYPTION, CAP_ENCRYPTION);
         assert_eq!(resp.capabilities & CAP_PERSISTENT_HANDLES, 0);
         assert_eq!(resp.max_read_size, 8 * 1024 * 1024);
@@ -599,10 +528,7 @@ mod tests {
         let mut msg = hand_built_response();
         msg[68] = 0xFF;
         msg[69] = 0x02;
-        assert!(matches!(
-            NegotiateResponse::decode(&msg),
-            Err(WireError::Invalid { .. })
-        ));
+        assert!(matches!(NegotiateResponse::decode(&msg), Err(WireError::Invalid { .. })));
         let mut smb1 = hand_built_response();
         smb1[..4].copy_from_slice(&[0xFF, b'S', b'M', b'B']);
         assert_eq!(NegotiateResponse::decode(&smb1), Err(WireError::Smb1));
@@ -613,18 +539,12 @@ mod tests {
     fn truncated_inputs_fail() {
         let msg = hand_built_response();
         for cut in [0, 63, 64, 66, 100, 127, 130, 140, 180, 190, msg.len() - 1] {
-            assert!(
-                NegotiateResponse::decode(&msg[..cut]).is_err(),
-                "cut at {cut}"
-            );
+            assert!(NegotiateResponse::decode(&msg[..cut]).is_err(), "cut at {cut}");
         }
         let mut req = with_header(Command::Negotiate);
         sample_request().encode(&mut req);
         for cut in [64, 99, 101, 105, 113, req.len() - 1] {
-            assert!(
-                NegotiateRequest::decode(&req[..cut]).is_err(),
-                "cut at {cut}"
-            );
+            assert!(NegotiateRequest::decode(&req[..cut]).is_err(), "cut at {cut}");
         }
     }
 
@@ -632,31 +552,19 @@ mod tests {
     fn offsets_outside_message_fail() {
         let mut msg = hand_built_response();
         msg[120] = 0xF0; // SecurityBufferOffset 240, past the end
-        assert!(matches!(
-            NegotiateResponse::decode(&msg),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(NegotiateResponse::decode(&msg), Err(WireError::BadOffset { .. })));
 
         let mut msg = hand_built_response();
         msg[124..128].copy_from_slice(&0xFFFF_FFF8u32.to_le_bytes()); // context offset far outside
-        assert!(matches!(
-            NegotiateResponse::decode(&msg),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(NegotiateResponse::decode(&msg), Err(WireError::BadOffset { .. })));
 
         let mut msg = hand_built_response();
         msg[124] = 0x89; // misaligned context offset
-        assert!(matches!(
-            NegotiateResponse::decode(&msg),
-            Err(WireError::Invalid { .. })
-        ));
+        assert!(matches!(NegotiateResponse::decode(&msg), Err(WireError::Invalid { .. })));
 
         let mut msg = hand_built_response();
         msg[138] = 0xFF; // preauth DataLength runs past the end
-        assert!(matches!(
-            NegotiateResponse::decode(&msg),
-            Err(WireError::Truncated { .. })
-        ));
+        assert!(matches!(NegotiateResponse::decode(&msg), Err(WireError::Truncated { .. })));
 
         let mut msg = hand_built_response();
         msg[146] = 0xFF; // preauth SaltLength larger than the context data
@@ -667,25 +575,16 @@ mod tests {
     fn huge_context_count_with_short_buffer_is_an_error() {
         let mut msg = hand_built_response();
         msg[70..72].copy_from_slice(&u16::MAX.to_le_bytes());
-        assert!(matches!(
-            NegotiateResponse::decode(&msg),
-            Err(WireError::Truncated { .. })
-        ));
+        assert!(matches!(NegotiateResponse::decode(&msg), Err(WireError::Truncated { .. })));
 
         // Same for a request claiming 65535 contexts, and for a cipher count of 65535.
         let mut req = with_header(Command::Negotiate);
         sample_request().encode(&mut req);
         req[96..98].copy_from_slice(&u16::MAX.to_le_bytes());
-        assert!(matches!(
-            NegotiateRequest::decode(&req),
-            Err(WireError::Truncated { .. })
-        ));
+        assert!(matches!(NegotiateRequest::decode(&req), Err(WireError::Truncated { .. })));
         let mut msg = hand_built_response();
         msg[192..194].copy_from_slice(&u16::MAX.to_le_bytes());
-        assert!(matches!(
-            NegotiateResponse::decode(&msg),
-            Err(WireError::Truncated { .. })
-        ));
+        assert!(matches!(NegotiateResponse::decode(&msg), Err(WireError::Truncated { .. })));
     }
 
     #[test]
@@ -694,9 +593,7 @@ mod tests {
         data.extend_from_slice(&[0, 0]);
         assert_eq!(
             NegotiateContext::decode(CTX_NETNAME, &data).unwrap(),
-            NegotiateContext::NetnameNegotiate {
-                netname: "srv".into()
-            }
+            NegotiateContext::NetnameNegotiate { netname: "srv".into() }
         );
         assert!(NegotiateContext::decode(CTX_NETNAME, &[0x41]).is_err());
     }

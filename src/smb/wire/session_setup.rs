@@ -52,13 +52,7 @@ impl SessionSetupRequest {
         let len = r.u16("security buffer length")? as usize;
         let previous_session_id = r.u64("previous session id")?;
         let security_buffer = r.slice_at(offset, len, "security buffer")?.to_vec();
-        Ok(SessionSetupRequest {
-            flags,
-            security_mode,
-            capabilities,
-            previous_session_id,
-            security_buffer,
-        })
+        Ok(SessionSetupRequest { flags, security_mode, capabilities, previous_session_id, security_buffer })
     }
 }
 
@@ -86,10 +80,7 @@ impl SessionSetupResponse {
         let offset = r.u16("security buffer offset")? as usize;
         let len = r.u16("security buffer length")? as usize;
         let security_buffer = r.slice_at(offset, len, "security buffer")?.to_vec();
-        Ok(SessionSetupResponse {
-            session_flags,
-            security_buffer,
-        })
+        Ok(SessionSetupResponse { session_flags, security_buffer })
     }
 }
 
@@ -136,19 +127,13 @@ mod tests {
 
     #[test]
     fn response_round_trip_and_empty_buffer() {
-        let resp = SessionSetupResponse {
-            session_flags: SESSION_FLAG_ENCRYPT_DATA,
-            security_buffer: vec![0xA1, 0x07],
-        };
+        let resp = SessionSetupResponse { session_flags: SESSION_FLAG_ENCRYPT_DATA, security_buffer: vec![0xA1, 0x07] };
         let mut msg = with_header();
         resp.encode(&mut msg);
         assert_eq!(&msg[64..72], &[9, 0, 4, 0, 72, 0, 2, 0]);
         assert_eq!(SessionSetupResponse::decode(&msg).unwrap(), resp);
 
-        let empty = SessionSetupResponse {
-            session_flags: SESSION_FLAG_IS_GUEST,
-            security_buffer: vec![],
-        };
+        let empty = SessionSetupResponse { session_flags: SESSION_FLAG_IS_GUEST, security_buffer: vec![] };
         let mut msg = with_header();
         empty.encode(&mut msg);
         assert_eq!(msg.len(), 64 + 9);
@@ -161,9 +146,7 @@ mod tests {
     fn real_bytes_response() {
         // Hand-built from 2.2.6: SUCCESS with IS_GUEST and a 3-byte SPNEGO accept.
         let mut msg = with_header();
-        msg.extend_from_slice(&[
-            0x09, 0x00, 0x01, 0x00, 0x48, 0x00, 0x03, 0x00, 0xA1, 0x01, 0x00,
-        ]);
+        msg.extend_from_slice(&[0x09, 0x00, 0x01, 0x00, 0x48, 0x00, 0x03, 0x00, 0xA1, 0x01, 0x00]);
         let resp = SessionSetupResponse::decode(&msg).unwrap();
         assert_eq!(resp.session_flags, SESSION_FLAG_IS_GUEST);
         assert_eq!(resp.security_buffer, [0xA1, 0x01, 0x00]);
@@ -181,29 +164,17 @@ mod tests {
         let mut msg = with_header();
         req.encode(&mut msg);
         for cut in [64, 70, 87, 100, msg.len() - 1] {
-            assert!(
-                SessionSetupRequest::decode(&msg[..cut]).is_err(),
-                "cut at {cut}"
-            );
+            assert!(SessionSetupRequest::decode(&msg[..cut]).is_err(), "cut at {cut}");
         }
         let mut bad = msg.clone();
         bad[76..78].copy_from_slice(&0xFFF0u16.to_le_bytes());
-        assert!(matches!(
-            SessionSetupRequest::decode(&bad),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(SessionSetupRequest::decode(&bad), Err(WireError::BadOffset { .. })));
 
         let mut bad = with_header();
         bad.extend_from_slice(&[0x09, 0x00, 0x00, 0x00, 0x48, 0x00, 0xFF, 0xFF, 0x00]);
-        assert!(matches!(
-            SessionSetupResponse::decode(&bad),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(SessionSetupResponse::decode(&bad), Err(WireError::BadOffset { .. })));
         let mut wrong_size = with_header();
         wrong_size.extend_from_slice(&[0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]);
-        assert!(matches!(
-            SessionSetupResponse::decode(&wrong_size),
-            Err(WireError::Invalid { .. })
-        ));
+        assert!(matches!(SessionSetupResponse::decode(&wrong_size), Err(WireError::Invalid { .. })));
     }
 }

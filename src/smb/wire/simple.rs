@@ -77,10 +77,7 @@ impl ErrorResponse {
         r.skip(1, "reserved")?;
         let byte_count = r.u32("error byte count")? as usize;
         let error_data = r.take(byte_count, "error data")?.to_vec();
-        Ok(ErrorResponse {
-            error_context_count,
-            error_data,
-        })
+        Ok(ErrorResponse { error_context_count, error_data })
     }
 }
 
@@ -125,31 +122,19 @@ mod tests {
     fn empty_bodies_reject_truncated_and_wrong_size() {
         let mut msg = with_header(Command::Logoff);
         LogoffRequest.encode(&mut msg);
-        assert!(matches!(
-            LogoffRequest::decode(&msg[..66]),
-            Err(WireError::Truncated { .. })
-        ));
+        assert!(matches!(LogoffRequest::decode(&msg[..66]), Err(WireError::Truncated { .. })));
         assert!(EchoResponse::decode(&msg[..60]).is_err());
         msg[64] = 9;
-        assert!(matches!(
-            LogoffRequest::decode(&msg),
-            Err(WireError::Invalid { .. })
-        ));
+        assert!(matches!(LogoffRequest::decode(&msg), Err(WireError::Invalid { .. })));
     }
 
     #[test]
     fn error_response_round_trip() {
-        let e = ErrorResponse {
-            error_context_count: 1,
-            error_data: vec![4, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0],
-        };
+        let e = ErrorResponse { error_context_count: 1, error_data: vec![4, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0] };
         let mut msg = with_header(Command::Read);
         e.encode(&mut msg);
         assert_eq!(ErrorResponse::decode(&msg).unwrap(), e);
-        let empty = ErrorResponse {
-            error_context_count: 0,
-            error_data: vec![],
-        };
+        let empty = ErrorResponse { error_context_count: 0, error_data: vec![] };
         let mut msg = with_header(Command::Read);
         empty.encode(&mut msg);
         assert_eq!(msg.len(), 64 + 9);
@@ -161,31 +146,17 @@ mod tests {
         // 2.2.2: StructureSize 9, ErrorContextCount 0, Reserved, ByteCount 0, one zero byte.
         let mut msg = with_header(Command::Create);
         msg.extend_from_slice(&[0x09, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]);
-        let expected = ErrorResponse {
-            error_context_count: 0,
-            error_data: vec![],
-        };
+        let expected = ErrorResponse { error_context_count: 0, error_data: vec![] };
         assert_eq!(ErrorResponse::decode(&msg).unwrap(), expected);
         assert_eq!(ErrorResponse::decode(&msg[..72]).unwrap(), expected);
-        assert!(matches!(
-            ErrorResponse::decode(&msg[..71]),
-            Err(WireError::Truncated { .. })
-        ));
+        assert!(matches!(ErrorResponse::decode(&msg[..71]), Err(WireError::Truncated { .. })));
 
         // STATUS_BUFFER_TOO_SMALL carries the needed size as a 4-byte ErrorData.
         let mut msg = with_header(Command::QueryInfo);
-        msg.extend_from_slice(&[
-            0x09, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00,
-        ]);
-        assert_eq!(
-            ErrorResponse::decode(&msg).unwrap().error_data,
-            [0x00, 0x02, 0x00, 0x00]
-        );
+        msg.extend_from_slice(&[0x09, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00]);
+        assert_eq!(ErrorResponse::decode(&msg).unwrap().error_data, [0x00, 0x02, 0x00, 0x00]);
         // ByteCount larger than the message is an error, not an allocation.
         msg[68..72].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            ErrorResponse::decode(&msg),
-            Err(WireError::Truncated { .. })
-        ));
+        assert!(matches!(ErrorResponse::decode(&msg), Err(WireError::Truncated { .. })));
     }
 }

@@ -50,15 +50,11 @@ impl TransformHeader {
         if proto == COMPRESSION_TRANSFORM_PROTOCOL_ID {
             return Err(WireError::Invalid {
                 what: "transform protocol id",
-                why: "compression transform header received, but compression is never negotiated"
-                    .into(),
+                why: "compression transform header received, but compression is never negotiated".into(),
             });
         }
         if proto != TRANSFORM_PROTOCOL_ID {
-            return Err(WireError::Invalid {
-                what: "transform protocol id",
-                why: format!("{proto:02x?}"),
-            });
+            return Err(WireError::Invalid { what: "transform protocol id", why: format!("{proto:02x?}") });
         }
         let signature = r.array::<16>("transform signature")?;
         let nonce = r.array::<16>("transform nonce")?;
@@ -66,13 +62,7 @@ impl TransformHeader {
         r.skip(2, "transform reserved")?;
         let flags = r.u16("transform flags")?;
         let session_id = r.u64("transform session id")?;
-        Ok(TransformHeader {
-            signature,
-            nonce,
-            original_message_size,
-            flags,
-            session_id,
-        })
+        Ok(TransformHeader { signature, nonce, original_message_size, flags, session_id })
     }
 }
 
@@ -83,22 +73,15 @@ mod tests {
     /// The transform header of the SMB 3.0 encrypted WRITE request from the
     /// Microsoft Open Specifications blog "Encryption in SMB 3.0: a protocol
     /// perspective".
-    const SMB30_WRITE_HEADER: &str =
-        "FD534D4281A286535415445DAE393921E44FA42E66E69A111892584FB5ED524A\
+    const SMB30_WRITE_HEADER: &str = "FD534D4281A286535415445DAE393921E44FA42E66E69A111892584FB5ED524A\
                                       744DA3EE87000000000001001100001400E40800";
 
     #[test]
     fn decodes_published_header() {
         let bytes = hex::decode(SMB30_WRITE_HEADER).unwrap();
         let h = TransformHeader::decode(&bytes).unwrap();
-        assert_eq!(
-            h.signature.to_vec(),
-            hex::decode("81A286535415445DAE393921E44FA42E").unwrap()
-        );
-        assert_eq!(
-            h.nonce.to_vec(),
-            hex::decode("66E69A111892584FB5ED524A744DA3EE").unwrap()
-        );
+        assert_eq!(h.signature.to_vec(), hex::decode("81A286535415445DAE393921E44FA42E").unwrap());
+        assert_eq!(h.nonce.to_vec(), hex::decode("66E69A111892584FB5ED524A744DA3EE").unwrap());
         assert_eq!(h.original_message_size, 0x87);
         assert_eq!(h.flags, TRANSFORM_FLAG_ENCRYPTED);
         assert_eq!(h.session_id, 0x8E40014000011);
@@ -120,10 +103,7 @@ mod tests {
         h.encode(&mut v);
         assert_eq!(v.len(), TRANSFORM_HEADER_LEN);
         assert_eq!(&v[..4], &TRANSFORM_PROTOCOL_ID);
-        assert_eq!(
-            &v[TRANSFORM_SIGNATURE_OFFSET..TRANSFORM_AAD_OFFSET],
-            &[0xAB; 16]
-        );
+        assert_eq!(&v[TRANSFORM_SIGNATURE_OFFSET..TRANSFORM_AAD_OFFSET], &[0xAB; 16]);
         v.extend_from_slice(b"ciphertext follows");
         assert_eq!(TransformHeader::decode(&v).unwrap(), h);
     }
@@ -132,13 +112,7 @@ mod tests {
     fn truncated_header_errors() {
         let bytes = hex::decode(SMB30_WRITE_HEADER).unwrap();
         for len in 0..TRANSFORM_HEADER_LEN {
-            assert!(
-                matches!(
-                    TransformHeader::decode(&bytes[..len]),
-                    Err(WireError::Truncated { .. })
-                ),
-                "length {len}"
-            );
+            assert!(matches!(TransformHeader::decode(&bytes[..len]), Err(WireError::Truncated { .. })), "length {len}");
         }
     }
 
@@ -151,9 +125,6 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         bytes[0] = 0xFE;
-        assert!(matches!(
-            TransformHeader::decode(&bytes),
-            Err(WireError::Invalid { .. })
-        ));
+        assert!(matches!(TransformHeader::decode(&bytes), Err(WireError::Invalid { .. })));
     }
 }

@@ -71,11 +71,7 @@ impl TreeConnectRequest {
 
     pub fn decode(msg: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::at(msg, HEADER_LEN)?;
-        expect_structure_size(
-            &mut r,
-            CONNECT_REQUEST_STRUCTURE_SIZE,
-            "tree connect request",
-        )?;
+        expect_structure_size(&mut r, CONNECT_REQUEST_STRUCTURE_SIZE, "tree connect request")?;
         let flags = r.u16("tree connect flags")?;
         if flags & TREE_CONNECT_FLAG_EXTENSION_PRESENT != 0 {
             return Err(WireError::Invalid {
@@ -85,10 +81,7 @@ impl TreeConnectRequest {
         }
         let offset = r.u16("path offset")? as usize;
         let len = r.u16("path length")? as usize;
-        let path = from_utf16le(
-            r.slice_at(offset, len, "tree connect path")?,
-            "tree connect path",
-        )?;
+        let path = from_utf16le(r.slice_at(offset, len, "tree connect path")?, "tree connect path")?;
         Ok(TreeConnectRequest { flags, path })
     }
 }
@@ -114,11 +107,7 @@ impl TreeConnectResponse {
 
     pub fn decode(msg: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::at(msg, HEADER_LEN)?;
-        expect_structure_size(
-            &mut r,
-            CONNECT_RESPONSE_STRUCTURE_SIZE,
-            "tree connect response",
-        )?;
+        expect_structure_size(&mut r, CONNECT_RESPONSE_STRUCTURE_SIZE, "tree connect response")?;
         let share_type = r.u8("share type")?;
         r.skip(1, "reserved")?;
         Ok(TreeConnectResponse {
@@ -186,16 +175,13 @@ mod tests {
 
     #[test]
     fn connect_request_round_trip_and_real_bytes() {
-        let req = TreeConnectRequest {
-            flags: 0,
-            path: r"\\srv\ipc$".into(),
-        };
+        let req = TreeConnectRequest { flags: 0, path: r"\\srv\ipc$".into() };
         let mut msg = with_header(Command::TreeConnect);
         req.encode(&mut msg);
         // 2.2.9: StructureSize 9, Reserved, PathOffset 72, PathLength 20, UTF-16LE path.
         let expected_body: &[u8] = &[
-            0x09, 0x00, 0x00, 0x00, 0x48, 0x00, 0x14, 0x00, b'\\', 0, b'\\', 0, b's', 0, b'r', 0,
-            b'v', 0, b'\\', 0, b'i', 0, b'p', 0, b'c', 0, b'$', 0,
+            0x09, 0x00, 0x00, 0x00, 0x48, 0x00, 0x14, 0x00, b'\\', 0, b'\\', 0, b's', 0, b'r', 0, b'v', 0, b'\\', 0,
+            b'i', 0, b'p', 0, b'c', 0, b'$', 0,
         ];
         assert_eq!(&msg[64..], expected_body);
         assert_eq!(TreeConnectRequest::decode(&msg).unwrap(), req);
@@ -203,37 +189,22 @@ mod tests {
 
     #[test]
     fn connect_request_rejects_bad_input() {
-        let req = TreeConnectRequest {
-            flags: TREE_CONNECT_FLAG_REDIRECT_TO_OWNER,
-            path: r"\\s\share".into(),
-        };
+        let req = TreeConnectRequest { flags: TREE_CONNECT_FLAG_REDIRECT_TO_OWNER, path: r"\\s\share".into() };
         let mut msg = with_header(Command::TreeConnect);
         req.encode(&mut msg);
         assert_eq!(TreeConnectRequest::decode(&msg).unwrap(), req);
         for cut in [64, 67, 71, msg.len() - 1] {
-            assert!(
-                TreeConnectRequest::decode(&msg[..cut]).is_err(),
-                "cut at {cut}"
-            );
+            assert!(TreeConnectRequest::decode(&msg[..cut]).is_err(), "cut at {cut}");
         }
         let mut bad = msg.clone();
         bad[68] = 0xFF; // PathOffset past the end
-        assert!(matches!(
-            TreeConnectRequest::decode(&bad),
-            Err(WireError::BadOffset { .. })
-        ));
+        assert!(matches!(TreeConnectRequest::decode(&bad), Err(WireError::BadOffset { .. })));
         let mut odd = msg.clone();
         odd[70] -= 1; // odd UTF-16 length
-        assert!(matches!(
-            TreeConnectRequest::decode(&odd),
-            Err(WireError::Invalid { .. })
-        ));
+        assert!(matches!(TreeConnectRequest::decode(&odd), Err(WireError::Invalid { .. })));
         let mut ext = msg.clone();
         ext[66] = TREE_CONNECT_FLAG_EXTENSION_PRESENT as u8;
-        assert!(matches!(
-            TreeConnectRequest::decode(&ext),
-            Err(WireError::Invalid { .. })
-        ));
+        assert!(matches!(TreeConnectRequest::decode(&ext), Err(WireError::Invalid { .. })));
     }
 
     #[test]
@@ -241,8 +212,7 @@ mod tests {
         // Hand-built from 2.2.10: disk share, ENCRYPT_DATA|ACCESS_BASED_DIRECTORY_ENUM, FILE_ALL_ACCESS.
         let mut msg = with_header(Command::TreeConnect);
         msg.extend_from_slice(&[
-            0x10, 0x00, 0x01, 0x00, 0x00, 0x88, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0x01,
-            0x1F, 0x00,
+            0x10, 0x00, 0x01, 0x00, 0x00, 0x88, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0x01, 0x1F, 0x00,
         ]);
         let resp = TreeConnectResponse::decode(&msg).unwrap();
         assert_eq!(
@@ -255,10 +225,7 @@ mod tests {
             }
         );
         assert!(resp.encrypt_data());
-        assert_eq!(
-            resp.share_flags & SHAREFLAG_CACHING_MASK,
-            SHAREFLAG_MANUAL_CACHING
-        );
+        assert_eq!(resp.share_flags & SHAREFLAG_CACHING_MASK, SHAREFLAG_MANUAL_CACHING);
         let mut again = with_header(Command::TreeConnect);
         resp.encode(&mut again);
         assert_eq!(again, msg);
@@ -281,20 +248,11 @@ mod tests {
         let mut msg = with_header(Command::TreeDisconnect);
         TreeDisconnectRequest.encode(&mut msg);
         assert_eq!(&msg[64..], &[4, 0, 0, 0]);
-        assert_eq!(
-            TreeDisconnectRequest::decode(&msg).unwrap(),
-            TreeDisconnectRequest
-        );
-        assert_eq!(
-            TreeDisconnectResponse::decode(&msg).unwrap(),
-            TreeDisconnectResponse
-        );
+        assert_eq!(TreeDisconnectRequest::decode(&msg).unwrap(), TreeDisconnectRequest);
+        assert_eq!(TreeDisconnectResponse::decode(&msg).unwrap(), TreeDisconnectResponse);
         let mut msg = with_header(Command::TreeDisconnect);
         TreeDisconnectResponse.encode(&mut msg);
-        assert_eq!(
-            TreeDisconnectResponse::decode(&msg).unwrap(),
-            TreeDisconnectResponse
-        );
+        assert_eq!(TreeDisconnectResponse::decode(&msg).unwrap(), TreeDisconnectResponse);
         assert!(TreeDisconnectResponse::decode(&msg[..66]).is_err());
         msg[64] = 5;
         assert!(TreeDisconnectRequest::decode(&msg).is_err());
