@@ -27,7 +27,7 @@ enum Command {
     Smb(cli::smb::SmbArgs),
     /// Serve the CSI Identity and Controller services (the provisioner side).
     Controller(cli::serve::ServeArgs),
-    /// Serve the CSI Identity and Node services (the per-node side).
+    /// Serve the CSI services of a node (Identity; the Node service joins it when it lands).
     Node(cli::serve::ServeArgs),
     /// Serve every CSI service on one socket.
     All(cli::serve::ServeArgs),
@@ -46,7 +46,9 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Smb(args) => cli::smb::run(args).await,
-            Command::Controller(args) => cli::serve::run(cli::serve::Role::Controller, args).await.map_err(|e| e.to_string()),
+            Command::Controller(args) => {
+                cli::serve::run(cli::serve::Role::Controller, args).await.map_err(|e| e.to_string())
+            }
             Command::Node(args) => cli::serve::run(cli::serve::Role::Node, args).await.map_err(|e| e.to_string()),
             Command::All(args) => cli::serve::run(cli::serve::Role::All, args).await.map_err(|e| e.to_string()),
         }

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use smb3_csi::csi::proto::{
     controller_service_capability, volume_capability, CapacityRange, ControllerExpandVolumeRequest,
     ControllerGetCapabilitiesRequest, ControllerGetVolumeRequest, ControllerPublishVolumeRequest,
-    CreateSnapshotRequest, CreateVolumeRequest, DeleteVolumeRequest, GetCapacityRequest,
-    GetPluginCapabilitiesRequest, ListVolumesRequest, ValidateVolumeCapabilitiesRequest, VolumeCapability,
+    CreateSnapshotRequest, CreateVolumeRequest, DeleteVolumeRequest, GetCapacityRequest, GetPluginCapabilitiesRequest,
+    ListVolumesRequest, ValidateVolumeCapabilitiesRequest, VolumeCapability,
 };
 use smb3_csi::testkit::{CorruptingProxy, Samba, SambaProfile};
 use tonic::Code;
@@ -115,10 +115,7 @@ async fn create_delete_retain_archive_seen_on_the_server() {
     let volume = provision(&mut plugin.controller, create_request(&class, &claim)).await.unwrap();
     assert_eq!(volume.capacity_bytes, 5 << 30);
     assert_eq!(volume.volume_context.get("subdir").map(String::as_str), Some("shop-web"));
-    assert_eq!(
-        volume.volume_context.get("source"),
-        Some(&format!("//127.0.0.1:{}/share/{base}", samba.port()))
-    );
+    assert_eq!(volume.volume_context.get("source"), Some(&format!("//127.0.0.1:{}/share/{base}", samba.port())));
     assert_eq!(volume.volume_context.len(), 2, "{:?}", volume.volume_context);
     assert_eq!(volume.volume_id, format!("v1|127.0.0.1|{}|share|{base}|shop-web|delete", samba.port()));
     assert!(smb_ls(samba, &base).await.contains(&"shop-web".to_string()));
@@ -159,9 +156,9 @@ async fn create_delete_retain_archive_seen_on_the_server() {
     delete(&mut plugin.controller, &legacy, &class).await.unwrap();
     assert!(!smb_ls(samba, &base).await.contains(&"legacy".to_string()));
 
-    // No records left behind for deleted volumes (only the retained one).
+    // No records left: a retained directory is user data, no longer a volume.
     let records = smb_ls(samba, &format!("{base}/.smb3-csi")).await;
-    assert_eq!(records.len(), 2, "name and dir record of the retained volume only: {records:?}");
+    assert!(records.is_empty(), "{records:?}");
     plugin.stop().await;
 }
 
@@ -250,7 +247,8 @@ async fn idempotency_survives_a_restart_and_conflicts_are_already_exists() {
     let shared = class.clone().with("subDir", "${pvc.metadata.namespace}");
     let owner = Claim::new("team", "a", 1);
     let a = provision(&mut plugin.controller, create_request(&shared, &owner)).await.unwrap();
-    let err = provision(&mut plugin.controller, create_request(&shared, &Claim::new("team", "b", 1))).await.unwrap_err();
+    let err =
+        provision(&mut plugin.controller, create_request(&shared, &Claim::new("team", "b", 1))).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
     assert!(err.message().contains(&owner.pv_name()), "{}", err.message());
 
@@ -333,7 +331,12 @@ async fn malformed_requests_get_their_code_and_touch_nothing() {
     type Edit = Box<dyn Fn(&mut CreateVolumeRequest)>;
     let cases: Vec<(&str, Edit, Code, &str)> = vec![
         ("missing name", Box::new(|r| r.name.clear()), Code::InvalidArgument, "name"),
-        ("missing capabilities", Box::new(|r| r.volume_capabilities.clear()), Code::InvalidArgument, "volume_capabilities"),
+        (
+            "missing capabilities",
+            Box::new(|r| r.volume_capabilities.clear()),
+            Code::InvalidArgument,
+            "volume_capabilities",
+        ),
         (
             "block access",
             Box::new(|r| {
@@ -342,7 +345,12 @@ async fn malformed_requests_get_their_code_and_touch_nothing() {
             Code::InvalidArgument,
             "block",
         ),
-        ("no access mode", Box::new(|r| r.volume_capabilities[0].access_mode = None), Code::InvalidArgument, "access_mode"),
+        (
+            "no access mode",
+            Box::new(|r| r.volume_capabilities[0].access_mode = None),
+            Code::InvalidArgument,
+            "access_mode",
+        ),
         (
             "unknown parameter",
             Box::new(|r| {
@@ -463,9 +471,13 @@ async fn malformed_requests_get_their_code_and_touch_nothing() {
     // Other RPCs: malformed ids and missing fields.
     let c = &mut plugin.controller;
     let long_id = "v".repeat(129);
-    let err = c.delete_volume(DeleteVolumeRequest { volume_id: long_id.clone(), secrets: class.secrets() }).await.unwrap_err();
+    let err = c
+        .delete_volume(DeleteVolumeRequest { volume_id: long_id.clone(), secrets: class.secrets() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = c.delete_volume(DeleteVolumeRequest { volume_id: String::new(), secrets: class.secrets() }).await.unwrap_err();
+    let err =
+        c.delete_volume(DeleteVolumeRequest { volume_id: String::new(), secrets: class.secrets() }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let forged = format!("v1|127.0.0.1|{}|share||.smb3-csi|delete", samba.port());
     let err = c.delete_volume(DeleteVolumeRequest { volume_id: forged, secrets: class.secrets() }).await.unwrap_err();
@@ -475,10 +487,7 @@ async fn malformed_requests_get_their_code_and_touch_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = c
-        .controller_get_volume(ControllerGetVolumeRequest { volume_id: String::new() })
-        .await
-        .unwrap_err();
+    let err = c.controller_get_volume(ControllerGetVolumeRequest { volume_id: String::new() }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = c
         .validate_volume_capabilities(ValidateVolumeCapabilitiesRequest {
@@ -507,8 +516,8 @@ async fn smb_failures_map_to_codes_without_secrets() {
     assert!(!err.message().contains("not-the-password-42"), "{}", err.message());
     assert!(!err.message().contains(samba.password().expose()));
 
-    let no_share = StorageClass::for_samba(samba, &base)
-        .with("source", &format!("//127.0.0.1:{}/no-such-share", samba.port()));
+    let no_share =
+        StorageClass::for_samba(samba, &base).with("source", &format!("//127.0.0.1:{}/no-such-share", samba.port()));
     let err = plugin.controller.create_volume(create_request(&no_share, &claim)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("STATUS_BAD_NETWORK_NAME"), "{}", err.message());
@@ -571,7 +580,9 @@ async fn expand_validate_and_volume_condition() {
         ..Default::default()
     };
     use volume_capability::access_mode::Mode;
-    for mode in [Mode::MultiNodeMultiWriter, Mode::SingleNodeMultiWriter, Mode::SingleNodeWriter, Mode::MultiNodeReaderOnly] {
+    for mode in
+        [Mode::MultiNodeMultiWriter, Mode::SingleNodeMultiWriter, Mode::SingleNodeWriter, Mode::MultiNodeReaderOnly]
+    {
         let r = c.validate_volume_capabilities(validate(vec![mount_capability(mode)])).await.unwrap().into_inner();
         assert!(r.confirmed.is_some(), "{mode:?}: {}", r.message);
     }
@@ -604,8 +615,7 @@ async fn expand_validate_and_volume_condition() {
     delete(c, &volume.volume_id, &class).await.unwrap();
 
     // Condition: the share unreachable (a volume reached through a proxy that goes away).
-    let via_proxy =
-        class.clone().with("source", &format!("//127.0.0.1:{}/share/{base}", proxy.addr().port()));
+    let via_proxy = class.clone().with("source", &format!("//127.0.0.1:{}/share/{base}", proxy.addr().port()));
     let far = Claim::new("default", "far", 1);
     let far_volume = provision(c, create_request(&via_proxy, &far)).await.unwrap();
     let got = c.controller_get_volume(get(&far_volume.volume_id)).await.unwrap().into_inner();

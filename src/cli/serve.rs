@@ -107,8 +107,10 @@ fn services(role: Role, args: &ServeArgs) -> Result<Services, ServeCliError> {
 /// Resolves on the first SIGTERM or SIGINT.
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ServeCliError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(|source| ServeCliError::Signal { signal: "SIGTERM", source })?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|source| ServeCliError::Signal { signal: "SIGINT", source })?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|source| ServeCliError::Signal { signal: "SIGTERM", source })?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|source| ServeCliError::Signal { signal: "SIGINT", source })?;
     Ok(async move {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",

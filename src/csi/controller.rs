@@ -142,7 +142,8 @@ impl ControllerService {
                 if is_auth_failure(&e) {
                     self.pool.invalidate(&target, creds);
                 }
-                let context = format!("connecting to //{}/{} as {}", display_host(share), share.share(), creds.display_name());
+                let context =
+                    format!("connecting to //{}/{} as {}", display_host(share), share.share(), creds.display_name());
                 Err(status::smb_status(&context, &e, missing_share))
             }
         }
@@ -210,8 +211,9 @@ fn credentials_from_secrets(secrets: &HashMap<String, String>) -> Result<Option<
             keys.join(", ")
         ))
     })?;
-    let password = get("password")
-        .ok_or_else(|| Status::invalid_argument("the secret has no \"password\"; it needs username, password and optionally domain"))?;
+    let password = get("password").ok_or_else(|| {
+        Status::invalid_argument("the secret has no \"password\"; it needs username, password and optionally domain")
+    })?;
     let domain = get("domain").unwrap_or("");
     Ok(Some(Credentials::user(user, domain, Secret::new(password))))
 }
@@ -434,7 +436,8 @@ impl CreatePlan {
                 self.content_source_id()
             ));
         }
-        let fits = existing.capacity_bytes >= self.required && (self.limit == 0 || existing.capacity_bytes <= self.limit);
+        let fits =
+            existing.capacity_bytes >= self.required && (self.limit == 0 || existing.capacity_bytes <= self.limit);
         if !fits {
             return Some(format!(
                 "volume {:?} already exists with capacity {} bytes, outside the requested range (required {}, limit {})",
@@ -467,7 +470,8 @@ fn is_within(inner: &SharePath, outer: &SharePath) -> bool {
 
 impl ControllerService {
     async fn create(&self, plan: CreatePlan) -> Result<Volume, Status> {
-        let _guard = self.lock(vec![format!("name:{}", plan.name), dir_key(&plan.id)], &format!("volume {:?}", plan.name))?;
+        let _guard =
+            self.lock(vec![format!("name:{}", plan.name), dir_key(&plan.id)], &format!("volume {:?}", plan.name))?;
         let tree = self.tree(&plan.id.share, &plan.creds, Code::InvalidArgument).await?;
         let store = RecordStore::under(plan.id.share.base_path());
         let name_path = store.name_path(&plan.name);
@@ -497,7 +501,8 @@ impl ControllerService {
         }
 
         let path = share_path(&plan.id.path_in_share());
-        let context = |what: &str| format!("{what} /{path} on {} as {}", share_root(&plan.id.share), plan.creds.display_name());
+        let context =
+            |what: &str| format!("{what} /{path} on {} as {}", share_root(&plan.id.share), plan.creds.display_name());
         let mut record = VolumeRecord {
             name: plan.name.clone(),
             volume_id: plan.volume_id.clone(),
@@ -539,9 +544,9 @@ impl ControllerService {
             match tree.exists(&path).await {
                 Ok(true) if resuming_clone => {
                     tracing::info!(path = %path, "removing an unfinished clone before copying again");
-                    tree.remove_tree(&path)
-                        .await
-                        .map_err(|e| status::smb_status(&context("removing the unfinished clone"), &e, Code::InvalidArgument))?;
+                    tree.remove_tree(&path).await.map_err(|e| {
+                        status::smb_status(&context("removing the unfinished clone"), &e, Code::InvalidArgument)
+                    })?;
                 }
                 Ok(true) => {
                     return Err(Status::already_exists(format!(
@@ -576,7 +581,9 @@ impl ControllerService {
             }
             record.state = RecordState::Ready;
         } else {
-            tree.mkdir_all(&path).await.map_err(|e| status::smb_status(&context("creating"), &e, Code::InvalidArgument))?;
+            tree.mkdir_all(&path)
+                .await
+                .map_err(|e| status::smb_status(&context("creating"), &e, Code::InvalidArgument))?;
         }
         self.write_records(&tree, &store, &record, &plan.id.sub_dir).await?;
         tracing::info!(volume_id = %plan.volume_id, capacity_bytes = record.capacity_bytes, "volume created");
@@ -608,11 +615,16 @@ impl ControllerService {
         match on_delete {
             OnDelete::Retain => tracing::info!(path = %path, "onDelete=retain: leaving the directory"),
             OnDelete::Delete => {
-                let removed = tree.remove_tree(&path).await.map_err(|e| status::smb_status(&context("deleting"), &e, Code::NotFound))?;
+                let removed = tree
+                    .remove_tree(&path)
+                    .await
+                    .map_err(|e| status::smb_status(&context("deleting"), &e, Code::NotFound))?;
                 tracing::info!(path = %path, removed, "volume directory deleted");
             }
             OnDelete::Archive => {
-                let archived = archive(&tree, &id).await.map_err(|e| status::smb_status(&context("archiving"), &e, Code::NotFound))?;
+                let archived = archive(&tree, &id)
+                    .await
+                    .map_err(|e| status::smb_status(&context("archiving"), &e, Code::NotFound))?;
                 match archived {
                     Some(to) => tracing::info!(path = %path, archived_as = %to, "volume directory archived"),
                     None => tracing::info!(path = %path, "volume directory already gone; nothing to archive"),
@@ -647,7 +659,9 @@ impl ControllerService {
         let path = share_path(&id.path_in_share());
         match tree.stat(&path).await {
             Ok(_) => {}
-            Err(e) if is_not_found(&e) => return Err(Status::not_found(format!("volume directory /{path} does not exist"))),
+            Err(e) if is_not_found(&e) => {
+                return Err(Status::not_found(format!("volume directory /{path} does not exist")))
+            }
             Err(e) => return Err(status::smb_status(&format!("checking /{path}"), &e, Code::NotFound)),
         }
         let wanted = if required > 0 { required } else { limit };
@@ -715,6 +729,7 @@ impl ControllerService {
         let store = RecordStore::under(id.share.base_path());
         let record = match store.read(&tree, &store.dir_path(&id.sub_dir)).await {
             Ok(record) => record,
+            Err(e @ RecordError::Corrupt { .. }) => return Ok(respond(0, true, e.to_string())),
             Err(e) => return Ok(respond(0, true, format!("share unreachable: {e}"))),
         };
         let capacity = record.as_ref().map(|r| r.capacity_bytes).unwrap_or(0);
@@ -786,13 +801,19 @@ async fn copy_logged(tree: &Tree, from: &str, to: &str) -> crate::smb::Result<Co
 
 #[tonic::async_trait]
 impl Controller for ControllerService {
-    async fn create_volume(&self, request: Request<CreateVolumeRequest>) -> Result<Response<CreateVolumeResponse>, Status> {
+    async fn create_volume(
+        &self,
+        request: Request<CreateVolumeRequest>,
+    ) -> Result<Response<CreateVolumeResponse>, Status> {
         let plan = CreatePlan::from_request(request.get_ref())?;
         let volume = self.create(plan).await?;
         Ok(Response::new(CreateVolumeResponse { volume: Some(volume) }))
     }
 
-    async fn delete_volume(&self, request: Request<DeleteVolumeRequest>) -> Result<Response<DeleteVolumeResponse>, Status> {
+    async fn delete_volume(
+        &self,
+        request: Request<DeleteVolumeRequest>,
+    ) -> Result<Response<DeleteVolumeResponse>, Status> {
         let req = request.get_ref();
         let Some(id) = parse_volume_id(&req.volume_id)? else {
             tracing::info!("not a volume id of this driver: nothing to delete");
@@ -833,7 +854,9 @@ impl Controller for ControllerService {
             let path = share_path(&id.path_in_share());
             match tree.stat(&path).await {
                 Ok(meta) if meta.is_dir() => {}
-                Ok(_) => return Err(Status::not_found(format!("volume {:?}: /{path} is not a directory", req.volume_id))),
+                Ok(_) => {
+                    return Err(Status::not_found(format!("volume {:?}: /{path} is not a directory", req.volume_id)))
+                }
                 Err(e) if is_not_found(&e) => {
                     return Err(Status::not_found(format!("volume {:?} does not exist", req.volume_id)))
                 }
@@ -1012,15 +1035,15 @@ mod tests {
         assert_eq!(code(&|r| r.name = "a/b".into()).unwrap().0, Code::InvalidArgument);
         assert_eq!(code(&|r| r.name = "x".repeat(129)).unwrap().0, Code::InvalidArgument);
         assert_eq!(code(&|r| r.name = RECORD_DIR.into()).unwrap().0, Code::InvalidArgument);
+        assert_eq!(code(&|r| r.volume_capabilities[0].access_mode = None).unwrap().0, Code::InvalidArgument);
         assert_eq!(
-            code(&|r| r.volume_capabilities[0].access_mode = None).unwrap().0,
-            Code::InvalidArgument
-        );
-        assert_eq!(code(&|r| {
+            code(&|r| {
                 r.mutable_parameters.insert("a".into(), "b".into());
             })
             .unwrap()
-            .0, Code::InvalidArgument);
+            .0,
+            Code::InvalidArgument
+        );
         let (c, m) = code(&|r| {
             r.volume_content_source = Some(VolumeContentSource {
                 r#type: Some(volume_content_source::Type::Volume(volume_content_source::VolumeSource {

@@ -42,7 +42,10 @@ impl Plugin {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("csi.sock");
         let endpoint = Endpoint::parse(&format!("unix://{}", socket.display())).unwrap();
-        let pool = SessionPool::new(ClientOptions { timeout: Duration::from_secs(20), ..Default::default() }, Duration::from_secs(60));
+        let pool = SessionPool::new(
+            ClientOptions { timeout: Duration::from_secs(20), ..Default::default() },
+            Duration::from_secs(60),
+        );
         pool.spawn_evictor(Duration::from_secs(10));
         let services = Services::new()
             .with_identity(IdentityService::new(DRIVER, true, Arc::new(AtomicBool::new(true))).unwrap())
@@ -106,7 +109,8 @@ impl StorageClass {
     /// A StorageClass for the test Samba, volumes under `base` in its share.
     pub fn for_samba(samba: &Samba, base: &str) -> StorageClass {
         let mut parameters = BTreeMap::new();
-        parameters.insert("source".into(), format!("//{}:{}/{}/{base}", samba.host(), samba.port(), samba.share_name()));
+        parameters
+            .insert("source".into(), format!("//{}:{}/{}/{base}", samba.host(), samba.port(), samba.share_name()));
         parameters.insert("csi.storage.k8s.io/provisioner-secret-name".into(), "smbcreds".into());
         parameters.insert("csi.storage.k8s.io/provisioner-secret-namespace".into(), "default".into());
         parameters.insert("csi.storage.k8s.io/node-stage-secret-name".into(), "smbcreds".into());
@@ -228,7 +232,11 @@ pub async fn provision(
     panic!("CreateVolume stayed ABORTED");
 }
 
-pub async fn delete(controller: &mut ControllerClient<Channel>, volume_id: &str, class: &StorageClass) -> Result<(), Status> {
+pub async fn delete(
+    controller: &mut ControllerClient<Channel>,
+    volume_id: &str,
+    class: &StorageClass,
+) -> Result<(), Status> {
     let request = DeleteVolumeRequest { volume_id: volume_id.to_string(), secrets: class.secrets() };
     for _ in 0..400 {
         match controller.delete_volume(request.clone()).await {
@@ -245,7 +253,9 @@ pub async fn smb_ls(samba: &'static Samba, dir: &str) -> Vec<String> {
     tokio::task::spawn_blocking(move || {
         let out = match samba.smbclient(&format!("ls \"{dir}/*\"")) {
             Ok(out) => out,
-            Err(e) if ["NAME_NOT_FOUND", "PATH_NOT_FOUND", "NO_SUCH_FILE"].iter().any(|s| e.to_string().contains(s)) => {
+            Err(e)
+                if ["NAME_NOT_FOUND", "PATH_NOT_FOUND", "NO_SUCH_FILE"].iter().any(|s| e.to_string().contains(s)) =>
+            {
                 return Vec::new()
             }
             Err(e) => panic!("smbclient ls {dir}: {e}"),

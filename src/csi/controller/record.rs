@@ -139,7 +139,11 @@ impl VolumeRecord {
                 "volume_id" => volume_id = Some(value),
                 "capacity_bytes" => {
                     capacity = Some(
-                        value.parse::<i64>().ok().filter(|c| *c >= 0).ok_or_else(|| format!("bad capacity {value:?}"))?,
+                        value
+                            .parse::<i64>()
+                            .ok()
+                            .filter(|c| *c >= 0)
+                            .ok_or_else(|| format!("bad capacity {value:?}"))?,
                     )
                 }
                 "content_source" => content_source = Some(value),
@@ -223,7 +227,9 @@ impl RecordStore {
     }
 
     pub fn dir_path(&self, sub_dir: &SharePath) -> String {
-        format!("{}/dir-{}", self.dir, short_hash(&sub_dir.to_string().to_lowercase())).trim_start_matches('/').to_string()
+        format!("{}/dir-{}", self.dir, short_hash(&sub_dir.to_string().to_lowercase()))
+            .trim_start_matches('/')
+            .to_string()
     }
 
     /// Reads a record; `None` if there is none.
@@ -318,7 +324,8 @@ mod tests {
     fn unknown_keys_are_ignored_missing_ones_are_errors() {
         let text = format!("{}future=1\n", record().encode());
         assert_eq!(VolumeRecord::decode(&text).unwrap(), record());
-        let without_state: String = record().encode().lines().filter(|l| !l.starts_with("state=")).map(|l| format!("{l}\n")).collect();
+        let without_state: String =
+            record().encode().lines().filter(|l| !l.starts_with("state=")).map(|l| format!("{l}\n")).collect();
         assert!(VolumeRecord::decode(&without_state).unwrap_err().contains("state"));
     }
 

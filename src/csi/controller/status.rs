@@ -60,9 +60,10 @@ pub fn smb_code(err: &SmbError, missing_share: Code) -> Code {
             NtStatus::DISK_FULL | NtStatus::QUOTA_EXCEEDED => Code::ResourceExhausted,
             _ => Code::Internal,
         },
-        SmbError::Connect { .. } | SmbError::Disconnected { .. } | SmbError::Timeout { .. } | SmbError::Netbios { .. } => {
-            Code::Unavailable
-        }
+        SmbError::Connect { .. }
+        | SmbError::Disconnected { .. }
+        | SmbError::Timeout { .. }
+        | SmbError::Netbios { .. } => Code::Unavailable,
         SmbError::EncryptionUnavailable(_) | SmbError::Smb1Only | SmbError::NoCommonDialect(_) => {
             Code::FailedPrecondition
         }
