@@ -25,6 +25,12 @@ struct Cli {
 enum Command {
     /// Debug client: talk to an SMB share directly (info, ls, get, put, ...).
     Smb(cli::smb::SmbArgs),
+    /// Serve the CSI Identity and Controller services (the provisioner side).
+    Controller(cli::serve::ServeArgs),
+    /// Serve the CSI services of a node (Identity; the Node service joins it when it lands).
+    Node(cli::serve::ServeArgs),
+    /// Serve every CSI service on one socket.
+    All(cli::serve::ServeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +46,11 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Smb(args) => cli::smb::run(args).await,
+            Command::Controller(args) => {
+                cli::serve::run(cli::serve::Role::Controller, args).await.map_err(|e| e.to_string())
+            }
+            Command::Node(args) => cli::serve::run(cli::serve::Role::Node, args).await.map_err(|e| e.to_string()),
+            Command::All(args) => cli::serve::run(cli::serve::Role::All, args).await.map_err(|e| e.to_string()),
         }
     });
     match result {

@@ -2,6 +2,7 @@
 //! per-RPC logging, and the Identity service. Controller and Node services
 //! plug into [`server::Services`].
 
+pub mod controller;
 pub mod identity;
 pub mod redact;
 pub mod server;
@@ -17,5 +18,6 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/csi_v1_extras.rs"));
 }
 
+pub use controller::ControllerService;
 pub use identity::IdentityService;
 pub use server::{serve, Endpoint, EndpointError, ServeError, Services};

@@ -1,0 +1,130 @@
+//! `smb3-csi controller|node|all`: run the CSI plugin on a unix socket until
+//! SIGTERM or SIGINT, then let in-flight RPCs finish and remove the socket.
+//!
+//! - `controller`: Identity + Controller (the Deployment next to
+//!   external-provisioner and external-resizer).
+//! - `node`: Identity (+ Node, once it exists) (the DaemonSet next to
+//!   node-driver-registrar).
+//! - `all`: every service on one socket (single-binary setups, tests).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use smb3_csi::csi::{serve, ControllerService, Endpoint, IdentityService, Services};
+use smb3_csi::smb::{ClientOptions, EncryptionPolicy, SessionPool};
+
+/// Which CSI services this process serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    Controller,
+    Node,
+    All,
+}
+
+impl Role {
+    fn serves_controller(self) -> bool {
+        matches!(self, Role::Controller | Role::All)
+    }
+
+    fn serves_node(self) -> bool {
+        matches!(self, Role::Node | Role::All)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// CSI endpoint: unix:///path/to/csi.sock (or an absolute path).
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
+    endpoint: String,
+    /// This node's id (NodeGetInfo); required by the node role.
+    #[arg(long, env = "NODE_ID")]
+    node_id: Option<String>,
+    /// Driver name reported by GetPluginInfo (the StorageClass `provisioner`).
+    #[arg(long, env = "DRIVER_NAME", default_value = "smb3.csi.dev")]
+    driver_name: String,
+    /// SMB encryption: required, if-supported or off (sign only).
+    #[arg(long, default_value = "required", value_parser = parse_encryption)]
+    smb_encryption: EncryptionPolicy,
+    /// Per-request SMB timeout, in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    smb_timeout_secs: u64,
+    /// Pooled SMB sessions unused for this many seconds are closed.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    session_idle_secs: u64,
+}
+
+fn parse_encryption(s: &str) -> Result<EncryptionPolicy, String> {
+    s.parse()
+}
+
+/// Why the plugin could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeCliError {
+    #[error(transparent)]
+    Endpoint(#[from] smb3_csi::csi::EndpointError),
+    #[error("--driver-name: {0}")]
+    DriverName(#[from] smb3_csi::csi::identity::DriverNameError),
+    #[error("--node-id (or NODE_ID) is required for the {0:?} role")]
+    MissingNodeId(Role),
+    #[error("installing the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Serve(#[from] smb3_csi::csi::ServeError),
+}
+
+/// Builds the services for `role`. Adding the Node service is one
+/// `with_node` line in the `serves_node` branch.
+fn services(role: Role, args: &ServeArgs) -> Result<Services, ServeCliError> {
+    let ready = Arc::new(AtomicBool::new(true));
+    let identity = IdentityService::new(&args.driver_name, role.serves_controller(), ready)?;
+    let mut services = Services::new().with_identity(identity);
+    if role.serves_controller() {
+        let options = ClientOptions {
+            encryption: args.smb_encryption,
+            timeout: Duration::from_secs(args.smb_timeout_secs),
+            ..ClientOptions::default()
+        };
+        let idle = Duration::from_secs(args.session_idle_secs);
+        let pool = SessionPool::new(options, idle);
+        pool.spawn_evictor((idle / 4).max(Duration::from_secs(1)));
+        services = services.with_controller(ControllerService::new(pool));
+    }
+    if role.serves_node() {
+        let node_id = args.node_id.as_deref().filter(|id| !id.trim().is_empty());
+        let node_id = node_id.ok_or(ServeCliError::MissingNodeId(role))?;
+        tracing::info!(node_id, "node role: the Node service is not part of this build yet");
+    }
+    Ok(services)
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ServeCliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|source| ServeCliError::Signal { signal: "SIGTERM", source })?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|source| ServeCliError::Signal { signal: "SIGINT", source })?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down: finishing in-flight RPCs");
+    })
+}
+
+pub async fn run(role: Role, args: ServeArgs) -> Result<(), ServeCliError> {
+    let endpoint = Endpoint::parse(&args.endpoint)?;
+    let services = services(role, &args)?;
+    let shutdown = shutdown_signal()?;
+    tracing::info!(?role, driver = %args.driver_name, %endpoint, version = env!("CARGO_PKG_VERSION"), "starting");
+    serve(&endpoint, services, shutdown).await?;
+    Ok(())
+}
