@@ -1,5 +1,7 @@
 //! smb3-csi: a Kubernetes CSI driver for SMB shares built on a userspace SMB3 client.
 
 pub mod csi;
+pub mod fs;
+pub mod mount;
 pub mod smb;
 pub mod volume;
