@@ -4,4 +4,5 @@ pub mod csi;
 pub mod fs;
 pub mod mount;
 pub mod smb;
+pub mod testkit;
 pub mod volume;

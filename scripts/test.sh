@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# THE test command: installs prerequisites, then runs every test. With
+# CI=true it also checks formatting and clippy, and a missing Samba fails the
+# integration tests instead of skipping them. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/setup.sh
+
+# Under sudo, root's PATH usually lacks the invoking user's ~/.cargo/bin.
+if ! command -v cargo >/dev/null && [[ -n ${SUDO_USER:-} ]]; then
+  user_home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+  if [[ -x $user_home/.cargo/bin/cargo ]]; then
+    export PATH="$user_home/.cargo/bin:$PATH"
+    export CARGO_HOME="${CARGO_HOME:-$user_home/.cargo}" RUSTUP_HOME="${RUSTUP_HOME:-$user_home/.rustup}"
+  fi
+fi
+command -v cargo >/dev/null || { echo "test.sh: cargo not found" >&2; exit 1; }
+
+failed=()
+run() {
+  echo "+ $*"
+  "$@" || failed+=("$*")
+}
+
+if [[ ${CI:-} == true ]]; then
+  run cargo fmt --all -- --check
+  run cargo clippy --all-targets -- -D warnings
+fi
+run cargo test --all-targets
+
+if ((${#failed[@]} > 0)); then
+  printf 'test.sh: FAILED: %s\n' "${failed[@]}" >&2
+  exit 1
+fi
+echo "test.sh: all passed"
