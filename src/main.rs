@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Debug client: talk to an SMB share directly (info, ls, get, put, ...).
     Smb(cli::smb::SmbArgs),
+    /// Mount a share through FUSE and serve it until unmounted or signalled (a userspace mount.cifs).
+    Mount(cli::mount::MountArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +42,7 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Smb(args) => cli::smb::run(args).await,
+            Command::Mount(args) => cli::mount::run(args).await,
         }
     });
     match result {

@@ -1,5 +1,6 @@
 //! Subcommands of the `smb3-csi` binary.
 
+pub mod mount;
 pub mod smb;
 
 /// Logs go to stderr, as text or JSON.

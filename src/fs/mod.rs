@@ -73,8 +73,30 @@ impl From<&MountOptions> for FsConfig {
     }
 }
 
+/// An open SMB handle. However the last reference goes (release, or an in-flight request finishing later on a
+/// fuser thread), the handle is closed on the runtime.
 struct OpenFile {
-    file: smb::File,
+    file: Option<smb::File>,
+    rt: Handle,
+}
+
+impl OpenFile {
+    fn file(&self) -> &smb::File {
+        self.file.as_ref().expect("present until drop")
+    }
+}
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        if let Some(f) = self.file.take() {
+            self.rt.spawn(async move {
+                let path = f.path().to_string();
+                if let Err(e) = f.close().await {
+                    tracing::warn!(path = %format!("/{path}"), error = %e, "closing SMB handle failed");
+                }
+            });
+        }
+    }
 }
 
 /// A directory listing taken when the directory is read from offset 0 and served by offset afterwards.
@@ -165,23 +187,23 @@ fn to_system_time(filetime: u64) -> SystemTime {
 /// Attributes as the kernel sees them: times and size from the server, owner and modes from the mount.
 fn file_attr(cfg: &FsConfig, ino: u64, m: &Metadata) -> FileAttr {
     let dir = m.is_dir();
-        FileAttr {
-            ino: INodeNo(ino),
-            size: if dir { 0 } else { m.size },
-            blocks: m.allocation_size.div_ceil(512),
-            atime: to_system_time(m.accessed),
-            mtime: to_system_time(m.modified),
-            ctime: to_system_time(m.changed),
-            crtime: to_system_time(m.created),
-            kind: if dir { FileType::Directory } else { FileType::RegularFile },
-            perm: (if dir { cfg.dir_mode } else { cfg.file_mode }) as u16,
-            nlink: if dir { 2 } else { m.links.max(1) },
-            uid: cfg.uid,
-            gid: cfg.gid,
-            rdev: 0,
-            blksize: BLOCK_SIZE,
-            flags: 0,
-        }
+    FileAttr {
+        ino: INodeNo(ino),
+        size: if dir { 0 } else { m.size },
+        blocks: m.allocation_size.div_ceil(512),
+        atime: to_system_time(m.accessed),
+        mtime: to_system_time(m.modified),
+        ctime: to_system_time(m.changed),
+        crtime: to_system_time(m.created),
+        kind: if dir { FileType::Directory } else { FileType::RegularFile },
+        perm: (if dir { cfg.dir_mode } else { cfg.file_mode }) as u16,
+        nlink: if dir { 2 } else { m.links.max(1) },
+        uid: cfg.uid,
+        gid: cfg.gid,
+        rdev: 0,
+        blksize: BLOCK_SIZE,
+        flags: 0,
+    }
 }
 
 impl Shared {
@@ -229,7 +251,7 @@ impl Shared {
 
     fn add_file(&self, file: smb::File) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().unwrap().insert(fh, Arc::new(OpenFile { file }));
+        self.files.lock().unwrap().insert(fh, Arc::new(OpenFile { file: Some(file), rt: self.rt.clone() }));
         fh
     }
 
@@ -269,7 +291,10 @@ fn open_options(flags: i32, read_only_mount: bool) -> Result<OpenOptions, Errno>
         return Err(Errno::EROFS);
     }
     // Appends arrive with the offset the kernel computed from the file size, so a plain write handle serves them.
-    Ok(OpenOptions::new().read(matches!(mode, OpenAccMode::O_RDONLY | OpenAccMode::O_RDWR)).write(write).truncate(truncate))
+    Ok(OpenOptions::new()
+        .read(matches!(mode, OpenAccMode::O_RDONLY | OpenAccMode::O_RDWR))
+        .write(write)
+        .truncate(truncate))
 }
 
 impl Filesystem for SmbFs {
@@ -295,14 +320,7 @@ impl Filesystem for SmbFs {
 
     fn destroy(&mut self) {
         // The kernel connection is gone: close what the kernel left open (this thread has no runtime entered).
-        let files: Vec<_> = self.s.files.lock().unwrap().drain().map(|(_, f)| f).collect();
-        for f in files {
-            self.s.rt.spawn(async move {
-                if let Ok(f) = Arc::try_unwrap(f) {
-                    let _ = f.file.close().await;
-                }
-            });
-        }
+        drop(self.s.files.lock().unwrap().drain().collect::<Vec<_>>());
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -333,7 +351,7 @@ impl Filesystem for SmbFs {
         self.spawn(async move {
             // Through the open handle when there is one: it still works after the name was unlinked.
             let m = match open {
-                Some(f) => f.file.metadata().await.map_err(|e| errno(&e, "getattr", &path)),
+                Some(f) => f.file().metadata().await.map_err(|e| errno(&e, "getattr", &path)),
                 None => s.stat(&path).await,
             };
             match m {
@@ -367,7 +385,13 @@ impl Filesystem for SmbFs {
         }
         if mode.is_some() || uid.is_some() || gid.is_some() {
             // Documented no-op: ownership and modes are the mount's (as with kernel cifs without unix extensions).
-            tracing::debug!(ino = ino.0, ?mode, ?uid, ?gid, "chmod/chown ignored: modes and owner come from the mount options");
+            tracing::debug!(
+                ino = ino.0,
+                ?mode,
+                ?uid,
+                ?gid,
+                "chmod/chown ignored: modes and owner come from the mount options"
+            );
         }
         let path = match s.path(ino) {
             Ok(p) => p,
@@ -378,7 +402,7 @@ impl Filesystem for SmbFs {
             let result: Result<Metadata, Errno> = async {
                 if let Some(len) = size {
                     match &open {
-                        Some(f) => f.file.set_len(len).await.map_err(|e| errno(&e, "truncate", &path))?,
+                        Some(f) => f.file().set_len(len).await.map_err(|e| errno(&e, "truncate", &path))?,
                         None => {
                             let f = s
                                 .tree
@@ -393,7 +417,7 @@ impl Filesystem for SmbFs {
                 }
                 s.set_times(&path, atime, mtime).await?;
                 match &open {
-                    Some(f) => f.file.metadata().await.map_err(|e| errno(&e, "getattr", &path)),
+                    Some(f) => f.file().metadata().await.map_err(|e| errno(&e, "getattr", &path)),
                     None => s.stat(&path).await,
                 }
             }
@@ -610,9 +634,9 @@ impl Filesystem for SmbFs {
             Err(e) => return reply.error(e),
         };
         self.spawn(async move {
-            match f.file.read_at(offset, size as usize).await {
+            match f.file().read_at(offset, size as usize).await {
                 Ok(data) => reply.data(&data),
-                Err(e) => reply.error(errno(&e, "read", f.file.path())),
+                Err(e) => reply.error(errno(&e, "read", f.file().path())),
             }
         });
     }
@@ -635,9 +659,9 @@ impl Filesystem for SmbFs {
         };
         let data = data.to_vec();
         self.spawn(async move {
-            match f.file.write_at(offset, &data).await {
+            match f.file().write_at(offset, &data).await {
                 Ok(()) => reply.written(data.len() as u32),
-                Err(e) => reply.error(errno(&e, "write", f.file.path())),
+                Err(e) => reply.error(errno(&e, "write", f.file().path())),
             }
         });
     }
@@ -660,19 +684,9 @@ impl Filesystem for SmbFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let f = self.s.files.lock().unwrap().remove(&fh.0);
+        // Dropping the last reference closes the SMB handle (see `OpenFile`).
+        drop(self.s.files.lock().unwrap().remove(&fh.0));
         reply.ok();
-        if let Some(f) = f {
-            self.spawn(async move {
-                // Last reference: close now (an in-flight read holding a clone closes it on drop instead).
-                if let Ok(f) = Arc::try_unwrap(f) {
-                    let path = f.file.path().to_string();
-                    if let Err(e) = f.file.close().await {
-                        tracing::warn!(path = %format!("/{path}"), error = %e, "closing SMB handle failed");
-                    }
-                }
-            });
-        }
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
@@ -681,9 +695,9 @@ impl Filesystem for SmbFs {
             Err(e) => return reply.error(e),
         };
         self.spawn(async move {
-            match f.file.flush().await {
+            match f.file().flush().await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e, "fsync", f.file.path())),
+                Err(e) => reply.error(errno(&e, "fsync", f.file().path())),
             }
         });
     }
@@ -750,7 +764,14 @@ impl Filesystem for SmbFs {
                     0 | 1 => {
                         let dot_attr = FileAttr { ino, ..s.attr(ino.0, &dir_placeholder()) };
                         let name = if at == 0 { "." } else { ".." };
-                        reply.add(if at == 0 { ino } else { INodeNo::ROOT }, at + 1, name, &ttl, &dot_attr, Generation(0))
+                        reply.add(
+                            if at == 0 { ino } else { INodeNo::ROOT },
+                            at + 1,
+                            name,
+                            &ttl,
+                            &dot_attr,
+                            Generation(0),
+                        )
                     }
                     n => {
                         let e = &entries[(n - 2) as usize];

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use fuser::{MountOption, SessionACL};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use fuser::SessionACL;
+use nix::mount::MsFlags;
 use tokio::runtime::Handle;
 
 use super::{table, MountError, MountOptions};
@@ -58,7 +61,7 @@ impl FuseMount {
     /// Serves `tree` below `subdir` (share path) at `mountpoint` (must exist, be a directory) in background
     /// threads; returns once the mount is live (visible in /proc/self/mountinfo). fstype shows as
     /// `fuse.smb3-csi`, source as `//server/share/subdir` (no credentials). `allow_other` +
-    /// `default_permissions`, as root (mount(2); fuser falls back to fusermount only without privilege).
+    /// `default_permissions`, with mount(2): needs root (CAP_SYS_ADMIN); fusermount is never used.
     ///
     /// Blocking. Call it from a thread on which a tokio multi-thread runtime is entered (a `spawn_blocking`
     /// closure, a test thread inside `Runtime::enter`): the SMB calls run on that runtime.
@@ -87,20 +90,7 @@ impl FuseMount {
         }
 
         let fs = SmbFs::new(tree.clone(), &root, FsConfig::from(opts), rt);
-        let mut config = fuser::Config::default();
-        config.mount_options = vec![
-            MountOption::FSName(source.clone()),
-            // A kernel option with mount(2) (FS_HAS_SUBTYPE): the table shows fuse.smb3-csi.
-            MountOption::CUSTOM(format!("subtype={SUBTYPE}")),
-            MountOption::DefaultPermissions,
-            MountOption::NoDev,
-            MountOption::NoSuid,
-            if opts.read_only { MountOption::RO } else { MountOption::RW },
-        ];
-        config.acl = SessionACL::All;
-        config.n_threads = Some(FUSE_THREADS);
-        let session = fuser::Session::new(fs, &mountpoint, &config)
-            .map_err(|source| MountError::Io { op: format!("mounting FUSE at {}", mountpoint.display()), source })?;
+        let session = mount_fuse(fs, &source, &mountpoint, opts.read_only)?;
         let thread = std::thread::Builder::new()
             .name("smb3-csi-fuse".into())
             .spawn(move || session.run())
@@ -168,6 +158,41 @@ impl Drop for FuseMount {
             }
         }
     }
+}
+
+/// Mounts with mount(2) ourselves (root is required) and hands the /dev/fuse descriptor to fuser, so that the
+/// kernel mount stays exactly as long as something unmounts it: a session that dies leaves a Dead mount for the
+/// node service to see and clean, never an unmount racing with a newer mount at the same path.
+fn mount_fuse(
+    fs: SmbFs,
+    source: &str,
+    mountpoint: &Path,
+    read_only: bool,
+) -> Result<fuser::Session<SmbFs>, MountError> {
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|source| MountError::Io { op: "opening /dev/fuse".into(), source })?;
+    let data = format!(
+        "fd={},rootmode=40000,user_id={},group_id={},allow_other,default_permissions,subtype={SUBTYPE}",
+        dev.as_raw_fd(),
+        nix::unistd::geteuid(),
+        nix::unistd::getegid()
+    );
+    let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    if read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    nix::mount::mount(Some(source), mountpoint, Some("fuse"), flags, Some(data.as_str()))
+        .map_err(|errno| MountError::Sys { op: "mount(2) of FUSE".into(), path: mountpoint.to_path_buf(), errno })?;
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(FUSE_THREADS);
+    config.acl = SessionACL::All;
+    fuser::Session::from_fd(fs, OwnedFd::from(dev), SessionACL::All, config).map_err(|source| {
+        let _ = table::unmount(mountpoint);
+        MountError::Io { op: format!("FUSE handshake at {}", mountpoint.display()), source }
+    })
 }
 
 /// The kernel starts FUSE mounts with 128 KiB readahead; 1 MiB lets sequential reads use 1 MiB requests

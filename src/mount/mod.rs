@@ -24,6 +24,8 @@ pub enum MountError {
     Smb { source_path: String, source: crate::smb::Error },
     #[error("{0} is not a directory on the share")]
     NotADirectory(String),
-    #[error("no tokio runtime: FuseMount::mount must be called from a thread of (or entered in) a multi-thread runtime")]
+    #[error(
+        "no tokio runtime: FuseMount::mount must be called from a thread of (or entered in) a multi-thread runtime"
+    )]
     NoRuntime,
 }

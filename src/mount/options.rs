@@ -236,7 +236,9 @@ impl MountOptions {
             match key.as_str() {
                 "uid" => opts.uid = parse_id(need()?).ok_or_else(|| invalid("expected a numeric user id"))?,
                 "gid" => opts.gid = parse_id(need()?).ok_or_else(|| invalid("expected a numeric group id"))?,
-                "file_mode" => opts.file_mode = parse_mode(need()?).ok_or_else(|| invalid("expected octal 0..07777"))?,
+                "file_mode" => {
+                    opts.file_mode = parse_mode(need()?).ok_or_else(|| invalid("expected octal 0..07777"))?
+                }
                 "dir_mode" => opts.dir_mode = parse_mode(need()?).ok_or_else(|| invalid("expected octal 0..07777"))?,
                 "ro" => {
                     no_value(value)?;
@@ -382,7 +384,10 @@ mod tests {
         assert_eq!(o.actimeo, Duration::from_secs(30));
         assert_eq!(o.cache, CacheMode::Loose);
         let c = o.client_options(&ClientOptions { encryption: EncryptionPolicy::Off, ..Default::default() });
-        assert_eq!((c.min_dialect, c.max_dialect, c.encryption), (Dialect::Smb300, Dialect::Smb300, EncryptionPolicy::Required));
+        assert_eq!(
+            (c.min_dialect, c.max_dialect, c.encryption),
+            (Dialect::Smb300, Dialect::Smb300, EncryptionPolicy::Required)
+        );
         let (o, _) = parse(&["ro,rw", "vers=3", "cache=none"]).unwrap();
         assert!(!o.read_only);
         assert_eq!((o.min_vers, o.vers), (Some(Dialect::Smb300), Some(Dialect::Smb311)));

@@ -13,7 +13,10 @@ use super::MountError;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MountState {
     NotMounted,
-    Mounted { fstype: String, source: String },
+    Mounted {
+        fstype: String,
+        source: String,
+    },
     /// A mount point whose filesystem no longer answers (ENOTCONN, ESTALE, EIO): unmount it.
     Dead,
 }
@@ -117,8 +120,9 @@ pub fn mount_state(path: &Path) -> Result<MountState, MountError> {
 /// `remount,bind,ro` (a bind mount ignores MS_RDONLY on the first call).
 pub fn bind_mount(source: &Path, target: &Path, read_only: bool) -> Result<(), MountError> {
     let sys = |op: &str, errno: Errno| MountError::Sys { op: op.to_string(), path: target.to_path_buf(), errno };
-    nix::mount::mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| MountError::Sys { op: format!("bind mount of {}", source.display()), path: target.to_path_buf(), errno: e })?;
+    nix::mount::mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| {
+        MountError::Sys { op: format!("bind mount of {}", source.display()), path: target.to_path_buf(), errno: e }
+    })?;
     if read_only {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         if let Err(e) = nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
@@ -137,11 +141,13 @@ pub fn unmount(path: &Path) -> Result<(), MountError> {
         match nix::mount::umount2(&path, MntFlags::empty()) {
             Ok(()) => {}
             Err(Errno::EINVAL | Errno::ENOENT) => return Ok(()),
-            Err(Errno::EBUSY | Errno::ENOTCONN | Errno::EIO) => match nix::mount::umount2(&path, MntFlags::MNT_DETACH) {
-                Ok(()) => tracing::warn!(path = %path.display(), "mount busy: detached lazily"),
-                Err(Errno::EINVAL | Errno::ENOENT) => return Ok(()),
-                Err(e) => return Err(MountError::Sys { op: "lazy unmount".into(), path, errno: e }),
-            },
+            Err(Errno::EBUSY | Errno::ENOTCONN | Errno::EIO) => {
+                match nix::mount::umount2(&path, MntFlags::MNT_DETACH) {
+                    Ok(()) => tracing::warn!(path = %path.display(), "mount busy: detached lazily"),
+                    Err(Errno::EINVAL | Errno::ENOENT) => return Ok(()),
+                    Err(e) => return Err(MountError::Sys { op: "lazy unmount".into(), path, errno: e }),
+                }
+            }
             Err(e) => return Err(MountError::Sys { op: "unmount".into(), path, errno: e }),
         }
         if mount_at(&path)?.is_none() {
@@ -164,7 +170,10 @@ mod tests {
         let m = parse_mountinfo(text);
         assert_eq!(m.len(), 3);
         assert_eq!(m[1].mount_point, PathBuf::from("/var/lib/kubelet/a b"));
-        assert_eq!((m[1].fstype.as_str(), m[1].source.as_str(), m[1].device.as_str()), ("fuse.smb3-csi", "//srv/share/sub", "0:45"));
+        assert_eq!(
+            (m[1].fstype.as_str(), m[1].source.as_str(), m[1].device.as_str()),
+            ("fuse.smb3-csi", "//srv/share/sub", "0:45")
+        );
         assert_eq!(m[2].source, "tmp\\fs");
         assert!(parse_mountinfo("1 2 3 - x").is_empty());
         assert!(parse_mountinfo("").is_empty());
@@ -178,7 +187,9 @@ mod tests {
 
     #[test]
     fn states_of_plain_paths() {
-        assert!(matches!(mount_state(Path::new("/proc")).unwrap(), MountState::Mounted { fstype, .. } if fstype == "proc"));
+        assert!(
+            matches!(mount_state(Path::new("/proc")).unwrap(), MountState::Mounted { fstype, .. } if fstype == "proc")
+        );
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(mount_state(dir.path()).unwrap(), MountState::NotMounted);
         assert_eq!(mount_state(&dir.path().join("missing")).unwrap(), MountState::NotMounted);
