@@ -104,10 +104,12 @@ pub fn mount_at(path: &Path) -> Result<Option<MountInfo>, MountError> {
     Ok(mounts()?.into_iter().rev().find(|m| m.mount_point == path))
 }
 
-/// Whether `path` is a mount point, what is mounted there, and whether it still answers.
+/// Whether `path` is a mount point, what is mounted there, and whether it still answers (from
+/// /proc/self/mountinfo and a statfs of the path).
 pub fn mount_state(path: &Path) -> Result<MountState, MountError> {
     let entry = mount_at(path)?;
-    let probe = nix::sys::stat::stat(&normalize(path)?);
+    // statfs always reaches the filesystem (stat may be answered from the kernel's attribute cache).
+    let probe = nix::sys::statfs::statfs(&normalize(path)?);
     match (entry, probe) {
         (_, Err(Errno::ENOTCONN | Errno::ESTALE | Errno::ECONNABORTED)) => Ok(MountState::Dead),
         (Some(_), Err(Errno::EIO)) => Ok(MountState::Dead),
