@@ -128,6 +128,8 @@ pub struct File {
     path: String,
     opened: CreateResponse,
     closed: AtomicBool,
+    /// Where a dropped handle's CLOSE runs, even if it is dropped off the runtime.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for File {
@@ -138,7 +140,8 @@ impl std::fmt::Debug for File {
 
 impl File {
     pub(crate) fn new(tree: Tree, opened: CreateResponse, path: &str) -> File {
-        File { tree, id: opened.file_id, path: path.to_string(), opened, closed: AtomicBool::new(false) }
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        File { tree, id: opened.file_id, path: path.to_string(), opened, closed: AtomicBool::new(false), runtime }
     }
 
     pub fn id(&self) -> FileId {
@@ -491,7 +494,7 @@ impl Drop for File {
             return;
         }
         let (tree, id) = (self.tree.clone(), self.id);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        if let Some(rt) = tokio::runtime::Handle::try_current().ok().or_else(|| self.runtime.clone()) {
             rt.spawn(async move {
                 let req = CloseRequest { flags: 0, file_id: id };
                 let _ = tree.request(tree.out(Command::Close, 0, |m| req.encode(m))).await;

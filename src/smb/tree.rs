@@ -130,6 +130,8 @@ pub struct FsStats {
 pub(crate) struct TreeInner {
     pub session: Arc<Session>,
     pub disconnected: std::sync::atomic::AtomicBool,
+    /// Where the TREE_DISCONNECT of a dropped tree runs, even off the runtime.
+    pub runtime: Option<tokio::runtime::Handle>,
     pub id: u32,
     pub share: String,
     pub share_flags: u32,
@@ -142,7 +144,7 @@ impl Drop for TreeInner {
             return;
         }
         let (session, id, encrypt) = (self.session.clone(), self.id, self.encrypt);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        if let Some(rt) = tokio::runtime::Handle::try_current().ok().or_else(|| self.runtime.clone()) {
             rt.spawn(async move {
                 let out = Outgoing::new(Command::TreeDisconnect, id, 0, |m| TreeDisconnectRequest.encode(m));
                 let _ = session.request(out, encrypt).await;
@@ -174,6 +176,7 @@ impl Tree {
             inner: Arc::new(TreeInner {
                 session: session.clone(),
                 disconnected: std::sync::atomic::AtomicBool::new(false),
+                runtime: tokio::runtime::Handle::try_current().ok(),
                 id: resp.header.tree_id,
                 share: share.to_string(),
                 share_flags: body.share_flags,
