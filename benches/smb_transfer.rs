@@ -17,7 +17,12 @@ fn timed(what: &str, cmd: &mut Command) -> f64 {
     let start = Instant::now();
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     let secs = start.elapsed().as_secs_f64();
-    assert!(out.status.success(), "{what} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     secs
 }
 
@@ -48,7 +53,10 @@ fn main() {
     let want = sha256(&src);
     let mb = mib as f64;
     println!("{mib} MiB random file, encrypted SMB 3.1.1, Samba on loopback; MiB/s (higher is better)");
-    println!("{:<12} {:>9} {:>9} {:>6}   {:>9} {:>9} {:>6}   {}", "cipher", "put ours", "smbclient", "ratio", "get ours", "smbclient", "ratio", "info reports");
+    println!(
+        "{:<12} {:>9} {:>9} {:>6}   {:>9} {:>9} {:>6}   {}",
+        "cipher", "put ours", "smbclient", "ratio", "get ours", "smbclient", "ratio", "info reports"
+    );
     for cipher in ["AES-128-GCM", "AES-256-GCM", "AES-128-CCM", "AES-256-CCM"] {
         let samba = match Samba::start(SambaProfile::Cipher(cipher)) {
             Ok(s) => s,

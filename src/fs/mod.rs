@@ -21,6 +21,7 @@
 //!   anything unexpected (a lost connection, a malformed reply) is EIO with a log line naming the operation.
 
 mod inodes;
+mod writeback;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -40,6 +41,7 @@ use crate::mount::{CacheMode, MountOptions};
 use crate::smb::{self, join_path, DirEntry, Metadata, NtStatus, OpenOptions, Tree};
 
 use inodes::Inodes;
+use writeback::WriteQueue;
 
 /// Largest FUSE read and write (and readahead) we ask the kernel for.
 pub const MAX_IO: u32 = 1 << 20;
@@ -78,6 +80,8 @@ impl From<&MountOptions> for FsConfig {
 struct OpenFile {
     file: Option<smb::File>,
     rt: Handle,
+    /// Shared by every handle of the same inode.
+    queue: Arc<WriteQueue>,
 }
 
 impl OpenFile {
@@ -111,6 +115,8 @@ struct Shared {
     cfg: FsConfig,
     inodes: Mutex<Inodes>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Write-behind queues by inode, alive while a handle of that inode is open.
+    queues: Mutex<HashMap<u64, std::sync::Weak<WriteQueue>>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
     next_fh: AtomicU64,
 }
@@ -131,6 +137,7 @@ impl SmbFs {
                 cfg,
                 inodes: Mutex::new(Inodes::new(&root)),
                 files: Mutex::new(HashMap::new()),
+                queues: Mutex::new(HashMap::new()),
                 dirs: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
             }),
@@ -249,10 +256,36 @@ impl Shared {
         self.files.lock().unwrap().get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
-    fn add_file(&self, file: smb::File) -> u64 {
+    fn add_file(&self, ino: u64, file: smb::File) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().unwrap().insert(fh, Arc::new(OpenFile { file: Some(file), rt: self.rt.clone() }));
+        let queue = {
+            let mut queues = self.queues.lock().unwrap();
+            match queues.get(&ino).and_then(|w| w.upgrade()) {
+                Some(q) => q,
+                None => {
+                    if queues.len() > 1024 {
+                        queues.retain(|_, w| w.strong_count() > 0);
+                    }
+                    let q = Arc::new(WriteQueue::default());
+                    queues.insert(ino, Arc::downgrade(&q));
+                    q
+                }
+            }
+        };
+        self.files.lock().unwrap().insert(fh, Arc::new(OpenFile { file: Some(file), rt: self.rt.clone(), queue }));
         fh
+    }
+
+    /// The write-behind queue of an inode with open handles.
+    fn queue(&self, ino: u64) -> Option<Arc<WriteQueue>> {
+        self.queues.lock().unwrap().get(&ino).and_then(|w| w.upgrade())
+    }
+
+    /// Waits for the inode's queued writes (so sizes and data read back are current).
+    async fn settle(&self, ino: u64) {
+        if let Some(q) = self.queue(ino) {
+            q.drain().await;
+        }
     }
 
     async fn stat(&self, path: &str) -> Result<Metadata, Errno> {
@@ -349,6 +382,7 @@ impl Filesystem for SmbFs {
             Err(e) => return reply.error(e),
         };
         self.spawn(async move {
+            s.settle(ino.0).await;
             // Through the open handle when there is one: it still works after the name was unlinked.
             let m = match open {
                 Some(f) => f.file().metadata().await.map_err(|e| errno(&e, "getattr", &path)),
@@ -399,6 +433,7 @@ impl Filesystem for SmbFs {
         };
         let open = fh.and_then(|fh| s.file(fh).ok());
         self.spawn(async move {
+            s.settle(ino.0).await;
             let result: Result<Metadata, Errno> = async {
                 if let Some(len) = size {
                     match &open {
@@ -610,7 +645,7 @@ impl Filesystem for SmbFs {
                     reply.error(Errno::EISDIR)
                 }
                 Ok(f) => {
-                    let fh = s.add_file(f);
+                    let fh = s.add_file(ino.0, f);
                     reply.opened(FileHandle(fh), s.open_flags())
                 }
                 Err(e) => reply.error(errno(&e, "open", &path)),
@@ -634,6 +669,7 @@ impl Filesystem for SmbFs {
             Err(e) => return reply.error(e),
         };
         self.spawn(async move {
+            f.queue.wait_range(offset, offset.saturating_add(u64::from(size))).await;
             match f.file().read_at(offset, size as usize).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(&e, "read", f.file().path())),
@@ -657,21 +693,32 @@ impl Filesystem for SmbFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
+        if let Some(e) = f.queue.take_error() {
+            return reply.error(e);
+        }
         let data = data.to_vec();
+        // Queue in kernel order (this thread), acknowledge, then write in the background.
+        let ticket = self.s.rt.block_on(f.queue.enqueue(offset, data.len() as u64));
+        reply.written(data.len() as u32);
         self.spawn(async move {
-            match f.file().write_at(offset, &data).await {
-                Ok(()) => reply.written(data.len() as u32),
-                Err(e) => reply.error(errno(&e, "write", f.file().path())),
-            }
+            let result = f.file().write_at(offset, &data).await.map_err(|e| errno(&e, "write", f.file().path()));
+            ticket.finish(result);
         });
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        // Writes are acknowledged only after the server took them, so close(2) has nothing left to push.
-        match self.s.file(fh) {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        // close(2): every queued write must have reached the server, and its failure is reported here.
+        let f = match self.s.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(async move {
+            f.queue.drain().await;
+            match f.queue.take_error() {
+                Some(e) => reply.error(e),
+                None => reply.ok(),
+            }
+        });
     }
 
     fn release(
@@ -684,9 +731,15 @@ impl Filesystem for SmbFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        // Dropping the last reference closes the SMB handle (see `OpenFile`).
-        drop(self.s.files.lock().unwrap().remove(&fh.0));
-        reply.ok();
+        // Dropping the last reference closes the SMB handle (see `OpenFile`), after its queued writes.
+        let f = self.s.files.lock().unwrap().remove(&fh.0);
+        self.spawn(async move {
+            if let Some(f) = &f {
+                f.queue.drain().await;
+            }
+            drop(f);
+            reply.ok();
+        });
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
@@ -695,6 +748,10 @@ impl Filesystem for SmbFs {
             Err(e) => return reply.error(e),
         };
         self.spawn(async move {
+            f.queue.drain().await;
+            if let Some(e) = f.queue.take_error() {
+                return reply.error(e);
+            }
             match f.file().flush().await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e, "fsync", f.file().path())),
@@ -865,7 +922,7 @@ impl Filesystem for SmbFs {
             match r {
                 Ok((f, m)) => {
                     let attr = s.entry(&path, &m);
-                    let fh = s.add_file(f);
+                    let fh = s.add_file(attr.ino.0, f);
                     reply.created(&s.ttl(), &attr, Generation(0), FileHandle(fh), s.open_flags())
                 }
                 Err(e) => reply.error(e),
