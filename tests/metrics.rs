@@ -243,10 +243,13 @@ fn parse_sample(line: &str) -> Sample {
     Sample { name: name.to_string(), labels, value }
 }
 
+/// A histogram series: family and labels other than `le`.
+type Series = (String, Vec<(String, String)>);
+
 /// Buckets ascend by `le` with non-decreasing counts, end in `+Inf`, and
 /// `+Inf` equals `_count`.
 fn check_histograms(samples: &[Sample], types: &HashMap<String, String>) {
-    let mut buckets: BTreeMap<(String, Vec<(String, String)>), Vec<(f64, f64)>> = BTreeMap::new();
+    let mut buckets: BTreeMap<Series, Vec<(f64, f64)>> = BTreeMap::new();
     let mut counts = BTreeMap::new();
     for s in samples {
         let family = family_of(&s.name, types);
