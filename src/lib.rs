@@ -2,6 +2,7 @@
 
 pub mod csi;
 pub mod fs;
+pub mod metrics;
 pub mod mount;
 pub mod smb;
 pub mod testkit;

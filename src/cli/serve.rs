@@ -6,6 +6,9 @@
 //! - `node`: Identity (+ Node, once it exists) (the DaemonSet next to
 //!   node-driver-registrar).
 //! - `all`: every service on one socket (single-binary setups, tests).
+//!
+//! With `--metrics-address`, Prometheus metrics are served on `/metrics`
+//! (and a liveness answer on `/healthz`) over plain HTTP at that address.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use smb3_csi::csi::{serve, ControllerService, Endpoint, IdentityService, Services};
+use smb3_csi::metrics::{Metrics, MetricsAddress, MetricsServer};
 use smb3_csi::smb::{ClientOptions, EncryptionPolicy, SessionPool};
 
 /// Which CSI services this process serves.
@@ -54,6 +58,10 @@ pub struct ServeArgs {
     /// Pooled SMB sessions unused for this many seconds are closed.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
     session_idle_secs: u64,
+    /// Serve Prometheus /metrics and /healthz over HTTP on [HOST]:PORT
+    /// (e.g. :29744 for every interface, 127.0.0.1:9808); off when unset.
+    #[arg(long, env = "METRICS_ADDRESS")]
+    metrics_address: Option<MetricsAddress>,
 }
 
 fn parse_encryption(s: &str) -> Result<EncryptionPolicy, String> {
@@ -75,14 +83,19 @@ pub enum ServeCliError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--metrics-address {address}: {source}")]
+    Metrics {
+        address: MetricsAddress,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Serve(#[from] smb3_csi::csi::ServeError),
 }
 
 /// Builds the services for `role`. Adding the Node service is one
 /// `with_node` line in the `serves_node` branch.
-fn services(role: Role, args: &ServeArgs) -> Result<Services, ServeCliError> {
-    let ready = Arc::new(AtomicBool::new(true));
+fn services(role: Role, args: &ServeArgs, ready: Arc<AtomicBool>) -> Result<Services, ServeCliError> {
     let identity = IdentityService::new(&args.driver_name, role.serves_controller(), ready)?;
     let mut services = Services::new().with_identity(identity);
     if role.serves_controller() {
@@ -122,9 +135,27 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ServeCliEr
 
 pub async fn run(role: Role, args: ServeArgs) -> Result<(), ServeCliError> {
     let endpoint = Endpoint::parse(&args.endpoint)?;
-    let services = services(role, &args)?;
+    let ready = Arc::new(AtomicBool::new(true));
+    let services = services(role, &args, ready.clone())?;
     let shutdown = shutdown_signal()?;
+    // Bound before serving CSI, so a taken port fails the start instead of going unnoticed.
+    let metrics = match args.metrics_address {
+        Some(address) => {
+            let server = MetricsServer::bind(address, Metrics::global(), ready)
+                .await
+                .map_err(|source| ServeCliError::Metrics { address, source })?;
+            let local = server.local_addr().map_or_else(|_| address.to_string(), |a| a.to_string());
+            tracing::info!(address = %local, "serving /metrics and /healthz");
+            Some(tokio::spawn(server.run(std::future::pending())))
+        }
+        None => None,
+    };
     tracing::info!(?role, driver = %args.driver_name, %endpoint, version = env!("CARGO_PKG_VERSION"), "starting");
-    serve(&endpoint, services, shutdown).await?;
+    let result = serve(&endpoint, services, shutdown).await;
+    // Metrics stay scrapeable while in-flight RPCs drain, and stop with them.
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
+    result?;
     Ok(())
 }

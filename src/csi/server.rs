@@ -5,7 +5,8 @@
 //! start and removed at shutdown. Every RPC goes through [`Logged`], which
 //! records the method, the volume id, the duration and the gRPC code; the
 //! request itself is logged at debug level with secrets redacted by the
-//! generated `Debug` (see [`super::redact`]).
+//! generated `Debug` (see [`super::redact`]). The same wrapper counts RPCs
+//! and their latency by method and code in [`crate::metrics`].
 
 use std::fmt;
 use std::future::Future;
@@ -273,7 +274,10 @@ impl<S: ?Sized> Logged<S> {
         span.in_scope(|| tracing::debug!(request = ?request.get_ref(), "CSI request"));
         let started = Instant::now();
         let result = handler(request).instrument(span.clone()).await;
-        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = started.elapsed();
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        let code = result.as_ref().map_or_else(|status| status.code(), |_| Code::Ok);
+        crate::metrics::record_rpc(method, code, elapsed);
         let _entered = span.enter();
         match &result {
             Ok(_) if method.starts_with("/csi.v1.Identity/") => {
@@ -281,7 +285,9 @@ impl<S: ?Sized> Logged<S> {
             }
             Ok(_) => tracing::info!(code = ?Code::Ok, duration_ms, "CSI RPC done"),
             Err(status) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), duration_ms, "CSI RPC failed")
+                // `error`, not `message`: JSON logs put both in one object, where a
+                // second `message` key would hide the event's own message.
+                tracing::warn!(code = ?status.code(), error = status.message(), duration_ms, "CSI RPC failed")
             }
         }
         result

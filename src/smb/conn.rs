@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -21,6 +21,7 @@ use super::wire::framing::{self, Frame, NetbiosSessionReply};
 use super::wire::header::{self, Header, HEADER_LEN};
 use super::wire::transform::TransformHeader;
 use super::wire::{Command, NtStatus};
+use crate::metrics::Metrics;
 
 /// Message id the server uses for unsolicited oplock/lease break notifications.
 const UNSOLICITED_MESSAGE_ID: u64 = u64::MAX;
@@ -126,6 +127,10 @@ struct Shared {
     dead: Mutex<Option<Fatal>>,
     large_mtu: std::sync::atomic::AtomicBool,
     stats: Counters,
+    /// Sessions of this connection counted in the process-wide
+    /// `smb_sessions_open` gauge; given back when the connection dies or is
+    /// dropped, so the gauge only counts sessions that can still be used.
+    metered_sessions: Mutex<u64>,
 }
 
 #[derive(Default)]
@@ -178,10 +183,34 @@ impl Shared {
                 *dead = Some(fatal.clone());
             }
         }
+        self.unmeter_sessions();
         for p in pending {
             let _ = p.tx.send(Err(self.error_for(&fatal)));
         }
         self.credits_changed.notify_waiters();
+    }
+
+    fn meter_session_opened(&self) {
+        let mut metered = self.metered_sessions.lock().unwrap();
+        // Holding `metered_sessions` across the check: a `kill` racing this
+        // waits in `unmeter_sessions` and then takes this session back too.
+        if self.dead.lock().unwrap().is_none() {
+            *metered += 1;
+            Metrics::global().smb_session_opened();
+        }
+    }
+
+    fn meter_session_closed(&self) {
+        let mut metered = self.metered_sessions.lock().unwrap();
+        if *metered > 0 {
+            *metered -= 1;
+            Metrics::global().smb_sessions_closed(1);
+        }
+    }
+
+    fn unmeter_sessions(&self) {
+        let mut metered = self.metered_sessions.lock().unwrap();
+        Metrics::global().smb_sessions_closed(std::mem::take(&mut *metered));
     }
 
     fn grant(&self, credits: u16) {
@@ -204,6 +233,7 @@ pub(crate) struct Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.reader.abort();
+        self.shared.unmeter_sessions();
     }
 }
 
@@ -229,6 +259,7 @@ impl Connection {
             dead: Mutex::new(None),
             large_mtu: std::sync::atomic::AtomicBool::new(false),
             stats: Counters::default(),
+            metered_sessions: Mutex::new(0),
         });
         let reader = tokio::spawn(reader_loop(shared.clone(), rd));
         Ok(Connection { shared, writer: tokio::sync::Mutex::new(wr), reader, timeout })
@@ -259,11 +290,17 @@ impl Connection {
 
     /// Makes the reader verify/decrypt this session's messages.
     pub fn register_session(&self, session_id: u64, keys: Arc<SessionKeysInUse>) {
-        self.shared.sessions.lock().unwrap().insert(session_id, keys);
+        let new = self.shared.sessions.lock().unwrap().insert(session_id, keys).is_none();
+        if new {
+            self.shared.meter_session_opened();
+        }
     }
 
     pub fn unregister_session(&self, session_id: u64) {
-        self.shared.sessions.lock().unwrap().remove(&session_id);
+        let removed = self.shared.sessions.lock().unwrap().remove(&session_id).is_some();
+        if removed {
+            self.shared.meter_session_closed();
+        }
     }
 
     fn credit_charge(&self, payload_len: usize) -> u16 {
@@ -316,6 +353,7 @@ impl Connection {
         keep_request: bool,
     ) -> Result<(Vec<Vec<u8>>, Vec<Response>)> {
         let negotiate = outs.len() == 1 && outs[0].command == Command::Negotiate;
+        let first_command = outs.first().map_or(Command::Unknown(u16::MAX), |o| o.command);
         let charges: Vec<u32> =
             outs.iter().map(|o| if negotiate { 0 } else { u32::from(self.credit_charge(o.payload_len)) }).collect();
         let total_charge: u32 = charges.iter().sum();
@@ -375,6 +413,7 @@ impl Connection {
         let stats = &self.shared.stats;
         stats.requests.fetch_add(n as u64, Ordering::Relaxed);
         stats.bytes_sent.fetch_add(frame_body.len() as u64 + 4, Ordering::Relaxed);
+        Metrics::global().smb_bytes_sent(frame_body.len() + 4);
         let now = stats.in_flight.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
         stats.max_in_flight.fetch_max(now, Ordering::Relaxed);
         let _in_flight = InFlight { counter: &stats.in_flight, n: n as u64 };
@@ -387,6 +426,7 @@ impl Connection {
                 receivers.push(rx);
             }
         }
+        let sent_at = Instant::now();
         let write = async {
             let mut w = self.writer.lock().await;
             w.write_all(&frame_header).await?;
@@ -401,6 +441,7 @@ impl Connection {
         for (rx, id) in receivers.into_iter().zip(ids) {
             responses.push(self.wait(rx, id).await?);
         }
+        Metrics::global().smb_round_trip(first_command, sent_at.elapsed());
         Ok((kept, responses))
     }
 
@@ -501,6 +542,7 @@ async fn reader_loop(shared: Arc<Shared>, mut rd: OwnedReadHalf) {
             break Fatal::Io(e.to_string());
         }
         shared.stats.bytes_received.fetch_add(len as u64 + 4, Ordering::Relaxed);
+        Metrics::global().smb_bytes_received(len + 4);
         if let Err(f) = dispatch(&shared, frame) {
             break f;
         }

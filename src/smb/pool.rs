@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use super::client::{Client, ClientOptions, Credentials, ShareTarget};
 use super::error::Result;
 use super::tree::Tree;
+use crate::metrics::Metrics;
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
@@ -88,6 +89,7 @@ impl SessionPool {
             if !c.is_alive() {
                 slot.client = None;
                 slot.trees.clear();
+                Metrics::global().smb_reconnect();
             }
         }
         let share = target.share.to_ascii_lowercase();
