@@ -1,6 +1,8 @@
 //! smb3-csi: a Kubernetes CSI driver for SMB shares built on a userspace SMB3 client.
 
 pub mod csi;
+pub mod fs;
+pub mod mount;
 pub mod smb;
 pub mod testkit;
 pub mod volume;

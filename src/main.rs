@@ -31,6 +31,8 @@ enum Command {
     Node(cli::serve::ServeArgs),
     /// Serve every CSI service on one socket.
     All(cli::serve::ServeArgs),
+    /// Mount a share through FUSE and serve it until unmounted or signalled (a userspace mount.cifs).
+    Mount(cli::mount::MountArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +53,7 @@ fn main() -> std::process::ExitCode {
             }
             Command::Node(args) => cli::serve::run(cli::serve::Role::Node, args).await.map_err(|e| e.to_string()),
             Command::All(args) => cli::serve::run(cli::serve::Role::All, args).await.map_err(|e| e.to_string()),
+            Command::Mount(args) => cli::mount::run(args).await,
         }
     });
     match result {

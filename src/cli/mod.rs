@@ -1,6 +1,7 @@
 //! Subcommands of the `smb3-csi` binary.
 
 pub mod serve;
+pub mod mount;
 pub mod smb;
 
 /// Logs go to stderr, as text or JSON.

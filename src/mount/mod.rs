@@ -1,0 +1,31 @@
+//! Mount lifecycle on a node: typed mount options, the one type that owns a FUSE session ([`FuseMount`]),
+//! the kernel mount table (state, bind mounts, unmount).
+
+mod fuse;
+mod options;
+mod table;
+
+use std::path::PathBuf;
+
+pub use fuse::{FuseMount, FSTYPE, SUBTYPE};
+pub use options::{CacheMode, MountOptionError, MountOptions};
+pub use table::{bind_mount, mount_at, mount_state, mounts, parse_mountinfo, unmount, MountInfo, MountState};
+
+/// Errors of mounting and unmounting. `Display` names the path and the operation; never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mount point {path}: {why}")]
+    MountPoint { path: PathBuf, why: String },
+    #[error("{op} {path}: {errno}")]
+    Sys { op: String, path: PathBuf, errno: nix::errno::Errno },
+    #[error("{op}: {source}")]
+    Io { op: String, source: std::io::Error },
+    #[error("{source_path}: {source}")]
+    Smb { source_path: String, source: crate::smb::Error },
+    #[error("{0} is not a directory on the share")]
+    NotADirectory(String),
+    #[error(
+        "no tokio runtime: FuseMount::mount must be called from a thread of (or entered in) a multi-thread runtime"
+    )]
+    NoRuntime,
+}

@@ -1,0 +1,478 @@
+//! Mount options in the form users of the kernel cifs driver (and of csi-driver-smb's StorageClass
+//! `mountOptions`) already write them, typed once here and passed inward as [`MountOptions`].
+//!
+//! ```
+//! use smb3_csi::mount::MountOptions;
+//! let flags = vec!["uid=1001,gid=1001".to_string(), "dir_mode=0770".into(), "mfsymlinks".into()];
+//! let (opts, ignored) = MountOptions::parse(&flags).unwrap();
+//! assert_eq!((opts.uid, opts.gid, opts.dir_mode), (1001, 1001, 0o770));
+//! assert_eq!(ignored, vec!["mfsymlinks".to_string()]);
+//! ```
+
+use std::time::Duration;
+
+use crate::smb::{ClientOptions, Dialect, EncryptionPolicy};
+
+/// How the FUSE layer caches file data and attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// Close-to-open: attributes cached for `actimeo`, the page cache dropped on every open (default).
+    #[default]
+    Strict,
+    /// Page cache kept across opens (revalidated only when the attributes change).
+    Loose,
+    /// No caching: every read and write goes to the server, attributes are never cached.
+    None,
+}
+
+/// Typed mount options. Defaults match mount.cifs: uid 0, gid 0, modes 0755, read-write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountOptions {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits of regular files (no file type bits).
+    pub file_mode: u32,
+    /// Permission bits of directories.
+    pub dir_mode: u32,
+    pub read_only: bool,
+    /// Server port (overrides the one in the share address).
+    pub port: Option<u16>,
+    /// Highest dialect to negotiate (`vers=`); `None` = the client's default range.
+    pub vers: Option<Dialect>,
+    /// Lowest dialect to accept; set together with `vers` (`vers=3.0` pins 3.0, `vers=3` means 3.0 or later).
+    pub min_vers: Option<Dialect>,
+    /// Encryption required (`seal`).
+    pub seal: bool,
+    /// How long attributes and directory entries are cached (`actimeo`, seconds; default 1).
+    pub actimeo: Duration,
+    pub cache: CacheMode,
+    /// Do not share the SMB connection with other volumes of the same server and user.
+    pub nosharesock: bool,
+    /// Set by [`MountOptions::apply_fs_group`]: group read/write was added to the modes.
+    pub extra_gid_rw: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            uid: 0,
+            gid: 0,
+            file_mode: 0o755,
+            dir_mode: 0o755,
+            read_only: false,
+            port: None,
+            vers: None,
+            min_vers: None,
+            seal: false,
+            actimeo: Duration::from_secs(1),
+            cache: CacheMode::Strict,
+            nosharesock: false,
+            extra_gid_rw: false,
+        }
+    }
+}
+
+/// A mount option that cannot be honoured; `Display` names the option.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MountOptionError {
+    #[error("mount option {option:?}: {why}")]
+    Invalid { option: String, why: String },
+    #[error(
+        "mount option {0:?}: credentials never travel as mount options (use the node-stage secret or --credentials FILE)"
+    )]
+    Credentials(String),
+    #[error("unknown mount option {0:?}")]
+    Unknown(String),
+}
+
+/// Kernel-cifs flags that have no meaning for a userspace client; accepted so that StorageClasses written for
+/// csi-driver-smb keep working, and reported back to the caller to log once.
+const IGNORED_FLAGS: &[&str] = &[
+    "noperm",
+    "perm",
+    "mfsymlinks",
+    "nomfsymlinks",
+    "noserverino",
+    "serverino",
+    "nobrl",
+    "brl",
+    "nounix",
+    "unix",
+    "nolinux",
+    "linux",
+    "hard",
+    "soft",
+    "forceuid",
+    "forcegid",
+    "noforceuid",
+    "noforcegid",
+    "noatime",
+    "nodiratime",
+    "relatime",
+    "strictatime",
+    "atime",
+    "intr",
+    "nointr",
+    "nocase",
+    "ignorecase",
+    "sfu",
+    "nosfu",
+    "setuids",
+    "nosetuids",
+    "dynperm",
+    "nodynperm",
+    "noacl",
+    "acl",
+    "cifsacl",
+    "nocifsacl",
+    "user_xattr",
+    "nouser_xattr",
+    "mapchars",
+    "nomapchars",
+    "mapposix",
+    "nomapposix",
+    "nostrictsync",
+    "strictsync",
+    "rwpidforward",
+    "resilienthandles",
+    "noresilienthandles",
+    "persistenthandles",
+    "nopersistenthandles",
+    "nohandlecache",
+    "handlecache",
+    "nodfs",
+    "fsc",
+    "multiuser",
+    "noblocksend",
+    "noautotune",
+    "nolease",
+    "sign",
+    "_netdev",
+    "nofail",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "defaults",
+    "exec",
+    "noexec",
+    "suid",
+    "nosuid",
+    "dev",
+    "nodev",
+    "sync",
+    "async",
+    "modefromsid",
+    "idsfromsid",
+    "compress",
+    "witness",
+    "nosparse",
+    "noposixpaths",
+    "posixpaths",
+    "domainauto",
+];
+
+/// Kernel-cifs options with a value that are accepted and ignored.
+const IGNORED_KEYS: &[&str] = &[
+    "iocharset",
+    "rsize",
+    "wsize",
+    "bsize",
+    "acregmax",
+    "acdirmax",
+    "echo_interval",
+    "max_credits",
+    "handletimeout",
+    "closetimeo",
+    "backupuid",
+    "backupgid",
+    "cruid",
+    "snapshot",
+    "max_channels",
+    "nodename",
+    "netbiosname",
+    "servern",
+    "ip",
+    "addr",
+    "unc",
+    "prefixpath",
+    "context",
+    "fscontext",
+    "defcontext",
+    "rootcontext",
+    "retrans",
+    "esize",
+    "upcall_target",
+];
+
+const CREDENTIAL_KEYS: &[&str] =
+    &["user", "username", "pass", "password", "password2", "credentials", "cred", "domain", "dom", "workgroup"];
+
+impl MountOptions {
+    /// Parses mount.cifs-style flags; each element may itself be comma-separated (`-o a=1,b`). Returns the
+    /// options and the flags that were accepted but ignored (the caller logs them in one warning).
+    pub fn parse(flags: &[String]) -> Result<(MountOptions, Vec<String>), MountOptionError> {
+        let mut opts = MountOptions::default();
+        let mut ignored = Vec::new();
+        for part in flags.iter().flat_map(|f| f.split(',')) {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            let (key, value) = match part.split_once('=') {
+                Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim())),
+                None => (part.to_ascii_lowercase(), None),
+            };
+            let invalid = |why: &str| MountOptionError::Invalid { option: key.clone(), why: why.to_string() };
+            let need = || value.filter(|v| !v.is_empty()).ok_or_else(|| invalid("needs a value"));
+            let no_value = |v: Option<&str>| match v {
+                Some(_) => Err(invalid("takes no value")),
+                None => Ok(()),
+            };
+            if CREDENTIAL_KEYS.contains(&key.as_str()) {
+                return Err(MountOptionError::Credentials(key));
+            }
+            match key.as_str() {
+                "uid" => opts.uid = parse_id(need()?).ok_or_else(|| invalid("expected a numeric user id"))?,
+                "gid" => opts.gid = parse_id(need()?).ok_or_else(|| invalid("expected a numeric group id"))?,
+                "file_mode" => {
+                    opts.file_mode = parse_mode(need()?).ok_or_else(|| invalid("expected octal 0..07777"))?
+                }
+                "dir_mode" => opts.dir_mode = parse_mode(need()?).ok_or_else(|| invalid("expected octal 0..07777"))?,
+                "ro" => {
+                    no_value(value)?;
+                    opts.read_only = true;
+                }
+                "rw" => {
+                    no_value(value)?;
+                    opts.read_only = false;
+                }
+                "port" => {
+                    let port = need()?.parse::<u16>().ok().filter(|p| *p != 0);
+                    opts.port = Some(port.ok_or_else(|| invalid("expected a port number 1..65535"))?);
+                }
+                "vers" => (opts.min_vers, opts.vers) = parse_vers(need()?).map_err(|why| invalid(&why))?,
+                "seal" => {
+                    no_value(value)?;
+                    opts.seal = true;
+                }
+                "actimeo" => {
+                    let secs = need()?.parse::<u64>().ok().filter(|s| *s <= 86_400 * 365);
+                    opts.actimeo = Duration::from_secs(secs.ok_or_else(|| invalid("expected whole seconds"))?);
+                }
+                "cache" => {
+                    opts.cache = match need()?.to_ascii_lowercase().as_str() {
+                        "strict" => CacheMode::Strict,
+                        "loose" | "ro" | "singleclient" => CacheMode::Loose,
+                        "none" => CacheMode::None,
+                        _ => return Err(invalid("expected strict, loose or none")),
+                    }
+                }
+                "nosharesock" => {
+                    no_value(value)?;
+                    opts.nosharesock = true;
+                }
+                "sec" => match need()?.to_ascii_lowercase().as_str() {
+                    "ntlmssp" | "ntlmsspi" | "ntlmv2" | "ntlmv2i" | "ntlm" | "ntlmi" => ignored.push(part.to_string()),
+                    other => return Err(invalid(&format!("{other} is not supported (only NTLMSSP)"))),
+                },
+                k if IGNORED_FLAGS.contains(&k) && value.is_none() => ignored.push(part.to_string()),
+                k if IGNORED_KEYS.contains(&k) => ignored.push(part.to_string()),
+                _ => return Err(MountOptionError::Unknown(part.to_string())),
+            }
+        }
+        Ok((opts, ignored))
+    }
+
+    /// fsGroup (VOLUME_MOUNT_GROUP): becomes the gid, and group rw is added to modes (and group x to
+    /// directories, which a group needs to enter them).
+    pub fn apply_fs_group(&mut self, gid: u32) {
+        self.gid = gid;
+        self.file_mode |= 0o060;
+        self.dir_mode |= 0o070;
+        self.extra_gid_rw = true;
+    }
+
+    /// `base` with the dialect range and encryption these options ask for.
+    pub fn client_options(&self, base: &ClientOptions) -> ClientOptions {
+        let mut o = base.clone();
+        if let Some(v) = self.vers {
+            o.max_dialect = v;
+        }
+        if let Some(v) = self.min_vers {
+            o.min_dialect = v;
+        }
+        if self.seal {
+            o.encryption = EncryptionPolicy::Required;
+        }
+        o
+    }
+
+    /// How long the kernel may cache attributes and entries.
+    pub fn attr_ttl(&self) -> Duration {
+        match self.cache {
+            CacheMode::None => Duration::ZERO,
+            _ => self.actimeo,
+        }
+    }
+}
+
+fn parse_id(s: &str) -> Option<u32> {
+    s.parse::<u32>().ok().filter(|id| *id != u32::MAX)
+}
+
+fn parse_mode(s: &str) -> Option<u32> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 5 {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o7777)
+}
+
+/// `(min, max)` dialects for a `vers=` value.
+fn parse_vers(s: &str) -> Result<(Option<Dialect>, Option<Dialect>), String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1.0" | "1" | "cifs" => Err("SMB1 (vers=1.0) is never used: it is insecure; use 2.1 or later".into()),
+        "2.0" | "2.02" => Err("SMB 2.0.2 is not supported; use 2.1 or later".into()),
+        "default" => Ok((None, None)),
+        "3" => Ok((Some(Dialect::Smb300), Some(Dialect::Smb311))),
+        other => match crate::smb::parse_dialect(other) {
+            Ok(d) => Ok((Some(d), Some(d))),
+            Err(_) => Err(format!("unknown version {s:?} (expected 2.1, 3.0, 3.02, 3.1.1, 3 or default)")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Result<(MountOptions, Vec<String>), MountOptionError> {
+        MountOptions::parse(&flags.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn defaults_match_mount_cifs() {
+        let (o, ignored) = parse(&[]).unwrap();
+        assert_eq!(o, MountOptions::default());
+        assert!(ignored.is_empty());
+        assert_eq!((o.uid, o.gid, o.file_mode, o.dir_mode, o.read_only), (0, 0, 0o755, 0o755, false));
+        assert_eq!(o.actimeo, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn honoured_options() {
+        let (o, ignored) = parse(&[
+            "uid=1001,gid=2002",
+            "file_mode=0640",
+            "dir_mode=750",
+            "ro",
+            "port=4450",
+            "vers=3.0",
+            "seal",
+            "actimeo=30",
+            "cache=loose",
+            "nosharesock",
+        ])
+        .unwrap();
+        assert!(ignored.is_empty());
+        assert_eq!((o.uid, o.gid, o.file_mode, o.dir_mode), (1001, 2002, 0o640, 0o750));
+        assert!(o.read_only && o.seal && o.nosharesock);
+        assert_eq!(o.port, Some(4450));
+        assert_eq!((o.min_vers, o.vers), (Some(Dialect::Smb300), Some(Dialect::Smb300)));
+        assert_eq!(o.actimeo, Duration::from_secs(30));
+        assert_eq!(o.cache, CacheMode::Loose);
+        let c = o.client_options(&ClientOptions { encryption: EncryptionPolicy::Off, ..Default::default() });
+        assert_eq!(
+            (c.min_dialect, c.max_dialect, c.encryption),
+            (Dialect::Smb300, Dialect::Smb300, EncryptionPolicy::Required)
+        );
+        let (o, _) = parse(&["ro,rw", "vers=3", "cache=none"]).unwrap();
+        assert!(!o.read_only);
+        assert_eq!((o.min_vers, o.vers), (Some(Dialect::Smb300), Some(Dialect::Smb311)));
+        assert_eq!(o.attr_ttl(), Duration::ZERO);
+        assert_eq!(parse(&["vers=3.1.1"]).unwrap().0.vers, Some(Dialect::Smb311));
+        assert_eq!(parse(&["vers=3.02"]).unwrap().0.vers, Some(Dialect::Smb302));
+        assert_eq!(parse(&["vers=2.1"]).unwrap().0.vers, Some(Dialect::Smb210));
+        assert_eq!(parse(&["vers=default"]).unwrap().0.vers, None);
+        assert_eq!(parse(&["cache=strict"]).unwrap().0.cache, CacheMode::Strict);
+    }
+
+    #[test]
+    fn incumbent_kernel_flags_are_ignored_and_reported() {
+        let (o, ignored) = parse(&[
+            "dir_mode=0777,file_mode=0777,uid=1001,gid=1001,noperm,mfsymlinks,cache=strict,noserverino",
+            "nobrl",
+            "sec=ntlmssp",
+            "iocharset=utf8",
+            "rsize=1048576,wsize=1048576",
+            "hard,nounix,forceuid,forcegid,noatime",
+        ])
+        .unwrap();
+        assert_eq!((o.file_mode, o.uid), (0o777, 1001));
+        assert_eq!(
+            ignored,
+            [
+                "noperm",
+                "mfsymlinks",
+                "noserverino",
+                "nobrl",
+                "sec=ntlmssp",
+                "iocharset=utf8",
+                "rsize=1048576",
+                "wsize=1048576",
+                "hard",
+                "nounix",
+                "forceuid",
+                "forcegid",
+                "noatime"
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_values_name_the_option() {
+        for (flag, name) in [
+            ("uid=bob", "uid"),
+            ("gid=", "gid"),
+            ("uid", "uid"),
+            ("file_mode=0999", "file_mode"),
+            ("dir_mode=123456", "dir_mode"),
+            ("file_mode=17777", "file_mode"),
+            ("port=0", "port"),
+            ("port=70000", "port"),
+            ("vers=1.0", "vers"),
+            ("vers=2.0", "vers"),
+            ("vers=4", "vers"),
+            ("actimeo=-1", "actimeo"),
+            ("actimeo=1.5", "actimeo"),
+            ("cache=always", "cache"),
+            ("ro=1", "ro"),
+            ("seal=yes", "seal"),
+            ("sec=krb5", "sec"),
+        ] {
+            let err = parse(&[flag]).unwrap_err();
+            assert!(matches!(&err, MountOptionError::Invalid { option, .. } if option == name), "{flag}: {err}");
+            assert!(err.to_string().contains(name), "{err}");
+        }
+        assert!(parse(&["vers=1.0"]).unwrap_err().to_string().contains("SMB1"));
+        assert!(matches!(parse(&["frobnicate"]).unwrap_err(), MountOptionError::Unknown(_)));
+    }
+
+    #[test]
+    fn credentials_are_refused_without_echoing_them() {
+        for flag in ["username=bob", "password=hunter2", "credentials=/etc/creds", "user=x,pass=y", "domain=CORP"] {
+            let err = parse(&[flag]).unwrap_err();
+            assert!(matches!(err, MountOptionError::Credentials(_)), "{flag}");
+            assert!(!err.to_string().contains("hunter2"));
+        }
+    }
+
+    #[test]
+    fn fs_group_adds_group_rw() {
+        let (mut o, _) = parse(&["file_mode=0600,dir_mode=0700,gid=5"]).unwrap();
+        o.apply_fs_group(3000);
+        assert_eq!((o.gid, o.file_mode, o.dir_mode, o.extra_gid_rw), (3000, 0o660, 0o770, true));
+    }
+}

@@ -1,0 +1,435 @@
+//! The FUSE filesystem through real mounts against a private Samba (encryption required): everyday tools
+//! (`cp -a`, `tar`, `sha256sum`, `ls -l`, `df`, `rm -rf`), POSIX corner cases, options, and the mount lifecycle.
+//! Needs root, /dev/fuse and Samba; outside CI a missing piece skips, under CI=true it fails.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use smb3_csi::mount::{self, FuseMount, MountOptions, MountState};
+use smb3_csi::smb::{Client, ClientOptions, Credentials, Tree};
+use smb3_csi::testkit::running_in_ci;
+use smb3_csi::testkit::samba::{Samba, SambaProfile};
+use tokio::runtime::Runtime;
+
+struct Env {
+    samba: &'static Samba,
+    rt: Runtime,
+    client: Client,
+    tree: Tree,
+    /// This test's directory on the share.
+    dir: String,
+}
+
+fn env(name: &str) -> Option<Env> {
+    let fuse_ok = Path::new("/dev/fuse").exists() && nix::unistd::geteuid().is_root();
+    if !fuse_ok {
+        assert!(!running_in_ci(), "CI=true: /dev/fuse and root are required");
+        eprintln!("skipped: needs root and /dev/fuse");
+        return None;
+    }
+    let Some(samba) = Samba::shared(SambaProfile::EncryptRequired) else {
+        eprintln!("skipped: Samba is not installed (CI=true makes this a failure)");
+        return None;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+    let (client, tree) = rt.block_on(connect(samba));
+    let dir = format!("fuse-{name}-{}", rand::thread_rng().next_u32());
+    rt.block_on(tree.mkdir_all(&dir)).unwrap();
+    Some(Env { samba, rt, client, tree, dir })
+}
+
+async fn connect(samba: &Samba) -> (Client, Tree) {
+    let creds = Credentials::user(samba.user(), "", samba.password().clone());
+    let client = Client::connect(samba.host(), samba.port(), &creds, &ClientOptions::default()).await.expect("connect");
+    let tree = client.tree(samba.share_name()).await.expect("tree");
+    (client, tree)
+}
+
+impl Env {
+    fn mount(&self, flags: &[&str]) -> (tempfile::TempDir, FuseMount) {
+        let (opts, _) = MountOptions::parse(&flags.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        self.mount_with(&opts, self.tree.clone())
+    }
+
+    fn mount_with(&self, opts: &MountOptions, tree: Tree) -> (tempfile::TempDir, FuseMount) {
+        let mp = tempfile::tempdir().unwrap();
+        let _guard = self.rt.enter();
+        let m = FuseMount::mount(tree, &self.dir, mp.path(), opts).expect("mount");
+        (mp, m)
+    }
+
+    /// A second, independent SMB connection (like another node).
+    fn other_tree(&self) -> (Client, Tree) {
+        self.rt.block_on(connect(self.samba))
+    }
+
+    fn smbclient_sha256(&self, rel: &str) -> String {
+        let local = tempfile::NamedTempFile::new().unwrap();
+        let remote = format!("{}/{rel}", self.dir).replace('/', "\\");
+        self.samba.smbclient(&format!("get \"{remote}\" \"{}\"", local.path().display())).expect("smbclient get");
+        sha256_file(local.path())
+    }
+}
+
+fn sha256_file(p: &Path) -> String {
+    let mut h = Sha256::new();
+    h.update(fs::read(p).unwrap());
+    hex::encode(h.finalize())
+}
+
+fn random(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::thread_rng().fill_bytes(&mut v);
+    v
+}
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run command");
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
+    r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
+}
+
+#[test]
+fn mount_shows_fstype_and_source_and_unmounts() {
+    let Some(e) = env("table") else { return };
+    let (mp, m) = e.mount(&[]);
+    match mount::mount_state(mp.path()).unwrap() {
+        MountState::Mounted { fstype, source } => {
+            assert_eq!(fstype, "fuse.smb3-csi");
+            assert!(source.ends_with(&format!("/{}/{}", e.samba.share_name(), e.dir)), "{source}");
+            assert!(!source.contains(e.samba.password().expose()));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(m.is_healthy());
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mountinfo.lines().find(|l| l.contains(&mp.path().display().to_string())).unwrap();
+    assert!(line.contains("allow_other") && line.contains("default_permissions"), "{line}");
+    m.unmount().unwrap();
+    assert_eq!(mount::mount_state(mp.path()).unwrap(), MountState::NotMounted);
+    // A missing directory on the share is a clear error, not a mount.
+    let _guard = e.rt.enter();
+    let err = FuseMount::mount(e.tree.clone(), "no/such/dir", mp.path(), &MountOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("STATUS_OBJECT"), "{err}");
+    let file_mp = tempfile::NamedTempFile::new().unwrap();
+    assert!(FuseMount::mount(e.tree.clone(), &e.dir, file_mp.path(), &MountOptions::default()).is_err());
+}
+
+#[test]
+fn everyday_tools_work_and_data_matches_everywhere() {
+    let Some(e) = env("tools") else { return };
+    let (mp, m) = e.mount(&[]);
+    let root = mp.path();
+
+    // cp -a of a local tree with nested directories and a large file.
+    let src = tempfile::tempdir().unwrap();
+    fs::create_dir_all(src.path().join("tree/a/b")).unwrap();
+    fs::write(src.path().join("tree/a/b/big.bin"), random(5 << 20)).unwrap();
+    fs::write(src.path().join("tree/a/small.txt"), b"hello\n").unwrap();
+    fs::write(src.path().join("tree/empty"), b"").unwrap();
+    sh(Command::new("cp").arg("-a").arg(src.path().join("tree")).arg(root));
+    sh(Command::new("diff").arg("-r").arg(src.path().join("tree")).arg(root.join("tree")));
+    let want = sha256_file(&src.path().join("tree/a/b/big.bin"));
+
+    // The same bytes from a second mount (own connection) and from smbclient.
+    let (_c2, tree2) = e.other_tree();
+    let (mp2, m2) = e.mount_with(&MountOptions::default(), tree2);
+    assert_eq!(sha256_file(&mp2.path().join("tree/a/b/big.bin")), want);
+    assert_eq!(e.smbclient_sha256("tree/a/b/big.bin"), want);
+
+    // tar x of an archive with thousands of files, then ls -l of the big directory.
+    let archive_src = tempfile::tempdir().unwrap();
+    let many = archive_src.path().join("many");
+    fs::create_dir(&many).unwrap();
+    for i in 0..2000 {
+        fs::write(many.join(format!("f{i:04}.txt")), format!("file {i}\n")).unwrap();
+    }
+    let tarball = archive_src.path().join("many.tar");
+    sh(Command::new("tar").arg("-C").arg(archive_src.path()).arg("-cf").arg(&tarball).arg("many"));
+    sh(Command::new("tar").arg("-C").arg(root).arg("-xf").arg(&tarball));
+    let listing = sh(Command::new("ls").arg("-l").arg(root.join("many")));
+    assert_eq!(listing.lines().filter(|l| l.starts_with('-')).count(), 2000);
+    assert_eq!(fs::read_to_string(mp2.path().join("many/f1999.txt")).unwrap(), "file 1999\n");
+    let inos: std::collections::HashSet<u64> =
+        fs::read_dir(root.join("many")).unwrap().map(|d| d.unwrap().metadata().unwrap().ino()).collect();
+    assert_eq!(inos.len(), 2000, "inode numbers are distinct");
+    // Stable inode numbers: the same file has the same number from both mounts (server file ids).
+    assert_eq!(
+        fs::metadata(root.join("many/f0001.txt")).unwrap().ino(),
+        fs::metadata(mp2.path().join("many/f0001.txt")).unwrap().ino()
+    );
+
+    // Append.
+    let log = root.join("log.txt");
+    fs::write(&log, b"one\n").unwrap();
+    fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b"two\n").unwrap();
+    assert_eq!(fs::read_to_string(mp2.path().join("log.txt")).unwrap(), "one\ntwo\n");
+
+    // Truncate: shrink and extend, by path and by handle.
+    let t = root.join("trunc.bin");
+    fs::write(&t, random(100_000)).unwrap();
+    fs::OpenOptions::new().write(true).open(&t).unwrap().set_len(10).unwrap();
+    assert_eq!(fs::metadata(&t).unwrap().len(), 10);
+    sh(Command::new("truncate").arg("-s").arg("5000").arg(&t));
+    let data = fs::read(&t).unwrap();
+    assert_eq!(data.len(), 5000);
+    assert!(data[10..].iter().all(|b| *b == 0));
+
+    // O_EXCL and O_TRUNC.
+    assert_eq!(errno_of(fs::OpenOptions::new().write(true).create_new(true).open(&log)), nix::libc::EEXIST);
+    fs::OpenOptions::new().write(true).truncate(true).open(&log).unwrap();
+    assert_eq!(fs::metadata(&log).unwrap().len(), 0);
+
+    // Rename over an existing file, and no-replace rename refusing.
+    fs::write(root.join("new.txt"), b"new").unwrap();
+    fs::write(root.join("old.txt"), b"old").unwrap();
+    fs::rename(root.join("new.txt"), root.join("old.txt")).unwrap();
+    assert_eq!(fs::read_to_string(root.join("old.txt")).unwrap(), "new");
+    assert!(!root.join("new.txt").exists());
+    fs::write(root.join("a.txt"), b"a").unwrap();
+    let out =
+        Command::new("mv").arg("--no-clobber").arg(root.join("a.txt")).arg(root.join("old.txt")).output().unwrap();
+    let _ = out; // mv -n exits 0 either way; the file contents tell
+    assert_eq!(fs::read_to_string(root.join("old.txt")).unwrap(), "new");
+    fs::rename(root.join("tree"), root.join("tree2")).unwrap();
+    assert_eq!(sha256_file(&root.join("tree2/a/b/big.bin")), want);
+
+    // Errors applications rely on.
+    assert_eq!(errno_of(fs::metadata(root.join("missing"))), nix::libc::ENOENT);
+    assert_eq!(errno_of(fs::remove_dir(root.join("tree2"))), nix::libc::ENOTEMPTY);
+    assert_eq!(errno_of(fs::create_dir(root.join("tree2"))), nix::libc::EEXIST);
+    assert_eq!(errno_of(std::os::unix::fs::symlink("x", root.join("link"))), nix::libc::EPERM);
+
+    // chmod/chown: documented no-ops that succeed (cp -a and tar rely on it as root).
+    fs::set_permissions(root.join("old.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(root.join("old.txt")).unwrap().mode() & 0o7777, 0o755);
+
+    // utimens.
+    sh(Command::new("touch").arg("-d").arg("2001-02-03 04:05:06 UTC").arg(root.join("old.txt")));
+    assert_eq!(fs::metadata(root.join("old.txt")).unwrap().mtime(), 981_173_106);
+
+    // Hard links where Samba allows them.
+    match fs::hard_link(root.join("old.txt"), root.join("hard.txt")) {
+        Ok(()) => assert_eq!(fs::read_to_string(root.join("hard.txt")).unwrap(), "new"),
+        Err(err) => assert_eq!(err.raw_os_error(), Some(nix::libc::EPERM), "{err}"),
+    }
+
+    // statfs (df).
+    let df = sh(Command::new("df").arg("-B1").arg("--output=size,avail").arg(root));
+    let nums: Vec<u64> = df.lines().nth(1).unwrap().split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert!(nums[0] > 0 && nums[1] > 0 && nums[1] <= nums[0], "{df}");
+
+    // rm -rf of everything.
+    let out = Command::new("rm").arg("-rf").arg(root.join("many")).arg(root.join("tree2")).output().unwrap();
+    if !out.status.success() {
+        let left = fs::read_dir(root.join("many")).map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>());
+        let server = e.samba.smbclient(&format!("ls {}\\many\\*", e.dir));
+        panic!("rm -rf: {} left: {left:?} server: {server:?}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(!root.join("many").exists());
+    assert!(!e.rt.block_on(e.tree.exists(&format!("{}/many", e.dir))).unwrap());
+
+    m2.unmount().unwrap();
+    m.unmount().unwrap();
+}
+
+#[test]
+fn unlink_while_open_keeps_the_handle_working() {
+    let Some(e) = env("unlink") else { return };
+    let (mp, m) = e.mount(&[]);
+    let path = mp.path().join("victim.bin");
+    fs::write(&path, b"0123456789").unwrap();
+    let mut f = fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    fs::remove_file(&path).unwrap();
+    assert_eq!(errno_of(fs::metadata(&path)), nix::libc::ENOENT, "the name is gone");
+    let mut buf = String::new();
+    f.read_to_string(&mut buf).unwrap();
+    assert_eq!(buf, "0123456789");
+    f.write_all(b"abc").unwrap();
+    f.seek(SeekFrom::Start(10)).unwrap();
+    let mut tail = String::new();
+    f.read_to_string(&mut tail).unwrap();
+    assert_eq!(tail, "abc");
+    assert_eq!(f.metadata().unwrap().len(), 13);
+    drop(f);
+    // After the last close the server removed it.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!e.rt.block_on(e.tree.exists(&format!("{}/victim.bin", e.dir))).unwrap());
+    // And the name can be reused.
+    fs::write(&path, b"again").unwrap();
+    assert_eq!(fs::read_to_string(&path).unwrap(), "again");
+    m.unmount().unwrap();
+}
+
+#[test]
+fn two_mounts_write_different_files_in_one_directory_concurrently() {
+    let Some(e) = env("concurrent") else { return };
+    let (mp1, m1) = e.mount(&[]);
+    let (_c2, tree2) = e.other_tree();
+    let (mp2, m2) = e.mount_with(&MountOptions::default(), tree2);
+    let writer = |root: PathBuf, tag: &'static str| {
+        std::thread::spawn(move || {
+            let mut sums = Vec::new();
+            for i in 0..20 {
+                let data = random(256 * 1024 + i * 1000);
+                fs::write(root.join(format!("{tag}-{i}.bin")), &data).unwrap();
+                sums.push(hex::encode(Sha256::digest(&data)));
+            }
+            sums
+        })
+    };
+    let (a, b) = (writer(mp1.path().to_path_buf(), "a"), writer(mp2.path().to_path_buf(), "b"));
+    let (sa, sb) = (a.join().unwrap(), b.join().unwrap());
+    for (i, s) in sa.iter().enumerate() {
+        assert_eq!(&sha256_file(&mp2.path().join(format!("a-{i}.bin"))), s);
+    }
+    for (i, s) in sb.iter().enumerate() {
+        assert_eq!(&sha256_file(&mp1.path().join(format!("b-{i}.bin"))), s);
+    }
+    assert_eq!(fs::read_dir(mp1.path()).unwrap().count(), 40);
+    m1.unmount().unwrap();
+    m2.unmount().unwrap();
+}
+
+#[test]
+fn read_only_mount_and_read_only_bind_refuse_writes() {
+    let Some(e) = env("ro") else { return };
+    let (rw_mp, rw) = e.mount(&[]);
+    fs::write(rw_mp.path().join("data.txt"), b"data").unwrap();
+
+    let (ro_mp, ro) = e.mount(&["ro"]);
+    assert_eq!(fs::read_to_string(ro_mp.path().join("data.txt")).unwrap(), "data");
+    assert_eq!(errno_of(fs::write(ro_mp.path().join("new.txt"), b"x")), nix::libc::EROFS);
+    assert_eq!(errno_of(fs::OpenOptions::new().write(true).open(ro_mp.path().join("data.txt"))), nix::libc::EROFS);
+    assert_eq!(errno_of(fs::remove_file(ro_mp.path().join("data.txt"))), nix::libc::EROFS);
+    ro.unmount().unwrap();
+
+    // Publishing: a read-only bind of the read-write staging mount.
+    let target = tempfile::tempdir().unwrap();
+    mount::bind_mount(rw_mp.path(), target.path(), true).unwrap();
+    assert_eq!(fs::read_to_string(target.path().join("data.txt")).unwrap(), "data");
+    assert_eq!(errno_of(fs::write(target.path().join("new.txt"), b"x")), nix::libc::EROFS);
+    assert!(
+        matches!(mount::mount_state(target.path()).unwrap(), MountState::Mounted { fstype, .. } if fstype == "fuse.smb3-csi")
+    );
+    // The staging mount stays writable.
+    fs::write(rw_mp.path().join("new.txt"), b"x").unwrap();
+    mount::unmount(target.path()).unwrap();
+    mount::unmount(target.path()).unwrap();
+    assert_eq!(mount::mount_state(target.path()).unwrap(), MountState::NotMounted);
+    rw.unmount().unwrap();
+}
+
+#[test]
+fn ownership_and_modes_follow_options_and_fs_group() {
+    let Some(e) = env("owner") else { return };
+    let (mp, m) = e.mount(&["uid=1001,gid=2002,file_mode=0640,dir_mode=0750"]);
+    fs::write(mp.path().join("f"), b"x").unwrap();
+    fs::create_dir(mp.path().join("d")).unwrap();
+    let (f, d) = (fs::metadata(mp.path().join("f")).unwrap(), fs::metadata(mp.path().join("d")).unwrap());
+    assert_eq!((f.uid(), f.gid(), f.mode() & 0o7777), (1001, 2002, 0o640));
+    assert_eq!((d.uid(), d.gid(), d.mode() & 0o7777), (1001, 2002, 0o750));
+    let root = fs::metadata(mp.path()).unwrap();
+    assert_eq!((root.uid(), root.mode() & 0o7777), (1001, 0o750));
+    m.unmount().unwrap();
+
+    let (mut opts, _) = MountOptions::parse(&["file_mode=0600,dir_mode=0700".to_string()]).unwrap();
+    opts.apply_fs_group(3003);
+    let (mp, m) = e.mount_with(&opts, e.tree.clone());
+    let (f, d) = (fs::metadata(mp.path().join("f")).unwrap(), fs::metadata(mp.path().join("d")).unwrap());
+    assert_eq!((f.gid(), f.mode() & 0o7777), (3003, 0o660));
+    assert_eq!((d.gid(), d.mode() & 0o7777), (3003, 0o770));
+    // default_permissions: a user outside uid/gid cannot write a 0660 file.
+    let out = Command::new("setpriv")
+        .args(["--reuid=4444", "--regid=4444", "--clear-groups", "sh", "-c"])
+        .arg(format!("echo x > {}", mp.path().join("f").display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "uid 4444 wrote a 0660 file of gid 3003");
+    let out = Command::new("setpriv")
+        .args(["--reuid=4444", "--regid=3003", "--clear-groups", "sh", "-c"])
+        .arg(format!("echo y > {}", mp.path().join("f").display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the fsGroup member could not write: {}", String::from_utf8_lossy(&out.stderr));
+    m.unmount().unwrap();
+}
+
+#[test]
+fn dead_mount_is_detected_and_cleaned() {
+    let Some(e) = env("dead") else { return };
+    let (mp, m) = e.mount(&[]);
+    fs::write(mp.path().join("x"), b"x").unwrap();
+    // Kill the session the way a crashed daemon does: abort the kernel connection.
+    if fs::read_dir("/sys/fs/fuse/connections").map(|mut d| d.next().is_none()).unwrap_or(true) {
+        sh(Command::new("mount").args(["-t", "fusectl", "fusectl", "/sys/fs/fuse/connections"]));
+    }
+    let dev = mount::mount_at(mp.path()).unwrap().unwrap().device;
+    let minor = dev.split(':').nth(1).unwrap();
+    fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), b"1").expect("abort FUSE connection (needs fusectl)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while m.is_healthy() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!m.is_healthy());
+    assert_eq!(mount::mount_state(mp.path()).unwrap(), MountState::Dead);
+    mount::unmount(mp.path()).unwrap();
+    assert_eq!(mount::mount_state(mp.path()).unwrap(), MountState::NotMounted);
+    // Dropping the handle afterwards is harmless; mounting again at the same place works.
+    m.unmount().unwrap();
+    let _guard = e.rt.enter();
+    let again = FuseMount::mount(e.tree.clone(), &e.dir, mp.path(), &MountOptions::default()).unwrap();
+    assert_eq!(fs::read_to_string(mp.path().join("x")).unwrap(), "x");
+    again.unmount().unwrap();
+    drop(e.client);
+}
+
+/// Throughput measurement, not a check: `cargo test --release --test fuse -- --ignored --nocapture bench`
+/// (size with SMB3_CSI_BENCH_MIB, default 1024). dd through the mount next to smbclient put/get, same run.
+#[test]
+#[ignore]
+fn bench_dd_against_smbclient() {
+    let Some(e) = env("bench") else { return };
+    let mib: u64 = std::env::var("SMB3_CSI_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src.bin");
+    sh(Command::new("dd")
+        .arg("if=/dev/urandom")
+        .arg(format!("of={}", src.display()))
+        .args(["bs=1M", &format!("count={mib}")]));
+    let rate = |t: std::time::Duration| format!("{:.1} MiB/s", mib as f64 / t.as_secs_f64());
+    let time = |cmd: &mut Command| {
+        let t0 = std::time::Instant::now();
+        sh(cmd);
+        t0.elapsed()
+    };
+    let (mp, m) = e.mount(&[]);
+    let w = time(
+        Command::new("dd")
+            .arg(format!("if={}", src.display()))
+            .arg(format!("of={}/b.bin", mp.path().display()))
+            .args(["bs=1M", "conv=fsync"]),
+    );
+    m.unmount().unwrap();
+    let (mp, m) = e.mount(&[]);
+    let r = time(Command::new("dd").arg(format!("if={}/b.bin", mp.path().display())).args(["of=/dev/null", "bs=1M"]));
+    m.unmount().unwrap();
+    let remote = format!("{}\\s.bin", e.dir);
+    let t0 = std::time::Instant::now();
+    e.samba.smbclient(&format!("put {} {remote}", src.display())).unwrap();
+    let p = t0.elapsed();
+    let t0 = std::time::Instant::now();
+    e.samba.smbclient(&format!("get {remote} {}/back.bin", work.path().display())).unwrap();
+    let g = t0.elapsed();
+    println!("size {mib} MiB: FUSE dd write (conv=fsync) {} | smbclient put {}", rate(w), rate(p));
+    println!("size {mib} MiB: FUSE dd read (fresh mount) {} | smbclient get {}", rate(r), rate(g));
+}
