@@ -1,7 +1,8 @@
 //! Subcommands of the `smb3-csi` binary.
 
-pub mod serve;
+pub mod demo;
 pub mod mount;
+pub mod serve;
 pub mod smb;
 
 /// Logs go to stderr, as text or JSON.
