@@ -322,7 +322,7 @@ async fn capabilities_info_and_malformed_requests() {
             with(&|r| {
                 r.volume_context.insert("source".into(), "srv/share".into());
             }),
-            "source",
+            "share address",
         ),
         (
             "subdir escaping",

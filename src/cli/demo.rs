@@ -218,7 +218,8 @@ async fn story(root: &Path, running: &mut Running) -> Result<(), String> {
     .map_err(rpc("NodePublishVolume"))?;
     describe_mount(&target)?;
 
-    let text = format!("Hello from smb3-csi, written through FUSE at {:?}\n", std::time::SystemTime::now());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let text = format!("Hello from smb3-csi, written through FUSE (unix time {now})\n");
     step.say("Writing a file through the pod's mount, then reading it back");
     let file = target.join("hello.txt");
     std::fs::write(&file, &text).map_err(|e| format!("writing {}: {e}", file.display()))?;
