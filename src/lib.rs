@@ -2,6 +2,7 @@
 
 pub mod csi;
 pub mod fs;
+pub mod k8s;
 pub mod metrics;
 pub mod mount;
 pub mod smb;

@@ -27,12 +27,15 @@ enum Command {
     Smb(cli::smb::SmbArgs),
     /// Serve the CSI Identity and Controller services (the provisioner side).
     Controller(cli::serve::ServeArgs),
-    /// Serve the CSI services of a node (Identity; the Node service joins it when it lands).
+    /// Serve the CSI services of a node (Identity + Node).
     Node(cli::serve::ServeArgs),
     /// Serve every CSI service on one socket.
     All(cli::serve::ServeArgs),
     /// Mount a share through FUSE and serve it until unmounted or signalled (a userspace mount.cifs).
     Mount(cli::mount::MountArgs),
+    /// Run the whole story locally as root: private Samba, `smb3-csi all`, provision, stage, publish, write,
+    /// read back through smbclient, then tear everything down.
+    Demo(cli::demo::DemoArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +57,7 @@ fn main() -> std::process::ExitCode {
             Command::Node(args) => cli::serve::run(cli::serve::Role::Node, args).await.map_err(|e| e.to_string()),
             Command::All(args) => cli::serve::run(cli::serve::Role::All, args).await.map_err(|e| e.to_string()),
             Command::Mount(args) => cli::mount::run(args).await,
+            Command::Demo(args) => cli::demo::run(args).await,
         }
     });
     match result {

@@ -3,7 +3,7 @@
 //!
 //! - `controller`: Identity + Controller (the Deployment next to
 //!   external-provisioner and external-resizer).
-//! - `node`: Identity (+ Node, once it exists) (the DaemonSet next to
+//! - `node`: Identity + Node (the DaemonSet next to
 //!   node-driver-registrar).
 //! - `all`: every service on one socket (single-binary setups, tests).
 //!
@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use smb3_csi::csi::node::{NodeConfig, NodeService};
 use smb3_csi::csi::{serve, ControllerService, Endpoint, IdentityService, Services};
 use smb3_csi::metrics::{Metrics, MetricsAddress, MetricsServer};
 use smb3_csi::smb::{ClientOptions, EncryptionPolicy, SessionPool};
@@ -62,6 +63,9 @@ pub struct ServeArgs {
     /// (e.g. :29744 for every interface, 127.0.0.1:9808); off when unset.
     #[arg(long, env = "METRICS_ADDRESS")]
     metrics_address: Option<MetricsAddress>,
+    /// Kubeconfig for reading the Secrets of inline volumes (default: in-cluster config).
+    #[arg(long)]
+    kubeconfig: Option<std::path::PathBuf>,
 }
 
 fn parse_encryption(s: &str) -> Result<EncryptionPolicy, String> {
@@ -112,9 +116,22 @@ fn services(role: Role, args: &ServeArgs, ready: Arc<AtomicBool>) -> Result<Serv
     if role.serves_node() {
         let node_id = args.node_id.as_deref().filter(|id| !id.trim().is_empty());
         let node_id = node_id.ok_or(ServeCliError::MissingNodeId(role))?;
-        tracing::info!(node_id, "node role: the Node service is not part of this build yet");
+        services = services.with_node(node_service(node_id, args));
     }
     Ok(services)
+}
+
+/// The Node service with its own session pool (volumes of one node share sessions among themselves).
+fn node_service(node_id: &str, args: &ServeArgs) -> NodeService {
+    let options = ClientOptions {
+        encryption: args.smb_encryption,
+        timeout: Duration::from_secs(args.smb_timeout_secs),
+        ..ClientOptions::default()
+    };
+    let idle = Duration::from_secs(args.session_idle_secs);
+    let pool = SessionPool::new(options, idle);
+    pool.spawn_evictor((idle / 4).max(Duration::from_secs(1)));
+    NodeService::new(NodeConfig { node_id: node_id.to_string(), kubeconfig: args.kubeconfig.clone() }, pool)
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

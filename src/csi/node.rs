@@ -1,0 +1,821 @@
+//! The CSI Node service: a volume is a FUSE filesystem served by our SMB3 client, mounted once per node at the
+//! staging path and bind-mounted into each pod.
+//!
+//! # Behaviour the kubelet can rely on
+//!
+//! - **Capabilities**: STAGE_UNSTAGE_VOLUME, GET_VOLUME_STATS, VOLUME_CONDITION, SINGLE_NODE_MULTI_WRITER,
+//!   VOLUME_MOUNT_GROUP. NodeExpandVolume answers UNIMPLEMENTED (a share has no size to grow on the node).
+//! - **Where a volume is**: `source` and `subdir` from the volume context (written by the controller, or the
+//!   `source`/`subDir` attributes of a static PV, keys case-insensitive), else parsed from the volume id (v1 or
+//!   csi-driver-smb handles).
+//! - **Credentials**: the node-stage secret (`username`, `password`, optional `domain`, values trimmed).
+//! - **Sessions**: one node-wide [`SessionPool`]; volumes with the same server, port, user, domain, password and
+//!   client options share one SMB connection and session. `nosharesock` gives a volume a private session.
+//! - **Mounts**: the [`FuseMount`]s live in one registry keyed by the path they are mounted at (the staging path,
+//!   or the target path of an inline volume). Stage of an already staged, healthy path is a success; a dead one
+//!   (ENOTCONN, lost SMB session) is unmounted and mounted again. Unstage and unpublish are idempotent, clean up
+//!   dead and already-unmounted paths, and remove the mount point.
+//! - **Concurrency**: one operation at a time per path; a second concurrent call gets ABORTED, which the kubelet
+//!   retries.
+//! - **Inline ephemeral volumes** (`csi.storage.k8s.io/ephemeral: "true"`): `source`, `secretName`, optional
+//!   `subDir` and `mountOptions`; the Secret is read from the pod's namespace through the Kubernetes API
+//!   ([`crate::k8s`]). A missing Secret is INVALID_ARGUMENT (the pod spec names something that is not there;
+//!   NOT_FOUND would claim the volume does not exist).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tonic::{Code, Request, Response, Status};
+
+use super::controller::{is_auth_failure, smb_code, CONTEXT_SOURCE, CONTEXT_SUBDIR};
+use super::proto::node_server::Node;
+use super::proto::{
+    node_service_capability, volume_capability, volume_usage, NodeGetCapabilitiesRequest, NodeGetCapabilitiesResponse,
+    NodeGetInfoRequest, NodeGetInfoResponse, NodeGetVolumeStatsRequest, NodeGetVolumeStatsResponse,
+    NodePublishVolumeRequest, NodePublishVolumeResponse, NodeServiceCapability, NodeStageVolumeRequest,
+    NodeStageVolumeResponse, NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse, NodeUnstageVolumeRequest,
+    NodeUnstageVolumeResponse, VolumeCapability, VolumeCondition, VolumeUsage,
+};
+use crate::k8s::{SecretError, SecretReader};
+use crate::mount::{self, FuseMount, MountError, MountOptions, MountState, FSTYPE};
+use crate::smb::{is_not_found, Client, Credentials, Secret, SessionPool, ShareTarget, Tree};
+use crate::volume::{SharePath, ShareUrl, VolumeId};
+
+/// Volume context key marking an inline ephemeral volume (set by the kubelet).
+pub const CONTEXT_EPHEMERAL: &str = "csi.storage.k8s.io/ephemeral";
+/// Volume context key with the pod's namespace (podInfoOnMount).
+pub const CONTEXT_POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
+/// Inline volume attribute: the Secret with the credentials, in the pod's namespace.
+pub const CONTEXT_SECRET_NAME: &str = "secretName";
+/// Inline volume attribute: mount options, comma-separated.
+pub const CONTEXT_MOUNT_OPTIONS: &str = "mountOptions";
+
+/// CSI "Size Limits" for ids and paths we accept.
+const MAX_ID_LEN: usize = 128;
+const MAX_PATH_LEN: usize = 4096;
+
+/// How the node service is set up.
+#[derive(Debug)]
+pub struct NodeConfig {
+    /// NodeGetInfo's node id.
+    pub node_id: String,
+    /// Kubeconfig for Secret lookups of inline volumes; `None`: in-cluster (or inferred) config.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// A live FUSE mount the node owns.
+struct Staged {
+    volume_id: String,
+    mount: FuseMount,
+    tree: Tree,
+    /// The volume's directory in the share (`/`-separated, empty for the root).
+    dir: String,
+    /// The share, for messages: `//server/share/dir`.
+    shown: String,
+    /// Same flags and fsGroup as the request that created it (for the idempotency check).
+    fingerprint: String,
+    /// A `nosharesock` volume's own client, kept alive as long as the mount.
+    _private: Option<Client>,
+}
+
+/// Answers the Node RPCs. Cheap to clone (all state is shared).
+#[derive(Clone)]
+pub struct NodeService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: String,
+    pool: SessionPool,
+    secrets: SecretReader,
+    /// Mount path (staging path or inline target) -> the mount.
+    mounts: Mutex<HashMap<PathBuf, Arc<Staged>>>,
+    /// Published target -> its staging path (for stats on the target path).
+    published: Mutex<HashMap<PathBuf, PathBuf>>,
+    busy: Mutex<HashSet<PathBuf>>,
+}
+
+/// Marks a path busy until dropped.
+struct PathGuard {
+    inner: Arc<Inner>,
+    paths: Vec<PathBuf>,
+}
+
+impl Drop for PathGuard {
+    fn drop(&mut self) {
+        let mut busy = self.inner.busy.lock().unwrap();
+        for p in &self.paths {
+            busy.remove(p);
+        }
+    }
+}
+
+impl NodeService {
+    /// A node service using `pool` for every shared SMB session (run [`SessionPool::spawn_evictor`] on it:
+    /// mounted volumes keep their trees, so only sessions of unstaged volumes are evicted).
+    ///
+    /// ```no_run
+    /// # async fn run() {
+    /// use std::time::Duration;
+    /// use smb3_csi::csi::node::{NodeConfig, NodeService};
+    /// use smb3_csi::smb::{ClientOptions, SessionPool};
+    /// let pool = SessionPool::new(ClientOptions::default(), Duration::from_secs(300));
+    /// let node = NodeService::new(NodeConfig { node_id: "node-1".into(), kubeconfig: None }, pool);
+    /// # }
+    /// ```
+    pub fn new(config: NodeConfig, pool: SessionPool) -> Self {
+        NodeService {
+            inner: Arc::new(Inner {
+                node_id: config.node_id,
+                pool,
+                secrets: SecretReader::new(config.kubeconfig),
+                mounts: Mutex::default(),
+                published: Mutex::default(),
+                busy: Mutex::default(),
+            }),
+        }
+    }
+
+    pub fn pool(&self) -> &SessionPool {
+        &self.inner.pool
+    }
+
+    /// Paths where this node service currently holds a FUSE mount, sorted.
+    pub fn mounted_paths(&self) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = self.inner.mounts.lock().unwrap().keys().cloned().collect();
+        paths.sort();
+        paths
+    }
+
+    fn lock(&self, paths: &[&Path]) -> Result<PathGuard, Status> {
+        let mut busy = self.inner.busy.lock().unwrap();
+        if let Some(p) = paths.iter().find(|p| busy.contains(**p)) {
+            return Err(Status::aborted(format!(
+                "an operation on {} is already in progress; retry when it has finished",
+                p.display()
+            )));
+        }
+        let paths: Vec<PathBuf> = paths.iter().map(|p| p.to_path_buf()).collect();
+        busy.extend(paths.iter().cloned());
+        Ok(PathGuard { inner: self.inner.clone(), paths })
+    }
+
+    fn registered(&self, path: &Path) -> Option<Arc<Staged>> {
+        self.inner.mounts.lock().unwrap().get(path).cloned()
+    }
+
+    /// Removes `path` from the registry and unmounts it (ours or not, dead or alive), then removes the
+    /// mount point directory. Never fails for "already gone".
+    async fn tear_down(&self, path: &Path) -> Result<(), Status> {
+        let staged = self.inner.mounts.lock().unwrap().remove(path);
+        let owned = path.to_path_buf();
+        let result = tokio::task::spawn_blocking(move || -> Result<(), MountError> {
+            if let Some(staged) = staged {
+                match Arc::try_unwrap(staged) {
+                    Ok(staged) => staged.mount.unmount()?,
+                    // A concurrent stats call holds it for a moment; unmounting the path is enough, the
+                    // handle's drop then finds nothing mounted.
+                    Err(_) => mount::unmount(&owned)?,
+                }
+            }
+            mount::unmount(&owned)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("unmount task failed: {e}")))?;
+        result.map_err(|e| Status::internal(format!("unmounting {}: {e}", path.display())))?;
+        remove_mount_point(path);
+        Ok(())
+    }
+
+    /// Mounts the volume at `at` (a directory, created if missing) and registers it.
+    async fn mount_volume(&self, volume_id: &str, at: &Path, plan: MountPlan) -> Result<(), Status> {
+        std::fs::create_dir_all(at)
+            .map_err(|e| Status::internal(format!("creating the mount point {}: {e}", at.display())))?;
+        let target = ShareTarget {
+            host: plan.share.server().to_string(),
+            port: plan.options.port.unwrap_or(plan.share.port()),
+            share: plan.share.share().to_string(),
+            path: String::new(),
+        };
+        let dir = plan.share.base_path().join(&plan.sub_dir).to_string();
+        let shown = if dir.is_empty() {
+            format!("//{}/{}", plan.share.server(), plan.share.share())
+        } else {
+            format!("//{}/{}/{dir}", plan.share.server(), plan.share.share())
+        };
+        let client_options = plan.options.client_options(self.inner.pool.options());
+        let connecting = format!("connecting to //{}/{} as {}", target.host, target.share, plan.creds.display_name());
+        let smb_error = |context: &str, e: &crate::smb::Error| {
+            // The share is named by the volume: a missing one means the volume does not exist.
+            Status::new(smb_code(e, Code::NotFound), format!("{context}: {e}"))
+        };
+        let (tree, private) = if plan.options.nosharesock {
+            let client = Client::connect(&target.host, target.port, &plan.creds, &client_options)
+                .await
+                .map_err(|e| smb_error(&connecting, &e))?;
+            let tree = client.tree(&target.share).await.map_err(|e| smb_error(&connecting, &e))?;
+            (tree, Some(client))
+        } else {
+            match self.inner.pool.tree_with(&target, &plan.creds, &client_options).await {
+                Ok(tree) => (tree, None),
+                Err(e) => {
+                    if is_auth_failure(&e) {
+                        self.inner.pool.invalidate(&target, &plan.creds);
+                    }
+                    return Err(smb_error(&connecting, &e));
+                }
+            }
+        };
+        let (mount_tree, mount_dir, mount_at, opts) =
+            (tree.clone(), dir.clone(), at.to_path_buf(), plan.options.clone());
+        let mounted = tokio::task::spawn_blocking(move || FuseMount::mount(mount_tree, &mount_dir, &mount_at, &opts))
+            .await
+            .map_err(|e| Status::internal(format!("mount task failed: {e}")))?;
+        let mount = mounted.map_err(|e| match &e {
+            MountError::Smb { source, .. } if is_not_found(source) => {
+                Status::not_found(format!("the volume's directory {shown} does not exist on the server"))
+            }
+            MountError::Smb { source, .. } => smb_error(&format!("mounting {shown}"), source),
+            MountError::NotADirectory(_) => Status::failed_precondition(e.to_string()),
+            _ => Status::internal(format!("mounting {shown} at {}: {e}", at.display())),
+        })?;
+        let staged = Staged {
+            volume_id: volume_id.to_string(),
+            mount,
+            tree,
+            dir,
+            shown,
+            fingerprint: plan.fingerprint,
+            _private: private,
+        };
+        self.inner.mounts.lock().unwrap().insert(at.to_path_buf(), Arc::new(staged));
+        Ok(())
+    }
+
+    /// Whether an existing mount at `path` already satisfies the request; cleans up a dead one.
+    /// `Ok(true)`: nothing to do.
+    async fn reuse_or_clean(&self, path: &Path, volume_id: &str, fingerprint: &str) -> Result<bool, Status> {
+        if let Some(staged) = self.registered(path) {
+            let state = mount_state(path)?;
+            let alive = staged.mount.is_healthy() && matches!(state, MountState::Mounted { .. });
+            if alive {
+                if staged.volume_id != volume_id {
+                    return Err(Status::already_exists(format!(
+                        "{} already has volume {:?} mounted",
+                        path.display(),
+                        staged.volume_id
+                    )));
+                }
+                if staged.fingerprint != fingerprint {
+                    return Err(Status::already_exists(format!(
+                        "volume {volume_id:?} is already mounted at {} with other mount options or fsGroup",
+                        path.display()
+                    )));
+                }
+                return Ok(true);
+            }
+            tracing::warn!(path = %path.display(), "mount is dead (FUSE session or SMB connection gone): remounting");
+            self.tear_down(path).await?;
+            return Ok(false);
+        }
+        match mount_state(path)? {
+            MountState::NotMounted => Ok(false),
+            MountState::Dead => {
+                tracing::warn!(path = %path.display(), "a dead mount is left at this path: cleaning it up");
+                self.tear_down(path).await?;
+                Ok(false)
+            }
+            MountState::Mounted { fstype, source } if fstype == FSTYPE => {
+                // Ours from an earlier process whose session still answers cannot happen (our sessions end
+                // with the process); treat it as stale and replace it.
+                tracing::warn!(path = %path.display(), %source, "unregistered smb3-csi mount: replacing it");
+                self.tear_down(path).await?;
+                Ok(false)
+            }
+            MountState::Mounted { fstype, source } => Err(Status::failed_precondition(format!(
+                "{} is already a mount point of {fstype} ({source}), not of this driver",
+                path.display()
+            ))),
+        }
+    }
+
+    async fn publish_inline(&self, req: &NodePublishVolumeRequest, target: &Path) -> Result<(), Status> {
+        let ctx = &req.volume_context;
+        let source = context_value(ctx, CONTEXT_SOURCE)
+            .ok_or_else(|| Status::invalid_argument("inline volume: volumeAttributes.source is required"))?;
+        let secret_name = context_value(ctx, CONTEXT_SECRET_NAME)
+            .ok_or_else(|| Status::invalid_argument("inline volume: volumeAttributes.secretName is required"))?;
+        let namespace = context_value(ctx, CONTEXT_POD_NAMESPACE).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "inline volume: {CONTEXT_POD_NAMESPACE} is missing from the volume context; \
+                 set podInfoOnMount: true in the CSIDriver object"
+            ))
+        })?;
+        let share = ShareUrl::parse(source).map_err(|e| Status::invalid_argument(format!("inline volume: {e}")))?;
+        let sub_dir = match context_value(ctx, "subdir") {
+            Some(s) => SharePath::parse_or_root(s.trim_matches('/'))
+                .map_err(|e| Status::invalid_argument(format!("inline volume: subDir: {e}")))?,
+            None => SharePath::root(),
+        };
+        let mut flags = mount_flags(req.volume_capability.as_ref());
+        if let Some(extra) = context_value(ctx, CONTEXT_MOUNT_OPTIONS) {
+            flags.push(extra.to_string());
+        }
+        let mut options = parse_options(&flags, req.volume_capability.as_ref())?;
+        options.read_only |= req.readonly || is_reader_only(req.volume_capability.as_ref());
+        let fingerprint = fingerprint(&options);
+        if self.reuse_or_clean(target, &req.volume_id, &fingerprint).await? {
+            return Ok(());
+        }
+        let data = self.inner.secrets.get(namespace, secret_name).await.map_err(|e| match e {
+            SecretError::NotFound { .. } | SecretError::BadName(_) | SecretError::NotUtf8 { .. } => {
+                Status::invalid_argument(format!("inline volume: {e}"))
+            }
+            SecretError::Forbidden { .. } => Status::permission_denied(format!("inline volume: {e}")),
+            SecretError::Config(_) => Status::failed_precondition(format!(
+                "inline volume: {e} (inline volumes need the node plugin to reach the Kubernetes API)"
+            )),
+            SecretError::Api { .. } => Status::unavailable(format!("inline volume: {e}")),
+        })?;
+        let creds = credentials(&data)?.ok_or_else(|| {
+            Status::invalid_argument(format!("inline volume: Secret {namespace}/{secret_name} is empty"))
+        })?;
+        let plan = MountPlan { share, sub_dir, options, creds, fingerprint };
+        self.mount_volume(&req.volume_id, target, plan).await
+    }
+}
+
+/// Everything decided before touching the network.
+struct MountPlan {
+    share: ShareUrl,
+    sub_dir: SharePath,
+    options: MountOptions,
+    creds: Credentials,
+    fingerprint: String,
+}
+
+fn fingerprint(options: &MountOptions) -> String {
+    format!("{options:?}")
+}
+
+fn mount_state(path: &Path) -> Result<MountState, Status> {
+    mount::mount_state(path).map_err(|e| Status::internal(format!("inspecting {}: {e}", path.display())))
+}
+
+/// Removes an (unmounted) mount point; a leftover that cannot go is logged, never an error the kubelet would
+/// retry forever.
+fn remove_mount_point(path: &Path) {
+    match std::fs::remove_dir(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove the mount point"),
+    }
+}
+
+/// A volume context value, key matched case-insensitively (csi-driver-smb accepts `subDir` and `subdir`).
+fn context_value<'a>(ctx: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
+    ctx.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.trim()).filter(|v| !v.is_empty())
+}
+
+/// `username`, `password`, `domain` (keys case-insensitive, values trimmed); `None` for an empty map.
+fn credentials(secrets: &HashMap<String, String>) -> Result<Option<Credentials>, Status> {
+    if secrets.is_empty() {
+        return Ok(None);
+    }
+    let get = |key: &str| secrets.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.trim());
+    let user = get("username").filter(|u| !u.is_empty()).ok_or_else(|| {
+        let mut keys: Vec<&str> = secrets.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        Status::invalid_argument(format!(
+            "the secret has no \"username\" (keys present: {}); it needs username, password and optionally domain",
+            keys.join(", ")
+        ))
+    })?;
+    let password = get("password").ok_or_else(|| {
+        Status::invalid_argument("the secret has no \"password\"; it needs username, password and optionally domain")
+    })?;
+    Ok(Some(Credentials::user(user, get("domain").unwrap_or(""), Secret::new(password))))
+}
+
+fn check_id(volume_id: &str) -> Result<(), Status> {
+    if volume_id.is_empty() {
+        return Err(Status::invalid_argument("volume_id is required"));
+    }
+    if volume_id.len() > MAX_ID_LEN {
+        return Err(Status::invalid_argument(format!(
+            "volume_id is {} bytes; CSI allows at most {MAX_ID_LEN}",
+            volume_id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// An absolute, normal path (no `.`/`..`, no NUL): kubelet paths are always of that form, and anything else
+/// could point a mount somewhere unintended.
+fn check_path<'a>(field: &str, path: &'a str) -> Result<&'a Path, Status> {
+    if path.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is required")));
+    }
+    if path.len() > MAX_PATH_LEN || path.contains('\0') {
+        return Err(Status::invalid_argument(format!("{field} is not a usable path")));
+    }
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(Status::invalid_argument(format!("{field} {path:?} must be an absolute path")));
+    }
+    // `Path::components` drops interior `.`, so look at the text.
+    if path.split('/').any(|c| c == "." || c == "..") {
+        return Err(Status::invalid_argument(format!("{field} {path:?} must not contain . or .. components")));
+    }
+    if p == Path::new("/") {
+        return Err(Status::invalid_argument(format!("{field} must not be /")));
+    }
+    Ok(p)
+}
+
+/// A mount capability with a known access mode.
+fn check_capability(capability: Option<&VolumeCapability>) -> Result<&VolumeCapability, Status> {
+    let capability = capability.ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+    match capability.access_type {
+        Some(volume_capability::AccessType::Mount(_)) => {}
+        Some(volume_capability::AccessType::Block(_)) => return Err(Status::invalid_argument(
+            "volume_capability: block access is not supported; SMB volumes are filesystems (volumeMode: Filesystem)",
+        )),
+        None => return Err(Status::invalid_argument("volume_capability: access_type is required (mount)")),
+    }
+    let mode = capability.access_mode.as_ref().map(|m| m.mode).unwrap_or_default();
+    let known = volume_capability::access_mode::Mode::try_from(mode)
+        .ok()
+        .filter(|m| *m != volume_capability::access_mode::Mode::Unknown);
+    if known.is_none() {
+        return Err(Status::invalid_argument("volume_capability: access_mode is required"));
+    }
+    Ok(capability)
+}
+
+fn mount_flags(capability: Option<&VolumeCapability>) -> Vec<String> {
+    match capability.and_then(|c| c.access_type.as_ref()) {
+        Some(volume_capability::AccessType::Mount(m)) => m.mount_flags.clone(),
+        _ => Vec::new(),
+    }
+}
+
+fn is_reader_only(capability: Option<&VolumeCapability>) -> bool {
+    use volume_capability::access_mode::Mode;
+    let mode = capability.and_then(|c| c.access_mode.as_ref()).map(|m| m.mode).unwrap_or_default();
+    matches!(Mode::try_from(mode), Ok(Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly))
+}
+
+/// Mount flags and fsGroup into typed options; one warning line lists the kernel-only flags that are ignored.
+fn parse_options(flags: &[String], capability: Option<&VolumeCapability>) -> Result<MountOptions, Status> {
+    let (mut options, ignored) =
+        MountOptions::parse(flags).map_err(|e| Status::invalid_argument(format!("mount options: {e}")))?;
+    if !ignored.is_empty() {
+        tracing::warn!(ignored = ignored.join(","), "kernel cifs mount options have no meaning here and are ignored");
+    }
+    let group = match capability.and_then(|c| c.access_type.as_ref()) {
+        Some(volume_capability::AccessType::Mount(m)) => m.volume_mount_group.trim(),
+        _ => "",
+    };
+    if !group.is_empty() {
+        let gid = group.parse::<u32>().ok().filter(|g| *g != u32::MAX).ok_or_else(|| {
+            Status::invalid_argument(format!("volume_mount_group {group:?} is not a numeric group id"))
+        })?;
+        options.apply_fs_group(gid);
+    }
+    Ok(options)
+}
+
+/// Where a staged volume is: the volume context (dynamic volumes, static PVs), else the volume id.
+fn locate(volume_id: &str, ctx: &HashMap<String, String>) -> Result<(ShareUrl, SharePath), Status> {
+    if let Some(source) = context_value(ctx, CONTEXT_SOURCE) {
+        let share = ShareUrl::parse(source).map_err(|e| Status::invalid_argument(format!("volume context: {e}")))?;
+        let sub_dir = match context_value(ctx, CONTEXT_SUBDIR) {
+            Some(s) => SharePath::parse_or_root(s.trim_matches('/'))
+                .map_err(|e| Status::invalid_argument(format!("volume context: subdir: {e}")))?,
+            None => SharePath::root(),
+        };
+        return Ok((share, sub_dir));
+    }
+    let id = VolumeId::parse(volume_id).map_err(|e| {
+        Status::invalid_argument(format!("no source in the volume context and the volume id is not one of ours: {e}"))
+    })?;
+    Ok((id.share, id.sub_dir))
+}
+
+fn is_ephemeral(ctx: &HashMap<String, String>) -> bool {
+    context_value(ctx, CONTEXT_EPHEMERAL).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_stage_volume(
+        &self,
+        request: Request<NodeStageVolumeRequest>,
+    ) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        let req = request.into_inner();
+        check_id(&req.volume_id)?;
+        let staging = check_path("staging_target_path", &req.staging_target_path)?;
+        let capability = check_capability(req.volume_capability.as_ref())?;
+        let (share, sub_dir) = locate(&req.volume_id, &req.volume_context)?;
+        let options = parse_options(&mount_flags(Some(capability)), Some(capability))?;
+        let creds = credentials(&req.secrets)?.ok_or_else(|| {
+            Status::invalid_argument(
+                "a node-stage secret is required: set csi.storage.k8s.io/node-stage-secret-name and \
+                 -namespace in the StorageClass (or nodeStageSecretRef in the PV) to a Secret with username, \
+                 password and optionally domain",
+            )
+        })?;
+        let _guard = self.lock(&[staging])?;
+        let fingerprint = fingerprint(&options);
+        if self.reuse_or_clean(staging, &req.volume_id, &fingerprint).await? {
+            tracing::info!(staging = %staging.display(), "already staged and healthy");
+            return Ok(Response::new(NodeStageVolumeResponse {}));
+        }
+        let plan = MountPlan { share, sub_dir, options, creds, fingerprint };
+        self.mount_volume(&req.volume_id, staging, plan).await?;
+        Ok(Response::new(NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        request: Request<NodeUnstageVolumeRequest>,
+    ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+        let req = request.into_inner();
+        check_id(&req.volume_id)?;
+        let staging = check_path("staging_target_path", &req.staging_target_path)?;
+        let _guard = self.lock(&[staging])?;
+        self.tear_down(staging).await?;
+        Ok(Response::new(NodeUnstageVolumeResponse {}))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        request: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        check_id(&req.volume_id)?;
+        let target = check_path("target_path", &req.target_path)?;
+        let capability = check_capability(req.volume_capability.as_ref())?;
+        if is_ephemeral(&req.volume_context) {
+            let _guard = self.lock(&[target])?;
+            self.publish_inline(&req, target).await?;
+            return Ok(Response::new(NodePublishVolumeResponse {}));
+        }
+        let staging = check_path("staging_target_path", &req.staging_target_path)?;
+        if staging == target {
+            return Err(Status::invalid_argument("target_path and staging_target_path must differ"));
+        }
+        let read_only = req.readonly || is_reader_only(Some(capability));
+        let _guard = self.lock(&[target])?;
+        let staged = self.registered(staging).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "volume {:?} is not staged at {} (NodeStageVolume first)",
+                req.volume_id,
+                staging.display()
+            ))
+        })?;
+        if staged.volume_id != req.volume_id {
+            return Err(Status::failed_precondition(format!(
+                "{} holds volume {:?}, not {:?}",
+                staging.display(),
+                staged.volume_id,
+                req.volume_id
+            )));
+        }
+        match mount_state(target)? {
+            MountState::Mounted { .. } => {
+                let published = self.inner.published.lock().unwrap().get(target).cloned();
+                if published.as_deref() == Some(staging) {
+                    let is_ro = nix::sys::statvfs::statvfs(target)
+                        .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+                        .unwrap_or(read_only);
+                    if is_ro != read_only {
+                        return Err(Status::already_exists(format!(
+                            "{} is already published {}",
+                            target.display(),
+                            if is_ro { "read-only" } else { "read-write" }
+                        )));
+                    }
+                    return Ok(Response::new(NodePublishVolumeResponse {}));
+                }
+                return Err(Status::already_exists(format!(
+                    "{} is already a mount point of something else",
+                    target.display()
+                )));
+            }
+            MountState::Dead => {
+                tracing::warn!(target = %target.display(), "dead bind mount at the target: replacing it");
+                mount::unmount(target)
+                    .map_err(|e| Status::internal(format!("unmounting {}: {e}", target.display())))?;
+            }
+            MountState::NotMounted => {}
+        }
+        std::fs::create_dir_all(target)
+            .map_err(|e| Status::internal(format!("creating the target {}: {e}", target.display())))?;
+        mount::bind_mount(staging, target, read_only).map_err(|e| Status::internal(e.to_string()))?;
+        self.inner.published.lock().unwrap().insert(target.to_path_buf(), staging.to_path_buf());
+        tracing::info!(staging = %staging.display(), target = %target.display(), read_only, "published");
+        Ok(Response::new(NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        check_id(&req.volume_id)?;
+        let target = check_path("target_path", &req.target_path)?;
+        let _guard = self.lock(&[target])?;
+        self.inner.published.lock().unwrap().remove(target);
+        self.tear_down(target).await?;
+        Ok(Response::new(NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        let req = request.into_inner();
+        check_id(&req.volume_id)?;
+        let volume_path = check_path("volume_path", &req.volume_path)?;
+        let staging = if req.staging_target_path.is_empty() {
+            None
+        } else {
+            Some(check_path("staging_target_path", &req.staging_target_path)?)
+        };
+        let published = self.inner.published.lock().unwrap().get(volume_path).cloned();
+        let staged = [staging.map(Path::to_path_buf), Some(volume_path.to_path_buf()), published]
+            .into_iter()
+            .flatten()
+            .find_map(|p| self.registered(&p))
+            .filter(|s| s.volume_id == req.volume_id)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "volume {:?} is not mounted by this node at {}",
+                    req.volume_id,
+                    volume_path.display()
+                ))
+            })?;
+        if !volume_path.exists() && !matches!(mount_state(volume_path)?, MountState::Dead) {
+            return Err(Status::not_found(format!("volume_path {} does not exist", volume_path.display())));
+        }
+
+        let mut usage = Vec::new();
+        let condition = if !staged.tree.is_alive() {
+            VolumeCondition { abnormal: true, message: format!("the SMB session to {} is down", staged.shown) }
+        } else if !staged.mount.is_session_running() || matches!(mount_state(volume_path)?, MountState::Dead) {
+            VolumeCondition {
+                abnormal: true,
+                message: format!("the FUSE mount at {} no longer answers", volume_path.display()),
+            }
+        } else {
+            match staged.tree.stat(&staged.dir).await {
+                Ok(meta) if meta.is_dir() => match staged.tree.statfs().await {
+                    Ok(fs) => {
+                        let total = i64::try_from(fs.total_bytes).unwrap_or(i64::MAX);
+                        let available = i64::try_from(fs.available_bytes).unwrap_or(i64::MAX);
+                        let free = i64::try_from(fs.free_bytes).unwrap_or(i64::MAX);
+                        usage.push(VolumeUsage {
+                            available,
+                            total,
+                            used: total.saturating_sub(free).max(0),
+                            unit: volume_usage::Unit::Bytes as i32,
+                        });
+                        VolumeCondition { abnormal: false, message: format!("{} is reachable", staged.shown) }
+                    }
+                    Err(e) => VolumeCondition {
+                        abnormal: true,
+                        message: format!("querying the size of {}: {e}", staged.shown),
+                    },
+                },
+                Ok(_) => VolumeCondition {
+                    abnormal: true,
+                    message: format!("{} is no longer a directory on the server", staged.shown),
+                },
+                Err(e) if is_not_found(&e) => VolumeCondition {
+                    abnormal: true,
+                    message: format!("the volume's directory {} is gone on the server", staged.shown),
+                },
+                Err(e) => VolumeCondition { abnormal: true, message: format!("checking {}: {e}", staged.shown) },
+            }
+        };
+        Ok(Response::new(NodeGetVolumeStatsResponse { usage, volume_condition: Some(condition) }))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _request: Request<NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        use node_service_capability::rpc::Type;
+        let capabilities = [
+            Type::StageUnstageVolume,
+            Type::GetVolumeStats,
+            Type::VolumeCondition,
+            Type::SingleNodeMultiWriter,
+            Type::VolumeMountGroup,
+        ]
+        .into_iter()
+        .map(|t| NodeServiceCapability {
+            r#type: Some(node_service_capability::Type::Rpc(node_service_capability::Rpc { r#type: t as i32 })),
+        })
+        .collect();
+        Ok(Response::new(NodeGetCapabilitiesResponse { capabilities }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _request: Request<NodeGetInfoRequest>,
+    ) -> Result<Response<NodeGetInfoResponse>, Status> {
+        Ok(Response::new(NodeGetInfoResponse {
+            node_id: self.inner.node_id.clone(),
+            // No per-node limit: every volume is a FUSE mount over a shared session.
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn locate_from_context_static_attributes_and_ids() {
+        let (share, sub) = locate("whatever", &ctx(&[("source", "//srv/share/base"), ("subdir", "pvc-1")])).unwrap();
+        assert_eq!((share.server(), share.share()), ("srv", "share"));
+        assert_eq!(share.base_path().join(&sub).to_string(), "base/pvc-1");
+        // Static PV attributes as csi-driver-smb users write them.
+        let (share, sub) = locate("static-1", &ctx(&[("Source", "//srv:4450/data"), ("subDir", "/a/b/")])).unwrap();
+        assert_eq!((share.port(), sub.to_string().as_str()), (4450, "a/b"));
+        let (share, sub) = locate("v1|srv||share|k8s|pvc-2|delete", &HashMap::new()).unwrap();
+        assert_eq!((share.share(), share.base_path().join(&sub).to_string().as_str()), ("share", "k8s/pvc-2"));
+        let (share, sub) = locate("srv/share#pvc-3#pvc-3#retain", &HashMap::new()).unwrap();
+        assert_eq!((share.server(), sub.to_string().as_str()), ("srv", "pvc-3"));
+        for (id, c) in [
+            ("not-an-id", HashMap::new()),
+            ("x", ctx(&[("source", "srv/share")])),
+            ("x", ctx(&[("source", "//srv/share"), ("subdir", "../escape")])),
+        ] {
+            assert_eq!(locate(id, &c).unwrap_err().code(), Code::InvalidArgument, "{id} {c:?}");
+        }
+    }
+
+    #[test]
+    fn paths_ids_and_capabilities_are_checked() {
+        assert!(check_path("p", "/var/lib/kubelet/x").is_ok());
+        for bad in ["", "relative/x", "/a/../b", "/a/./b", "/", "/a\0b"] {
+            assert_eq!(check_path("p", bad).unwrap_err().code(), Code::InvalidArgument, "{bad:?}");
+        }
+        assert!(check_id("").is_err());
+        assert!(check_id(&"x".repeat(129)).is_err());
+        assert!(check_capability(None).is_err());
+        let block = VolumeCapability {
+            access_type: Some(volume_capability::AccessType::Block(volume_capability::BlockVolume {})),
+            access_mode: Some(volume_capability::AccessMode { mode: 1 }),
+        };
+        assert!(check_capability(Some(&block)).unwrap_err().message().contains("block"));
+        let no_mode = VolumeCapability {
+            access_type: Some(volume_capability::AccessType::Mount(Default::default())),
+            access_mode: None,
+        };
+        assert!(check_capability(Some(&no_mode)).unwrap_err().message().contains("access_mode"));
+    }
+
+    #[test]
+    fn options_and_fs_group() {
+        let cap = |flags: &[&str], group: &str| VolumeCapability {
+            access_type: Some(volume_capability::AccessType::Mount(volume_capability::MountVolume {
+                fs_type: String::new(),
+                mount_flags: flags.iter().map(|s| s.to_string()).collect(),
+                volume_mount_group: group.to_string(),
+            })),
+            access_mode: Some(volume_capability::AccessMode { mode: 5 }),
+        };
+        let c = cap(&["uid=1000", "file_mode=0600", "mfsymlinks"], "3000");
+        let o = parse_options(&mount_flags(Some(&c)), Some(&c)).unwrap();
+        assert_eq!((o.uid, o.gid, o.file_mode), (1000, 3000, 0o660));
+        let c = cap(&["uid=bob"], "");
+        let err = parse_options(&mount_flags(Some(&c)), Some(&c)).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("uid"));
+        let c = cap(&[], "staff");
+        assert_eq!(parse_options(&[], Some(&c)).unwrap_err().code(), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn secrets_are_trimmed_and_required_keys_named() {
+        let creds =
+            credentials(&ctx(&[("Username", " bob \n"), ("password", "pw\n"), ("domain", "CORP")])).unwrap().unwrap();
+        assert_eq!(creds.display_name(), "CORP\\bob");
+        assert!(credentials(&HashMap::new()).unwrap().is_none());
+        let err = credentials(&ctx(&[("password", "hunter2")])).unwrap_err();
+        assert!(err.message().contains("username") && !err.message().contains("hunter2"));
+        assert!(credentials(&ctx(&[("username", "bob")])).unwrap_err().message().contains("password"));
+    }
+}
