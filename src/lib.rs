@@ -1,6 +1,7 @@
 //! smb3-csi: a Kubernetes CSI driver for SMB shares built on a userspace SMB3 client.
 
 pub mod csi;
+pub mod registrar;
 pub mod smb;
 pub mod testkit;
 pub mod volume;

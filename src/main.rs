@@ -31,6 +31,8 @@ enum Command {
     Node(cli::serve::ServeArgs),
     /// Serve every CSI service on one socket.
     All(cli::serve::ServeArgs),
+    /// Register the node plugin with the kubelet (plugin registration API v1).
+    Registrar(cli::registrar::RegistrarArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +52,7 @@ fn main() -> std::process::ExitCode {
                 cli::serve::run(cli::serve::Role::Controller, args).await.map_err(|e| e.to_string())
             }
             Command::Node(args) => cli::serve::run(cli::serve::Role::Node, args).await.map_err(|e| e.to_string()),
+            Command::Registrar(args) => cli::registrar::run(args).await,
             Command::All(args) => cli::serve::run(cli::serve::Role::All, args).await.map_err(|e| e.to_string()),
         }
     });

@@ -1,5 +1,6 @@
 //! Subcommands of the `smb3-csi` binary.
 
+pub mod registrar;
 pub mod serve;
 pub mod smb;
 
