@@ -217,7 +217,10 @@ async fn plugin_name_once(endpoint: &Endpoint) -> Result<String, String> {
 }
 
 /// Runs the registrar until `shutdown` completes (Ok) or the kubelet rejects the plugin (Err).
-pub async fn run(config: RegistrarConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), RegistrarError> {
+pub async fn run(
+    config: RegistrarConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RegistrarError> {
     if !config.kubelet_registration_path.is_absolute() {
         return Err(RegistrarError::RelativeRegistrationPath { path: config.kubelet_registration_path });
     }

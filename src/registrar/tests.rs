@@ -50,11 +50,8 @@ async fn wait_for_socket(path: &Path) {
 }
 
 async fn kubelet(path: &Path) -> RegistrationClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("unix://{}", path.display()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("unix://{}", path.display())).unwrap().connect().await.unwrap();
     RegistrationClient::new(channel)
 }
 
@@ -100,7 +97,10 @@ async fn registers_with_the_name_from_the_csi_socket_and_exits_on_rejection() {
     assert_eq!(info.r#type, CSI_PLUGIN_TYPE);
     assert_eq!(info.endpoint, HOST_SOCKET);
 
-    client.notify_registration_status(RegistrationStatus { plugin_registered: true, error: String::new() }).await.unwrap();
+    client
+        .notify_registration_status(RegistrationStatus { plugin_registered: true, error: String::new() })
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!registrar.is_finished(), "a successful registration must keep the registrar serving");
 
