@@ -5,6 +5,8 @@
 source "$(dirname "$0")/lib.sh"
 
 BINARIES=(kube-apiserver kube-controller-manager kubelet kubectl)
+# Bump when the source patches below change: cached binaries are rebuilt.
+PATCH_LEVEL=1
 mkdir -p "$K8S_BIN" "$E2E_CACHE/images"
 
 build_kubernetes() {
@@ -25,6 +27,19 @@ build_kubernetes() {
     cp -r "$r2" "$tree/vendor/github.com/modern-go/reflect2"
     touch "$tree/vendor/github.com/modern-go/reflect2/.from-debian"
   fi
+
+  # The kubelet 1.20 gRPC clients (plugin registration, CSI) send the unix socket *path* as the
+  # HTTP/2 :authority. h2 (under tonic) refuses that with RST_STREAM PROTOCOL_ERROR, so no Rust
+  # gRPC server can serve this kubelet. Later kubelets send "localhost" (kubernetes PR 112597);
+  # the same change is applied here.
+  local f
+  for f in pkg/kubelet/pluginmanager/operationexecutor/operation_generator.go pkg/volume/csi/csi_client.go; do
+    if ! grep -q 'grpc.WithAuthority("localhost")' "$tree/$f"; then
+      log "patching $f: :authority localhost for unix sockets"
+      sed -i 's|grpc.WithInsecure(),|grpc.WithInsecure(), grpc.WithAuthority("localhost"),|' "$tree/$f"
+      grep -q 'grpc.WithAuthority("localhost")' "$tree/$f" || die "patching $f failed"
+    fi
+  done
 
   local openapi=$tree/pkg/generated/openapi/zz_generated.openapi.go
   if [[ ! -s $openapi ]]; then
@@ -53,11 +68,13 @@ build_kubernetes() {
   log "building ${BINARIES[*]} (cold: 10+ minutes on 2 cores)"
   (cd "$tree" && go build -p "$(nproc)" -ldflags "$ldflags" -o "$K8S_BIN.tmp/" "${pkgs[@]}")
   for b in "${BINARIES[@]}"; do mv "$K8S_BIN.tmp/$b" "$K8S_BIN/$b"; done
+  echo "$PATCH_LEVEL" >"$K8S_BIN/.patch-level"
   rmdir "$K8S_BIN.tmp" 2>/dev/null || true
 }
 
 have_all=1
 for b in "${BINARIES[@]}"; do [[ -x $K8S_BIN/$b ]] || have_all=0; done
+[[ $(cat "$K8S_BIN/.patch-level" 2>/dev/null) == "$PATCH_LEVEL" ]] || have_all=0
 if (( have_all )); then
   log "kubernetes binaries cached in $K8S_BIN"
 else
