@@ -1,4 +1,5 @@
-//! Compiles `proto/csi.proto` with protox (pure Rust, no system protoc) and
+//! Compiles `proto/csi.proto` (and `proto/pluginregistration.proto`, the kubelet's plugin
+//! registration API) with protox (pure Rust, no system protoc) and
 //! tonic-prost-build, then generates from the same descriptors the code that
 //! must stay in step with the proto:
 //!
@@ -17,10 +18,14 @@ use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor, Va
 const PROTO_DIR: &str = "proto";
 const PROTO_FILE: &str = "csi.proto";
 const PACKAGE: &str = "csi.v1";
+/// The kubelet plugin registration API, served by `smb3-csi registrar`.
+const REGISTRATION_PROTO_FILE: &str = "pluginregistration.proto";
 
 fn main() {
     println!("cargo:rerun-if-changed={PROTO_DIR}/{PROTO_FILE}");
+    println!("cargo:rerun-if-changed={PROTO_DIR}/{REGISTRATION_PROTO_FILE}");
     println!("cargo:rerun-if-changed=build.rs");
+    compile_registration_proto();
 
     let mut compiler = protox::Compiler::new([PROTO_DIR]).unwrap_or_else(|e| panic!("protox: {e}"));
     compiler.include_imports(true).include_source_info(true);
@@ -51,6 +56,20 @@ fn main() {
     }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     std::fs::write(out_dir.join("csi_v1_extras.rs"), out).expect("writing csi_v1_extras.rs");
+}
+
+/// `proto/pluginregistration.proto`: plain messages, no secrets, no RPC logger; server for the
+/// registrar, client for its tests.
+fn compile_registration_proto() {
+    let mut compiler = protox::Compiler::new([PROTO_DIR]).unwrap_or_else(|e| panic!("protox: {e}"));
+    compiler
+        .open_file(REGISTRATION_PROTO_FILE)
+        .unwrap_or_else(|e| panic!("compiling {PROTO_DIR}/{REGISTRATION_PROTO_FILE}: {e}"));
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(compiler.file_descriptor_set())
+        .unwrap_or_else(|e| panic!("generating Rust for {REGISTRATION_PROTO_FILE}: {e}"));
 }
 
 /// A field whose value is a credential.

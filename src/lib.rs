@@ -5,6 +5,7 @@ pub mod fs;
 pub mod k8s;
 pub mod metrics;
 pub mod mount;
+pub mod registrar;
 pub mod smb;
 pub mod testkit;
 pub mod volume;

@@ -36,6 +36,8 @@ enum Command {
     /// Run the whole story locally as root: private Samba, `smb3-csi all`, provision, stage, publish, write,
     /// read back through smbclient, then tear everything down.
     Demo(cli::demo::DemoArgs),
+    /// Register the node plugin with the kubelet (plugin registration API v1).
+    Registrar(cli::registrar::RegistrarArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +57,7 @@ fn main() -> std::process::ExitCode {
                 cli::serve::run(cli::serve::Role::Controller, args).await.map_err(|e| e.to_string())
             }
             Command::Node(args) => cli::serve::run(cli::serve::Role::Node, args).await.map_err(|e| e.to_string()),
+            Command::Registrar(args) => cli::registrar::run(args).await,
             Command::All(args) => cli::serve::run(cli::serve::Role::All, args).await.map_err(|e| e.to_string()),
             Command::Mount(args) => cli::mount::run(args).await,
             Command::Demo(args) => cli::demo::run(args).await,

@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod mount;
+pub mod registrar;
 pub mod serve;
 pub mod smb;
 

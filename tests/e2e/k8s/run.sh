@@ -1,0 +1,312 @@
+#!/usr/bin/env bash
+# The end-to-end suite on a real single-node Kubernetes 1.20 (real API server, kubelet, pods):
+#   tests/e2e/k8s/run.sh
+# installs what is missing, builds or reuses the cluster binaries (~/.cache/smb3-csi-e2e), starts
+# the cluster on loopback, runs the driver as host processes (controller, node, `smb3-csi registrar`)
+# with the chart's CSIDriver/RBAC/StorageClass applied, a private Samba and a test provisioner,
+# then runs the scenarios. One PASS/FAIL line per test and a final "N passed, N failed"; the exit
+# status is non-zero when anything failed. Everything is torn down at the end (E2E_KEEP=1 keeps
+# the cluster up for debugging; tests/e2e/k8s/teardown.sh removes it later).
+#
+# E2E_FAKE_NODE=1 replaces the node plugin with a stand-in that answers only NodeGetInfo: enough to
+# check plugin registration when the Node service is not in the build (the volume scenarios then fail).
+source "$(dirname "$0")/lib.sh"
+START=$SECONDS
+NS=smb3-csi-system
+DRIVER=smb3.csi.dev
+PLUGIN_DIR=$KUBELET_DIR/plugins/$DRIVER
+NODE_SOCKET=$PLUGIN_DIR/csi.sock
+CONTROLLER_SOCKET=$E2E_STATE/csi/controller.sock
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
+
+cleanup() {
+  local rc=$?
+  if [[ ${E2E_KEEP:-0} == 1 ]]; then
+    log "E2E_KEEP=1: cluster left running; KUBECONFIG=$KUBECONFIG_ADMIN; tests/e2e/k8s/teardown.sh removes it"
+  else
+    bash "$E2E_DIR/teardown.sh" || true
+  fi
+  log "total $((SECONDS - START))s"
+  exit "$rc"
+}
+
+# --- prerequisites, cluster, driver binaries ---
+bash "$E2E_DIR/install.sh"
+bash "$E2E_DIR/build.sh"
+log "building smb3-csi and the e2e harness"
+(cd "$REPO_ROOT" && cargo build --quiet --bin smb3-csi)
+SMB3_CSI=$CARGO_TARGET_DIR/debug/smb3-csi
+HARNESS=$(cd "$REPO_ROOT" && cargo test --quiet --test e2e --no-run --message-format=json 2>/dev/null \
+  | jq -r 'select(.reason == "compiler-artifact" and .target.name == "e2e" and .executable != null) | .executable' | tail -1)
+[[ -x $HARNESS ]] || die "could not build the e2e harness (cargo test --test e2e --no-run)"
+
+trap cleanup EXIT
+# A previous run that was killed may have left a cluster behind: start from a clean state.
+if [[ -d $E2E_STATE ]]; then bash "$E2E_DIR/teardown.sh"; fi
+bash "$E2E_DIR/start.sh"
+export KUBECONFIG=$KUBECONFIG_ADMIN KUBECTL E2E_STATE E2E_DRIVER=$DRIVER E2E_NODE_NAME=$NODE_NAME
+export E2E_CONTROLLER_SOCKET=$CONTROLLER_SOCKET E2E_FAKE_NODE_SOCKET=$NODE_SOCKET
+
+# --- Samba + test provisioner ---
+start_daemon smb3-csi-provisioner "$HARNESS" --ignored --exact harness --nocapture
+wait_for "the private Samba" 90 test -s "$E2E_STATE/samba.env" || die "harness did not start: $(tail -20 "$E2E_STATE/logs/smb3-csi-provisioner.log")"
+# shellcheck disable=SC1091
+source "$E2E_STATE/samba.env"
+SOURCE="//$SMB_HOST:$SMB_PORT/$SMB_SHARE"
+AUTH=$E2E_STATE/smb.auth
+(umask 077; printf 'username = %s\npassword = %s\ndomain = WORKGROUP\n' "$SMB_USER" "$SMB_PASSWORD" >"$AUTH")
+smbc() { smbclient "//$SMB_HOST/$SMB_SHARE" -p "$SMB_PORT" -A "$AUTH" --client-protection=encrypt -c "$1" 2>&1; }
+
+# --- the chart's objects, rendered by helm-render ---
+HELM_RENDER=${HELM_RENDER:-$REPO_ROOT/../shared/tools/helm-render/helm-render}
+[[ -x $HELM_RENDER ]] || HELM_RENDER=/work/shared/tools/helm-render/helm-render
+render() {
+  # The chart declares kubeVersion >=1.28; the objects applied here are all valid on 1.20.
+  "$HELM_RENDER" template smb3-csi "$REPO_ROOT/charts/smb3-csi" -n "$NS" \
+    --set feature.enableInlineVolume=true,storageClass.create=true,storageClass.onDelete=delete \
+    --set-string storageClass.source="$SOURCE" "$@"
+}
+kc create namespace "$NS" --dry-run=client -o yaml | kc apply -f - >/dev/null
+render -s templates/csi-driver.yaml -s templates/serviceaccounts.yaml -s templates/rbac.yaml \
+  -s templates/storageclass.yaml >"$E2E_STATE/chart.yaml"
+kc apply -f "$E2E_STATE/chart.yaml" >/dev/null
+# Same class with onDelete=archive, for scenario 1.
+render -s templates/storageclass.yaml --set storageClass.name=smb3-archive,storageClass.onDelete=archive \
+  | kc apply -f - >/dev/null
+kc -n "$NS" create secret generic smb-creds --from-literal=username="$SMB_USER" \
+  --from-literal=password="$SMB_PASSWORD" --dry-run=client -o yaml | kc apply -f - >/dev/null
+
+# --- the node plugin's kubeconfig: its ServiceAccount's token (legacy token Secret in 1.20) ---
+wait_for "node ServiceAccount token" 60 bash -c "'$KUBECTL' --kubeconfig '$KUBECONFIG' -n $NS get sa smb3-csi-node-sa -o jsonpath='{.secrets[0].name}' | grep -q ."
+sa_secret=$(kc -n "$NS" get sa smb3-csi-node-sa -o jsonpath='{.secrets[0].name}')
+sa_token=$(kc -n "$NS" get secret "$sa_secret" -o jsonpath='{.data.token}' | base64 -d)
+NODE_KUBECONFIG=$E2E_STATE/node.kubeconfig
+(umask 077; sed -e "s|^- name: admin|- name: smb3-csi-node-sa|" -e "s|user: admin}|user: smb3-csi-node-sa}|" \
+  -e "s|token: .*|token: $sa_token|" "$KUBECONFIG_ADMIN" >"$NODE_KUBECONFIG")
+
+# --- the driver, as host processes ---
+mkdir -p "$(dirname "$CONTROLLER_SOCKET")" "$PLUGIN_DIR"
+start_daemon smb3-csi-controller "$SMB3_CSI" controller --endpoint "unix://$CONTROLLER_SOCKET" \
+  --driver-name "$DRIVER" --log-level info
+if [[ ${E2E_FAKE_NODE:-0} == 1 ]]; then
+  start_daemon smb3-csi-node "$HARNESS" --ignored --exact fake_node_plugin --nocapture
+else
+  start_daemon smb3-csi-node "$SMB3_CSI" node --endpoint "unix://$NODE_SOCKET" --node-id "$NODE_NAME" \
+    --driver-name "$DRIVER" --kubeconfig "$NODE_KUBECONFIG" --log-level info
+fi
+start_daemon smb3-csi-registrar "$SMB3_CSI" registrar --csi-address="$NODE_SOCKET" \
+  --kubelet-registration-path="$NODE_SOCKET" --registration-dir="$KUBELET_DIR/plugins_registry" \
+  --log-level=info --log-format=text
+
+# --- test helpers ---
+PASSED=0 FAILED=0 RESULTS=()
+run_test() { # NAME FUNCTION; E2E_ONLY=name1,name2 runs a subset
+  local name=$1 t0=$SECONDS
+  if [[ -n ${E2E_ONLY:-} && ,$E2E_ONLY, != *,$name,* ]]; then return 0; fi
+  log "--- $name"
+  local rc=0
+  # Not in an `if`: bash ignores set -e inside a condition.
+  set +e
+  ( set -e; "$2" ) >"$E2E_STATE/logs/test-$name.log" 2>&1
+  rc=$?
+  set -e
+  if (( rc == 0 )); then
+    PASSED=$((PASSED + 1)); RESULTS+=("PASS $name ($((SECONDS - t0))s)")
+    echo "PASS $name ($((SECONDS - t0))s)"
+  else
+    FAILED=$((FAILED + 1)); RESULTS+=("FAIL $name ($((SECONDS - t0))s)")
+    echo "FAIL $name ($((SECONDS - t0))s)"
+    sed 's/^/    /' "$E2E_STATE/logs/test-$name.log" | tail -25
+  fi
+}
+fail() { echo "FAILED: $*"; exit 1; }
+pod_phase() { kc -n "${2:-default}" get pod "$1" -o jsonpath='{.status.phase}' 2>/dev/null; }
+# wait_pod NAME [NS] [TIMEOUT]: until the pod has finished; prints its phase, and its termination message.
+wait_pod() {
+  local pod=$1 ns=${2:-default} timeout=${3:-90} t0=$SECONDS phase
+  while :; do
+    phase=$(pod_phase "$pod" "$ns")
+    [[ $phase == Succeeded || $phase == Failed ]] && break
+    if (( SECONDS - t0 > timeout )); then
+      echo "pod $ns/$pod still $phase after ${timeout}s; events:"
+      kc -n "$ns" get events --field-selector "involvedObject.name=$pod" -o custom-columns=REASON:.reason,MESSAGE:.message | tail -8
+      return 1
+    fi
+    sleep 1
+  done
+  echo "pod $ns/$pod: $phase: $(kc -n "$ns" get pod "$pod" -o jsonpath='{.status.containerStatuses[0].state.terminated.message}')"
+  [[ $phase == Succeeded ]]
+}
+# pod_yaml NAME SCRIPT VOLUME_YAML [EXTRA_POD_SPEC] [MOUNT_EXTRA]: a busybox pod on our node running SCRIPT
+# with the volume at /data. The script's output is the termination message (no kubectl logs: the
+# kubelet has no non-loopback address, so the API server cannot reach it).
+pod_yaml() {
+  cat <<POD
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  nodeName: $NODE_NAME
+  hostNetwork: true
+  automountServiceAccountToken: false
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+${4:-}
+  containers:
+  - name: c
+    image: e2e.local/busybox:1
+    imagePullPolicy: Never
+    terminationMessagePolicy: FallbackToLogsOnError
+    command: ["sh", "-c", $(printf '%s' "$2" | jq -Rs .)]
+    volumeMounts: [{name: data, mountPath: /data${5:-}}]
+  volumes:
+  - name: data
+$3
+POD
+}
+pvc_yaml() { # NAME CLASS MODE
+  printf 'apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: %s}\nspec:\n  storageClassName: %s\n  accessModes: [%s]\n  resources: {requests: {storage: 1Gi}}\n' "$1" "$2" "$3"
+}
+wait_bound() { wait_for "claim $1 bound" 60 bash -c "[[ \$('$KUBECTL' --kubeconfig '$KUBECONFIG' get pvc $1 -o jsonpath='{.status.phase}') == Bound ]]" \
+  || fail "claim $1 not bound: $(kc get pvc "$1" -o jsonpath='{.metadata.annotations}')"; }
+delete_pod() { kc delete pod "$1" --wait=false >/dev/null 2>&1 || true; wait_for "pod $1 gone" 90 bash -c "! '$KUBECTL' --kubeconfig '$KUBECONFIG' get pod $1"; }
+mounts_of() { grep -F "$1" /proc/self/mounts || true; }
+
+# --- tests ---
+test_registration() {
+  wait_for "CSINode lists $DRIVER" 60 bash -c \
+    "'$KUBECTL' --kubeconfig '$KUBECONFIG' get csinode $NODE_NAME -o jsonpath='{.spec.drivers[*].name}' | grep -qw '$DRIVER'" \
+    || fail "driver not in CSINode: $(kc get csinode -o yaml 2>&1 | tail -5); registrar: $(tail -5 "$E2E_STATE/logs/smb3-csi-registrar.log")"
+  echo "CSINode $NODE_NAME: $(kc get csinode "$NODE_NAME" -o jsonpath='{.spec.drivers[*].name} nodeID={.spec.drivers[0].nodeID}')"
+  [[ -S $KUBELET_DIR/plugins_registry/$DRIVER-reg.sock ]] || fail "no registration socket"
+}
+
+test_dynamic_pvc() {
+  for class in smb3 smb3-archive; do
+    local claim=dyn-$class pod=dyn-writer-$class
+    pvc_yaml "$claim" "$class" ReadWriteOnce | kc apply -f -
+    wait_bound "$claim"
+    local pv; pv=$(kc get pvc "$claim" -o jsonpath='{.spec.volumeName}')
+    pod_yaml "$pod" 'echo hello-from-pod > /data/hello.txt && cat /data/hello.txt' \
+      "    persistentVolumeClaim: {claimName: $claim}" | kc apply -f -
+    wait_pod "$pod" || fail "writer pod failed"
+    smbc "get $pv/hello.txt $E2E_STATE/hello.txt" >/dev/null || fail "hello.txt not on the share under $pv/: $(smbc "ls $pv/*")"
+    [[ $(cat "$E2E_STATE/hello.txt") == hello-from-pod ]] || fail "content on the share: $(cat "$E2E_STATE/hello.txt")"
+    echo "$class: $pv/hello.txt on the share"
+    local uid; uid=$(kc get pod "$pod" -o jsonpath='{.metadata.uid}')
+    delete_pod "$pod"
+    wait_for "unpublish and unstage of $pv" 60 bash -c "! grep -qF '$pv' /proc/self/mounts" || fail "mounts left: $(mounts_of "$pv")"
+    [[ -z $(mounts_of "$uid") ]] || fail "pod mounts left: $(mounts_of "$uid")"
+    kc delete pvc "$claim" --wait=false
+    wait_for "PV $pv deleted" 60 bash -c "! '$KUBECTL' --kubeconfig '$KUBECONFIG' get pv $pv" || fail "PV $pv not deleted"
+    local listing; listing=$(smbc "ls *")
+    if [[ $class == smb3 ]]; then
+      ! grep -qw "$pv" <<<"$listing" || fail "onDelete=delete left $pv on the share"
+    else
+      grep -qw "archived-$pv" <<<"$listing" || fail "onDelete=archive: no archived-$pv on the share: $listing"
+      ! grep -qE "^ +$pv " <<<"$listing" || fail "onDelete=archive left $pv in place"
+    fi
+    echo "$class: onDelete honoured"
+  done
+}
+
+test_rwx_two_pods() {
+  pvc_yaml rwx smb3 ReadWriteMany | kc apply -f -
+  wait_bound rwx
+  local wait_for_peer='for i in $(seq 1 60); do [ -f /data/$PEER.txt ] && break; sleep 1; done; cat /data/$PEER.txt'
+  for me in a b; do
+    local peer=b; [[ $me == b ]] && peer=a
+    pod_yaml "rwx-$me" "PEER=$peer; echo written-by-$me > /data/$me.txt && $wait_for_peer" \
+      "    persistentVolumeClaim: {claimName: rwx}" | kc apply -f -
+  done
+  wait_pod rwx-a | tee "$E2E_STATE/rwx-a" && wait_pod rwx-b | tee "$E2E_STATE/rwx-b" || fail "an RWX pod failed"
+  grep -q written-by-b "$E2E_STATE/rwx-a" || fail "pod a did not read b's write"
+  grep -q written-by-a "$E2E_STATE/rwx-b" || fail "pod b did not read a's write"
+  delete_pod rwx-a; delete_pod rwx-b
+  kc delete pvc rwx --wait=false
+}
+
+test_inline_ephemeral_secret() {
+  kc create secret generic inline-creds --from-literal=username="$SMB_USER" --from-literal=password="$SMB_PASSWORD" \
+    --dry-run=client -o yaml | kc apply -f -
+  local vol="    csi:
+      driver: $DRIVER
+      volumeAttributes: {source: \"$SOURCE\", subDir: inline-e2e, secretName: inline-creds}"
+  pod_yaml inline 'echo inline-ok > /data/inline.txt && cat /data/inline.txt' "$vol" | kc apply -f -
+  wait_pod inline || fail "inline pod failed"
+  smbc "get inline-e2e/inline.txt $E2E_STATE/inline.txt" >/dev/null || fail "inline.txt not on the share"
+  [[ $(cat "$E2E_STATE/inline.txt") == inline-ok ]] || fail "inline content differs"
+  delete_pod inline
+  # Without the chart's binding the node plugin's ServiceAccount may not read the Secret.
+  local binding; binding=$(kc get clusterrolebinding -o name | grep node-secret-binding)
+  kc get "$binding" -o yaml >"$E2E_STATE/binding.yaml"
+  kc delete "$binding"
+  pod_yaml inline-denied 'echo should-not-run' "$vol" | kc apply -f -
+  local denied=0
+  for _ in $(seq 1 60); do
+    if kc get events --field-selector involvedObject.name=inline-denied -o jsonpath='{.items[*].message}' \
+      | grep -qiE 'forbidden|permission|denied'; then denied=1; break; fi
+    sleep 1
+  done
+  kc get events --field-selector involvedObject.name=inline-denied -o jsonpath='{.items[*].message}' | tail -c 600; echo
+  [[ $(pod_phase inline-denied) != Succeeded ]] || fail "pod ran without RBAC"
+  grep -v -e resourceVersion -e uid: -e creationTimestamp "$E2E_STATE/binding.yaml" | kc apply -f -
+  delete_pod inline-denied
+  (( denied )) || fail "no mount failure naming the denied Secret read"
+}
+
+test_fsgroup_readonly() {
+  pvc_yaml fsg smb3 ReadWriteMany | kc apply -f -
+  wait_bound fsg
+  pod_yaml fsg-writer 'touch /data/f && mkdir /data/d && stat -c "%g %g" /data/f /data/d | tr "\n" " "' \
+    "    persistentVolumeClaim: {claimName: fsg}" "  securityContext: {fsGroup: 4321, runAsUser: 1000}" | kc apply -f -
+  wait_pod fsg-writer | tee "$E2E_STATE/fsg" || fail "fsGroup pod failed"
+  grep -q ': 4321 4321 4321 4321' "$E2E_STATE/fsg" || fail "files do not carry group 4321"
+  pod_yaml fsg-ro 'if echo x > /data/ro.txt; then echo WRITE-ALLOWED; exit 1; fi; ls /data/f && echo read-only-ok' \
+    "    persistentVolumeClaim: {claimName: fsg, readOnly: true}" "" ", readOnly: true" | kc apply -f -
+  wait_pod fsg-ro || fail "read-only volume accepted a write (or could not be read)"
+  delete_pod fsg-writer; delete_pod fsg-ro
+  kc delete pvc fsg --wait=false
+}
+
+test_static_pv() {
+  smbc "mkdir static-e2e" >/dev/null || true
+  kc apply -f - <<PV
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: static-e2e}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  claimRef: {namespace: default, name: static-e2e}
+  csi:
+    driver: $DRIVER
+    volumeHandle: static-e2e-handle
+    volumeAttributes: {source: "$SOURCE", subDir: static-e2e}
+    nodeStageSecretRef: {name: smb-creds, namespace: $NS}
+PV
+  printf 'apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: static-e2e}\nspec:\n  storageClassName: ""\n  volumeName: static-e2e\n  accessModes: [ReadWriteMany]\n  resources: {requests: {storage: 1Gi}}\n' | kc apply -f -
+  wait_bound static-e2e
+  pod_yaml static-writer 'echo static-ok > /data/static.txt && cat /data/static.txt' \
+    "    persistentVolumeClaim: {claimName: static-e2e}" | kc apply -f -
+  wait_pod static-writer || fail "static PV pod failed"
+  smbc "get static-e2e/static.txt $E2E_STATE/static.txt" >/dev/null || fail "static.txt not in static-e2e/ on the share"
+  [[ $(cat "$E2E_STATE/static.txt") == static-ok ]] || fail "static content differs"
+  delete_pod static-writer
+  kc delete pvc static-e2e; kc delete pv static-e2e
+}
+
+run_test registration test_registration
+run_test dynamic-pvc test_dynamic_pvc
+run_test rwx-two-pods test_rwx_two_pods
+run_test inline-ephemeral-secret test_inline_ephemeral_secret
+run_test fsgroup-readonly test_fsgroup_readonly
+run_test static-pv-subdir test_static_pv
+
+touch "$E2E_STATE/run/harness.stop" "$E2E_STATE/run/fake-node.stop"
+echo
+printf '%s\n' "${RESULTS[@]}"
+echo "$PASSED passed, $FAILED failed"
+(( FAILED == 0 ))
