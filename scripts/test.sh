@@ -16,6 +16,8 @@ if ! command -v cargo >/dev/null && [[ -n ${SUDO_USER:-} ]]; then
   fi
 fi
 command -v cargo >/dev/null || { echo "test.sh: cargo not found" >&2; exit 1; }
+# kubernetes-validate and hadolint, installed by setup.sh.
+export PATH="${XDG_CACHE_HOME:-$HOME/.cache}/smb3-csi/venv/bin:$PATH"
 
 failed=()
 run() {

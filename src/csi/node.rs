@@ -168,7 +168,15 @@ impl NodeService {
     /// Removes `path` from the registry and unmounts it (ours or not, dead or alive), then removes the
     /// mount point directory. Never fails for "already gone".
     async fn tear_down(&self, path: &Path) -> Result<(), Status> {
-        let staged = self.inner.mounts.lock().unwrap().remove(path);
+        let (staged, mounted) = {
+            let mut mounts = self.inner.mounts.lock().unwrap();
+            let staged = mounts.remove(path);
+            (staged, mounts.len())
+        };
+        crate::metrics::set_mounted_volumes(mounted);
+        if let Some(staged) = &staged {
+            crate::metrics::forget_volume(&staged.volume_id);
+        }
         let owned = path.to_path_buf();
         let result = tokio::task::spawn_blocking(move || -> Result<(), MountError> {
             if let Some(staged) = staged {
@@ -221,7 +229,7 @@ impl NodeService {
                 Ok(tree) => (tree, None),
                 Err(e) => {
                     if is_auth_failure(&e) {
-                        self.inner.pool.invalidate(&target, &plan.creds);
+                        self.inner.pool.invalidate_with(&target, &plan.creds, &client_options);
                     }
                     return Err(smb_error(&connecting, &e));
                 }
@@ -249,7 +257,12 @@ impl NodeService {
             fingerprint: plan.fingerprint,
             _private: private,
         };
-        self.inner.mounts.lock().unwrap().insert(at.to_path_buf(), Arc::new(staged));
+        let mounted = {
+            let mut mounts = self.inner.mounts.lock().unwrap();
+            mounts.insert(at.to_path_buf(), Arc::new(staged));
+            mounts.len()
+        };
+        crate::metrics::set_mounted_volumes(mounted);
         Ok(())
     }
 
@@ -701,6 +714,7 @@ impl Node for NodeService {
                 Err(e) => VolumeCondition { abnormal: true, message: format!("checking {}: {e}", staged.shown) },
             }
         };
+        crate::metrics::set_volume_condition(&req.volume_id, condition.abnormal);
         Ok(Response::new(NodeGetVolumeStatsResponse { usage, volume_condition: Some(condition) }))
     }
 

@@ -113,7 +113,12 @@ impl SessionPool {
 
     /// Forgets the session for these credentials (after an auth or session error).
     pub fn invalidate(&self, target: &ShareTarget, creds: &Credentials) {
-        let key = Self::key(target, creds, &self.opts);
+        self.invalidate_with(target, creds, &self.opts);
+    }
+
+    /// As [`invalidate`](Self::invalidate) for a session made by [`tree_with`](Self::tree_with).
+    pub fn invalidate_with(&self, target: &ShareTarget, creds: &Credentials, opts: &ClientOptions) {
+        let key = Self::key(target, creds, opts);
         self.entries.lock().unwrap().remove(&key);
     }
 
