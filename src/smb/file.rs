@@ -319,18 +319,7 @@ impl File {
     /// Current size and attributes from the server.
     pub async fn metadata(&self) -> Result<Metadata> {
         let buf = self.query_info(file_class::ALL, 4096).await?;
-        let all = info::FileAllInformation::decode(&buf)?;
-        Ok(Metadata {
-            size: all.standard.end_of_file,
-            allocation_size: all.standard.allocation_size,
-            attributes: all.basic.file_attributes,
-            file_id: all.internal.index_number,
-            links: all.standard.number_of_links,
-            created: all.basic.creation_time,
-            accessed: all.basic.last_access_time,
-            modified: all.basic.last_write_time,
-            changed: all.basic.change_time,
-        })
+        Ok(Metadata::from_all(&info::FileAllInformation::decode(&buf)?))
     }
 
     /// IOCTL/FSCTL on this handle; returns the output buffer.

@@ -65,6 +65,20 @@ impl Metadata {
         info::filetime_to_system_time(self.created)
     }
 
+    pub(crate) fn from_all(all: &FileAllInformation) -> Metadata {
+        Metadata {
+            size: all.standard.end_of_file,
+            allocation_size: all.standard.allocation_size,
+            attributes: all.basic.file_attributes,
+            file_id: all.internal.index_number,
+            links: all.standard.number_of_links,
+            created: all.basic.creation_time,
+            accessed: all.basic.last_access_time,
+            modified: all.basic.last_write_time,
+            changed: all.basic.change_time,
+        }
+    }
+
     fn from_entry(e: &DirectoryEntry) -> Metadata {
         Metadata {
             size: e.end_of_file,
@@ -307,18 +321,7 @@ impl Tree {
             .with_handle(path, access::FILE_READ_ATTRIBUTES | access::SYNCHRONIZE, disposition::OPEN, 0, middle, "stat")
             .await?;
         let body = QueryInfoResponse::decode(&resps[0].msg)?;
-        let all = FileAllInformation::decode(&body.buffer)?;
-        Ok(Metadata {
-            size: all.standard.end_of_file,
-            allocation_size: all.standard.allocation_size,
-            attributes: all.basic.file_attributes,
-            file_id: all.internal.index_number,
-            links: all.standard.number_of_links,
-            created: all.basic.creation_time,
-            accessed: all.basic.last_access_time,
-            modified: all.basic.last_write_time,
-            changed: all.basic.change_time,
-        })
+        Ok(Metadata::from_all(&FileAllInformation::decode(&body.buffer)?))
     }
 
     /// Whether `path` exists (any other error is returned).
