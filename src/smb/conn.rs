@@ -25,6 +25,8 @@ use crate::metrics::Metrics;
 
 /// Message id the server uses for unsolicited oplock/lease break notifications.
 const UNSOLICITED_MESSAGE_ID: u64 = u64::MAX;
+/// Messages up to this size are sent with their frame header in one write.
+const SMALL_MESSAGE: usize = 64 * 1024;
 /// We keep asking for credits until this many are available (Samba grants up to 8192).
 const CREDIT_TARGET: u32 = 512;
 
@@ -47,8 +49,9 @@ pub(crate) struct SessionKeysInUse {
 #[derive(Debug)]
 pub(crate) struct Response {
     pub header: Header,
-    /// The single message, header first (one element of a compound chain).
-    pub msg: Vec<u8>,
+    /// The single message, header first (one element of a compound chain); a
+    /// view into the received frame, not a copy.
+    pub msg: bytes::Bytes,
 }
 
 impl Response {
@@ -396,7 +399,7 @@ impl Connection {
         let expect =
             Expect { encrypted: prot.sealer.is_some(), signed: prot.sealer.is_none() && prot.signer.is_some() };
 
-        let payload = if n == 1 {
+        let mut frame_body = if n == 1 {
             std::mem::take(&mut outs[0].msg)
         } else {
             for o in &outs {
@@ -404,16 +407,14 @@ impl Connection {
             }
             chain
         };
-        let frame_body = match prot.sealer {
-            Some(sealer) => sealer.encrypt(prot.session_id, &payload),
-            None => payload,
-        };
-        let frame_header = framing::encode_frame_header(frame_body.len())?;
+        let transform = prot.sealer.map(|sealer| sealer.seal_in_place(prot.session_id, &mut frame_body));
+        let transform: &[u8] = transform.as_ref().map_or(&[], |t| &t[..]);
+        let frame_header = framing::encode_frame_header(transform.len() + frame_body.len())?;
 
         let stats = &self.shared.stats;
         stats.requests.fetch_add(n as u64, Ordering::Relaxed);
-        stats.bytes_sent.fetch_add(frame_body.len() as u64 + 4, Ordering::Relaxed);
-        Metrics::global().smb_bytes_sent(frame_body.len() + 4);
+        stats.bytes_sent.fetch_add((transform.len() + frame_body.len()) as u64 + 4, Ordering::Relaxed);
+        Metrics::global().smb_bytes_sent(transform.len() + frame_body.len() + 4);
         let now = stats.in_flight.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
         stats.max_in_flight.fetch_max(now, Ordering::Relaxed);
         let _in_flight = InFlight { counter: &stats.in_flight, n: n as u64 };
@@ -429,7 +430,16 @@ impl Connection {
         let sent_at = Instant::now();
         let write = async {
             let mut w = self.writer.lock().await;
-            w.write_all(&frame_header).await?;
+            // One write for small messages (no Nagle: each write is a segment); large
+            // bodies go out after their 4 + 52 header bytes without being copied.
+            let mut head = Vec::with_capacity(4 + transform.len() + SMALL_MESSAGE);
+            head.extend_from_slice(&frame_header);
+            head.extend_from_slice(transform);
+            if frame_body.len() <= SMALL_MESSAGE {
+                head.extend_from_slice(&frame_body);
+                return w.write_all(&head).await;
+            }
+            w.write_all(&head).await?;
             w.write_all(&frame_body).await
         };
         if let Err(e) = write.await {
@@ -537,9 +547,24 @@ async fn reader_loop(shared: Arc<Shared>, mut rd: OwnedReadHalf) {
             Ok(Frame::KeepAlive) => continue,
             Err(e) => break Fatal::Protocol(format!("bad frame header: {e}")),
         };
-        let mut frame = vec![0u8; len];
-        if let Err(e) = rd.read_exact(&mut frame).await {
-            break Fatal::Io(e.to_string());
+        // Filled without zeroing first: frames are up to 8 MiB of read data.
+        let mut frame = Vec::with_capacity(len);
+        let mut short = None;
+        while frame.len() < len {
+            match (&mut rd).take((len - frame.len()) as u64).read_buf(&mut frame).await {
+                Ok(0) => {
+                    short = Some("server closed the connection mid-message".to_string());
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    short = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(why) = short {
+            break Fatal::Io(why);
         }
         shared.stats.bytes_received.fetch_add(len as u64 + 4, Ordering::Relaxed);
         Metrics::global().smb_bytes_received(len + 4);
@@ -551,7 +576,7 @@ async fn reader_loop(shared: Arc<Shared>, mut rd: OwnedReadHalf) {
 }
 
 /// Decrypts, splits, verifies and routes one received frame.
-fn dispatch(shared: &Shared, frame: Vec<u8>) -> Result<(), Fatal> {
+fn dispatch(shared: &Shared, mut frame: Vec<u8>) -> Result<(), Fatal> {
     let (plain, encrypted_for) = match frame.get(..4) {
         Some([0xFD, b'S', b'M', b'B']) => {
             let th = TransformHeader::decode(&frame).map_err(|e| Fatal::Protocol(format!("transform header: {e}")))?;
@@ -561,12 +586,12 @@ fn dispatch(shared: &Shared, frame: Vec<u8>) -> Result<(), Fatal> {
             })?;
             // A message that fails authentication cannot be attributed to a request:
             // the transport is compromised, so every waiter gets the integrity error.
-            let (sid, plain) = sealer
-                .decrypt(&frame)
+            let (sid, range) = sealer
+                .decrypt_in_place(&mut frame)
                 .map_err(|e| Fatal::Integrity(format!("decrypting response from server: {e}")))?;
-            (plain, Some(sid))
+            (bytes::Bytes::from(frame).slice(range), Some(sid))
         }
-        Some([0xFE, b'S', b'M', b'B']) => (frame, None),
+        Some([0xFE, b'S', b'M', b'B']) => (bytes::Bytes::from(frame), None),
         Some([0xFF, b'S', b'M', b'B']) => return Err(Fatal::Smb1),
         Some([0xFC, b'S', b'M', b'B']) => {
             return Err(Fatal::Protocol("compressed message, but compression was never negotiated".into()))
@@ -589,7 +614,7 @@ fn dispatch(shared: &Shared, frame: Vec<u8>) -> Result<(), Fatal> {
         } else {
             pos + next
         };
-        let msg = plain[pos..end].to_vec();
+        let msg = plain.slice(pos..end);
         route(shared, h, msg, encrypted_for)?;
         if next == 0 {
             return Ok(());
@@ -598,7 +623,7 @@ fn dispatch(shared: &Shared, frame: Vec<u8>) -> Result<(), Fatal> {
     }
 }
 
-fn route(shared: &Shared, h: Header, msg: Vec<u8>, encrypted_for: Option<u64>) -> Result<(), Fatal> {
+fn route(shared: &Shared, h: Header, msg: bytes::Bytes, encrypted_for: Option<u64>) -> Result<(), Fatal> {
     shared.grant(h.credits);
     if h.message_id == UNSOLICITED_MESSAGE_ID {
         tracing::debug!(command = ?h.command, "ignoring unsolicited server notification");

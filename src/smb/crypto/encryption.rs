@@ -133,7 +133,22 @@ impl Sealer {
     }
 
     fn encrypt_with_nonce(&self, session_id: u64, nonce: [u8; 16], plaintext: &[u8]) -> Vec<u8> {
-        let size = u32::try_from(plaintext.len()).expect("SMB2 message of 4 GiB or more");
+        let mut body = plaintext.to_vec();
+        let head = self.seal_with_nonce(session_id, nonce, &mut body);
+        let mut out = Vec::with_capacity(TRANSFORM_HEADER_LEN + body.len());
+        out.extend_from_slice(&head);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Encrypts `message` in place and returns the transform header to send
+    /// before it: saves copying every large write.
+    pub fn seal_in_place(&self, session_id: u64, message: &mut [u8]) -> [u8; TRANSFORM_HEADER_LEN] {
+        self.seal_with_nonce(session_id, self.next_nonce(), message)
+    }
+
+    fn seal_with_nonce(&self, session_id: u64, nonce: [u8; 16], body: &mut [u8]) -> [u8; TRANSFORM_HEADER_LEN] {
+        let size = u32::try_from(body.len()).expect("SMB2 message of 4 GiB or more");
         let header = TransformHeader {
             signature: [0; 16],
             nonce,
@@ -141,10 +156,10 @@ impl Sealer {
             flags: TRANSFORM_FLAG_ENCRYPTED,
             session_id,
         };
-        let mut out = Vec::with_capacity(TRANSFORM_HEADER_LEN + plaintext.len());
-        header.encode(&mut out);
-        out.extend_from_slice(plaintext);
-        let (head, body) = out.split_at_mut(TRANSFORM_HEADER_LEN);
+        let mut encoded = Vec::with_capacity(TRANSFORM_HEADER_LEN);
+        header.encode(&mut encoded);
+        let mut head = [0u8; TRANSFORM_HEADER_LEN];
+        head.copy_from_slice(&encoded);
         // CCM (11-byte nonce) takes up to 2^32-1 bytes and GCM up to 2^36,
         // so a 32-bit size never fails.
         let tag = self
@@ -152,15 +167,18 @@ impl Sealer {
             .seal(&nonce, &head[TRANSFORM_AAD_OFFSET..], body)
             .expect("AEAD accepts any message under 4 GiB");
         head[TRANSFORM_SIGNATURE_OFFSET..TRANSFORM_AAD_OFFSET].copy_from_slice(&tag);
-        out
+        head
     }
 
     /// Transform message -> (session id, plaintext). Fails, never returning
     /// unauthenticated bytes, on: bad or truncated header, flags other than
     /// "encrypted", OriginalMessageSize over the limit or different from the
     /// ciphertext length, or a tag that does not verify.
-    pub fn decrypt(&self, transform_msg: &[u8]) -> Result<(u64, Vec<u8>), CryptoError> {
-        let header = TransformHeader::decode(transform_msg)?;
+    /// As [`decrypt`](Self::decrypt), but in place: the ciphertext after the
+    /// transform header is replaced by the plaintext, whose range in `frame`
+    /// is returned with the session id. Saves a copy of every large read.
+    pub fn decrypt_in_place(&self, frame: &mut [u8]) -> Result<(u64, std::ops::Range<usize>), CryptoError> {
+        let header = TransformHeader::decode(frame)?;
         if header.flags != TRANSFORM_FLAG_ENCRYPTED {
             return Err(CryptoError::BadTransformFlags(header.flags));
         }
@@ -168,20 +186,24 @@ impl Sealer {
         if declared > MAX_DECRYPTED_MESSAGE_SIZE {
             return Err(CryptoError::MessageTooLarge { size: declared, limit: MAX_DECRYPTED_MESSAGE_SIZE });
         }
-        let ciphertext = &transform_msg[TRANSFORM_HEADER_LEN..];
-        if ciphertext.len() != declared {
-            return Err(CryptoError::SizeMismatch { declared: header.original_message_size, actual: ciphertext.len() });
+        let actual = frame.len() - TRANSFORM_HEADER_LEN;
+        if actual != declared {
+            return Err(CryptoError::SizeMismatch { declared: header.original_message_size, actual });
         }
-        let mut plaintext = ciphertext.to_vec();
-        self.decryptor
-            .open(
-                &header.nonce,
-                &transform_msg[TRANSFORM_AAD_OFFSET..TRANSFORM_HEADER_LEN],
-                &mut plaintext,
-                &header.signature,
-            )
-            .map_err(|_| CryptoError::DecryptFailed)?;
-        Ok((header.session_id, plaintext))
+        let (head, body) = frame.split_at_mut(TRANSFORM_HEADER_LEN);
+        if self.decryptor.open(&header.nonce, &head[TRANSFORM_AAD_OFFSET..], body, &header.signature).is_err() {
+            // Never leave partially decrypted, unauthenticated bytes behind.
+            body.fill(0);
+            return Err(CryptoError::DecryptFailed);
+        }
+        Ok((header.session_id, TRANSFORM_HEADER_LEN..frame.len()))
+    }
+
+    pub fn decrypt(&self, transform_msg: &[u8]) -> Result<(u64, Vec<u8>), CryptoError> {
+        let mut frame = transform_msg.to_vec();
+        let (session_id, plain) = self.decrypt_in_place(&mut frame)?;
+        frame.drain(..plain.start);
+        Ok((session_id, frame))
     }
 }
 
