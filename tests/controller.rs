@@ -541,6 +541,91 @@ async fn smb_failures_map_to_codes_without_secrets() {
     plugin.stop().await;
 }
 
+/// The shared Samba of `profile`, or `None` (skip) when Samba is not installed outside CI.
+fn shared_samba(profile: SambaProfile) -> Option<&'static Samba> {
+    let samba = Samba::shared(profile);
+    if samba.is_none() {
+        eprintln!("skipped: Samba is not installed (CI=true makes this a failure)");
+    }
+    samba
+}
+
+/// `(protocol, encryption)` of each SMB session in `smbstatus -b`.
+fn sessions(samba: &Samba) -> Vec<(String, String)> {
+    let status = samba.smbstatus().unwrap();
+    status
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let at = fields.iter().position(|f| f.starts_with("SMB2_") || f.starts_with("SMB3_"))?;
+            Some((fields[at].to_string(), fields.get(at + 1)?.to_string()))
+        })
+        .collect()
+}
+
+/// The controller's default stays `required`; a StorageClass relaxes it for its own volumes only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encryption_off_per_storage_class() {
+    let Some(signing) = shared_samba(SambaProfile::SigningOnly) else { return };
+    let Some(smb2) = shared_samba(SambaProfile::MaxProtocol("SMB2_10")) else { return };
+    let mut plugin = Plugin::start().await;
+
+    // A server that encrypts only when asked: `off` gives signed-only sessions.
+    let base = base_dir(signing, "enc-off");
+    let class = StorageClass::for_samba(signing, &base).with("encryption", "off");
+    let claim = Claim::new("lab", "plain", 1 << 30);
+    let volume = provision(&mut plugin.controller, create_request(&class, &claim)).await.unwrap();
+    let expected_id = format!("v1|127.0.0.1|{}|share|{base}|{}|delete|off", signing.port(), claim.pv_name());
+    assert_eq!(volume.volume_id, expected_id);
+    assert_eq!(volume.volume_context.get("encryption").map(String::as_str), Some("off"));
+    assert!(smb_ls(signing, &base).await.contains(&claim.pv_name()));
+    let ours = sessions(signing);
+    assert!(!ours.is_empty(), "{}", signing.smbstatus().unwrap());
+    assert!(ours.iter().all(|(_, encryption)| encryption == "-"), "sessions should be signed only: {ours:?}");
+    delete(&mut plugin.controller, &volume.volume_id, &class).await.unwrap();
+    assert!(!smb_ls(signing, &base).await.contains(&claim.pv_name()));
+
+    // A server that cannot encrypt at all (SMB 2.1): the default policy refuses it before sending credentials.
+    let base = base_dir(smb2, "enc-off");
+    let strict = StorageClass::for_samba(smb2, &base);
+    let claim = Claim::new("lab", "strict", 1 << 30);
+    let err = plugin.controller.create_volume(create_request(&strict, &claim)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("encryption required"), "{}", err.message());
+    assert!(err.message().contains("StorageClass parameter encryption"), "{}", err.message());
+    assert!(!err.message().contains(smb2.password().expose()), "{}", err.message());
+    assert!(!smb2.share_path().join(&base).exists(), "a refused volume left a directory");
+
+    // The same StorageClass with `encryption: off` works, and every later RPC uses the volume's policy.
+    let relaxed = strict.clone().with("encryption", "off");
+    let volume = provision(&mut plugin.controller, create_request(&relaxed, &claim)).await.unwrap();
+    assert!(volume.volume_id.ends_with("|delete|off"), "{}", volume.volume_id);
+    let got = plugin
+        .controller
+        .controller_get_volume(ControllerGetVolumeRequest { volume_id: volume.volume_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let condition = got.status.unwrap().volume_condition.unwrap();
+    assert!(!condition.abnormal, "{condition:?}");
+    assert_eq!(got.volume.unwrap().volume_context.get("encryption").map(String::as_str), Some("off"));
+    let expanded = plugin
+        .controller
+        .controller_expand_volume(ControllerExpandVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            capacity_range: Some(CapacityRange { required_bytes: 2 << 30, limit_bytes: 0 }),
+            secrets: relaxed.secrets(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(expanded.into_inner().capacity_bytes, 2 << 30);
+    assert!(sessions(smb2).iter().all(|(protocol, _)| protocol == "SMB2_10"), "{}", smb2.smbstatus().unwrap());
+    delete(&mut plugin.controller, &volume.volume_id, &relaxed).await.unwrap();
+    assert!(!smb_ls(smb2, &base).await.contains(&claim.pv_name()));
+    plugin.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expand_validate_and_volume_condition() {
     let samba = samba!();

@@ -554,6 +554,74 @@ async fn fs_group_and_static_volume_by_id() {
     plugin.stop().await;
 }
 
+/// A volume provisioned from a StorageClass with `encryption: off`, on a server that cannot encrypt (SMB 2.1): the
+/// node's default (`required`) would refuse it, the volume's policy lets it stage; `seal` still forces `required`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volume_with_encryption_off_stages_on_a_server_without_encryption() {
+    if samba().is_none() {
+        return;
+    }
+    let Some(smb2) = Samba::shared(SambaProfile::MaxProtocol("SMB2_10")) else {
+        eprintln!("skipped: Samba is not installed (CI=true makes this a failure)");
+        return;
+    };
+    let mut plugin = NodePlugin::start(None).await;
+    let relaxed = |mut vol: TestVolume| {
+        vol.volume_id.push_str("|off");
+        vol.context.insert("encryption".into(), "off".into());
+        vol
+    };
+
+    // The node's default policy refuses the server.
+    let strict = TestVolume::provisioned(smb2, "enc-strict");
+    let staging = plugin.staging_path(&strict.volume_id);
+    let err = plugin.node.node_stage_volume(stage_request(smb2, &strict, &staging, rwx(&[]))).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("encryption required"), "{}", err.message());
+    assert_eq!(state(&staging), MountState::NotMounted);
+
+    // The volume context's policy (as the controller writes it).
+    let vol = relaxed(TestVolume::provisioned(smb2, "enc-off"));
+    let staging = plugin.staging_path(&vol.volume_id);
+    let target = plugin.target_path("3c9d4e5f-0000-4000-8000-00000000e0ff", &vol.pv);
+    plugin.node.node_stage_volume(stage_request(smb2, &vol, &staging, rwx(&[]))).await.unwrap();
+    plugin.node.node_publish_volume(publish_request(&vol, &staging, &target, rwx(&[]), false)).await.unwrap();
+    let t = target.clone();
+    blocking(move || std::fs::write(t.join("plain.txt"), b"signed, not sealed").unwrap()).await;
+    assert_eq!(std::fs::read(smb2.share_path().join(&vol.dir).join("plain.txt")).unwrap(), b"signed, not sealed");
+    unpublish_unstage(&mut plugin, &vol, &target, &staging).await;
+
+    // No context (a static PV naming the handle): the volume id's policy.
+    let mut by_id = relaxed(TestVolume::provisioned(smb2, "enc-id"));
+    by_id.context.clear();
+    let staging = plugin.staging_path(&by_id.volume_id);
+    plugin.node.node_stage_volume(stage_request(smb2, &by_id, &staging, rwx(&[]))).await.unwrap();
+    assert!(matches!(state(&staging), MountState::Mounted { .. }));
+    plugin
+        .node
+        .node_unstage_volume(NodeUnstageVolumeRequest {
+            volume_id: by_id.volume_id.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .unwrap();
+
+    // `seal` wins over the volume's policy.
+    let sealed = relaxed(TestVolume::provisioned(smb2, "enc-seal"));
+    let staging = plugin.staging_path(&sealed.volume_id);
+    let err = plugin.node.node_stage_volume(stage_request(smb2, &sealed, &staging, rwx(&["seal"]))).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    // A bad value is named.
+    let mut bad = TestVolume::provisioned(smb2, "enc-bad");
+    bad.context.insert("Encryption".into(), "sometimes".into());
+    let staging = plugin.staging_path(&bad.volume_id);
+    let err = plugin.node.node_stage_volume(stage_request(smb2, &bad, &staging, rwx(&[]))).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("encryption \"sometimes\""), "{}", err.message());
+    plugin.stop().await;
+}
+
 async fn unpublish_unstage(plugin: &mut NodePlugin, vol: &TestVolume, target: &Path, staging: &Path) {
     plugin
         .node

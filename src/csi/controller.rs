@@ -8,8 +8,8 @@
 //!   SINGLE_NODE_MULTI_WRITER, GET_VOLUME, VOLUME_CONDITION. Every other RPC
 //!   answers UNIMPLEMENTED (the generated trait defaults).
 //! - **Volume ids**: the v1 handles of [`crate::volume::id`]
-//!   (`v1|<server>|<port>|<share>|<base>|<subdir>|<onDelete>`, at most 128
-//!   bytes); csi-driver-smb handles (`server/share#subdir#uuid#onDelete`) are
+//!   (`v1|<server>|<port>|<share>|<base>|<subdir>|<onDelete>[|<encryption>]`,
+//!   at most 128 bytes); csi-driver-smb handles (`server/share#subdir#uuid#onDelete`) are
 //!   accepted wherever an id is.
 //! - **Idempotency** is anchored on the share, not in memory: see [`record`]
 //!   for the record files under `<base>/.smb3-csi/`. A CreateVolume whose
@@ -36,6 +36,13 @@
 //!   domain and password, reused across RPCs and dropped when idle (the
 //!   caller runs [`SessionPool::spawn_evictor`]). A changed password is a new
 //!   pool key, hence a new session.
+//! - **Encryption**: every RPC connects with the volume's policy: the
+//!   StorageClass `encryption` parameter, recorded in the volume id (and put
+//!   into the volume context for the node), else the pool's default
+//!   (`--smb-encryption`). A clone connects with the stricter of its own and
+//!   its source's policy, since streamed files cross the wire. A server that
+//!   cannot meet the policy is FAILED_PRECONDITION, not UNAVAILABLE:
+//!   retrying cannot help until the server or the StorageClass changes.
 //! - **Errors**: validation happens before any SMB traffic, so a refused
 //!   request touches nothing. SMB failures map as described in [`status`].
 
@@ -57,7 +64,11 @@ use super::proto::{
     DeleteVolumeRequest, DeleteVolumeResponse, ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse,
     Volume, VolumeCapability, VolumeCondition, VolumeContentSource,
 };
-use crate::smb::{is_not_found, CopyProgress, Credentials, NtStatus, Secret, SessionPool, ShareTarget, Tree};
+use crate::smb::{
+    is_not_found, ClientOptions, CopyProgress, Credentials, EncryptionPolicy, Error as SmbError, NtStatus, Secret,
+    SessionPool, ShareTarget, Tree,
+};
+use crate::volume::params::encryption_name;
 use crate::volume::{OnDelete, SharePath, ShareUrl, StorageClassParams, VolumeId, MAX_VOLUME_ID_LEN};
 
 pub use record::{RecordState, VolumeRecord, RECORD_DIR};
@@ -69,6 +80,9 @@ use record::{RecordError, RecordStore};
 pub const CONTEXT_SOURCE: &str = "source";
 /// `volume_context` key: the volume's directory under the base path.
 pub const CONTEXT_SUBDIR: &str = "subdir";
+/// `volume_context` key: the SMB encryption policy (`required`, `if-supported`, `off`), present only when the
+/// StorageClass set one.
+pub const CONTEXT_ENCRYPTION: &str = "encryption";
 
 /// CSI "Size Limits": the longest string field, which bounds names and ids.
 const MAX_NAME_LEN: usize = 128;
@@ -124,27 +138,57 @@ impl ControllerService {
         self.known_credentials.lock().unwrap().get(&ShareKey::of(share)).cloned()
     }
 
-    /// A connected tree for `share`; on success the credentials are
-    /// remembered for RPCs that carry none.
-    async fn tree(&self, share: &ShareUrl, creds: &Credentials, missing_share: Code) -> Result<Tree, Status> {
+    /// The policy a volume's sessions use: its own, else the pool's default.
+    fn effective(&self, encryption: Option<EncryptionPolicy>) -> EncryptionPolicy {
+        encryption.unwrap_or(self.pool.options().encryption)
+    }
+
+    /// A connected tree for `share` with the `encryption` policy (`None`: the
+    /// pool's default); on success the credentials are remembered for RPCs
+    /// that carry none.
+    async fn tree(
+        &self,
+        share: &ShareUrl,
+        encryption: Option<EncryptionPolicy>,
+        creds: &Credentials,
+        missing_share: Code,
+    ) -> Result<Tree, Status> {
         let target = ShareTarget {
             host: share.server().to_string(),
             port: share.port(),
             share: share.share().to_string(),
             path: String::new(),
         };
-        match self.pool.tree(&target, creds).await {
+        let policy = self.effective(encryption);
+        let options = ClientOptions { encryption: policy, ..self.pool.options().clone() };
+        match self.pool.tree_with(&target, creds, &options).await {
             Ok(tree) => {
                 self.remember(share, creds);
                 Ok(tree)
             }
             Err(e) => {
                 if is_auth_failure(&e) {
-                    self.pool.invalidate(&target, creds);
+                    self.pool.invalidate_with(&target, creds, &options);
                 }
-                let context =
-                    format!("connecting to //{}/{} as {}", display_host(share), share.share(), creds.display_name());
-                Err(status::smb_status(&context, &e, missing_share))
+                let context = format!(
+                    "connecting to //{}/{} as {} with encryption {}",
+                    display_host(share),
+                    share.share(),
+                    creds.display_name(),
+                    encryption_name(policy)
+                );
+                let mut status = status::smb_status(&context, &e, missing_share);
+                if matches!(e, SmbError::EncryptionUnavailable(_)) && policy == EncryptionPolicy::Required {
+                    status = Status::new(
+                        status.code(),
+                        format!(
+                            "{}; the StorageClass parameter encryption (if-supported or off) relaxes this for its \
+                             volumes, which is safe only where the network path is trusted",
+                            status.message()
+                        ),
+                    );
+                }
+                Err(status)
             }
         }
     }
@@ -278,10 +322,28 @@ fn check_not_reserved(sub_dir: &SharePath) -> Result<(), Status> {
 }
 
 fn volume_context(id: &VolumeId) -> HashMap<String, String> {
-    HashMap::from([
+    let mut context = HashMap::from([
         (CONTEXT_SOURCE.to_string(), id.share.to_string()),
         (CONTEXT_SUBDIR.to_string(), id.sub_dir.to_string()),
-    ])
+    ]);
+    if let Some(policy) = id.encryption {
+        context.insert(CONTEXT_ENCRYPTION.to_string(), encryption_name(policy).to_string());
+    }
+    context
+}
+
+/// The policy that protects data at least as well as both.
+fn stricter(a: EncryptionPolicy, b: EncryptionPolicy) -> EncryptionPolicy {
+    let rank = |p| match p {
+        EncryptionPolicy::Off => 0,
+        EncryptionPolicy::IfSupported => 1,
+        EncryptionPolicy::Required => 2,
+    };
+    if rank(a) >= rank(b) {
+        a
+    } else {
+        b
+    }
 }
 
 /// A share path as the tree functions take it.
@@ -353,7 +415,12 @@ impl CreatePlan {
             )));
         }
         check_not_reserved(&sub_dir)?;
-        let id = VolumeId { share: params.source.clone(), sub_dir, on_delete: Some(params.on_delete) };
+        let id = VolumeId {
+            share: params.source.clone(),
+            sub_dir,
+            on_delete: Some(params.on_delete),
+            encryption: params.encryption,
+        };
         let volume_id = id.encode().map_err(|e| Status::invalid_argument(e.to_string()))?;
 
         let clone_from = match req.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
@@ -424,7 +491,7 @@ impl CreatePlan {
     fn incompatibility(&self, existing: &VolumeRecord) -> Option<String> {
         if existing.volume_id != self.volume_id {
             return Some(format!(
-                "volume {:?} already exists as {:?}; this request would make {:?} (different source, subDir or onDelete)",
+                "volume {:?} already exists as {:?}; this request would make {:?} (different source, subDir, onDelete or encryption)",
                 self.name, existing.volume_id, self.volume_id
             ));
         }
@@ -472,7 +539,12 @@ impl ControllerService {
     async fn create(&self, plan: CreatePlan) -> Result<Volume, Status> {
         let _guard =
             self.lock(vec![format!("name:{}", plan.name), dir_key(&plan.id)], &format!("volume {:?}", plan.name))?;
-        let tree = self.tree(&plan.id.share, &plan.creds, Code::InvalidArgument).await?;
+        // Streamed clone data crosses the wire: protect it as the stricter of the two volumes asks.
+        let encryption = match &plan.clone_from {
+            Some((_, source)) => Some(stricter(self.effective(plan.id.encryption), self.effective(source.encryption))),
+            None => plan.id.encryption,
+        };
+        let tree = self.tree(&plan.id.share, encryption, &plan.creds, Code::InvalidArgument).await?;
         let store = RecordStore::under(plan.id.share.base_path());
         let name_path = store.name_path(&plan.name);
         let dir_path = store.dir_path(&plan.id.sub_dir);
@@ -608,7 +680,7 @@ impl ControllerService {
             return Ok(());
         }
         let _guard = self.lock(vec![dir_key(&id)], &format!("directory /{}", id.path_in_share()))?;
-        let tree = self.tree(&id.share, &creds, Code::NotFound).await?;
+        let tree = self.tree(&id.share, id.encryption, &creds, Code::NotFound).await?;
         let path = share_path(&id.path_in_share());
         let context = |what: &str| format!("{what} /{path} on {} as {}", share_root(&id.share), creds.display_name());
         let on_delete = id.on_delete.unwrap_or_default();
@@ -655,7 +727,7 @@ impl ControllerService {
 
     async fn expand(&self, id: VolumeId, creds: Credentials, required: i64, limit: i64) -> Result<i64, Status> {
         let _guard = self.lock(vec![dir_key(&id)], &format!("directory /{}", id.path_in_share()))?;
-        let tree = self.tree(&id.share, &creds, Code::NotFound).await?;
+        let tree = self.tree(&id.share, id.encryption, &creds, Code::NotFound).await?;
         let path = share_path(&id.path_in_share());
         match tree.stat(&path).await {
             Ok(_) => {}
@@ -721,7 +793,7 @@ impl ControllerService {
                 ),
             ));
         };
-        let tree = match self.tree(&id.share, &creds, Code::NotFound).await {
+        let tree = match self.tree(&id.share, id.encryption, &creds, Code::NotFound).await {
             Ok(tree) => tree,
             Err(status) => return Ok(respond(0, true, format!("share unreachable: {}", status.message()))),
         };
@@ -850,7 +922,7 @@ impl Controller for ControllerService {
         };
         // Without credentials the id's syntax is all that can be checked.
         if let Some(creds) = creds {
-            let tree = self.tree(&id.share, &creds, Code::NotFound).await?;
+            let tree = self.tree(&id.share, id.encryption, &creds, Code::NotFound).await?;
             let path = share_path(&id.path_in_share());
             match tree.stat(&path).await {
                 Ok(meta) if meta.is_dir() => {}
@@ -1007,6 +1079,28 @@ mod tests {
     }
 
     #[test]
+    fn encryption_goes_into_the_id_and_the_context() {
+        let mut req = request();
+        req.parameters.insert("Encryption".into(), "Off".into());
+        let plan = CreatePlan::from_request(&req).unwrap();
+        assert_eq!(plan.volume_id, "v1|srv||share|k8s|pvc-1|delete|off");
+        assert_eq!(plan.id.encryption, Some(EncryptionPolicy::Off));
+        let volume = plan.volume(plan.capacity);
+        assert_eq!(volume.volume_context[CONTEXT_ENCRYPTION], "off");
+        assert_eq!(volume.volume_context.len(), 3);
+
+        req.parameters.insert("Encryption".into(), "maybe".into());
+        let refused = CreatePlan::from_request(&req).err().unwrap();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(refused.message().contains("Encryption") && refused.message().contains("maybe"), "{refused:?}");
+
+        use EncryptionPolicy::*;
+        for (a, b, want) in [(Off, Required, Required), (IfSupported, Off, IfSupported), (Off, Off, Off)] {
+            assert_eq!((stricter(a, b), stricter(b, a)), (want, want));
+        }
+    }
+
+    #[test]
     fn capacity_rules() {
         let range = |required_bytes, limit_bytes| CapacityRange { required_bytes, limit_bytes };
         assert_eq!(capacity_of(None).unwrap(), (0, 0, 0));
@@ -1114,5 +1208,7 @@ mod tests {
         assert!(parse_volume_id("not-ours").unwrap().is_none());
         assert!(parse_volume_id("srv/share#pvc-1#pvc-1#retain").unwrap().is_some());
         assert_eq!(parse_volume_id("v1|srv||share||.smb3-csi|delete").unwrap_err().code(), Code::InvalidArgument);
+        let relaxed = parse_volume_id("v1|srv||share||pvc-1|delete|if-supported").unwrap().unwrap();
+        assert_eq!(relaxed.encryption, Some(EncryptionPolicy::IfSupported));
     }
 }

@@ -8,6 +8,9 @@
 //! - **Where a volume is**: `source` and `subdir` from the volume context (written by the controller, or the
 //!   `source`/`subDir` attributes of a static PV, keys case-insensitive), else parsed from the volume id (v1 or
 //!   csi-driver-smb handles).
+//! - **Encryption**: the volume context's `encryption` (put there by the controller from the StorageClass, or a
+//!   static PV's / inline volume's attribute), else the volume id's policy, else the node's `--smb-encryption`;
+//!   the `seal` mount option forces `required` whatever they say.
 //! - **Credentials**: the node-stage secret (`username`, `password`, optional `domain`, values trimmed).
 //! - **Sessions**: one node-wide [`SessionPool`]; volumes with the same server, port, user, domain, password and
 //!   client options share one SMB connection and session. `nosharesock` gives a volume a private session.
@@ -28,7 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use tonic::{Code, Request, Response, Status};
 
-use super::controller::{is_auth_failure, smb_code, CONTEXT_SOURCE, CONTEXT_SUBDIR};
+use super::controller::{is_auth_failure, smb_code, CONTEXT_ENCRYPTION, CONTEXT_SOURCE, CONTEXT_SUBDIR};
 use super::proto::node_server::Node;
 use super::proto::{
     node_service_capability, volume_capability, volume_usage, NodeGetCapabilitiesRequest, NodeGetCapabilitiesResponse,
@@ -39,7 +42,9 @@ use super::proto::{
 };
 use crate::k8s::{SecretError, SecretReader};
 use crate::mount::{self, FuseMount, MountError, MountOptions, MountState, FSTYPE};
-use crate::smb::{is_not_found, Client, Credentials, Secret, SessionPool, ShareTarget, Tree};
+use crate::smb::{
+    is_not_found, Client, ClientOptions, Credentials, EncryptionPolicy, Secret, SessionPool, ShareTarget, Tree,
+};
 use crate::volume::{SharePath, ShareUrl, VolumeId};
 
 /// Volume context key marking an inline ephemeral volume (set by the kubelet).
@@ -212,7 +217,11 @@ impl NodeService {
         } else {
             format!("//{}/{}/{dir}", plan.share.server(), plan.share.share())
         };
-        let client_options = plan.options.client_options(self.inner.pool.options());
+        let pool_options = self.inner.pool.options();
+        let volume_options =
+            ClientOptions { encryption: plan.encryption.unwrap_or(pool_options.encryption), ..pool_options.clone() };
+        // `seal` overrides the volume's policy with `required`.
+        let client_options = plan.options.client_options(&volume_options);
         let connecting = format!("connecting to //{}/{} as {}", target.host, target.share, plan.creds.display_name());
         let smb_error = |context: &str, e: &crate::smb::Error| {
             // The share is named by the volume: a missing one means the volume does not exist.
@@ -354,7 +363,8 @@ impl NodeService {
         let creds = credentials(&data)?.ok_or_else(|| {
             Status::invalid_argument(format!("inline volume: Secret {namespace}/{secret_name} is empty"))
         })?;
-        let plan = MountPlan { share, sub_dir, options, creds, fingerprint };
+        let encryption = encryption_policy(&req.volume_id, ctx)?;
+        let plan = MountPlan { share, sub_dir, encryption, options, creds, fingerprint };
         self.mount_volume(&req.volume_id, target, plan).await
     }
 }
@@ -363,6 +373,8 @@ impl NodeService {
 struct MountPlan {
     share: ShareUrl,
     sub_dir: SharePath,
+    /// `None`: the pool's default.
+    encryption: Option<EncryptionPolicy>,
     options: MountOptions,
     creds: Credentials,
     fingerprint: String,
@@ -517,6 +529,18 @@ fn locate(volume_id: &str, ctx: &HashMap<String, String>) -> Result<(ShareUrl, S
     Ok((id.share, id.sub_dir))
 }
 
+/// The volume's encryption policy: the volume context's `encryption` (any key case), else the v1 volume id's.
+fn encryption_policy(volume_id: &str, ctx: &HashMap<String, String>) -> Result<Option<EncryptionPolicy>, Status> {
+    if let Some(value) = context_value(ctx, CONTEXT_ENCRYPTION) {
+        return crate::volume::params::parse_encryption(value).map(Some).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "volume context: {CONTEXT_ENCRYPTION} {value:?} is not one of required, if-supported, off"
+            ))
+        });
+    }
+    Ok(VolumeId::parse(volume_id).ok().and_then(|id| id.encryption))
+}
+
 fn is_ephemeral(ctx: &HashMap<String, String>) -> bool {
     context_value(ctx, CONTEXT_EPHEMERAL).is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
@@ -532,6 +556,7 @@ impl Node for NodeService {
         let staging = check_path("staging_target_path", &req.staging_target_path)?;
         let capability = check_capability(req.volume_capability.as_ref())?;
         let (share, sub_dir) = locate(&req.volume_id, &req.volume_context)?;
+        let encryption = encryption_policy(&req.volume_id, &req.volume_context)?;
         let options = parse_options(&mount_flags(Some(capability)), Some(capability))?;
         let creds = credentials(&req.secrets)?.ok_or_else(|| {
             Status::invalid_argument(
@@ -546,7 +571,7 @@ impl Node for NodeService {
             tracing::info!(staging = %staging.display(), "already staged and healthy");
             return Ok(Response::new(NodeStageVolumeResponse {}));
         }
-        let plan = MountPlan { share, sub_dir, options, creds, fingerprint };
+        let plan = MountPlan { share, sub_dir, encryption, options, creds, fingerprint };
         self.mount_volume(&req.volume_id, staging, plan).await?;
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
@@ -757,6 +782,27 @@ mod tests {
 
     fn ctx(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn encryption_from_context_attributes_or_id() {
+        let policy = |id: &str, pairs: &[(&str, &str)]| encryption_policy(id, &ctx(pairs));
+        assert_eq!(
+            policy("v1|srv||share||pvc-1|delete", &[("encryption", "off")]).unwrap(),
+            Some(EncryptionPolicy::Off)
+        );
+        // Static PV / inline attributes: any key case, value case-insensitive.
+        assert_eq!(policy("static-1", &[("Encryption", "If-Supported")]).unwrap(), Some(EncryptionPolicy::IfSupported));
+        // The context wins over the id; without it the id's policy applies; without both the node default.
+        let relaxed_id = "v1|srv||share||pvc-1|delete|off";
+        assert_eq!(policy(relaxed_id, &[("encryption", "required")]).unwrap(), Some(EncryptionPolicy::Required));
+        assert_eq!(policy(relaxed_id, &[("source", "//srv/share")]).unwrap(), Some(EncryptionPolicy::Off));
+        assert_eq!(policy("v1|srv||share||pvc-1|delete", &[]).unwrap(), None);
+        assert_eq!(policy("srv/share#pvc-3#pvc-3#retain", &[]).unwrap(), None);
+        assert_eq!(policy("static-1", &[("encryption", " ")]).unwrap(), None);
+        let bad = policy(relaxed_id, &[("encryption", "sometimes")]).unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument);
+        assert!(bad.message().contains("encryption \"sometimes\""), "{}", bad.message());
     }
 
     #[test]

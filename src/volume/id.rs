@@ -3,16 +3,22 @@
 //! # Format (version 1)
 //!
 //! ```text
-//! v1|<server>|<port>|<share>|<base path>|<subdir>|<onDelete>
+//! v1|<server>|<port>|<share>|<base path>|<subdir>|<onDelete>[|<encryption>]
 //! v1|files.example.com||team|k8s|shop/web-data|retain
+//! v1|files.example.com||team|k8s|lab/scratch|delete|off
 //! ```
 //!
-//! Seven `|`-separated fields. `<port>` is empty for 445. `<base path>`
+//! Seven `|`-separated fields, or eight when the StorageClass set the
+//! `encryption` parameter. `<port>` is empty for 445. `<base path>`
 //! (from the StorageClass `source`) and `<subdir>` are `/`-joined relative
 //! paths, possibly empty; the volume's directory is `<base path>/<subdir>`,
 //! and `archive` renames `<subdir>` to `archived-<subdir>` under the base
 //! path. `<onDelete>` is `delete`, `retain`, `archive` or empty (not
-//! recorded: the controller's default applies). In every field `%` and `|`
+//! recorded: the controller's default applies). `<encryption>` is
+//! `required`, `if-supported` or `off`; when absent (every id from a
+//! StorageClass without the parameter, and every id written before the
+//! field existed) the process's default policy applies. The field is never
+//! written empty, so each volume still has exactly one spelling. In every field `%` and `|`
 //! are written `%25` and `%7C`; other characters, including non-ASCII, are
 //! kept as UTF-8. Decoding validates each field with the same rules as the
 //! StorageClass (`ShareUrl`, `SharePath`), so a forged handle cannot name a
@@ -26,20 +32,23 @@
 //! `server/share[/base]#subdir[#uuid[#onDelete]]`, e.g.
 //! `smb-server.default.svc.cluster.local/share#pvc-4729#pvc-4729#retain`.
 //! The uuid (the PV name) only made that driver's ids unique and is not
-//! kept; re-encoding yields a v1 handle.
+//! kept; re-encoding yields a v1 handle. They record no encryption policy.
 
 use std::fmt;
 
-use super::params::OnDelete;
+use super::params::{encryption_name, parse_encryption, OnDelete};
 use super::path::{PathError, SharePath};
 use super::share_url::{parse_port, ShareUrl, ShareUrlError, DEFAULT_SMB_PORT};
+use crate::smb::EncryptionPolicy;
 
 /// CSI's general string limit, which applies to volume ids.
 pub const MAX_VOLUME_ID_LEN: usize = 128;
 
 const VERSION: &str = "v1";
 const SEPARATOR: char = '|';
+/// Without and with the optional `<encryption>` field.
 const V1_FIELDS: usize = 7;
+const V1_FIELDS_WITH_ENCRYPTION: usize = 8;
 const LEGACY_SEPARATOR: char = '#';
 
 /// Why a volume id could not be encoded or parsed.
@@ -54,7 +63,7 @@ pub enum VolumeIdError {
     TooLong { len: usize },
     #[error("volume id {id:?} has version {version:?}; this driver reads v1 and csi-driver-smb handles")]
     UnsupportedVersion { id: String, version: String },
-    #[error("volume id {id:?} has {found} fields, v1 has {V1_FIELDS}")]
+    #[error("volume id {id:?} has {found} fields, v1 has {V1_FIELDS} or {V1_FIELDS_WITH_ENCRYPTION}")]
     FieldCount { id: String, found: usize },
     #[error("volume id {id:?}: bad percent escape in the {field} field")]
     BadEscape { id: String, field: &'static str },
@@ -75,6 +84,8 @@ pub enum VolumeIdError {
     },
     #[error("volume id {id:?}: onDelete {value:?} is not one of delete, retain, archive")]
     BadOnDelete { id: String, value: String },
+    #[error("volume id {id:?}: encryption {value:?} is not one of required, if-supported, off")]
+    BadEncryption { id: String, value: String },
     #[error("volume id {id:?} is neither a v1 handle nor a csi-driver-smb handle (server/share#subdir)")]
     Unrecognised { id: String },
 }
@@ -82,22 +93,39 @@ pub enum VolumeIdError {
 /// A provisioned volume: a directory `sub_dir` under the share's base path.
 ///
 /// ```
+/// use smb3_csi::smb::EncryptionPolicy;
 /// use smb3_csi::volume::{OnDelete, SharePath, ShareUrl, VolumeId};
 /// let id = VolumeId {
 ///     share: ShareUrl::parse("//files.example.com/team/k8s").unwrap(),
 ///     sub_dir: SharePath::parse("shop/web-data").unwrap(),
 ///     on_delete: Some(OnDelete::Retain),
+///     encryption: None,
 /// };
 /// let handle = id.encode().unwrap();
 /// assert_eq!(handle, "v1|files.example.com||team|k8s|shop/web-data|retain");
 /// assert_eq!(VolumeId::parse(&handle).unwrap(), id);
+///
+/// let relaxed = VolumeId { encryption: Some(EncryptionPolicy::Off), ..id };
+/// assert_eq!(relaxed.encode().unwrap(), "v1|files.example.com||team|k8s|shop/web-data|retain|off");
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolumeId {
     pub share: ShareUrl,
     pub sub_dir: SharePath,
     /// `None` when the handle did not record it (some csi-driver-smb handles).
     pub on_delete: Option<OnDelete>,
+    /// The StorageClass's `encryption`; `None`: not recorded (the process's default applies).
+    pub encryption: Option<EncryptionPolicy>,
+}
+
+// By hand: `EncryptionPolicy` (in `crate::smb`) does not implement `Hash`.
+impl std::hash::Hash for VolumeId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.share.hash(state);
+        self.sub_dir.hash(state);
+        self.on_delete.hash(state);
+        self.encryption.map(encryption_name).hash(state);
+    }
 }
 
 impl VolumeId {
@@ -119,6 +147,10 @@ impl VolumeId {
         for field in &fields {
             id.push(SEPARATOR);
             id.push_str(field);
+        }
+        if let Some(policy) = self.encryption {
+            id.push(SEPARATOR);
+            id.push_str(encryption_name(policy));
         }
         if id.len() > MAX_VOLUME_ID_LEN {
             return Err(VolumeIdError::TooLong { len: id.len() });
@@ -154,8 +186,12 @@ impl VolumeId {
         if fields[0] != VERSION {
             return Err(VolumeIdError::UnsupportedVersion { id: id.to_string(), version: fields[0].to_string() });
         }
-        let [_, server, port, share, base, sub_dir, on_delete] = fields[..] else {
-            return Err(VolumeIdError::FieldCount { id: id.to_string(), found: fields.len() });
+        let (server, port, share, base, sub_dir, on_delete, encryption) = match fields[..] {
+            [_, server, port, share, base, sub_dir, on_delete] => (server, port, share, base, sub_dir, on_delete, None),
+            [_, server, port, share, base, sub_dir, on_delete, encryption] => {
+                (server, port, share, base, sub_dir, on_delete, Some(encryption))
+            }
+            _ => return Err(VolumeIdError::FieldCount { id: id.to_string(), found: fields.len() }),
         };
         let server = unescape(id, server, "server")?;
         let share = unescape(id, share, "share")?;
@@ -176,7 +212,16 @@ impl VolumeId {
         let share = ShareUrl::from_parts(&server, port, &share, base)
             .map_err(|error| VolumeIdError::BadShare { id: id.to_string(), error })?;
         let on_delete = parse_on_delete(id, on_delete)?;
-        let parsed = VolumeId { share, sub_dir, on_delete };
+        // Lower case only: `Off` would alias `off` (the canonical check below would refuse it anyway).
+        let encryption = match encryption {
+            None => None,
+            Some(value) => Some(
+                parse_encryption(value)
+                    .filter(|policy| encryption_name(*policy) == value)
+                    .ok_or_else(|| VolumeIdError::BadEncryption { id: id.to_string(), value: value.to_string() })?,
+            ),
+        };
+        let parsed = VolumeId { share, sub_dir, on_delete, encryption };
         // One spelling per volume: `a/` or `%7C`-free `%41` would otherwise
         // alias the canonical handle.
         if parsed.encode().as_deref() != Ok(id) {
@@ -196,7 +241,7 @@ impl VolumeId {
         let sub_dir = SharePath::parse_or_root(segments[1].trim_matches('/'))
             .map_err(|error| VolumeIdError::BadPath { id: id.to_string(), field: "subdir", error })?;
         let on_delete = parse_on_delete(id, segments.get(3).copied().unwrap_or(""))?;
-        Ok(VolumeId { share, sub_dir, on_delete })
+        Ok(VolumeId { share, sub_dir, on_delete, encryption: None })
     }
 }
 
@@ -257,7 +302,12 @@ mod tests {
             share: ShareUrl::parse(share).unwrap(),
             sub_dir: SharePath::parse_or_root(sub_dir).unwrap(),
             on_delete,
+            encryption: None,
         }
+    }
+
+    fn with_encryption(v: VolumeId, policy: EncryptionPolicy) -> VolumeId {
+        VolumeId { encryption: Some(policy), ..v }
     }
 
     fn round_trip(v: &VolumeId) -> String {
@@ -285,6 +335,36 @@ mod tests {
     }
 
     #[test]
+    fn encryption_field_round_trips() {
+        let base = volume("//srv:1445/share/base", "a/b", Some(OnDelete::Archive));
+        let cases = [
+            (EncryptionPolicy::Off, "v1|srv|1445|share|base|a/b|archive|off"),
+            (EncryptionPolicy::IfSupported, "v1|srv|1445|share|base|a/b|archive|if-supported"),
+            // An explicit `required` is recorded: it must hold even where the process default is relaxed.
+            (EncryptionPolicy::Required, "v1|srv|1445|share|base|a/b|archive|required"),
+        ];
+        for (policy, expected) in cases {
+            assert_eq!(round_trip(&with_encryption(base.clone(), policy)), expected);
+        }
+        // Without a policy the id keeps its seven fields, so ids written before the field existed still match.
+        assert_eq!(round_trip(&base), "v1|srv|1445|share|base|a/b|archive");
+        assert_eq!(VolumeId::parse("v1|srv||share||x|").unwrap().encryption, None);
+        // Equal volumes hash equally; the policy is part of the identity.
+        use std::collections::HashSet;
+        let set: HashSet<VolumeId> = [
+            base.clone(),
+            base.clone(),
+            with_encryption(base.clone(), EncryptionPolicy::Off),
+            with_encryption(base.clone(), EncryptionPolicy::Off),
+            with_encryption(base.clone(), EncryptionPolicy::Required),
+        ]
+        .into();
+        assert_eq!(set.len(), 3);
+        // Incumbent handles record none.
+        assert_eq!(VolumeId::parse("srv/share#sub#uuid#retain").unwrap().encryption, None);
+    }
+
+    #[test]
     fn unicode_round_trips() {
         let v = volume("//srv/données", "日本/データ/ünï", Some(OnDelete::Retain));
         assert_eq!(round_trip(&v), "v1|srv||données||日本/データ/ünï|retain");
@@ -308,6 +388,19 @@ mod tests {
         // Parsing refuses over-long input before looking at it.
         let long = format!("{}{}", empty, "a".repeat(fits + 1));
         assert_eq!(VolumeId::parse(&long), Err(VolumeIdError::TooLong { len: 129 }));
+
+        // The eighth field counts too: "|if-supported" is 13 bytes.
+        let relaxed = |sub_dir: &str| {
+            with_encryption(volume("//srv/share", sub_dir, Some(OnDelete::Delete)), EncryptionPolicy::IfSupported)
+        };
+        let fits = MAX_VOLUME_ID_LEN - relaxed("").encode().unwrap().len();
+        assert_eq!(fits + 13, MAX_VOLUME_ID_LEN - empty.len());
+        assert_eq!(round_trip(&relaxed(&"a".repeat(fits))).len(), 128);
+        assert_eq!(relaxed(&"a".repeat(fits + 1)).encode(), Err(VolumeIdError::TooLong { len: 129 }));
+        // A subDir that fits a seven-field id can be too long once the policy is recorded.
+        let seven_field_limit = volume("//srv/share", &"a".repeat(fits + 13), Some(OnDelete::Delete));
+        assert_eq!(round_trip(&seven_field_limit).len(), 128);
+        assert!(matches!(relaxed(&"a".repeat(fits + 13)).encode(), Err(VolumeIdError::TooLong { len: 141 })));
     }
 
     #[test]
@@ -344,7 +437,15 @@ mod tests {
         assert!(matches!(err("just-a-name"), VolumeIdError::Unrecognised { .. }));
         assert!(matches!(err("v2|srv||share||x|"), VolumeIdError::UnsupportedVersion { .. }));
         assert!(matches!(err("v1|srv||share||x"), VolumeIdError::FieldCount { found: 6, .. }));
-        assert!(matches!(err("v1|srv||share||x||"), VolumeIdError::FieldCount { found: 8, .. }));
+        assert!(matches!(err("v1|srv||share||x|||"), VolumeIdError::FieldCount { found: 9, .. }));
+        assert!(matches!(err("v1|srv||share||x||off|"), VolumeIdError::FieldCount { found: 9, .. }));
+        assert!(
+            matches!(err("v1|srv||share||x||"), VolumeIdError::BadEncryption { ref value, .. } if value.is_empty())
+        );
+        assert!(matches!(err("v1|srv||share||x||none"), VolumeIdError::BadEncryption { .. }));
+        assert!(matches!(err("v1|srv||share||x||yes"), VolumeIdError::BadEncryption { .. }));
+        assert!(matches!(err("v1|srv||share||x||if_supported"), VolumeIdError::BadEncryption { .. }));
+        assert!(err("v1|srv||share||x||bogus").to_string().contains("encryption \"bogus\""));
         assert!(matches!(err("v1|srv||share||../../etc|"), VolumeIdError::BadPath { field: "subdir", .. }));
         assert!(matches!(err("v1|srv||share|..|x|"), VolumeIdError::BadPath { field: "base path", .. }));
         assert!(matches!(err("v1|srv||share||/abs|"), VolumeIdError::BadPath { .. }));
@@ -370,7 +471,15 @@ mod tests {
     fn one_spelling_per_volume() {
         // Non-canonical spellings of a valid volume are refused, so equal
         // volumes always have equal handles.
-        for id in ["v1|srv|445|share||x|", "v1|srv||share||x/|", r"v1|srv||share||a\b|", "v1|srv||share||x|Retain"] {
+        for id in [
+            "v1|srv|445|share||x|",
+            "v1|srv||share||x/|",
+            r"v1|srv||share||a\b|",
+            "v1|srv||share||x|Retain",
+            "v1|srv||share||x||Off",
+            "v1|srv||share||x||IF-SUPPORTED",
+            "v1|srv||share||x|| off",
+        ] {
             assert!(VolumeId::parse(id).is_err(), "{id}");
         }
     }
@@ -378,7 +487,7 @@ mod tests {
     #[test]
     fn arbitrary_bytes_never_panic() {
         // A cheap deterministic fuzz over short strings from a hostile alphabet.
-        let alphabet: Vec<char> = "v1|#%/\\.7C25:[]@\0é ".chars().collect();
+        let alphabet: Vec<char> = "v1|#%/\\.7C25:[]@\0é off".chars().collect();
         let mut state = 0x2545_f491_u32;
         for _ in 0..20_000 {
             let len = (state % 24) as usize;

@@ -8,6 +8,7 @@
 //! | `source` | `//server[:port]/share[/base]` (also `\\server\share`, `smb://`) | required |
 //! | `subDir` | directory for the volume under `source`; template with `${pvc.metadata.name}`, `${pvc.metadata.namespace}`, `${pv.metadata.name}` | optional; default: the volume name (the PV name) |
 //! | `onDelete` | `delete`, `retain` or `archive` (rename to `archived-<subDir>`) | optional; default `delete` |
+//! | `encryption` | SMB encryption policy for every session of the volume (controller and node): `required` (refuse a server or share that cannot encrypt), `if-supported` (encrypt when the server can, else sign only), `off` (sign only unless the server or share demands encryption) | optional; default: the process's `--smb-encryption` (itself `required` by default). Recorded in the volume id, so DeleteVolume and the node use it too. The `seal` mount option still forces `required` on the node |
 //! | `csi.storage.k8s.io/pvc/name`, `.../pvc/namespace`, `.../pv/name` | added by external-provisioner with `--extra-create-metadata` | used by the `subDir` template |
 //! | `csi.storage.k8s.io/{provisioner,controller-publish,node-stage,node-publish,controller-expand,node-expand}-secret-{name,namespace}`, `csi.storage.k8s.io/secret-{name,namespace}`, `csi.storage.k8s.io/fstype` | secret references and fs type; external-provisioner strips them before CreateVolume, so they only arrive when something calls the driver directly | ignored (they name secrets, they hold no secret) |
 //! | any other `csi.storage.k8s.io/...` | external-provisioner itself rejects these | error |
@@ -21,6 +22,7 @@ use std::fmt;
 
 use super::path::{PathError, SharePath};
 use super::share_url::{ShareUrl, ShareUrlError};
+use crate::smb::EncryptionPolicy;
 
 const PVC_NAME_KEY: &str = "csi.storage.k8s.io/pvc/name";
 const PVC_NAMESPACE_KEY: &str = "csi.storage.k8s.io/pvc/namespace";
@@ -80,6 +82,26 @@ impl fmt::Display for OnDelete {
     }
 }
 
+/// The `encryption` values, as StorageClasses, volume contexts and volume ids spell them.
+const ENCRYPTION_POLICIES: [EncryptionPolicy; 3] =
+    [EncryptionPolicy::Required, EncryptionPolicy::IfSupported, EncryptionPolicy::Off];
+
+/// Case-insensitive `required`, `if-supported` or `off`. Stricter than
+/// `EncryptionPolicy::from_str` (no `yes`/`auto`/... synonyms): a
+/// StorageClass has one spelling per policy, like the other parameters.
+pub fn parse_encryption(value: &str) -> Option<EncryptionPolicy> {
+    ENCRYPTION_POLICIES.into_iter().find(|policy| encryption_name(*policy).eq_ignore_ascii_case(value))
+}
+
+/// The canonical spelling of a policy: `required`, `if-supported` or `off`.
+pub fn encryption_name(policy: EncryptionPolicy) -> &'static str {
+    match policy {
+        EncryptionPolicy::Required => "required",
+        EncryptionPolicy::IfSupported => "if-supported",
+        EncryptionPolicy::Off => "off",
+    }
+}
+
 /// Why StorageClass parameters were refused; each names the key at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParamError {
@@ -95,7 +117,9 @@ pub enum ParamError {
     Duplicate { key: String },
     #[error("StorageClass parameter {key:?}: {value:?} is not one of delete, retain, archive")]
     BadOnDelete { key: String, value: String },
-    #[error("StorageClass parameter {key:?} is not supported (supported: source, subDir, onDelete)")]
+    #[error("StorageClass parameter {key:?}: {value:?} is not one of required, if-supported, off")]
+    BadEncryption { key: String, value: String },
+    #[error("StorageClass parameter {key:?} is not supported (supported: source, subDir, onDelete, encryption)")]
     UnknownKey { key: String },
     #[error("subDir {template:?}: unknown variable ${{{variable}}}; use ${{pvc.metadata.name}}, ${{pvc.metadata.namespace}} or ${{pv.metadata.name}}")]
     UnknownVariable { template: String, variable: String },
@@ -172,6 +196,8 @@ pub struct StorageClassParams {
     /// `None`: each volume gets a directory named after the volume.
     pub sub_dir: Option<SubDirTemplate>,
     pub on_delete: OnDelete,
+    /// `None`: not set; the process's default policy applies.
+    pub encryption: Option<EncryptionPolicy>,
     pub pvc_name: Option<String>,
     pub pvc_namespace: Option<String>,
     pub pv_name: Option<String>,
@@ -179,7 +205,7 @@ pub struct StorageClassParams {
 
 impl StorageClassParams {
     pub fn parse(parameters: &HashMap<String, String>) -> Result<Self, ParamError> {
-        let (mut source, mut sub_dir, mut on_delete) = (None, None, None);
+        let (mut source, mut sub_dir, mut on_delete, mut encryption) = (None, None, None, None);
         let (mut pvc_name, mut pvc_namespace, mut pv_name) = (None, None, None);
         // Sorted so that errors do not depend on HashMap order.
         let mut entries: Vec<(&String, &String)> = parameters.iter().collect();
@@ -190,6 +216,7 @@ impl StorageClassParams {
                 "source" => &mut source,
                 "subdir" => &mut sub_dir,
                 "ondelete" => &mut on_delete,
+                "encryption" => &mut encryption,
                 PVC_NAME_KEY => &mut pvc_name,
                 PVC_NAMESPACE_KEY => &mut pvc_namespace,
                 PV_NAME_KEY => &mut pv_name,
@@ -213,11 +240,17 @@ impl StorageClassParams {
             Some((_, value)) if value.is_empty() => OnDelete::default(),
             Some((key, value)) => OnDelete::parse(&value).ok_or(ParamError::BadOnDelete { key, value })?,
         };
+        let encryption = match encryption {
+            None => None,
+            Some((_, value)) if value.is_empty() => None,
+            Some((key, value)) => Some(parse_encryption(&value).ok_or(ParamError::BadEncryption { key, value })?),
+        };
         let value = |slot: Option<(String, String)>| slot.map(|(_, v)| v);
         Ok(StorageClassParams {
             source,
             sub_dir,
             on_delete,
+            encryption,
             pvc_name: value(pvc_name),
             pvc_namespace: value(pvc_namespace),
             pv_name: value(pv_name),
@@ -268,7 +301,36 @@ mod tests {
         assert_eq!(p.source.to_string(), "//srv/share");
         assert_eq!(p.on_delete, OnDelete::Delete);
         assert_eq!(p.sub_dir, None);
+        assert_eq!(p.encryption, None);
         assert_eq!(p.sub_dir_for("pvc-123").unwrap().to_string(), "pvc-123");
+        // An empty value is the same as no value, as for onDelete.
+        assert_eq!(parse(&[("source", "//srv/share"), ("encryption", "")]).unwrap().encryption, None);
+    }
+
+    #[test]
+    fn encryption_policy() {
+        for (key, value, want) in [
+            ("encryption", "off", EncryptionPolicy::Off),
+            ("Encryption", "If-Supported", EncryptionPolicy::IfSupported),
+            ("ENCRYPTION", "REQUIRED", EncryptionPolicy::Required),
+        ] {
+            let p = parse(&[("source", "//srv/share"), (key, value)]).unwrap();
+            assert_eq!(p.encryption, Some(want), "{key}={value}");
+        }
+        for bad in ["yes", "auto", "if_supported", "none", "required "] {
+            let err = parse(&[("source", "//srv/share"), ("encryption", bad)]).unwrap_err();
+            assert_eq!(err, ParamError::BadEncryption { key: "encryption".into(), value: bad.into() });
+            let message = err.to_string();
+            assert!(message.contains("\"encryption\"") && message.contains(&format!("{bad:?}")), "{message}");
+        }
+        assert!(matches!(
+            parse(&[("source", "//srv/share"), ("encryption", "off"), ("Encryption", "off")]),
+            Err(ParamError::Duplicate { .. })
+        ));
+        for policy in ENCRYPTION_POLICIES {
+            assert_eq!(parse_encryption(encryption_name(policy)), Some(policy));
+            assert_eq!(encryption_name(policy).parse::<EncryptionPolicy>(), Ok(policy));
+        }
     }
 
     #[test]
