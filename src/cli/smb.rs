@@ -164,6 +164,9 @@ pub async fn run(args: SmbArgs) -> Result<(), String> {
 fn strip_op(e: &Error) -> String {
     match e {
         Error::Status { status, .. } => status.to_string(),
+        Error::EncryptionUnavailable(_) => {
+            format!("{e} (--encryption if-supported or off relaxes this; only on a network you trust)")
+        }
         other => other.to_string(),
     }
 }
