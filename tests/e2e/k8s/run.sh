@@ -17,6 +17,7 @@ DRIVER=smb3.csi.dev
 PLUGIN_DIR=$KUBELET_DIR/plugins/$DRIVER
 NODE_SOCKET=$PLUGIN_DIR/csi.sock
 CONTROLLER_SOCKET=$E2E_STATE/csi/controller.sock
+E2E_LOGS=${E2E_LOGS:-$E2E_STATE-logs}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
 
 cleanup() {
@@ -24,6 +25,10 @@ cleanup() {
   if [[ ${E2E_KEEP:-0} == 1 ]]; then
     log "E2E_KEEP=1: cluster left running; KUBECONFIG=$KUBECONFIG_ADMIN; tests/e2e/k8s/teardown.sh removes it"
   else
+    # The state dir goes with the teardown; the logs stay for a failed run's post-mortem.
+    if [[ -d $E2E_STATE/logs ]]; then
+      rm -rf "$E2E_LOGS" && cp -r "$E2E_STATE/logs" "$E2E_LOGS" && log "logs kept in $E2E_LOGS"
+    fi
     bash "$E2E_DIR/teardown.sh" || true
   fi
   log "total $((SECONDS - START))s"
