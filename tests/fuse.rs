@@ -365,6 +365,53 @@ fn ownership_and_modes_follow_options_and_fs_group() {
 }
 
 #[test]
+fn chown_of_the_root_makes_its_group_the_mounts_group() {
+    // What a kubelet without VOLUME_MOUNT_GROUP delegation (< 1.22) does for fsGroup: chown every file to the
+    // group, then add group rw (and setgid on directories).
+    let Some(e) = env("rootgrp") else { return };
+    let (mp, m) = e.mount(&[]);
+    let root = mp.path();
+    fs::write(root.join("before"), b"x").unwrap();
+    let as_member = |cmd: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=1000", "--regid=1000", "--groups=4321", "sh", "-c", cmd])
+            .current_dir("/")
+            .output()
+            .unwrap()
+    };
+    let write_new = format!("echo z > {}", root.join("by-member").display());
+    assert!(!as_member(&write_new).status.success(), "uid 1000 wrote into a 0755 root-owned mount");
+
+    // The group of anything but the root stays the mount's.
+    std::os::unix::fs::chown(root.join("before"), None, Some(4321)).unwrap();
+    assert_eq!(fs::metadata(root.join("before")).unwrap().gid(), 0);
+
+    std::os::unix::fs::chown(root, None, Some(4321)).unwrap();
+    fs::set_permissions(root, fs::Permissions::from_mode(0o2775)).unwrap();
+    let r = fs::metadata(root).unwrap();
+    assert_eq!((r.uid(), r.gid(), r.mode() & 0o7777), (0, 4321, 0o775));
+    // Attributes cached before the change expire with the attribute TTL (1 s).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let f = fs::metadata(root.join("before")).unwrap();
+    assert_eq!((f.uid(), f.gid(), f.mode() & 0o7777), (0, 4321, 0o775));
+    let out = as_member(&format!("{write_new} && mkdir {0}/d && echo y > {0}/d/f", root.display()));
+    assert!(out.status.success(), "the group member could not write: {}", String::from_utf8_lossy(&out.stderr));
+    let (f, d) = (fs::metadata(root.join("d/f")).unwrap(), fs::metadata(root.join("d")).unwrap());
+    assert_eq!((f.gid(), f.mode() & 0o7777, d.gid(), d.mode() & 0o7777), (4321, 0o775, 4321, 0o775));
+    m.unmount().unwrap();
+
+    // Another mount of the same directory starts from its own options again.
+    let (mp, m) = e.mount(&["gid=7"]);
+    assert_eq!(fs::metadata(mp.path().join("by-member")).unwrap().gid(), 7);
+    // A read-only mount keeps its group.
+    m.unmount().unwrap();
+    let (mp, m) = e.mount(&["ro"]);
+    let _ = std::os::unix::fs::chown(mp.path(), None, Some(4321));
+    assert_eq!(fs::metadata(mp.path()).unwrap().gid(), 0);
+    m.unmount().unwrap();
+}
+
+#[test]
 fn dead_mount_is_detected_and_cleaned() {
     let Some(e) = env("dead") else { return };
     let (mp, m) = e.mount(&[]);

@@ -9,6 +9,13 @@
 //! - **Ownership and modes** come from the mount options (`uid`, `gid`, `file_mode`, `dir_mode`), as with
 //!   kernel cifs without unix extensions. `chmod` and `chown` succeed and change nothing (what cifs does, and
 //!   what `cp -a`, `tar` and `rsync -a` need to run as root); the mode shown stays the mount's.
+//!   One exception, for `fsGroup` on kubelets that apply it themselves (before Kubernetes 1.22 there is no
+//!   VOLUME_MOUNT_GROUP delegation, so with `fsGroupPolicy: File` the kubelet walks the volume, chowns every
+//!   file to the pod's fsGroup and adds group rw): a **chown of the mount root to another group** makes that
+//!   group the whole mount's group, with group read/write added to the file and directory modes (the same
+//!   result as the `gid` mount option plus VOLUME_MOUNT_GROUP). The kernel only lets the owner (in that group)
+//!   or a CAP_CHOWN process do it. It lasts as long as the mount; the owner, and the group of anything but the
+//!   root, still cannot be changed; a read-only mount keeps its group.
 //! - **Symlinks** cannot be created (EPERM) and none are reported: SMB reparse points show as files or
 //!   directories. `mknod` of anything but a regular file is EPERM.
 //! - **Hard links** are made with FileLinkInformation where the server allows it; otherwise EPERM.
@@ -119,7 +126,12 @@ struct Shared {
     queues: Mutex<HashMap<u64, std::sync::Weak<WriteQueue>>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
     next_fh: AtomicU64,
+    /// The group set by a chown of the mount root ([`NO_GROUP`]: none; see the module doc).
+    root_group: AtomicU64,
 }
+
+/// `Shared::root_group` when no chown of the root has changed the mount's group.
+const NO_GROUP: u64 = u64::MAX;
 
 /// The FUSE filesystem: share path `root` of `tree`, served as the mount's root directory.
 pub struct SmbFs {
@@ -140,6 +152,7 @@ impl SmbFs {
                 queues: Mutex::new(HashMap::new()),
                 dirs: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
+                root_group: AtomicU64::new(NO_GROUP),
             }),
         }
     }
@@ -191,9 +204,14 @@ fn to_system_time(filetime: u64) -> SystemTime {
     smb::wire::info::filetime_to_system_time(filetime).unwrap_or(UNIX_EPOCH)
 }
 
-/// Attributes as the kernel sees them: times and size from the server, owner and modes from the mount.
-fn file_attr(cfg: &FsConfig, ino: u64, m: &Metadata) -> FileAttr {
+/// Attributes as the kernel sees them: times and size from the server, owner and modes from the mount;
+/// `group` (set by a chown of the root) replaces the mount's gid and adds group read/write.
+fn file_attr(cfg: &FsConfig, group: Option<u32>, ino: u64, m: &Metadata) -> FileAttr {
     let dir = m.is_dir();
+    let mut perm = if dir { cfg.dir_mode } else { cfg.file_mode };
+    if group.is_some() {
+        perm |= if dir { 0o070 } else { 0o060 };
+    }
     FileAttr {
         ino: INodeNo(ino),
         size: if dir { 0 } else { m.size },
@@ -203,10 +221,10 @@ fn file_attr(cfg: &FsConfig, ino: u64, m: &Metadata) -> FileAttr {
         ctime: to_system_time(m.changed),
         crtime: to_system_time(m.created),
         kind: if dir { FileType::Directory } else { FileType::RegularFile },
-        perm: (if dir { cfg.dir_mode } else { cfg.file_mode }) as u16,
+        perm: perm as u16,
         nlink: if dir { 2 } else { m.links.max(1) },
         uid: cfg.uid,
-        gid: cfg.gid,
+        gid: group.unwrap_or(cfg.gid),
         rdev: 0,
         blksize: BLOCK_SIZE,
         flags: 0,
@@ -215,7 +233,24 @@ fn file_attr(cfg: &FsConfig, ino: u64, m: &Metadata) -> FileAttr {
 
 impl Shared {
     fn attr(&self, ino: u64, m: &Metadata) -> FileAttr {
-        file_attr(&self.cfg, ino, m)
+        file_attr(&self.cfg, self.root_group(), ino, m)
+    }
+
+    fn root_group(&self) -> Option<u32> {
+        match self.root_group.load(Ordering::Relaxed) {
+            NO_GROUP => None,
+            g => u32::try_from(g).ok(),
+        }
+    }
+
+    /// A chown of `ino` to `gid`: the mount's group when `ino` is the root of a writable mount (see the module
+    /// doc); `false` when nothing changes.
+    fn chown_group(&self, ino: INodeNo, gid: u32) -> bool {
+        if ino != INodeNo::ROOT || self.cfg.read_only || self.root_group().unwrap_or(self.cfg.gid) == gid {
+            return false;
+        }
+        self.root_group.store(u64::from(gid), Ordering::Relaxed);
+        true
     }
 
     fn path(&self, ino: INodeNo) -> Result<String, Errno> {
@@ -417,7 +452,9 @@ impl Filesystem for SmbFs {
         if s.cfg.read_only && (size.is_some() || atime.is_some() || mtime.is_some()) {
             return reply.error(Errno::EROFS);
         }
-        if mode.is_some() || uid.is_some() || gid.is_some() {
+        if let Some(g) = gid.filter(|g| s.chown_group(ino, *g)) {
+            tracing::info!(gid = g, "chown of the mount root: the mount's group is now {g}, with group read/write");
+        } else if mode.is_some() || uid.is_some() || gid.is_some() {
             // Documented no-op: ownership and modes are the mount's (as with kernel cifs without unix extensions).
             tracing::debug!(
                 ino = ino.0,
@@ -1002,13 +1039,18 @@ mod tests {
             modified: 133_000_000_000_000_000,
             changed: 0,
         };
-        let attr = file_attr(&cfg, 77, &m);
+        let attr = file_attr(&cfg, None, 77, &m);
         assert_eq!(
             (attr.uid, attr.gid, attr.perm, attr.kind, attr.size, attr.blocks),
             (1001, 2002, 0o640, FileType::RegularFile, 5000, 16)
         );
-        let d = file_attr(&cfg, 78, &dir_placeholder());
+        let d = file_attr(&cfg, None, 78, &dir_placeholder());
         assert_eq!((d.perm, d.kind, d.nlink), (0o750, FileType::Directory, 2));
         assert!(attr.mtime > UNIX_EPOCH);
+        // A chown of the root to a group: that gid, group read/write added, owner unchanged.
+        let f = file_attr(&cfg, Some(4321), 77, &m);
+        assert_eq!((f.uid, f.gid, f.perm), (1001, 4321, 0o660));
+        let d = file_attr(&cfg, Some(4321), 78, &dir_placeholder());
+        assert_eq!((d.uid, d.gid, d.perm), (1001, 4321, 0o770));
     }
 }

@@ -45,6 +45,8 @@ start_daemon() {
   mkdir -p "$E2E_STATE/run" "$E2E_STATE/logs"
   if is_running "$name"; then log "$name already running (pid $(cat "$(pidfile "$name")"))"; return 0; fi
   log "starting $name"
+  # Daemons get the usual umask whatever the caller set.
+  umask 022
   setsid "$@" >>"$E2E_STATE/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$(pidfile "$name")"
 }

@@ -17,6 +17,7 @@ DRIVER=smb3.csi.dev
 PLUGIN_DIR=$KUBELET_DIR/plugins/$DRIVER
 NODE_SOCKET=$PLUGIN_DIR/csi.sock
 CONTROLLER_SOCKET=$E2E_STATE/csi/controller.sock
+E2E_LOGS=${E2E_LOGS:-$E2E_STATE-logs}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
 
 cleanup() {
@@ -24,6 +25,10 @@ cleanup() {
   if [[ ${E2E_KEEP:-0} == 1 ]]; then
     log "E2E_KEEP=1: cluster left running; KUBECONFIG=$KUBECONFIG_ADMIN; tests/e2e/k8s/teardown.sh removes it"
   else
+    # The state dir goes with the teardown; the logs stay for a failed run's post-mortem.
+    if [[ -d $E2E_STATE/logs ]]; then
+      rm -rf "$E2E_LOGS" && cp -r "$E2E_STATE/logs" "$E2E_LOGS" && log "logs kept in $E2E_LOGS"
+    fi
     bash "$E2E_DIR/teardown.sh" || true
   fi
   log "total $((SECONDS - START))s"
@@ -48,6 +53,7 @@ export KUBECONFIG=$KUBECONFIG_ADMIN KUBECTL E2E_STATE E2E_DRIVER=$DRIVER E2E_NOD
 export E2E_CONTROLLER_SOCKET=$CONTROLLER_SOCKET E2E_FAKE_NODE_SOCKET=$NODE_SOCKET
 
 # --- Samba + test provisioner ---
+rm -f "$E2E_STATE/run/harness.stop" "$E2E_STATE/run/fake-node.stop"
 start_daemon smb3-csi-provisioner "$HARNESS" --ignored --exact harness --nocapture
 wait_for "the private Samba" 90 test -s "$E2E_STATE/samba.env" || die "harness did not start: $(tail -20 "$E2E_STATE/logs/smb3-csi-provisioner.log")"
 # shellcheck disable=SC1091
@@ -138,8 +144,9 @@ wait_pod() {
   [[ $phase == Succeeded ]]
 }
 # pod_yaml NAME SCRIPT VOLUME_YAML [EXTRA_POD_SPEC] [MOUNT_EXTRA]: a busybox pod on our node running SCRIPT
-# with the volume at /data. The script's output is the termination message (no kubectl logs: the
-# kubelet has no non-loopback address, so the API server cannot reach it).
+# with the volume at /data. The script's output (stdout and stderr) is written to /dev/termination-log,
+# so it is the termination message whether the script succeeds or fails (no kubectl logs: the kubelet
+# has no non-loopback address, so the API server cannot reach it).
 pod_yaml() {
   cat <<POD
 apiVersion: v1
@@ -157,7 +164,8 @@ ${4:-}
     image: e2e.local/busybox:1
     imagePullPolicy: Never
     terminationMessagePolicy: FallbackToLogsOnError
-    command: ["sh", "-c", $(printf '%s' "$2" | jq -Rs .)]
+    command: ["sh", "-c", $(printf 'out=$( { %s
+} 2>&1 ); rc=$?; printf "%%s\n" "$out" | tee /dev/termination-log; exit $rc' "$2" | jq -Rs .)]
     volumeMounts: [{name: data, mountPath: /data${5:-}}]
   volumes:
   - name: data
@@ -227,6 +235,8 @@ test_rwx_two_pods() {
 }
 
 test_inline_ephemeral_secret() {
+  # Like a static PV, an inline volume mounts an existing directory of the share.
+  smbc "mkdir inline-e2e" >/dev/null || true
   kc create secret generic inline-creds --from-literal=username="$SMB_USER" --from-literal=password="$SMB_PASSWORD" \
     --dry-run=client -o yaml | kc apply -f -
   local vol="    csi:
@@ -258,10 +268,12 @@ test_inline_ephemeral_secret() {
 test_fsgroup_readonly() {
   pvc_yaml fsg smb3 ReadWriteMany | kc apply -f -
   wait_bound fsg
-  pod_yaml fsg-writer 'touch /data/f && mkdir /data/d && stat -c "%g %g" /data/f /data/d | tr "\n" " "' \
+  # runAsUser 1000 is not the mount's owner: it can write only as a member of the fsGroup. The kubelet
+  # (1.20: no VOLUME_MOUNT_GROUP) chowns the volume root to the fsGroup, which becomes the mount's group.
+  pod_yaml fsg-writer 'id; touch /data/f && mkdir /data/d && echo "groups: $(stat -c %g /data/f /data/d | tr "\n" " ")"' \
     "    persistentVolumeClaim: {claimName: fsg}" "  securityContext: {fsGroup: 4321, runAsUser: 1000}" | kc apply -f -
   wait_pod fsg-writer | tee "$E2E_STATE/fsg" || fail "fsGroup pod failed"
-  grep -q ': 4321 4321 4321 4321' "$E2E_STATE/fsg" || fail "files do not carry group 4321"
+  grep -qE '^groups: 4321 4321 ?$' "$E2E_STATE/fsg" || fail "files do not carry group 4321"
   pod_yaml fsg-ro 'if echo x > /data/ro.txt; then echo WRITE-ALLOWED; exit 1; fi; ls /data/f && echo read-only-ok' \
     "    persistentVolumeClaim: {claimName: fsg, readOnly: true}" "" ", readOnly: true" | kc apply -f -
   wait_pod fsg-ro || fail "read-only volume accepted a write (or could not be read)"
@@ -305,7 +317,6 @@ run_test inline-ephemeral-secret test_inline_ephemeral_secret
 run_test fsgroup-readonly test_fsgroup_readonly
 run_test static-pv-subdir test_static_pv
 
-touch "$E2E_STATE/run/harness.stop" "$E2E_STATE/run/fake-node.stop"
 echo
 printf '%s\n' "${RESULTS[@]}"
 echo "$PASSED passed, $FAILED failed"

@@ -36,7 +36,9 @@ if [[ ! -f $PKI/tokens.csv ]]; then
   mv "$PKI/tokens.csv.tmp" "$PKI/tokens.csv"
 fi
 token_of() { awk -F, -v u="$1" '$2 == u {print $1}' "$PKI/tokens.csv"; }
-write_kubeconfig() { # FILE USER TOKEN
+# A subshell body: the umask must not leak into the daemons started below (containerd would create
+# 0700 snapshot roots, and containers running as a non-root user could not even exec /bin/sh).
+write_kubeconfig() ( # FILE USER TOKEN
   umask 077
   cat >"$1" <<KC
 apiVersion: v1
@@ -55,7 +57,7 @@ contexts:
   context: {cluster: e2e, user: $2}
 current-context: e2e
 KC
-}
+)
 write_kubeconfig "$KUBECONFIG_ADMIN" admin "$(token_of admin)"
 write_kubeconfig "$PKI/kubelet.kubeconfig" "system:node:$NODE_NAME" "$(token_of "system:node:$NODE_NAME")"
 write_kubeconfig "$PKI/kcm.kubeconfig" system:kube-controller-manager "$(token_of system:kube-controller-manager)"
