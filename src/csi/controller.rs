@@ -65,8 +65,8 @@ use super::proto::{
     Volume, VolumeCapability, VolumeCondition, VolumeContentSource,
 };
 use crate::smb::{
-    is_not_found, ClientOptions, CopyProgress, Credentials, EncryptionPolicy, Error as SmbError, NtStatus, Secret,
-    SessionPool, ShareTarget, Tree,
+    is_not_found, ClientOptions, CopyProgress, Credentials, EncryptionPolicy, Error as SmbError, NtStatus, SessionPool,
+    ShareTarget, Tree,
 };
 use crate::volume::params::encryption_name;
 use crate::volume::{OnDelete, SharePath, ShareUrl, StorageClassParams, VolumeId, MAX_VOLUME_ID_LEN};
@@ -201,7 +201,7 @@ impl ControllerService {
         share: &ShareUrl,
         secret_key: &str,
     ) -> Result<Credentials, Status> {
-        if let Some(creds) = credentials_from_secrets(secrets)? {
+        if let Some(creds) = super::credentials_from_secrets(secrets)? {
             return Ok(creds);
         }
         self.known(share).ok_or_else(|| {
@@ -238,28 +238,6 @@ fn share_root(share: &ShareUrl) -> String {
 fn dir_key(id: &VolumeId) -> String {
     let share = ShareKey::of(&id.share);
     format!("dir:{}:{}:{}:{}", share.server, share.port, share.share, id.path_in_share().to_string().to_lowercase())
-}
-
-/// `username`, `password`, `domain` from a secrets map (keys matched
-/// case-insensitively, values trimmed). `None` for an empty map.
-fn credentials_from_secrets(secrets: &HashMap<String, String>) -> Result<Option<Credentials>, Status> {
-    if secrets.is_empty() {
-        return Ok(None);
-    }
-    let get = |key: &str| secrets.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.trim());
-    let user = get("username").filter(|u| !u.is_empty()).ok_or_else(|| {
-        let mut keys: Vec<&str> = secrets.keys().map(String::as_str).collect();
-        keys.sort_unstable();
-        Status::invalid_argument(format!(
-            "the secret has no \"username\" (keys present: {}); it needs username, password and optionally domain",
-            keys.join(", ")
-        ))
-    })?;
-    let password = get("password").ok_or_else(|| {
-        Status::invalid_argument("the secret has no \"password\"; it needs username, password and optionally domain")
-    })?;
-    let domain = get("domain").unwrap_or("");
-    Ok(Some(Credentials::user(user, domain, Secret::new(password))))
 }
 
 /// Checks requested capabilities: mount access with an access mode.
@@ -463,7 +441,7 @@ impl CreatePlan {
             }
         };
 
-        let creds = credentials_from_secrets(&req.secrets)?.ok_or_else(|| {
+        let creds = super::credentials_from_secrets(&req.secrets)?.ok_or_else(|| {
             Status::invalid_argument(
                 "a provisioner secret is required: set csi.storage.k8s.io/provisioner-secret-name and \
                  csi.storage.k8s.io/provisioner-secret-namespace in the StorageClass to a Secret with \
@@ -891,7 +869,7 @@ impl Controller for ControllerService {
             tracing::info!("not a volume id of this driver: nothing to delete");
             return Ok(Response::new(DeleteVolumeResponse {}));
         };
-        let creds = match credentials_from_secrets(&req.secrets)? {
+        let creds = match super::credentials_from_secrets(&req.secrets)? {
             Some(creds) => creds,
             None => self.known(&id.share).ok_or_else(|| {
                 Status::invalid_argument(
@@ -916,7 +894,7 @@ impl Controller for ControllerService {
         let Some(id) = parsed else {
             return Err(Status::not_found(format!("volume {:?} does not exist", req.volume_id)));
         };
-        let creds = match credentials_from_secrets(&req.secrets)? {
+        let creds = match super::credentials_from_secrets(&req.secrets)? {
             Some(creds) => Some(creds),
             None => self.known(&id.share),
         };
@@ -1071,7 +1049,7 @@ mod tests {
         let plan = CreatePlan::from_request(&request()).unwrap();
         assert_eq!(plan.volume_id, "v1|srv||share|k8s|pvc-1|delete");
         assert_eq!(plan.capacity, 1 << 20);
-        assert_eq!(plan.creds, Credentials::user("bob", "", Secret::new("pw")));
+        assert_eq!(plan.creds, Credentials::user("bob", "", crate::smb::Secret::new("pw")));
         let volume = plan.volume(plan.capacity);
         assert_eq!(volume.volume_context[CONTEXT_SOURCE], "//srv/share/k8s");
         assert_eq!(volume.volume_context[CONTEXT_SUBDIR], "pvc-1");

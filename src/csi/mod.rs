@@ -19,6 +19,32 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/csi_v1_extras.rs"));
 }
 
+/// `username`, `password`, `domain` from a CSI secrets map (keys matched case-insensitively, as csi-driver-smb;
+/// values trimmed). `None` for an empty map. Shared by the controller and node services.
+pub(crate) fn credentials_from_secrets(
+    secrets: &std::collections::HashMap<String, String>,
+) -> Result<Option<crate::smb::Credentials>, tonic::Status> {
+    use crate::smb::{Credentials, Secret};
+    use tonic::Status;
+    if secrets.is_empty() {
+        return Ok(None);
+    }
+    let get = |key: &str| secrets.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.trim());
+    let user = get("username").filter(|u| !u.is_empty()).ok_or_else(|| {
+        let mut keys: Vec<&str> = secrets.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        Status::invalid_argument(format!(
+            "the secret has no \"username\" (keys present: {}); it needs username, password and optionally domain",
+            keys.join(", ")
+        ))
+    })?;
+    let password = get("password").ok_or_else(|| {
+        Status::invalid_argument("the secret has no \"password\"; it needs username, password and optionally domain")
+    })?;
+    let domain = get("domain").unwrap_or("");
+    Ok(Some(Credentials::user(user, domain, Secret::new(password))))
+}
+
 pub use controller::ControllerService;
 pub use identity::IdentityService;
 pub use server::{serve, Endpoint, EndpointError, ServeError, Services};

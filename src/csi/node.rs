@@ -42,9 +42,7 @@ use super::proto::{
 };
 use crate::k8s::{SecretError, SecretReader};
 use crate::mount::{self, FuseMount, MountError, MountOptions, MountState, FSTYPE};
-use crate::smb::{
-    is_not_found, Client, ClientOptions, Credentials, EncryptionPolicy, Secret, SessionPool, ShareTarget, Tree,
-};
+use crate::smb::{is_not_found, Client, ClientOptions, Credentials, EncryptionPolicy, SessionPool, ShareTarget, Tree};
 use crate::volume::{SharePath, ShareUrl, VolumeId};
 
 /// Volume context key marking an inline ephemeral volume (set by the kubelet).
@@ -360,7 +358,7 @@ impl NodeService {
             )),
             SecretError::Api { .. } => Status::unavailable(format!("inline volume: {e}")),
         })?;
-        let creds = credentials(&data)?.ok_or_else(|| {
+        let creds = super::credentials_from_secrets(&data)?.ok_or_else(|| {
             Status::invalid_argument(format!("inline volume: Secret {namespace}/{secret_name} is empty"))
         })?;
         let encryption = encryption_policy(&req.volume_id, ctx)?;
@@ -401,26 +399,6 @@ fn remove_mount_point(path: &Path) {
 /// A volume context value, key matched case-insensitively (csi-driver-smb accepts `subDir` and `subdir`).
 fn context_value<'a>(ctx: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
     ctx.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.trim()).filter(|v| !v.is_empty())
-}
-
-/// `username`, `password`, `domain` (keys case-insensitive, values trimmed); `None` for an empty map.
-fn credentials(secrets: &HashMap<String, String>) -> Result<Option<Credentials>, Status> {
-    if secrets.is_empty() {
-        return Ok(None);
-    }
-    let get = |key: &str| secrets.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.trim());
-    let user = get("username").filter(|u| !u.is_empty()).ok_or_else(|| {
-        let mut keys: Vec<&str> = secrets.keys().map(String::as_str).collect();
-        keys.sort_unstable();
-        Status::invalid_argument(format!(
-            "the secret has no \"username\" (keys present: {}); it needs username, password and optionally domain",
-            keys.join(", ")
-        ))
-    })?;
-    let password = get("password").ok_or_else(|| {
-        Status::invalid_argument("the secret has no \"password\"; it needs username, password and optionally domain")
-    })?;
-    Ok(Some(Credentials::user(user, get("domain").unwrap_or(""), Secret::new(password))))
 }
 
 fn check_id(volume_id: &str) -> Result<(), Status> {
@@ -558,7 +536,7 @@ impl Node for NodeService {
         let (share, sub_dir) = locate(&req.volume_id, &req.volume_context)?;
         let encryption = encryption_policy(&req.volume_id, &req.volume_context)?;
         let options = parse_options(&mount_flags(Some(capability)), Some(capability))?;
-        let creds = credentials(&req.secrets)?.ok_or_else(|| {
+        let creds = super::credentials_from_secrets(&req.secrets)?.ok_or_else(|| {
             Status::invalid_argument(
                 "a node-stage secret is required: set csi.storage.k8s.io/node-stage-secret-name and \
                  -namespace in the StorageClass (or nodeStageSecretRef in the PV) to a Secret with username, \
@@ -870,12 +848,20 @@ mod tests {
 
     #[test]
     fn secrets_are_trimmed_and_required_keys_named() {
-        let creds =
-            credentials(&ctx(&[("Username", " bob \n"), ("password", "pw\n"), ("domain", "CORP")])).unwrap().unwrap();
+        let creds = crate::csi::credentials_from_secrets(&ctx(&[
+            ("Username", " bob \n"),
+            ("password", "pw\n"),
+            ("domain", "CORP"),
+        ]))
+        .unwrap()
+        .unwrap();
         assert_eq!(creds.display_name(), "CORP\\bob");
-        assert!(credentials(&HashMap::new()).unwrap().is_none());
-        let err = credentials(&ctx(&[("password", "hunter2")])).unwrap_err();
+        assert!(crate::csi::credentials_from_secrets(&HashMap::new()).unwrap().is_none());
+        let err = crate::csi::credentials_from_secrets(&ctx(&[("password", "hunter2")])).unwrap_err();
         assert!(err.message().contains("username") && !err.message().contains("hunter2"));
-        assert!(credentials(&ctx(&[("username", "bob")])).unwrap_err().message().contains("password"));
+        assert!(crate::csi::credentials_from_secrets(&ctx(&[("username", "bob")]))
+            .unwrap_err()
+            .message()
+            .contains("password"));
     }
 }
