@@ -87,6 +87,7 @@ impl From<&MountOptions> for FsConfig {
 struct OpenFile {
     file: Option<smb::File>,
     rt: Handle,
+    ino: u64,
     /// Shared by every handle of the same inode.
     queue: Arc<WriteQueue>,
 }
@@ -159,6 +160,32 @@ impl SmbFs {
 
     fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
         self.s.rt.spawn(f);
+    }
+
+    /// unlink and rmdir: the same request but for the kind of entry removed.
+    fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        let s = self.s.clone();
+        if s.cfg.read_only {
+            return reply.error(Errno::EROFS);
+        }
+        let path = match s.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(async move {
+            let (result, op) = if dir {
+                (s.tree.remove_dir(&path).await, "rmdir")
+            } else {
+                (s.tree.remove_file(&path).await, "unlink")
+            };
+            match result {
+                Ok(()) => {
+                    s.inodes.lock().unwrap().unlinked(&path);
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(&e, op, &path)),
+            }
+        });
     }
 }
 
@@ -307,8 +334,13 @@ impl Shared {
                 }
             }
         };
-        self.files.lock().unwrap().insert(fh, Arc::new(OpenFile { file: Some(file), rt: self.rt.clone(), queue }));
+        self.files.lock().unwrap().insert(fh, Arc::new(OpenFile { file: Some(file), rt: self.rt.clone(), ino, queue }));
         fh
+    }
+
+    /// Any open handle of `ino`: after an unlink the name is gone, but the handle still answers.
+    fn open_handle_of(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.files.lock().unwrap().values().find(|f| f.ino == ino).cloned()
     }
 
     /// The write-behind queue of an inode with open handles.
@@ -411,7 +443,8 @@ impl Filesystem for SmbFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let s = self.s.clone();
-        let open = fh.and_then(|fh| s.file(fh).ok());
+        // The kernel does not always pass the handle (fstat with fresh attributes, stat of /proc/self/fd).
+        let open = fh.and_then(|fh| s.file(fh).ok()).or_else(|| s.open_handle_of(ino.0));
         let path = match s.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -567,43 +600,11 @@ impl Filesystem for SmbFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let s = self.s.clone();
-        if s.cfg.read_only {
-            return reply.error(Errno::EROFS);
-        }
-        let path = match s.child(parent, name) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        self.spawn(async move {
-            match s.tree.remove_file(&path).await {
-                Ok(()) => {
-                    s.inodes.lock().unwrap().unlinked(&path);
-                    reply.ok()
-                }
-                Err(e) => reply.error(errno(&e, "unlink", &path)),
-            }
-        });
+        self.remove(parent, name, false, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let s = self.s.clone();
-        if s.cfg.read_only {
-            return reply.error(Errno::EROFS);
-        }
-        let path = match s.child(parent, name) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        self.spawn(async move {
-            match s.tree.remove_dir(&path).await {
-                Ok(()) => {
-                    s.inodes.lock().unwrap().unlinked(&path);
-                    reply.ok()
-                }
-                Err(e) => reply.error(errno(&e, "rmdir", &path)),
-            }
-        });
+        self.remove(parent, name, true, reply);
     }
 
     fn symlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _target: &std::path::Path, reply: ReplyEntry) {

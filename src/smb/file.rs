@@ -410,7 +410,8 @@ impl File {
         let chunk = self.tree.max_read().min(CHUNK);
         let mut offset = 0u64;
         let mut total = 0u64;
-        let size = self.metadata().await?.size;
+        // The size as of the open (no extra round trip); growth since is fetched below.
+        let size = self.opened_metadata().size;
         let mut reads = stream::iter((0..).map(|i: u64| i * u64::from(chunk)).take_while(|o| *o < size.max(1)))
             .map(|o| self.read_chunk(o, chunk))
             .buffered(PIPELINE_DEPTH);

@@ -367,12 +367,9 @@ impl Session {
             flags: IOCTL_IS_FSCTL,
         };
         // Always signed, even on an encrypted session (the server must sign it).
-        let mut prot = self.protection(tree_encrypt);
+        let prot = self.protection(tree_encrypt);
         if prot.signer.is_none() {
             return Ok(());
-        }
-        if prot.sealer.is_some() && !self.encrypt && !tree_encrypt {
-            prot.sealer = None;
         }
         let out = Outgoing::new(Command::Ioctl, tree_id, 24, |m| req.encode(m));
         let resp = self.conn.request(out, prot).await?.ok(|| "validate negotiate info".into())?;

@@ -291,9 +291,8 @@ impl Tree {
         outs.push(self.close_out(FileId::ANY));
         let mut resps = self.compound(outs).await?;
         let ctx = || format!("{op} {}", display_path(path));
-        let create = resps.remove(0).ok(ctx)?;
+        resps.remove(0).ok(ctx)?;
         let close = resps.pop().expect("close response");
-        let _ = create;
         for r in &resps {
             if !r.header.status.is_success() && r.header.status != NtStatus::BUFFER_OVERFLOW {
                 return Err(Error::Status { op: ctx(), status: r.header.status });
