@@ -415,16 +415,17 @@ impl Samba {
         path
     }
 
+    /// Written to a private temp file and renamed into place, so tests running in
+    /// parallel never read a half-written file.
     fn write_credentials(&self, path: &Path) -> Result<(), SambaError> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| SambaError::io(format!("writing {}", path.display()), e))?;
-        write!(file, "username={TEST_USER}\npassword={}\ndomain={WORKGROUP}\n", self.password.expose())
-            .map_err(|e| SambaError::io(format!("writing {}", path.display()), e))
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+        let io = |e| SambaError::io(format!("writing {}", path.display()), e);
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
+        write!(file, "username={TEST_USER}\npassword={}\ndomain={WORKGROUP}\n", self.password.expose()).map_err(io)?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io)
     }
 
     /// Runs smbclient commands (`-c`, `;`-separated) on the share, forcing
