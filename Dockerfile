@@ -8,6 +8,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY src ./src
+COPY crates ./crates
 # Registry and target caches survive between builds (BuildKit); the binary is copied out
 # of the cached target dir because cache mounts are not part of the image.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
-use smb3_csi::testkit::samba::{Samba, SambaProfile};
+use smb3_testkit::samba::{Samba, SambaProfile};
 
 const BIN: &str = env!("CARGO_BIN_EXE_smb3-csi");
 

@@ -26,7 +26,7 @@ if [[ ! -e /dev/fuse ]]; then
 fi
 
 echo "==> Building smb3-csi (release)"
-cargo build --release --bin smb3-csi
+cargo build --release --features demo --bin smb3-csi
 
 bin="${CARGO_TARGET_DIR:-$repo/target}/release/smb3-csi"
 echo "==> Running: $bin demo"

@@ -1,5 +1,7 @@
 //! The `smb3-csi` command line.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 use clap::{Parser, Subcommand};
@@ -34,7 +36,8 @@ enum Command {
     /// Mount a share through FUSE and serve it until unmounted or signalled (a userspace mount.cifs).
     Mount(cli::mount::MountArgs),
     /// Run the whole story locally as root: private Samba, `smb3-csi all`, provision, stage, publish, write,
-    /// read back through smbclient, then tear everything down.
+    /// read back through smbclient, then tear everything down. Built with the `demo` feature only.
+    #[cfg(feature = "demo")]
     Demo(cli::demo::DemoArgs),
     /// Register the node plugin with the kubelet (plugin registration API v1).
     Registrar(cli::registrar::RegistrarArgs),
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
             Command::Registrar(args) => cli::registrar::run(args).await,
             Command::All(args) => cli::serve::run(cli::serve::Role::All, args).await.map_err(|e| e.to_string()),
             Command::Mount(args) => cli::mount::run(args).await,
+            #[cfg(feature = "demo")]
             Command::Demo(args) => cli::demo::run(args).await,
         }
     });

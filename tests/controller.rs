@@ -16,7 +16,7 @@ use smb3_csi::csi::proto::{
     CreateSnapshotRequest, CreateVolumeRequest, DeleteVolumeRequest, GetCapacityRequest, GetPluginCapabilitiesRequest,
     ListVolumesRequest, ValidateVolumeCapabilitiesRequest, VolumeCapability,
 };
-use smb3_csi::testkit::{CorruptingProxy, Samba, SambaProfile};
+use smb3_testkit::{CorruptingProxy, Samba, SambaProfile};
 use tonic::Code;
 
 macro_rules! samba {
@@ -324,7 +324,7 @@ async fn malformed_requests_get_their_code_and_touch_nothing() {
     // tests of this binary change the shared one concurrently.
     let own = match Samba::start(SambaProfile::EncryptRequired) {
         Ok(s) => s,
-        Err(e) if e.is_unavailable() && !smb3_csi::testkit::running_in_ci() => {
+        Err(e) if e.is_unavailable() && !smb3_testkit::running_in_ci() => {
             eprintln!("skipped: {e}");
             return;
         }

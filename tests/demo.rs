@@ -1,11 +1,13 @@
 //! `smb3-csi demo` end to end: it must succeed and tell each step. Needs root, /dev/fuse and Samba; outside CI
 //! a missing piece skips, under CI=true it fails.
 
+#![cfg(feature = "demo")]
+
 use std::path::Path;
 use std::process::Command;
 
-use smb3_csi::testkit::running_in_ci;
-use smb3_csi::testkit::samba::Samba;
+use smb3_testkit::running_in_ci;
+use smb3_testkit::samba::Samba;
 
 #[test]
 fn demo_runs_the_whole_story() {

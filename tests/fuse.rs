@@ -10,10 +10,10 @@ use std::process::Command;
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use smb3::{Client, ClientOptions, Credentials, Tree};
 use smb3_csi::mount::{self, FuseMount, MountOptions, MountState};
-use smb3_csi::smb::{Client, ClientOptions, Credentials, Tree};
-use smb3_csi::testkit::running_in_ci;
-use smb3_csi::testkit::samba::{Samba, SambaProfile};
+use smb3_testkit::running_in_ci;
+use smb3_testkit::samba::{Samba, SambaProfile};
 use tokio::runtime::Runtime;
 
 struct Env {

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use smb3_csi::testkit::{live_processes_using, CorruptingProxy, Samba, SambaError, SambaProfile};
+use smb3_testkit::{live_processes_using, CorruptingProxy, Samba, SambaError, SambaProfile};
 
 /// Starts a private instance, or None (after saying so) when unavailable.
 fn start_or_skip(profile: SambaProfile) -> Option<Samba> {

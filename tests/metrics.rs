@@ -15,7 +15,7 @@ use common::csi::{connect, create_request, delete, provision, Claim, StorageClas
 use smb3_csi::csi::proto::controller_client::ControllerClient;
 use smb3_csi::csi::proto::identity_client::IdentityClient;
 use smb3_csi::csi::proto::{CreateVolumeRequest, ProbeRequest};
-use smb3_csi::testkit::{Samba, SambaProfile};
+use smb3_testkit::{Samba, SambaProfile};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use tonic::Code;

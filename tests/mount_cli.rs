@@ -7,8 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use smb3_csi::mount::{self, MountState};
-use smb3_csi::testkit::running_in_ci;
-use smb3_csi::testkit::samba::{Samba, SambaProfile};
+use smb3_testkit::running_in_ci;
+use smb3_testkit::samba::{Samba, SambaProfile};
 
 const BIN: &str = env!("CARGO_BIN_EXE_smb3-csi");
 

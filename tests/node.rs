@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::csi::connect;
+use smb3::{ClientOptions, SessionPool};
 use smb3_csi::csi::node::{NodeConfig, NodeService};
 use smb3_csi::csi::proto::identity_client::IdentityClient;
 use smb3_csi::csi::proto::node_client::NodeClient;
@@ -23,9 +24,8 @@ use smb3_csi::csi::proto::{
 };
 use smb3_csi::csi::{serve, Endpoint, IdentityService, ServeError, Services};
 use smb3_csi::mount::{self, MountState};
-use smb3_csi::smb::{ClientOptions, SessionPool};
-use smb3_csi::testkit::running_in_ci;
-use smb3_csi::testkit::samba::{Samba, SambaProfile};
+use smb3_testkit::running_in_ci;
+use smb3_testkit::samba::{Samba, SambaProfile};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use smb3_csi::testkit::samba::{Samba, SambaProfile};
+use smb3_testkit::samba::{Samba, SambaProfile};
 
 const BIN: &str = env!("CARGO_BIN_EXE_smb3-csi");
 
@@ -161,9 +161,9 @@ fn each_pinned_cipher_is_negotiated_and_moves_data() {
         // The server's own view of a live session agrees on the cipher.
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let creds = smb3_csi::smb::Credentials::user(samba.user(), "", samba.password().clone());
-            let opts = smb3_csi::smb::ClientOptions::default();
-            let client = smb3_csi::smb::Client::connect(samba.host(), samba.port(), &creds, &opts).await.unwrap();
+            let creds = smb3::Credentials::user(samba.user(), "", samba.password().clone());
+            let opts = smb3::ClientOptions::default();
+            let client = smb3::Client::connect(samba.host(), samba.port(), &creds, &opts).await.unwrap();
             let status = samba.smbstatus().unwrap();
             assert!(status.contains(samba_name) && status.contains("SMB3_11"), "smbstatus: {status}");
             drop(client);

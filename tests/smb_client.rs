@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use rand::RngCore;
-use smb3_csi::smb::{Client, ClientOptions, Credentials, Error, NtStatus, OpenOptions, Tree};
-use smb3_csi::testkit::proxy::CorruptingProxy;
-use smb3_csi::testkit::samba::{Samba, SambaProfile};
+use smb3::{Client, ClientOptions, Credentials, Error, NtStatus, OpenOptions, Tree};
+use smb3_testkit::proxy::CorruptingProxy;
+use smb3_testkit::samba::{Samba, SambaProfile};
 
 macro_rules! samba {
     ($profile:expr) => {
@@ -186,7 +186,7 @@ async fn flipped_byte_in_encrypted_response_is_an_integrity_error() {
 async fn flipped_byte_in_signed_response_is_an_integrity_error() {
     let samba = samba!(SambaProfile::SigningOnly);
     let proxy = CorruptingProxy::start(samba.addr()).expect("proxy");
-    let opts = ClientOptions { encryption: smb3_csi::smb::EncryptionPolicy::Off, ..Default::default() };
+    let opts = ClientOptions { encryption: smb3::EncryptionPolicy::Off, ..Default::default() };
     let client = Client::connect("127.0.0.1", proxy.addr().port(), &creds(samba), &opts).await.unwrap();
     assert!(!client.info().encrypted);
     let tree = client.tree(samba.share_name()).await.unwrap();

@@ -20,7 +20,7 @@ use smb3_csi::csi::proto::{
     NodeUnstageVolumeRequest, VolumeCapability,
 };
 use smb3_csi::mount::{self, MountState};
-use smb3_csi::testkit::samba::{Samba, SambaProfile};
+use smb3_testkit::samba::{Samba, SambaProfile};
 use tonic::transport::Channel;
 
 const DRIVER: &str = "smb3.csi.dev";

@@ -1,5 +1,6 @@
 //! Subcommands of the `smb3-csi` binary.
 
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod mount;
 pub mod registrar;

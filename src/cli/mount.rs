@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use smb3::{Client, ClientOptions, Credentials, ShareTarget};
 use smb3_csi::mount::{FuseMount, MountOptions};
-use smb3_csi::smb::{Client, ClientOptions, Credentials, ShareTarget};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Args)]

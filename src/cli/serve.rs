@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use smb3::{ClientOptions, EncryptionPolicy, ObserverHandle, SessionPool};
 use smb3_csi::csi::node::{NodeConfig, NodeService};
 use smb3_csi::csi::{serve, ControllerService, Endpoint, IdentityService, Services};
 use smb3_csi::metrics::{Metrics, MetricsAddress, MetricsServer};
-use smb3_csi::smb::{ClientOptions, EncryptionPolicy, SessionPool};
 
 /// Which CSI services this process serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -103,15 +103,7 @@ fn services(role: Role, args: &ServeArgs, ready: Arc<AtomicBool>) -> Result<Serv
     let identity = IdentityService::new(&args.driver_name, role.serves_controller(), ready)?;
     let mut services = Services::new().with_identity(identity);
     if role.serves_controller() {
-        let options = ClientOptions {
-            encryption: args.smb_encryption,
-            timeout: Duration::from_secs(args.smb_timeout_secs),
-            ..ClientOptions::default()
-        };
-        let idle = Duration::from_secs(args.session_idle_secs);
-        let pool = SessionPool::new(options, idle);
-        pool.spawn_evictor((idle / 4).max(Duration::from_secs(1)));
-        services = services.with_controller(ControllerService::new(pool));
+        services = services.with_controller(ControllerService::new(session_pool(args)));
     }
     if role.serves_node() {
         let node_id = args.node_id.as_deref().filter(|id| !id.trim().is_empty());
@@ -123,15 +115,24 @@ fn services(role: Role, args: &ServeArgs, ready: Arc<AtomicBool>) -> Result<Serv
 
 /// The Node service with its own session pool (volumes of one node share sessions among themselves).
 fn node_service(node_id: &str, args: &ServeArgs) -> NodeService {
+    NodeService::new(
+        NodeConfig { node_id: node_id.to_string(), kubeconfig: args.kubeconfig.clone() },
+        session_pool(args),
+    )
+}
+
+/// A session pool with the plugin's SMB settings, reporting to the process's metrics.
+fn session_pool(args: &ServeArgs) -> SessionPool {
     let options = ClientOptions {
         encryption: args.smb_encryption,
         timeout: Duration::from_secs(args.smb_timeout_secs),
+        observer: ObserverHandle::new(Arc::new(Metrics::global())),
         ..ClientOptions::default()
     };
     let idle = Duration::from_secs(args.session_idle_secs);
     let pool = SessionPool::new(options, idle);
     pool.spawn_evictor((idle / 4).max(Duration::from_secs(1)));
-    NodeService::new(NodeConfig { node_id: node_id.to_string(), kubeconfig: args.kubeconfig.clone() }, pool)
+    pool
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use smb3_csi::smb::{
+use smb3::{
     join_path, parse_cipher_list, parse_dialect, CipherId, Client, ClientOptions, Credentials, Dialect,
     EncryptionPolicy, Error, OpenOptions, ShareTarget, Tree,
 };
@@ -140,7 +140,7 @@ pub async fn run(args: SmbArgs) -> Result<(), String> {
                 match tree.remove_tree(&at(&path)).await {
                     Ok(true) => Ok(()),
                     Ok(false) => {
-                        Err(Error::Status { op: String::new(), status: smb3_csi::smb::NtStatus::OBJECT_NAME_NOT_FOUND })
+                        Err(Error::Status { op: String::new(), status: smb3::NtStatus::OBJECT_NAME_NOT_FOUND })
                     }
                     Err(e) => Err(e),
                 }

@@ -64,12 +64,12 @@ use super::proto::{
     DeleteVolumeRequest, DeleteVolumeResponse, ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse,
     Volume, VolumeCapability, VolumeCondition, VolumeContentSource,
 };
-use crate::smb::{
+use crate::volume::params::encryption_name;
+use crate::volume::{OnDelete, SharePath, ShareUrl, StorageClassParams, VolumeId, MAX_VOLUME_ID_LEN};
+use smb3::{
     is_not_found, ClientOptions, CopyProgress, Credentials, EncryptionPolicy, Error as SmbError, NtStatus, SessionPool,
     ShareTarget, Tree,
 };
-use crate::volume::params::encryption_name;
-use crate::volume::{OnDelete, SharePath, ShareUrl, StorageClassParams, VolumeId, MAX_VOLUME_ID_LEN};
 
 pub use record::{RecordState, VolumeRecord, RECORD_DIR};
 pub use status::{is_auth_failure, smb_code};
@@ -116,7 +116,7 @@ impl ControllerService {
     /// # async fn run() {
     /// use std::time::Duration;
     /// use smb3_csi::csi::controller::ControllerService;
-    /// use smb3_csi::smb::{ClientOptions, SessionPool};
+    /// use smb3::{ClientOptions, SessionPool};
     /// let pool = SessionPool::new(ClientOptions::default(), Duration::from_secs(300));
     /// pool.spawn_evictor(Duration::from_secs(60));
     /// let controller = ControllerService::new(pool);
@@ -802,11 +802,11 @@ impl ControllerService {
 
 /// Renames the volume's directory to `archived-<subdir>` under the base
 /// path, adding `-<unix seconds>[-n]` when that exists. `None`: nothing to archive.
-async fn archive(tree: &Tree, id: &VolumeId) -> crate::smb::Result<Option<String>> {
+async fn archive(tree: &Tree, id: &VolumeId) -> smb3::Result<Option<String>> {
     let from = share_path(&id.path_in_share());
     let base = id.share.base_path().to_string();
     let archived = format!("archived-{}", id.sub_dir);
-    let target = |suffix: &str| crate::smb::join_path(&base, &format!("{archived}{suffix}"));
+    let target = |suffix: &str| smb3::join_path(&base, &format!("{archived}{suffix}"));
     if let Some((parent, _)) = target("").rsplit_once('/') {
         tree.mkdir_all(parent).await?;
     }
@@ -827,7 +827,7 @@ async fn archive(tree: &Tree, id: &VolumeId) -> crate::smb::Result<Option<String
 }
 
 /// `Tree::copy_tree` with progress at info level at most every two seconds.
-async fn copy_logged(tree: &Tree, from: &str, to: &str) -> crate::smb::Result<CopyProgress> {
+async fn copy_logged(tree: &Tree, from: &str, to: &str) -> smb3::Result<CopyProgress> {
     tracing::info!(from = %from, to = %to, "cloning (server-side copy)");
     let last_log = Mutex::new(Instant::now());
     let progress = |p: &CopyProgress| {
@@ -1049,7 +1049,7 @@ mod tests {
         let plan = CreatePlan::from_request(&request()).unwrap();
         assert_eq!(plan.volume_id, "v1|srv||share|k8s|pvc-1|delete");
         assert_eq!(plan.capacity, 1 << 20);
-        assert_eq!(plan.creds, Credentials::user("bob", "", crate::smb::Secret::new("pw")));
+        assert_eq!(plan.creds, Credentials::user("bob", "", smb3::Secret::new("pw")));
         let volume = plan.volume(plan.capacity);
         assert_eq!(volume.volume_context[CONTEXT_SOURCE], "//srv/share/k8s");
         assert_eq!(volume.volume_context[CONTEXT_SUBDIR], "pvc-1");

@@ -23,8 +23,8 @@ pub mod proto {
 /// values trimmed). `None` for an empty map. Shared by the controller and node services.
 pub(crate) fn credentials_from_secrets(
     secrets: &std::collections::HashMap<String, String>,
-) -> Result<Option<crate::smb::Credentials>, tonic::Status> {
-    use crate::smb::{Credentials, Secret};
+) -> Result<Option<smb3::Credentials>, tonic::Status> {
+    use smb3::{Credentials, Secret};
     use tonic::Status;
     if secrets.is_empty() {
         return Ok(None);

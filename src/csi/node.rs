@@ -42,8 +42,8 @@ use super::proto::{
 };
 use crate::k8s::{SecretError, SecretReader};
 use crate::mount::{self, FuseMount, MountError, MountOptions, MountState, FSTYPE};
-use crate::smb::{is_not_found, Client, ClientOptions, Credentials, EncryptionPolicy, SessionPool, ShareTarget, Tree};
 use crate::volume::{SharePath, ShareUrl, VolumeId};
+use smb3::{is_not_found, Client, ClientOptions, Credentials, EncryptionPolicy, SessionPool, ShareTarget, Tree};
 
 /// Volume context key marking an inline ephemeral volume (set by the kubelet).
 pub const CONTEXT_EPHEMERAL: &str = "csi.storage.k8s.io/ephemeral";
@@ -122,7 +122,7 @@ impl NodeService {
     /// # async fn run() {
     /// use std::time::Duration;
     /// use smb3_csi::csi::node::{NodeConfig, NodeService};
-    /// use smb3_csi::smb::{ClientOptions, SessionPool};
+    /// use smb3::{ClientOptions, SessionPool};
     /// let pool = SessionPool::new(ClientOptions::default(), Duration::from_secs(300));
     /// let node = NodeService::new(NodeConfig { node_id: "node-1".into(), kubeconfig: None }, pool);
     /// # }
@@ -221,7 +221,7 @@ impl NodeService {
         // `seal` overrides the volume's policy with `required`.
         let client_options = plan.options.client_options(&volume_options);
         let connecting = format!("connecting to //{}/{} as {}", target.host, target.share, plan.creds.display_name());
-        let smb_error = |context: &str, e: &crate::smb::Error| {
+        let smb_error = |context: &str, e: &smb3::Error| {
             // The share is named by the volume: a missing one means the volume does not exist.
             Status::new(smb_code(e, Code::NotFound), format!("{context}: {e}"))
         };

@@ -45,7 +45,7 @@ use nix::fcntl::OFlag;
 use tokio::runtime::Handle;
 
 use crate::mount::{CacheMode, MountOptions};
-use crate::smb::{self, join_path, DirEntry, Metadata, NtStatus, OpenOptions, Tree};
+use smb3::{self as smb, join_path, DirEntry, Metadata, NtStatus, OpenOptions, Tree};
 
 use inodes::Inodes;
 use writeback::WriteQueue;

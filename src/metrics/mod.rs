@@ -43,37 +43,12 @@ use std::time::Duration;
 
 use tonic::Code;
 
-use crate::smb::wire::Command;
 use exposition::{Exposition, Kind};
 use histogram::{Histogram, RPC_BUCKETS, SMB_BUCKETS};
+use smb3::wire::Command;
 
 pub use exposition::CONTENT_TYPE;
 pub use http::{MetricsAddress, MetricsAddressError, MetricsServer};
-
-/// SMB2 commands by code (MS-SMB2 2.2.1), as the `command` label spells them.
-const SMB_COMMANDS: [&str; 19] = [
-    "NEGOTIATE",
-    "SESSION_SETUP",
-    "LOGOFF",
-    "TREE_CONNECT",
-    "TREE_DISCONNECT",
-    "CREATE",
-    "CLOSE",
-    "FLUSH",
-    "READ",
-    "WRITE",
-    "LOCK",
-    "IOCTL",
-    "CANCEL",
-    "ECHO",
-    "QUERY_DIRECTORY",
-    "CHANGE_NOTIFY",
-    "QUERY_INFO",
-    "SET_INFO",
-    "OPLOCK_BREAK",
-];
-/// The label of commands outside the table (never sent by this client).
-const SMB_OTHER_COMMAND: &str = "OTHER";
 
 /// Every metric of one process. Tests build their own; the driver uses
 /// [`Metrics::global`].
@@ -82,7 +57,7 @@ pub struct Metrics {
     rpcs: Mutex<BTreeMap<(&'static str, &'static str), Arc<Histogram>>>,
     smb_bytes_sent: AtomicU64,
     smb_bytes_received: AtomicU64,
-    /// Indexed by command code; the last slot is [`SMB_OTHER_COMMAND`].
+    /// Indexed by command code ([`Command::KNOWN`]); the last slot is every other code.
     smb_round_trips: Vec<Histogram>,
     smb_sessions_open: AtomicI64,
     smb_sessions_established: AtomicU64,
@@ -104,7 +79,7 @@ impl Metrics {
             rpcs: Mutex::new(BTreeMap::new()),
             smb_bytes_sent: AtomicU64::new(0),
             smb_bytes_received: AtomicU64::new(0),
-            smb_round_trips: (0..=SMB_COMMANDS.len()).map(|_| Histogram::new(SMB_BUCKETS)).collect(),
+            smb_round_trips: (0..=Command::KNOWN.len()).map(|_| Histogram::new(SMB_BUCKETS)).collect(),
             smb_sessions_open: AtomicI64::new(0),
             smb_sessions_established: AtomicU64::new(0),
             smb_reconnects: AtomicU64::new(0),
@@ -152,38 +127,6 @@ impl Metrics {
         lock(&self.volume_conditions).remove(volume_id);
     }
 
-    pub(crate) fn smb_bytes_sent(&self, bytes: usize) {
-        self.smb_bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-
-    pub(crate) fn smb_bytes_received(&self, bytes: usize) {
-        self.smb_bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-
-    /// A request (or compound chain, under its first command) from the
-    /// moment it was written until its last response arrived.
-    pub(crate) fn smb_round_trip(&self, command: Command, elapsed: Duration) {
-        let slot = usize::from(command.code()).min(SMB_COMMANDS.len());
-        let slot = if matches!(command, Command::Unknown(_)) { SMB_COMMANDS.len() } else { slot };
-        self.smb_round_trips[slot].observe(elapsed);
-    }
-
-    /// A session was authenticated on a live connection.
-    pub(crate) fn smb_session_opened(&self) {
-        self.smb_sessions_established.fetch_add(1, Ordering::Relaxed);
-        self.smb_sessions_open.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// `count` sessions ended (logoff, connection lost or dropped).
-    pub(crate) fn smb_sessions_closed(&self, count: u64) {
-        self.smb_sessions_open.fetch_sub(count as i64, Ordering::Relaxed);
-    }
-
-    /// A pooled session was found dead and is being replaced.
-    pub(crate) fn smb_reconnect(&self) {
-        self.smb_reconnects.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// The text exposition (format 0.0.4) of every family.
     pub fn render(&self) -> String {
         let mut e = Exposition::new();
@@ -212,7 +155,7 @@ impl Metrics {
             Kind::Histogram,
             "SMB request round trip from send to response, by command (compounds under their first command).",
         );
-        let names = SMB_COMMANDS.iter().copied().chain([SMB_OTHER_COMMAND]);
+        let names = Command::KNOWN.iter().map(|c| c.name()).chain([Command::Unknown(0xFFFF).name()]);
         for (name, histogram) in names.zip(&self.smb_round_trips) {
             let snapshot = histogram.snapshot();
             if snapshot.count > 0 {
@@ -297,9 +240,42 @@ pub fn forget_volume(volume_id: &str) {
     Metrics::global().forget_volume(volume_id);
 }
 
+/// The SMB client's events become this process's SMB series.
+impl smb3::Observer for Metrics {
+    fn bytes_sent(&self, bytes: usize) {
+        self.smb_bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn bytes_received(&self, bytes: usize) {
+        self.smb_bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn round_trip(&self, command: Command, elapsed: Duration) {
+        let slot = match command {
+            Command::Unknown(_) => Command::KNOWN.len(),
+            known => usize::from(known.code()).min(Command::KNOWN.len()),
+        };
+        self.smb_round_trips[slot].observe(elapsed);
+    }
+
+    fn session_opened(&self) {
+        self.smb_sessions_established.fetch_add(1, Ordering::Relaxed);
+        self.smb_sessions_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sessions_closed(&self, count: u64) {
+        self.smb_sessions_open.fetch_sub(count as i64, Ordering::Relaxed);
+    }
+
+    fn reconnect(&self) {
+        self.smb_reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use smb3::Observer;
 
     fn sample_lines(text: &str) -> Vec<&str> {
         text.lines().filter(|l| !l.starts_with('#')).collect()
@@ -334,8 +310,8 @@ mod tests {
     #[test]
     fn every_family_has_help_and_type_once() {
         let m = Metrics::new();
-        m.smb_round_trip(Command::Read, Duration::from_millis(2));
-        m.smb_round_trip(Command::Unknown(0x99), Duration::from_millis(2));
+        m.round_trip(Command::Read, Duration::from_millis(2));
+        m.round_trip(Command::Unknown(0x99), Duration::from_millis(2));
         m.record_rpc("/csi.v1.Node/NodeGetInfo", Code::Ok, Duration::from_millis(1));
         m.set_volume_condition("vol", false);
         let text = m.render();
@@ -362,14 +338,14 @@ mod tests {
     #[test]
     fn smb_counters_sessions_and_reconnects() {
         let m = Metrics::new();
-        m.smb_bytes_sent(100);
-        m.smb_bytes_sent(28);
-        m.smb_bytes_received(4096);
-        m.smb_session_opened();
-        m.smb_session_opened();
-        m.smb_sessions_closed(1);
-        m.smb_reconnect();
-        m.smb_reconnect();
+        m.bytes_sent(100);
+        m.bytes_sent(28);
+        m.bytes_received(4096);
+        m.session_opened();
+        m.session_opened();
+        m.sessions_closed(1);
+        m.reconnect();
+        m.reconnect();
         let text = m.render();
         let lines = sample_lines(&text);
         for want in [
@@ -382,7 +358,7 @@ mod tests {
             assert!(lines.contains(&want), "{want} missing from {text}");
         }
         // A miscount never shows a negative number of sessions.
-        m.smb_sessions_closed(5);
+        m.sessions_closed(5);
         assert!(sample_lines(&m.render()).contains(&"smb3_csi_smb_sessions_open 0"));
     }
 

@@ -13,7 +13,7 @@ use tokio::runtime::Handle;
 
 use super::{table, MountError, MountOptions};
 use crate::fs::{FsConfig, SmbFs};
-use crate::smb::{join_path, Tree};
+use smb3::{join_path, Tree};
 
 /// The FUSE subtype: mounts show as `fuse.smb3-csi` in /proc/mounts.
 pub const SUBTYPE: &str = "smb3-csi";
@@ -25,7 +25,7 @@ const FUSE_THREADS: usize = 2;
 /// A live FUSE mount of a directory of an SMB share.
 ///
 /// ```no_run
-/// # fn demo(tree: smb3_csi::smb::Tree) -> Result<(), smb3_csi::mount::MountError> {
+/// # fn demo(tree: smb3::Tree) -> Result<(), smb3_csi::mount::MountError> {
 /// use smb3_csi::mount::{FuseMount, MountOptions};
 /// let (opts, _ignored) = MountOptions::parse(&["uid=1000,gid=1000".to_string()]).unwrap();
 /// // From a thread that has a tokio multi-thread runtime entered (e.g. inside `spawn_blocking`):

@@ -21,7 +21,7 @@ pub enum MountError {
     #[error("{op}: {source}")]
     Io { op: String, source: std::io::Error },
     #[error("{source_path}: {source}")]
-    Smb { source_path: String, source: crate::smb::Error },
+    Smb { source_path: String, source: smb3::Error },
     #[error("{0} is not a directory on the share")]
     NotADirectory(String),
     #[error(

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use crate::smb::{ClientOptions, Dialect, EncryptionPolicy};
+use smb3::{ClientOptions, Dialect, EncryptionPolicy};
 
 /// How the FUSE layer caches file data and attributes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -337,7 +337,7 @@ fn parse_vers(s: &str) -> Result<(Option<Dialect>, Option<Dialect>), String> {
         "2.0" | "2.02" => Err("SMB 2.0.2 is not supported; use 2.1 or later".into()),
         "default" => Ok((None, None)),
         "3" => Ok((Some(Dialect::Smb300), Some(Dialect::Smb311))),
-        other => match crate::smb::parse_dialect(other) {
+        other => match smb3::parse_dialect(other) {
             Ok(d) => Ok((Some(d), Some(d))),
             Err(_) => Err(format!("unknown version {s:?} (expected 2.1, 3.0, 3.02, 3.1.1, 3 or default)")),
         },

@@ -39,7 +39,7 @@ use std::fmt;
 use super::params::{encryption_name, parse_encryption, OnDelete};
 use super::path::{PathError, SharePath};
 use super::share_url::{parse_port, ShareUrl, ShareUrlError, DEFAULT_SMB_PORT};
-use crate::smb::EncryptionPolicy;
+use smb3::EncryptionPolicy;
 
 /// CSI's general string limit, which applies to volume ids.
 pub const MAX_VOLUME_ID_LEN: usize = 128;
@@ -93,7 +93,7 @@ pub enum VolumeIdError {
 /// A provisioned volume: a directory `sub_dir` under the share's base path.
 ///
 /// ```
-/// use smb3_csi::smb::EncryptionPolicy;
+/// use smb3::EncryptionPolicy;
 /// use smb3_csi::volume::{OnDelete, SharePath, ShareUrl, VolumeId};
 /// let id = VolumeId {
 ///     share: ShareUrl::parse("//files.example.com/team/k8s").unwrap(),
@@ -118,7 +118,7 @@ pub struct VolumeId {
     pub encryption: Option<EncryptionPolicy>,
 }
 
-// By hand: `EncryptionPolicy` (in `crate::smb`) does not implement `Hash`.
+// By hand: `EncryptionPolicy` (in `smb3`) does not implement `Hash`.
 impl std::hash::Hash for VolumeId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.share.hash(state);

@@ -22,7 +22,7 @@ use std::fmt;
 
 use super::path::{PathError, SharePath};
 use super::share_url::{ShareUrl, ShareUrlError};
-use crate::smb::EncryptionPolicy;
+use smb3::EncryptionPolicy;
 
 const PVC_NAME_KEY: &str = "csi.storage.k8s.io/pvc/name";
 const PVC_NAMESPACE_KEY: &str = "csi.storage.k8s.io/pvc/namespace";

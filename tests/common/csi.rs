@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use smb3::{ClientOptions, SessionPool};
 use smb3_csi::csi::proto::controller_client::ControllerClient;
 use smb3_csi::csi::proto::identity_client::IdentityClient;
 use smb3_csi::csi::proto::{
@@ -18,8 +19,7 @@ use smb3_csi::csi::proto::{
     VolumeCapability, VolumeContentSource,
 };
 use smb3_csi::csi::{serve, ControllerService, Endpoint, IdentityService, ServeError, Services};
-use smb3_csi::smb::{ClientOptions, SessionPool};
-use smb3_csi::testkit::Samba;
+use smb3_testkit::Samba;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;

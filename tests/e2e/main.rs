@@ -17,7 +17,7 @@ mod provisioner;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use smb3_csi::testkit::samba::{Samba, SambaProfile};
+use smb3_testkit::samba::{Samba, SambaProfile};
 
 #[test]
 #[ignore = "run by tests/e2e/k8s/run.sh against a live cluster"]

@@ -43,8 +43,8 @@ use std::fmt;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::smb::{is_not_found, Error as SmbError, NtStatus, OpenOptions, Tree};
 use crate::volume::SharePath;
+use smb3::{is_not_found, Error as SmbError, NtStatus, OpenOptions, Tree};
 
 /// The hidden directory under the base path that holds the records.
 pub const RECORD_DIR: &str = ".smb3-csi";

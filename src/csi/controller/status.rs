@@ -16,7 +16,7 @@
 
 use tonic::{Code, Status};
 
-use crate::smb::{Error as SmbError, NtStatus};
+use smb3::{Error as SmbError, NtStatus};
 
 /// Whether the error means the credentials were refused.
 pub fn is_auth_failure(err: &SmbError) -> bool {

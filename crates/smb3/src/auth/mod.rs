@@ -1,0 +1,36 @@
+//! NTLMv2 (MS-NLMP) wrapped in SPNEGO (RFC 4178, MS-SPNG).
+
+pub mod der;
+pub mod ntlm;
+pub mod spnego;
+
+pub use ntlm::{NtlmClient, NtlmCredentials};
+pub use spnego::SpnegoClient;
+
+use crate::wire::WireError;
+
+/// Why authentication failed. Never carries a password, hash or key.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("malformed {what}: {why}")]
+    Malformed { what: &'static str, why: String },
+    #[error("malformed NTLM message: {0}")]
+    Ntlm(#[from] WireError),
+    #[error("malformed SPNEGO token: {0}")]
+    Spnego(#[from] der::DerError),
+    #[error("the server does not offer NTLMSSP (1.3.6.1.4.1.311.2.2.10) through SPNEGO")]
+    NoNtlmMech,
+    #[error("the server rejected the authentication")]
+    Rejected,
+    #[error("the server's MIC does not verify")]
+    BadServerMic,
+    #[error(
+        "server NTLM flags 0x{server_flags:08x} lack 0x{missing:08x}: NTLMv2 with extended session \
+         security, target info, 128-bit keys and Unicode is required (LM and NTLMv1 are never used)"
+    )]
+    UnsupportedFlags { server_flags: u32, missing: u32 },
+    #[error("authentication step out of order: {0}")]
+    OutOfOrder(&'static str),
+    #[error("no NTLM session key (anonymous or not yet authenticated)")]
+    NoSessionKey,
+}
