@@ -25,7 +25,9 @@ mod client;
 mod conn;
 mod error;
 mod file;
+mod link;
 mod pool;
+mod recovery;
 mod session;
 mod tree;
 
@@ -38,6 +40,7 @@ pub use error::{Error, Result};
 pub use file::{File, OpenOptions, CHUNK, PIPELINE_DEPTH};
 pub use observer::{NoObserver, Observer, ObserverHandle};
 pub use pool::SessionPool;
+pub use recovery::{Backoff, ConnectionState, CredentialsSource, Recovery};
 pub use secret::Secret;
 pub use session::SessionInfo;
 pub use tree::{is_not_found, CopyMethod, CopyProgress, DirEntry, FsStats, Metadata, Tree};

@@ -48,8 +48,10 @@ pub(crate) struct Negotiated {
 
 const CLIENT_SECURITY_MODE: u16 = neg::SECURITY_SIGNING_ENABLED | neg::SECURITY_SIGNING_REQUIRED;
 
-/// Sends NEGOTIATE with every allowed dialect and the 3.1.1 contexts.
-pub(crate) async fn negotiate(conn: &Connection, opts: &ClientOptions) -> Result<Negotiated> {
+/// Sends NEGOTIATE with every allowed dialect and the 3.1.1 contexts. The
+/// caller's `client_guid` stays the same across a client's reconnects,
+/// since servers only let the same client reclaim a leased durable open.
+pub(crate) async fn negotiate(conn: &Connection, opts: &ClientOptions, client_guid: [u8; 16]) -> Result<Negotiated> {
     let dialects: Vec<Dialect> = [Dialect::Smb210, Dialect::Smb300, Dialect::Smb302, Dialect::Smb311]
         .into_iter()
         .filter(|d| *d >= opts.min_dialect && *d <= opts.max_dialect)
@@ -60,8 +62,6 @@ pub(crate) async fn negotiate(conn: &Connection, opts: &ClientOptions) -> Result
             why: format!("no dialect between {} and {}", opts.min_dialect, opts.max_dialect),
         });
     }
-    let mut client_guid = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut client_guid);
     let mut salt = vec![0u8; 32];
     rand::thread_rng().fill_bytes(&mut salt);
     let capabilities = neg::CAP_LARGE_MTU | neg::CAP_ENCRYPTION;
@@ -165,6 +165,8 @@ pub(crate) struct Session {
     pub host: String,
     /// Whether VALIDATE_NEGOTIATE_INFO is still owed (3.0/3.0.2, first tree).
     pub validate_pending: std::sync::atomic::AtomicBool,
+    /// ChannelSequence of this session's requests (3.x; raised per reconnect).
+    pub channel_sequence: std::sync::atomic::AtomicU16,
 }
 
 impl Session {
@@ -319,6 +321,7 @@ impl Session {
             info,
             host: host.to_string(),
             validate_pending: std::sync::atomic::AtomicBool::new(validate),
+            channel_sequence: std::sync::atomic::AtomicU16::new(0),
         })
     }
 
@@ -330,6 +333,7 @@ impl Session {
             signer: self.keys.signer.as_ref(),
             sealer: if seal { self.keys.sealer.as_ref() } else { None },
             related: false,
+            channel_sequence: self.channel_sequence.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
