@@ -141,6 +141,23 @@ impl CorruptingProxy {
     pub fn connection_count(&self) -> usize {
         self.state.accepted.load(Ordering::SeqCst)
     }
+
+    /// Cuts every live connection now (both sockets shut down, as a reset
+    /// or a crashed middlebox would), while new connections are still
+    /// accepted. Returns how many were cut.
+    pub fn cut_all(&self) -> usize {
+        let connections = lock(&self.state.connections);
+        for (client, server) in connections.values() {
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = server.shutdown(Shutdown::Both);
+        }
+        connections.len()
+    }
+
+    /// How many connections are open through the proxy right now.
+    pub fn live_connections(&self) -> usize {
+        lock(&self.state.connections).len()
+    }
 }
 
 impl Drop for CorruptingProxy {
