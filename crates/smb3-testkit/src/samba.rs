@@ -354,9 +354,9 @@ impl Samba {
     /// it only in memory without clustering).
     pub fn start_server(&mut self) -> Result<(), SambaError> {
         let reply = self.watchdog_command("start")?;
-        self.smbd_pid = reply.parse().map_err(|_| {
-            SambaError::io("starting smbd", std::io::Error::other(format!("watchdog said {reply:?}")))
-        })?;
+        self.smbd_pid = reply
+            .parse()
+            .map_err(|_| SambaError::io("starting smbd", std::io::Error::other(format!("watchdog said {reply:?}"))))?;
         self.wait_ready().map_err(|why| SambaError::StartFailed {
             profile: self.profile,
             why,
@@ -377,7 +377,12 @@ impl Samba {
         let mut smbpasswd = Command::new(find_program("smbpasswd").unwrap_or_else(|| "smbpasswd".into()));
         smbpasswd.arg("-c").arg(&self.conf).args(["-s", TEST_USER]);
         let input = format!("{0}\n{0}\n", new.expose());
-        run(smbpasswd, Some(input.as_bytes()), COMMAND_TIMEOUT, format!("smbpasswd -c {} -s {TEST_USER}", self.conf.display()))?;
+        run(
+            smbpasswd,
+            Some(input.as_bytes()),
+            COMMAND_TIMEOUT,
+            format!("smbpasswd -c {} -s {TEST_USER}", self.conf.display()),
+        )?;
         self.password = new;
         self.write_credentials(&Layout::new(&self.dir).credentials)
     }

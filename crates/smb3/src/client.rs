@@ -422,10 +422,10 @@ impl Client {
 
     /// ECHO: a cheap liveness check of the current connection and session.
     pub async fn echo(&self) -> Result<()> {
-        let (session, _) = self.link.current().ok_or_else(|| Error::Disconnected {
-            addr: self.link.addr().to_string(),
-            why: "reconnecting".into(),
-        })?;
+        let (session, _) = self
+            .link
+            .current()
+            .ok_or_else(|| Error::Disconnected { addr: self.link.addr().to_string(), why: "reconnecting".into() })?;
         let out = Outgoing::new(Command::Echo, 0, 0, |m| EchoRequest.encode(m));
         session.request(out, false).await?.ok(|| "echo".into()).map(|_| ())
     }

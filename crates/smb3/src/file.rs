@@ -9,8 +9,8 @@ use rand::RngCore;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::error::{Error, Result};
 use super::conn::Outgoing;
+use super::error::{Error, Result};
 use super::recovery::{is_connection_loss, is_session_loss};
 use super::session::Session;
 use super::tree::{display_path, smb_path, Metadata, Tree};
@@ -384,7 +384,12 @@ impl File {
                 OpenBinding { id: body.file_id, generation: b.generation, create_guid, durable: granted, lost: None };
             let inner = Arc::new(inner);
             link.register_open(&inner);
-            return Ok(File { inner, opened: body, closed: AtomicBool::new(false), runtime: tokio::runtime::Handle::try_current().ok() });
+            return Ok(File {
+                inner,
+                opened: body,
+                closed: AtomicBool::new(false),
+                runtime: tokio::runtime::Handle::try_current().ok(),
+            });
         }
     }
 
@@ -537,7 +542,9 @@ impl File {
 
     /// FLUSH: asks the server to make written data durable.
     pub async fn flush(&self) -> Result<()> {
-        self.request(Command::Flush, 0, &|file_id, m| FlushRequest { file_id }.encode(m)).await?.ok(|| self.op("flush"))?;
+        self.request(Command::Flush, 0, &|file_id, m| FlushRequest { file_id }.encode(m))
+            .await?
+            .ok(|| self.op("flush"))?;
         Ok(())
     }
 

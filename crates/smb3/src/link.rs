@@ -282,7 +282,9 @@ async fn supervise(link: Weak<Link>, mut stop: watch::Receiver<()>) {
     }
 }
 
-async fn next_break(rx: &mut Option<mpsc::UnboundedReceiver<LeaseBreakNotification>>) -> Option<LeaseBreakNotification> {
+async fn next_break(
+    rx: &mut Option<mpsc::UnboundedReceiver<LeaseBreakNotification>>,
+) -> Option<LeaseBreakNotification> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

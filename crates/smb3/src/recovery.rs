@@ -145,7 +145,10 @@ pub(crate) fn is_connection_loss(e: &Error) -> bool {
 /// the TCP connection is up (e.g. it expired the session): handled like a
 /// lost connection.
 pub(crate) fn is_session_loss(status: NtStatus) -> bool {
-    matches!(status, NtStatus::USER_SESSION_DELETED | NtStatus::NETWORK_SESSION_EXPIRED | NtStatus::NETWORK_NAME_DELETED)
+    matches!(
+        status,
+        NtStatus::USER_SESSION_DELETED | NtStatus::NETWORK_SESSION_EXPIRED | NtStatus::NETWORK_NAME_DELETED
+    )
 }
 
 /// What a path operation was meant to do, for judging the answer to a

@@ -13,9 +13,7 @@ use super::file::{File, OpenOptions};
 use super::link::Link;
 use super::recovery::{is_connection_loss, is_session_loss, replay_verdict, ConnectionState, Intent, ReplayVerdict};
 use super::session::Session;
-use super::wire::create::{
-    self, access, attributes, disposition, options, share_access, CreateRequest,
-};
+use super::wire::create::{self, access, attributes, disposition, options, share_access, CreateRequest};
 use super::wire::directory::{
     self, parse_directory_entries, DirectoryEntry, QueryDirectoryRequest, QueryDirectoryResponse,
 };
@@ -320,8 +318,7 @@ impl Tree {
     /// Whether requests on this tree can still succeed: the share was
     /// connected again after any reconnect, and the client has not given up.
     pub fn is_usable(&self) -> bool {
-        !matches!(self.inner.link.state(), ConnectionState::Failed { .. })
-            && self.inner.binding.lock().unwrap().is_ok()
+        !matches!(self.inner.link.state(), ConnectionState::Failed { .. }) && self.inner.binding.lock().unwrap().is_ok()
     }
 
     /// Connected, reconnecting (why, since when) or failed for good.
@@ -489,7 +486,14 @@ impl Tree {
         };
         let middle = vec![self.out(Command::QueryInfo, 4096, |m| q.encode(m))];
         let resps = self
-            .with_handle(path, access::FILE_READ_ATTRIBUTES | access::SYNCHRONIZE, disposition::OPEN, 0, middle, Purpose::plain("stat"))
+            .with_handle(
+                path,
+                access::FILE_READ_ATTRIBUTES | access::SYNCHRONIZE,
+                disposition::OPEN,
+                0,
+                middle,
+                Purpose::plain("stat"),
+            )
             .await?;
         let body = QueryInfoResponse::decode(&resps[0].msg)?;
         Ok(Metadata::from_all(&FileAllInformation::decode(&body.buffer)?))

@@ -264,7 +264,8 @@ mod tests {
     use crate::wire::create::{CreateRequest, CreateResponse};
     use crate::wire::{Command, Header};
 
-    const GUID: [u8; 16] = [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF, 0x00];
+    const GUID: [u8; 16] =
+        [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF, 0x00];
 
     #[test]
     fn durable_request_v2_bytes() {
@@ -362,7 +363,10 @@ mod tests {
             file_attributes: 0x20,
             file_id: FileId { persistent: 1, volatile: 2 },
             contexts: vec![
-                CreateContext { name: b"DH2Q".to_vec(), data: DurableResponseV2 { timeout_ms: 60_000, flags: 0 }.encode() },
+                CreateContext {
+                    name: b"DH2Q".to_vec(),
+                    data: DurableResponseV2 { timeout_ms: 60_000, flags: 0 }.encode(),
+                },
                 lease.context(),
             ],
         };
