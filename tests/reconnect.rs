@@ -372,3 +372,60 @@ async fn path_operations_and_new_opens_survive_a_cut() {
         client.reconnect_count()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_answers_are_detected_and_replayed_operations_do_not_fail() {
+    logs();
+    let samba = own_samba!();
+    let proxy = Arc::new(CorruptingProxy::start(samba.addr()).expect("proxy"));
+    let events = Arc::new(Events::default());
+    let client = Client::connect("127.0.0.1", proxy.addr().port(), &creds(&samba), &options(&events)).await.unwrap();
+    let tree = client.tree(samba.share_name()).await.unwrap();
+    let share = samba.share_path().to_path_buf();
+    let mut pauses = Vec::new();
+    let mut timed = |what: &'static str, t: Instant| pauses.push(format!("{what} {:?}", t.elapsed()));
+
+    // Each operation reaches the server and is carried out, but its answer
+    // is lost: only ECHO can tell, and the replay then meets its own work.
+    // Files made through SMB (owned by the share's user, not root).
+    for (name, content) in [("del.txt", &b"x"[..]), ("from.txt", b"moved")] {
+        let f = tree.create(name).await.unwrap();
+        f.write_at(0, content).await.unwrap();
+        f.close().await.unwrap();
+    }
+    assert_eq!(proxy.silence_responses(), 1);
+    let t = Instant::now();
+    tree.remove_file("del.txt").await.expect("a replayed delete that finds the file gone is success");
+    timed("delete", t);
+    assert!(!share.join("del.txt").exists());
+    assert_eq!(client.reconnect_count(), 1, "the silent connection was found dead");
+
+    proxy.silence_responses();
+    let t = Instant::now();
+    tree.rename("from.txt", "to.txt", false).await.expect("a replayed rename whose source is gone and target exists");
+    timed("rename", t);
+    assert_eq!(std::fs::read(share.join("to.txt")).unwrap(), b"moved");
+
+    proxy.silence_responses();
+    let t = Instant::now();
+    tree.mkdir("made").await.expect("a replayed mkdir that finds its directory");
+    timed("mkdir", t);
+    assert!(share.join("made").is_dir());
+
+    proxy.silence_responses();
+    let t = Instant::now();
+    let f = tree
+        .open("excl.txt", OpenOptions::new().read(true).write(true).create_new(true))
+        .await
+        .expect("a replayed exclusive create gets its file");
+    timed("exclusive create", t);
+
+    proxy.silence_responses();
+    let t = Instant::now();
+    f.write_at(0, b"written once").await.expect("a replayed write");
+    timed("write", t);
+    assert_eq!(f.read_at(0, 100).await.unwrap(), b"written once");
+    f.close().await.unwrap();
+    assert_eq!(client.reconnect_count(), 5);
+    eprintln!("PAUSES lost answers (echo every 2 s): {}", pauses.join(", "));
+}

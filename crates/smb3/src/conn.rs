@@ -260,7 +260,7 @@ impl Shared {
 /// reference stops the reader task and closes the socket.
 pub(crate) struct Connection {
     shared: Arc<Shared>,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     reader: tokio::task::JoinHandle<()>,
     timeout: Duration,
     lease_breaks_rx: Mutex<Option<mpsc::UnboundedReceiver<LeaseBreakNotification>>>,
@@ -312,7 +312,7 @@ impl Connection {
         let reader = tokio::spawn(reader_loop(shared.clone(), rd));
         Ok(Connection {
             shared,
-            writer: tokio::sync::Mutex::new(wr),
+            writer: Arc::new(tokio::sync::Mutex::new(wr)),
             reader,
             timeout,
             lease_breaks_rx: Mutex::new(Some(lease_breaks_rx)),
@@ -340,6 +340,14 @@ impl Connection {
     pub fn abort(&self, why: impl Into<String>) {
         self.shared.kill(Fatal::Io(why.into()));
         self.reader.abort();
+        // Send FIN now rather than when the last user lets go: the server
+        // then releases this connection's opens for reclaiming at once.
+        let writer = self.writer.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = writer.lock().await.shutdown().await;
+            });
+        }
     }
 
     /// Time since the last frame arrived from the server.
