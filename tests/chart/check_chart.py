@@ -125,6 +125,19 @@ def render(values, namespace, kube_version="1.33.0", chart=CHART, extra=()):
     return p.returncode, p.stdout, p.stderr
 
 
+def lint(values, namespace):
+    """helm lint --strict (templates rendered with missingkey=error, NOTES.txt included): values
+    files leave keys out, so a template must not assume a user-given key exists."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(values, f)
+        path = f.name
+    try:
+        p = run([os.environ["HELM_RENDER"], "lint", CHART, "--strict", "-n", namespace, "-f", path])
+    finally:
+        os.unlink(path)
+    return [] if p.returncode == 0 else [f"helm lint --strict: {p.stdout}{p.stderr}"]
+
+
 NOTES_PROBE = """apiVersion: v1
 kind: ConfigMap
 metadata:
@@ -659,6 +672,7 @@ def cmd_matrix():
                 errors.append(f"{kube}: helm-render warnings: {err}")
             errors += [f"{kube}: {e}" for e in check(docs_of(out), case_from(values, ns, kube))]
             counts.add(len(docs_of(out)))
+        errors += lint(values, ns)
         if errors:
             failures += 1
             print(f"FAIL {name}:\n  " + "\n  ".join(errors))

@@ -94,7 +94,7 @@ without a tag get the newest release the cluster version can run.
 {{- with .Values.imagePullSecrets -}}
 imagePullSecrets:
 {{- range . }}
-  - name: {{ if kindIs "map" . }}{{ .name }}{{ else }}{{ . }}{{ end }}
+  - name: {{ if kindIs "map" . }}{{ get . "name" }}{{ else }}{{ . }}{{ end }}
 {{- end }}
 {{- end -}}
 {{- end -}}
@@ -138,7 +138,9 @@ imagePullSecrets:
 {{- if or $c.runOnControlPlane $c.runOnMaster -}}
 {{- $covered := false -}}
 {{- range $tol -}}
-{{- if and (eq (.operator | default "Equal") "Exists") (or (not .key) (eq .key "node-role.kubernetes.io/control-plane")) (or (not .effect) (eq .effect "NoSchedule")) -}}
+{{- $key := get . "key" | default "" -}}
+{{- $effect := get . "effect" | default "" -}}
+{{- if and (eq (get . "operator" | default "Equal") "Exists") (has $key (list "" "node-role.kubernetes.io/control-plane")) (has $effect (list "" "NoSchedule")) -}}
 {{- $covered = true -}}
 {{- end -}}
 {{- end -}}
@@ -174,12 +176,15 @@ named one per line in the install notes.
 {{ . }}
 {{- end }}
 {{- end }}
-{{- if kindIs "map" .Values.windows }}
-{{- range $k, $_ := .Values.windows }}
+{{- if hasKey .Values "windows" }}
+{{- $w := get .Values "windows" }}
+{{- if and (kindIs "map" $w) $w }}
+{{- range $k, $_ := $w }}
 windows.{{ $k }}
 {{- end }}
-{{- else if hasKey .Values "windows" }}
+{{- else }}
 windows
+{{- end }}
 {{- end }}
 {{- end -}}
 
