@@ -8,7 +8,8 @@ invariants that break real clusters when wrong (driver name, socket paths, mount
 propagation, /dev/fuse, RBAC, sidecar versions the cluster can run, pod security and
 priority). Subcommands:
 
-  matrix     render + validate + invariants for every case and Kubernetes version
+  matrix     render + validate + invariants for every case and Kubernetes version,
+             and helm lint --strict of every case
   migration  a csi-driver-smb values file (tests/chart/csi-driver-smb-values.yaml):
              its StorageClasses, what carries over, and the install-notes warnings
   bad-values values the chart must refuse, with the message it must give
