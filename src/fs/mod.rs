@@ -27,8 +27,11 @@
 //! - **Errors** map to ENOENT, EACCES, EEXIST, ENOTEMPTY, ENOSPC, ENOTDIR, EISDIR, EBUSY, EXDEV, EOPNOTSUPP;
 //!   anything unexpected (a lost connection, a malformed reply) is EIO with a log line naming the operation.
 
+mod config;
 mod inodes;
 mod writeback;
+
+pub use config::{CacheMode, FsConfig};
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -44,7 +47,6 @@ use fuser::{
 use nix::fcntl::OFlag;
 use tokio::runtime::Handle;
 
-use crate::mount::{CacheMode, MountOptions};
 use smb3::{self as smb, join_path, DirEntry, Metadata, NtStatus, OpenOptions, Tree};
 
 use inodes::Inodes;
@@ -55,32 +57,6 @@ pub const MAX_IO: u32 = 1 << 20;
 /// Longest name SMB allows (in UTF-16 units; a conservative byte bound here).
 const NAME_MAX: usize = 255;
 const BLOCK_SIZE: u32 = 1 << 20;
-
-/// What the filesystem presents: owner, modes, and how much the kernel may cache.
-#[derive(Clone, Debug)]
-pub struct FsConfig {
-    pub uid: u32,
-    pub gid: u32,
-    pub file_mode: u32,
-    pub dir_mode: u32,
-    pub read_only: bool,
-    pub attr_ttl: Duration,
-    pub cache: CacheMode,
-}
-
-impl From<&MountOptions> for FsConfig {
-    fn from(o: &MountOptions) -> Self {
-        FsConfig {
-            uid: o.uid,
-            gid: o.gid,
-            file_mode: o.file_mode & 0o7777,
-            dir_mode: o.dir_mode & 0o7777,
-            read_only: o.read_only,
-            attr_ttl: o.attr_ttl(),
-            cache: o.cache,
-        }
-    }
-}
 
 /// An open SMB handle. However the last reference goes (release, or an in-flight request finishing later on a
 /// fuser thread), the handle is closed on the runtime.
