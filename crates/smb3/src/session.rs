@@ -8,13 +8,13 @@ use rand::RngCore;
 
 use super::auth::ntlm::{NtlmClient, NtlmCredentials};
 use super::auth::spnego::SpnegoClient;
-use super::client::{ClientOptions, Credentials, EncryptionPolicy};
 use super::conn::{Connection, Outgoing, Protection, Response, SessionKeysInUse};
 use super::crypto::encryption::Sealer;
 use super::crypto::keys::SessionKeys;
 use super::crypto::preauth::PreauthHash;
 use super::crypto::signing::Signer;
 use super::error::{Error, Result};
+use super::options::{ClientOptions, Credentials, EncryptionPolicy};
 use super::wire::ioctl::{
     IoctlRequest, IoctlResponse, ValidateNegotiateInfoRequest, ValidateNegotiateInfoResponse,
     FSCTL_VALIDATE_NEGOTIATE_INFO, IOCTL_IS_FSCTL,
