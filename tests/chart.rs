@@ -1,8 +1,10 @@
-//! Packaging checks: the Helm chart rendered over a matrix of values and validated
-//! for Kubernetes 1.28 and 1.33, its invariants (driver name, sockets, propagation,
-//! /dev/fuse, least-privilege RBAC), `deploy/` against the default rendering, the
-//! example volume handles and StorageClasses through the driver's own parsers, and
-//! the Dockerfile through hadolint.
+//! Packaging checks: the Helm chart rendered over a matrix of values and Kubernetes
+//! versions (1.28, 1.30, 1.33, 1.34; each rendering validated for its own version),
+//! its invariants (driver name, sockets, propagation, /dev/fuse, least-privilege RBAC,
+//! sidecars the cluster version can run, priorities, non-root controller), a values
+//! file written for csi-driver-smb (its StorageClasses and the install-notes warnings),
+//! `deploy/` against the default rendering, the example volume handles and
+//! StorageClasses through the driver's own parsers, and the Dockerfile through hadolint.
 //!
 //! The rendering and YAML checks live in `tests/chart/check_chart.py` (PyYAML); this
 //! file finds the tools, runs it, and does what needs the crate. Nothing is
@@ -133,23 +135,41 @@ fn chart_renders_valid_manifests_with_the_invariants_for_every_values_case() {
     let report = tools.check("matrix");
     // One line per case; the cases must all have run.
     let cases = ["defaults", "inline-on", "inline-off", "kubelet-dir", "storage-class", "custom-images"];
-    for case in cases.iter().chain(&["own-registrar", "everything"]) {
+    for case in cases.iter().chain(&["own-registrar", "everything", "control-plane", "pinned-sidecars", "csi-driver-smb"]) {
         assert!(report.contains(&format!("ok {case}:")), "case {case} missing:\n{report}");
     }
+    assert!(
+        report.lines().filter(|l| l.starts_with("ok ")).all(|l| l.ends_with("valid for 1.28.0, 1.30.0, 1.33.0, 1.34.0")),
+        "every case must render and validate for each Kubernetes version:\n{report}"
+    );
+}
+
+#[test]
+fn chart_takes_a_csi_driver_smb_values_file_and_warns_about_what_it_ignores() {
+    let tools = tools!();
+    let report = tools.check("migration");
+    for kube in ["1.28.0", "1.30.0", "1.33.0", "1.34.0"] {
+        assert!(
+            report.contains(&format!("ok csi-driver-smb values @ {kube}: 2 StorageClasses, 10 warnings")),
+            "csi-driver-smb values on {kube}:\n{report}"
+        );
+    }
+    assert_eq!(report.matches("ok notes ").count(), 4, "{report}");
+    assert!(report.contains("ok linux.enabled=false"), "{report}");
 }
 
 #[test]
 fn chart_refuses_bad_values_with_a_message_naming_them() {
     let tools = tools!();
     let report = tools.check("bad-values");
-    assert_eq!(report.matches("ok refused").count(), 9, "{report}");
+    assert_eq!(report.matches("ok refused").count(), 18, "{report}");
 }
 
 #[test]
 fn chart_checks_catch_broken_manifests() {
     let tools = tools!();
     let report = tools.check("selftest");
-    assert!(report.matches("ok caught").count() >= 14, "{report}");
+    assert!(report.matches("ok caught").count() >= 24, "{report}");
 }
 
 #[test]

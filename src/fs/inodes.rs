@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use fuser::INodeNo;
+/// The root directory's inode number (fixed by the FUSE protocol).
+pub const ROOT_INO: u64 = 1;
 
 /// Synthetic numbers (for file ids 0 and 1, which FUSE reserves) start here.
 const SYNTHETIC_BASE: u64 = 1 << 63;
@@ -26,7 +27,7 @@ impl Inodes {
     /// A table whose root inode (1) is the share path `root`.
     pub fn new(root: &str) -> Inodes {
         let mut by_ino = HashMap::new();
-        by_ino.insert(INodeNo::ROOT.0, Node { path: root.to_string(), lookups: 1 });
+        by_ino.insert(ROOT_INO, Node { path: root.to_string(), lookups: 1 });
         Inodes { by_ino, by_path: HashMap::new(), next_synthetic: SYNTHETIC_BASE }
     }
 
@@ -59,7 +60,7 @@ impl Inodes {
 
     /// The kernel dropped `n` references.
     pub fn forget(&mut self, ino: u64, n: u64) {
-        if ino == INodeNo::ROOT.0 {
+        if ino == ROOT_INO {
             return;
         }
         if let Some(node) = self.by_ino.get_mut(&ino) {

@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use fuser::Errno;
+use super::Errno;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Writes of one inode that may be in flight at once.

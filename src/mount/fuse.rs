@@ -12,7 +12,7 @@ use nix::mount::MsFlags;
 use tokio::runtime::Handle;
 
 use super::{table, MountError, MountOptions};
-use crate::fs::{FsConfig, SmbFs};
+use crate::fs::{FsConfig, FuseAdapter, SmbFs};
 use smb3::{join_path, Tree};
 
 /// The FUSE subtype: mounts show as `fuse.smb3-csi` in /proc/mounts.
@@ -89,7 +89,7 @@ impl FuseMount {
             return Err(MountError::NotADirectory(source));
         }
 
-        let fs = SmbFs::new(tree.clone(), &root, FsConfig::from(opts), rt);
+        let fs = FuseAdapter::new(SmbFs::new(tree.clone(), &root, FsConfig::from(opts), rt));
         let session = mount_fuse(fs, &source, &mountpoint, opts.read_only)?;
         let thread = std::thread::Builder::new()
             .name("smb3-csi-fuse".into())
@@ -164,11 +164,11 @@ impl Drop for FuseMount {
 /// kernel mount stays exactly as long as something unmounts it: a session that dies leaves a Dead mount for the
 /// node service to see and clean, never an unmount racing with a newer mount at the same path.
 fn mount_fuse(
-    fs: SmbFs,
+    fs: FuseAdapter,
     source: &str,
     mountpoint: &Path,
     read_only: bool,
-) -> Result<fuser::Session<SmbFs>, MountError> {
+) -> Result<fuser::Session<FuseAdapter>, MountError> {
     let dev = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -7,8 +7,10 @@ mod table;
 
 use std::path::PathBuf;
 
+/// Re-exported: the cache mode is the filesystem's notion, and `cache=` sets it.
+pub use crate::fs::CacheMode;
 pub use fuse::{FuseMount, FSTYPE, SUBTYPE};
-pub use options::{CacheMode, MountOptionError, MountOptions};
+pub use options::{MountOptionError, MountOptions};
 pub use table::{bind_mount, mount_at, mount_state, mounts, parse_mountinfo, unmount, MountInfo, MountState};
 
 /// Errors of mounting and unmounting. `Display` names the path and the operation; never a secret.

@@ -13,17 +13,7 @@ use std::time::Duration;
 
 use smb3::{ClientOptions, Dialect, EncryptionPolicy};
 
-/// How the FUSE layer caches file data and attributes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum CacheMode {
-    /// Close-to-open: attributes cached for `actimeo`, the page cache dropped on every open (default).
-    #[default]
-    Strict,
-    /// Page cache kept across opens (revalidated only when the attributes change).
-    Loose,
-    /// No caching: every read and write goes to the server, attributes are never cached.
-    None,
-}
+use crate::fs::{CacheMode, FsConfig};
 
 /// Typed mount options. Defaults match mount.cifs: uid 0, gid 0, modes 0755, read-write.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -318,6 +308,21 @@ impl MountOptions {
     }
 }
 
+/// What the filesystem presents for these options (the file-type bits of the modes dropped).
+impl From<&MountOptions> for FsConfig {
+    fn from(o: &MountOptions) -> Self {
+        FsConfig {
+            uid: o.uid,
+            gid: o.gid,
+            file_mode: o.file_mode & 0o7777,
+            dir_mode: o.dir_mode & 0o7777,
+            read_only: o.read_only,
+            attr_ttl: o.attr_ttl(),
+            cache: o.cache,
+        }
+    }
+}
+
 fn parse_id(s: &str) -> Option<u32> {
     s.parse::<u32>().ok().filter(|id| *id != u32::MAX)
 }
@@ -467,6 +472,20 @@ mod tests {
             assert!(matches!(err, MountOptionError::Credentials(_)), "{flag}");
             assert!(!err.to_string().contains("hunter2"));
         }
+    }
+
+    #[test]
+    fn filesystem_config_follows_the_options() {
+        let (o, _) = parse(&["uid=7,gid=8,file_mode=0640,dir_mode=0750,ro,actimeo=30"]).unwrap();
+        let cfg = FsConfig::from(&o);
+        assert_eq!(
+            (cfg.uid, cfg.gid, cfg.file_mode, cfg.dir_mode, cfg.read_only, cfg.attr_ttl, cfg.cache),
+            (7, 8, 0o640, 0o750, true, Duration::from_secs(30), CacheMode::Strict)
+        );
+        // cache=none: the kernel caches no attributes whatever actimeo says.
+        let (o, _) = parse(&["cache=none,actimeo=30"]).unwrap();
+        assert_eq!(FsConfig::from(&o).attr_ttl, Duration::ZERO);
+        assert_eq!(FsConfig::from(&MountOptions::default()), FsConfig::default());
     }
 
     #[test]

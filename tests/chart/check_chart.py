@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Chart checks for smb3-csi, driven by tests/chart.rs.
 
-Renders charts/smb3-csi with helm-render over a matrix of values, validates every
-rendering with kubernetes-validate --strict for Kubernetes 1.28 and 1.33, and checks the
+Renders charts/smb3-csi with helm-render over a matrix of values and Kubernetes
+versions (KUBE_VERSIONS, passed as --kube-version), validates every rendering with
+kubernetes-validate --strict for the version it was rendered for, and checks the
 invariants that break real clusters when wrong (driver name, socket paths, mount
-propagation, /dev/fuse, RBAC). Subcommands:
+propagation, /dev/fuse, RBAC, sidecar versions the cluster can run, pod security and
+priority). Subcommands:
 
-  matrix     render + validate + invariants for every case
+  matrix     render + validate + invariants for every case and Kubernetes version,
+             and helm lint --strict of every case
+  migration  a csi-driver-smb values file (tests/chart/csi-driver-smb-values.yaml):
+             its StorageClasses, what carries over, and the install-notes warnings
   bad-values values the chart must refuse, with the message it must give
   selftest   the invariant checks catch deliberately broken manifests
   deploy     deploy/smb3-csi.yaml is the default rendering; deploy/example/* validate;
@@ -18,6 +23,8 @@ interpreter needs PyYAML. Exit status 0 when everything holds; failures are prin
 
 import copy
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,21 +34,37 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHART = os.path.join(ROOT, "charts", "smb3-csi")
 DEPLOY = os.path.join(ROOT, "deploy")
-KUBE_VERSIONS = ["1.28.0", "1.33.0"]
+# The oldest version Chart.yaml allows, the two releases around the sidecar switch
+# (csi-provisioner v6 / csi-resizer v2 need 1.34) and one in between. kubernetes-validate
+# 1.37.0 ships schemas for 1.25.0-1.37.0, so each is validated against its own schema.
+KUBE_VERSIONS = ["1.28.0", "1.30.0", "1.33.0", "1.34.0"]
 RELEASE = "smb3-csi"
-DEPLOY_HEADER = "# Rendered from charts/smb3-csi with default values by scripts/render-deploy.sh; do not edit.\n"
+MIGRATION_VALUES = os.path.join(ROOT, "tests", "chart", "csi-driver-smb-values.yaml")
+# deploy/ is for clusters without Helm, of any supported version: rendered for the oldest.
+DEPLOY_KUBE_VERSION = "1.28.0"
+DEPLOY_HEADER = (
+    "# Rendered from charts/smb3-csi with default values for Kubernetes 1.28 (sidecars that run on\n"
+    "# every supported version) by scripts/render-deploy.sh; do not edit.\n"
+)
+
+# Sidecar tags the chart picks when none is set: (before 1.34, from 1.34).
+AUTO_TAGS = {"csi-provisioner": ("v5.3.0", "v6.3.0"), "csi-resizer": ("v1.14.0", "v2.2.0")}
 
 DEFAULT_IMAGES = {
-    "csi-provisioner": "registry.k8s.io/sig-storage/csi-provisioner:v6.3.0",
-    "csi-resizer": "registry.k8s.io/sig-storage/csi-resizer:v2.2.0",
+    "csi-provisioner": "registry.k8s.io/sig-storage/csi-provisioner:",
+    "csi-resizer": "registry.k8s.io/sig-storage/csi-resizer:",
     "liveness-probe": "registry.k8s.io/sig-storage/livenessprobe:v2.19.0",
     "node-driver-registrar": "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.17.0",
     "smb3-csi": "ghcr.io/smb3-csi/smb3-csi:0.1.0",
 }
 
+# StorageClass parameters the driver takes (it matches keys case-insensitively), besides csi.storage.k8s.io/*.
+DRIVER_PARAMS = {"source", "subdir", "ondelete", "encryption"}
+
 DRIVER_FLAGS = {
-    "controller": {"--endpoint", "--driver-name", "--metrics-address", "--log-level", "--log-format"},
-    "node": {"--endpoint", "--node-id", "--driver-name", "--metrics-address", "--log-level", "--log-format"},
+    "controller": {"--endpoint", "--driver-name", "--metrics-address", "--log-level", "--log-format", "--smb-encryption"},
+    "node": {"--endpoint", "--node-id", "--driver-name", "--metrics-address", "--log-level", "--log-format",
+             "--smb-encryption"},
 }
 
 
@@ -90,22 +113,59 @@ def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
 
 
-def render(values, namespace, kube_version="1.33.0"):
+def render(values, namespace, kube_version="1.33.0", chart=CHART, extra=()):
     """(returncode, stdout, stderr) of helm-render with a values dict."""
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(values, f)
         path = f.name
     try:
-        p = run([os.environ["HELM_RENDER"], RELEASE, CHART, "-n", namespace, "--kube-version", kube_version, "-f", path])
+        p = run([os.environ["HELM_RENDER"], RELEASE, chart, "-n", namespace, "--kube-version", kube_version, "-f", path,
+                 *extra])
     finally:
         os.unlink(path)
     return p.returncode, p.stdout, p.stderr
 
 
-def validate(text, label):
-    """kubernetes-validate --strict for every version; returns error strings."""
+def lint(values, namespace):
+    """helm lint --strict (templates rendered with missingkey=error, NOTES.txt included): values
+    files leave keys out, so a template must not assume a user-given key exists."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(values, f)
+        path = f.name
+    try:
+        p = run([os.environ["HELM_RENDER"], "lint", CHART, "--strict", "-n", namespace, "-f", path])
+    finally:
+        os.unlink(path)
+    return [] if p.returncode == 0 else [f"helm lint --strict: {p.stdout}{p.stderr}"]
+
+
+NOTES_PROBE = """apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: notes-probe
+data:
+  notes: {{ include "smb3-csi/templates/NOTES.txt" . | quote }}
+"""
+
+
+def render_notes(values, namespace, kube_version):
+    """The chart's NOTES.txt as `helm install` would print it (helm-render renders it but prints
+    manifests only): a copy of the chart with one template that includes NOTES.txt."""
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = os.path.join(tmp, "smb3-csi")
+        shutil.copytree(CHART, chart)
+        with open(os.path.join(chart, "templates", "zz-notes-probe.yaml"), "w") as f:
+            f.write(NOTES_PROBE)
+        rc, out, err = render(values, namespace, kube_version, chart=chart, extra=["-s", "templates/zz-notes-probe.yaml"])
+    if rc != 0:
+        raise AssertionError(f"NOTES render failed: {err}")
+    return one(docs_of(out), "ConfigMap")["data"]["notes"]
+
+
+def validate(text, label, versions=None):
+    """kubernetes-validate --strict for each version (default: all); returns error strings."""
     errors = []
-    for version in KUBE_VERSIONS:
+    for version in versions or KUBE_VERSIONS:
         p = run([os.environ["KUBERNETES_VALIDATE"], "-k", version, "--strict", "-"], input=text)
         out = p.stdout + p.stderr
         if p.returncode != 0:
@@ -204,15 +264,20 @@ def check(docs, case):
     modes = ["Persistent", "Ephemeral"] if case["inline"] else ["Persistent"]
     expect(spec.get("volumeLifecycleModes") == modes, f"volumeLifecycleModes {spec.get('volumeLifecycleModes')} != {modes}")
 
-    # StorageClass
-    classes = [d for d in docs if d["kind"] == "StorageClass"]
-    expect(len(classes) == (1 if case["storage_class"] else 0), f"{len(classes)} StorageClasses rendered")
-    for sc in classes:
+    # StorageClasses: storageClass plus the storageClasses list, each with its source and Secrets,
+    # and no parameter the driver would refuse.
+    classes = {d["metadata"]["name"]: d for d in docs if d["kind"] == "StorageClass"}
+    want_classes = case["storage_classes"]
+    expect(sorted(classes) == sorted(want_classes), f"StorageClasses {sorted(classes)} != {sorted(want_classes)}")
+    for sc_name, sc in classes.items():
         expect(sc["provisioner"] == name, f"StorageClass provisioner {sc['provisioner']} != driver {name}")
         p = sc["parameters"]
-        expect(p.get("source") == case["storage_class"]["source"], "StorageClass source")
+        expect(p.get("source") == want_classes.get(sc_name), f"StorageClass {sc_name} source {p.get('source')}")
         for role in ("provisioner", "node-stage"):
-            expect(f"csi.storage.k8s.io/{role}-secret-name" in p, f"StorageClass lacks the {role} secret")
+            expect(f"csi.storage.k8s.io/{role}-secret-name" in p, f"StorageClass {sc_name} lacks the {role} secret")
+        for key in p:
+            expect(key.lower() in DRIVER_PARAMS or key.startswith("csi.storage.k8s.io/"),
+                   f"StorageClass {sc_name} parameter {key} is refused by the driver")
 
     # Driver containers: exactly the flags the binary accepts, one driver name, one socket.
     node_sock_host = None
@@ -245,9 +310,14 @@ def check(docs, case):
         expect(probe.get("path") == "/healthz", f"{role} liveness path {probe.get('path')}")
         lp = container(workload, "liveness-probe")
         lp_ports = {p["name"]: p["containerPort"] for p in lp.get("ports", [])}
-        health = flags(lp["args"]).get("--health-port")
-        expect(str(lp_ports.get(probe.get("port"))) == str(health), f"{role} liveness port does not reach --health-port {health}")
-        expect(str(health) == str(case["health_port"][role]), f"{role} --health-port {health}")
+        lp_flags = flags(lp["args"])
+        # --health-port is deprecated in livenessprobe; --http-endpoint=[host]:port replaces it.
+        expect("--health-port" not in lp_flags, f"{role} livenessprobe uses the deprecated --health-port")
+        endpoint = str(lp_flags.get("--http-endpoint", ""))
+        health = endpoint.rpartition(":")[2] if endpoint.startswith(":") else None
+        expect(health is not None, f"{role} livenessprobe --http-endpoint {endpoint!r} is not :PORT")
+        expect(str(lp_ports.get(probe.get("port"))) == str(health), f"{role} liveness port does not reach --http-endpoint {endpoint}")
+        expect(str(health) == str(case["health_port"][role]), f"{role} livenessprobe port {health}")
         # Every sidecar talks to the same socket the driver serves.
         for c in containers(workload):
             addr = flags(c.get("args", [])).get("--csi-address")
@@ -334,12 +404,81 @@ def check(docs, case):
     fuse_vols = [v for v in ds["spec"]["template"]["spec"]["volumes"] if v.get("hostPath", {}).get("path") == "/dev/fuse"]
     expect(len(fuse_vols) == 1 and fuse_vols[0]["hostPath"].get("type") == "CharDevice", "/dev/fuse hostPath must be a CharDevice")
 
+    # Production settings: priorities, seccomp, a non-root controller, memory limits.
+    errors += check_pods(deploy, ds, case)
+
     # Node pod token only when it has something to call.
     automount = ds["spec"]["template"]["spec"].get("automountServiceAccountToken", True)
     expect(automount == case["inline"], f"node automountServiceAccountToken {automount} with inline={case['inline']}")
 
     # RBAC: effective permissions of each ServiceAccount == what the components call.
     errors += check_rbac(docs, case, deploy, ds)
+    return errors
+
+
+def mebibytes(quantity):
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi)?", str(quantity))
+    if not m:
+        raise AssertionError(f"memory quantity {quantity!r}")
+    return int(m.group(1)) * {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, None: 1 / 2**20}[m.group(2)]
+
+
+def check_pods(deploy, ds, case):
+    errors = []
+
+    def expect(cond, msg):
+        if not cond:
+            errors.append(msg)
+
+    cpod, npod = deploy["spec"]["template"]["spec"], ds["spec"]["template"]["spec"]
+    expect(cpod.get("priorityClassName") == case["priority"]["controller"],
+           f"controller priorityClassName {cpod.get('priorityClassName')}")
+    expect(npod.get("priorityClassName") == "system-node-critical",
+           f"node priorityClassName {npod.get('priorityClassName')}: it carries every volume's data path")
+    for role, pod in (("controller", cpod), ("node", npod)):
+        sc = pod.get("securityContext", {})
+        expect(sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{role} pod seccompProfile {sc.get('seccompProfile')}")
+    # The controller: non-root, read-only, no capabilities; its socket emptyDir writable through fsGroup.
+    psc = cpod.get("securityContext", {})
+    expect(psc.get("runAsNonRoot") is True, "controller pod must set runAsNonRoot")
+    uid = psc.get("runAsUser")
+    expect(isinstance(uid, int) and uid > 0, f"controller pod runAsUser {uid}")
+    expect(psc.get("fsGroup") == psc.get("runAsGroup") and psc.get("fsGroup"),
+           f"controller fsGroup {psc.get('fsGroup')} must be its runAsGroup {psc.get('runAsGroup')} (socket emptyDir)")
+    socket_vol = next((v for v in cpod["volumes"] if v["name"] == "socket-dir"), {})
+    expect("emptyDir" in socket_vol, "controller socket dir must be an emptyDir")
+    drv = container(deploy, "smb3-csi")
+    csc = drv.get("securityContext", {})
+    expect(csc.get("runAsNonRoot") is True and csc.get("runAsUser", uid) > 0, f"controller container runs as root: {csc}")
+    expect(csc.get("readOnlyRootFilesystem") is True, "controller container needs readOnlyRootFilesystem")
+    expect(csc.get("allowPrivilegeEscalation") is False, "controller container must not escalate")
+    expect(csc.get("capabilities", {}).get("drop") == ["ALL"] and not csc.get("capabilities", {}).get("add"),
+           f"controller container capabilities {csc.get('capabilities')}")
+    # Every container has a memory limit at least its request; the node plugin's leaves room for many volumes.
+    for workload in (deploy, ds):
+        for c in containers(workload):
+            res = c.get("resources", {})
+            limit, request = res.get("limits", {}).get("memory"), res.get("requests", {}).get("memory")
+            expect(limit is not None and request is not None, f"{workload['kind']}/{c['name']} lacks memory request/limit")
+            if limit is not None and request is not None:
+                expect(mebibytes(request) <= mebibytes(limit), f"{workload['kind']}/{c['name']} request > limit")
+    node_limit = container(ds, "smb3-csi").get("resources", {}).get("limits", {}).get("memory")
+    if node_limit is not None and case["defaults_resources"]:
+        # ~12 MiB + ~12.6 MiB per staged volume: the default must hold dozens of volumes.
+        expect(mebibytes(node_limit) >= 12 + 12.6 * 40, f"node plugin memory limit {node_limit} holds too few volumes")
+    # runOnControlPlane: the label's presence (k3s/RKE2 set "true", kubeadm ""), never a nodeSelector value.
+    sel = cpod.get("nodeSelector", {})
+    expect("node-role.kubernetes.io/control-plane" not in sel, "control-plane as a nodeSelector value leaves pods Pending on k3s/RKE2")
+    terms = cpod.get("affinity", {}).get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", {}) \
+        .get("nodeSelectorTerms", [])
+    cp_expr = {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}
+    if case["control_plane"]:
+        expect(terms and all(cp_expr in t.get("matchExpressions", []) for t in terms),
+               f"runOnControlPlane: every nodeSelectorTerm needs control-plane Exists: {terms}")
+        expect(any(t.get("key") in (None, "node-role.kubernetes.io/control-plane") and t.get("operator") == "Exists"
+                   for t in cpod.get("tolerations", [])), "runOnControlPlane without a control-plane toleration")
+    else:
+        expect(not any(cp_expr in t.get("matchExpressions", []) for t in terms), "control-plane affinity without runOnControlPlane")
     return errors
 
 
@@ -401,23 +540,44 @@ def check_rbac(docs, case, deploy, ds):
 # ---------------------------------------------------------------- cases
 
 
-def case_from(values, namespace="kube-system"):
-    """The expectations for a values dict (defaults filled in)."""
+def kube_at_least(version, minor):
+    major_, minor_ = (int(x) for x in version.split(".")[:2])
+    return (major_, minor_) >= (1, minor)
+
+
+def case_from(values, namespace="kube-system", kube_version="1.33.0"):
+    """The expectations for a values dict (defaults filled in) rendered for a Kubernetes version."""
     get = lambda path, default: _dig(values, path, default)
+    base = (get(["image", "baseRepo"], "") or "").rstrip("/")
     images = dict(DEFAULT_IMAGES)
     for key, ctr in (("csiProvisioner", "csi-provisioner"), ("csiResizer", "csi-resizer"),
                      ("livenessProbe", "liveness-probe"), ("nodeDriverRegistrar", "node-driver-registrar"),
                      ("smb", "smb3-csi")):
         repo, tag = images[ctr].rsplit(":", 1)
-        images[ctr] = f"{get(['image', key, 'repository'], repo)}:{get(['image', key, 'tag'], tag) or '0.1.0'}"
+        repo = get(["image", key, "repository"], repo)
+        tag = get(["image", key, "tag"], tag)
+        if ctr in AUTO_TAGS and not tag:
+            tag = AUTO_TAGS[ctr][kube_at_least(kube_version, 34)]
+        if repo.startswith("/"):
+            repo = base + repo
+        if ctr == "smb3-csi" and repo.rstrip("/").rsplit("/", 1)[-1] == "smbplugin":
+            # csi-driver-smb's own image in a carried-over values file: ours runs instead.
+            repo, tag = DEFAULT_IMAGES["smb3-csi"].rsplit(":", 1)
+        images[ctr] = f"{repo}:{tag or '0.1.0'}"
+    classes = {}
     sc = values.get("storageClass", {})
+    if sc.get("create"):
+        classes[sc.get("name", "smb3")] = sc["source"]
+    for item in values.get("storageClasses", []):
+        classes[item["name"]] = next(v for k, v in item["parameters"].items() if k.lower() == "source")
     return {
         "namespace": namespace,
+        "kube_version": kube_version,
         "driver": get(["driver", "name"], "smb3.csi.dev"),
         "kubelet": get(["linux", "kubelet"], "/var/lib/kubelet"),
         "inline": get(["feature", "enableInlineVolume"], False),
         "registrar": values.get("registrar", "node-driver-registrar"),
-        "storage_class": sc if sc.get("create") else None,
+        "storage_classes": classes,
         "images": images,
         "controller_sa": get(["serviceAccount", "controller"], "smb3-csi-controller-sa"),
         "node_sa": get(["serviceAccount", "node"], "smb3-csi-node-sa"),
@@ -426,6 +586,10 @@ def case_from(values, namespace="kube-system"):
             "controller": get(["controller", "livenessProbe", "healthPort"], 29742),
             "node": get(["node", "livenessProbe", "healthPort"], 29743),
         },
+        "priority": {"controller": values.get("priorityClassName")
+                     or get(["controller", "priorityClassName"], "system-cluster-critical")},
+        "control_plane": bool(get(["controller", "runOnControlPlane"], False) or get(["controller", "runOnMaster"], False)),
+        "defaults_resources": get(["linux", "resources", "smb"], None) is None,
     }
 
 
@@ -468,43 +632,88 @@ CASES = [
         "storageClass": {"create": True, "name": "smb3b", "source": "//10.0.0.5:1445/data", "secretNamespace": "creds"},
         "podLabels": {"team": "storage"}, "customLabels": {"tier": "infra"},
     }, "storage"),
+    # runOnControlPlane ANDed into the user's own node affinity, the toleration added to an empty list.
+    ("control-plane", {"controller": {
+        "runOnControlPlane": True, "tolerations": [],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]},
+            {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}]}]}}}}},
+     "kube-system"),
+    # Sidecar tags set by the user win over the version-based choice.
+    ("pinned-sidecars", {"image": {"csiProvisioner": {"tag": "v5.2.0"}, "csiResizer": {"tag": "v1.13.2"}}}, "kube-system"),
+    # A values file written for csi-driver-smb.
+    ("csi-driver-smb", "file:" + MIGRATION_VALUES, "kube-system"),
 ]
 
 
+def load_values(values):
+    """A case's values: a dict, or "file:PATH" for a values file."""
+    if isinstance(values, str) and values.startswith("file:"):
+        with open(values[len("file:"):]) as f:
+            return yaml.safe_load(f)
+    return values
+
+
 def _case_values(name):
-    return next(values for n, values, _ in CASES if n == name)
+    return load_values(next(values for n, values, _ in CASES if n == name))
 
 
 def cmd_matrix():
     failures = 0
     for name, values, ns in CASES:
-        rc, out, err = render(values, ns)
-        if rc != 0:
-            print(f"FAIL {name}: helm-render exit {rc}: {err}")
-            failures += 1
-            continue
-        errors = validate(out, name)
-        if "Warning" in err or "WARNING" in err:
-            errors.append(f"helm-render warnings: {err}")
-        errors += check(docs_of(out), case_from(values, ns))
+        values = load_values(values)
+        errors, counts = [], set()
+        for kube in KUBE_VERSIONS:
+            rc, out, err = render(values, ns, kube)
+            if rc != 0:
+                errors.append(f"{kube}: helm-render exit {rc}: {err}")
+                continue
+            errors += validate(out, f"{name} @ {kube}", [kube])
+            if "Warning" in err or "WARNING" in err:
+                errors.append(f"{kube}: helm-render warnings: {err}")
+            errors += [f"{kube}: {e}" for e in check(docs_of(out), case_from(values, ns, kube))]
+            counts.add(len(docs_of(out)))
+        errors += lint(values, ns)
         if errors:
             failures += 1
             print(f"FAIL {name}:\n  " + "\n  ".join(errors))
         else:
-            print(f"ok {name}: {len(docs_of(out))} objects, valid for {', '.join(KUBE_VERSIONS)}")
+            print(f"ok {name}: {'/'.join(map(str, sorted(counts)))} objects, rendered and valid for {', '.join(KUBE_VERSIONS)}")
     return failures
 
+
+SECRET_CLASS = {"name": "ok", "parameters": {
+    "source": "//srv/share",
+    "csi.storage.k8s.io/provisioner-secret-name": "s", "csi.storage.k8s.io/provisioner-secret-namespace": "default",
+    "csi.storage.k8s.io/node-stage-secret-name": "s", "csi.storage.k8s.io/node-stage-secret-namespace": "default"}}
 
 BAD_VALUES = [
     ({"storageClass": {"create": True}}, "storageClass.source is required"),
     ({"registrar": "csi-node-driver-registrar"}, "registrar"),
-    ({"controller": {"logLevel": 5}}, "logLevel"),
+    # An integer is a klog verbosity (csi-driver-smb) and is mapped; a negative one or an empty filter is not.
+    ({"controller": {"logLevel": -1}}, "logLevel"),
+    ({"node": {"logLevel": ""}}, "logLevel"),
     ({"linux": {"kubelet": "var/lib/kubelet"}}, "kubelet"),
     ({"feature": {"enableInlineVolume": "yes"}}, "enableInlineVolume"),
     ({"driver": {"name": "SMB3_CSI"}}, "name"),
     ({"logFormat": "xml"}, "logFormat"),
     ({"storageClass": {"onDelete": "shred"}}, "onDelete"),
     ({"featuer": {"enableInlineVolume": True}}, "featuer"),
+    # csi-driver-smb keys are accepted by name only: a misspelt one is still refused.
+    ({"controller": {"workingMountDirs": "/tmp"}}, "workingMountDirs"),
+    ({"smbEncryption": "sometimes"}, "smbEncryption"),
+    ({"image": {"livenessProbe": {"repository": "/sig-storage/livenessprobe"}}}, "image.baseRepo is empty"),
+    # StorageClasses that could never work here fail the install, naming the class.
+    ({"storageClasses": [{"name": "nosrc", "parameters": {"csi.storage.k8s.io/provisioner-secret-name": "s"}}]},
+     "storageClasses[0] (nosrc): parameters.source is required"),
+    ({"storageClasses": [{"name": "anon", "parameters": {"source": "//srv/share"}}]},
+     "storageClasses[0] (anon): parameters csi.storage.k8s.io/provisioner-secret-name"),
+    ({"storageClasses": [SECRET_CLASS, dict(SECRET_CLASS, name="guest", mountOptions=["dir_mode=0777,guest"])]},
+     "storageClasses[1] (guest): mount option guest"),
+    ({"storageClasses": [dict(SECRET_CLASS, name="smb2", mountOptions=["vers=2.0"])]},
+     "storageClasses[0] (smb2): mount option vers=2.0"),
+    ({"storageClasses": [dict(SECRET_CLASS, name="creds", mountOptions=["username=bob"])]},
+     "storageClasses[0] (creds): mount option username"),
 ]
 
 
@@ -583,7 +792,39 @@ def mutations():
         one(docs, "CSIDriver")["spec"]["volumeLifecycleModes"].append("Ephemeral")
 
     def m_health_port(docs):
-        set_flag(container(ds(docs), "liveness-probe"), "--health-port", "9808")
+        set_flag(container(ds(docs), "liveness-probe"), "--http-endpoint", ":9808")
+
+    def m_deprecated_health_port(docs):
+        c = container(ds(docs), "liveness-probe")
+        c["args"] = [a for a in c["args"] if not a.startswith("--http-endpoint")] + ["--health-port=29743"]
+
+    def m_node_priority(docs):
+        ds(docs)["spec"]["template"]["spec"]["priorityClassName"] = "system-cluster-critical"
+
+    def m_root_controller(docs):
+        container(deploy(docs), "smb3-csi")["securityContext"]["runAsNonRoot"] = False
+        deploy(docs)["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = 0
+
+    def m_writable_root(docs):
+        del container(deploy(docs), "smb3-csi")["securityContext"]["readOnlyRootFilesystem"]
+
+    def m_no_seccomp(docs):
+        del ds(docs)["spec"]["template"]["spec"]["securityContext"]["seccompProfile"]
+
+    def m_no_fsgroup(docs):
+        del deploy(docs)["spec"]["template"]["spec"]["securityContext"]["fsGroup"]
+
+    def m_empty_label_selector(docs):
+        deploy(docs)["spec"]["template"]["spec"]["nodeSelector"]["node-role.kubernetes.io/control-plane"] = ""
+
+    def m_no_memory_limit(docs):
+        del container(ds(docs), "smb3-csi")["resources"]["limits"]
+
+    def m_small_node_limit(docs):
+        container(ds(docs), "smb3-csi")["resources"]["limits"]["memory"] = "200Mi"
+
+    def m_new_sidecar_on_old(docs):
+        container(deploy(docs), "csi-provisioner")["image"] = "registry.k8s.io/sig-storage/csi-provisioner:v6.3.0"
 
     return [
         ("registration path of another driver", m_registration),
@@ -599,16 +840,26 @@ def mutations():
         ("provisioner without --extra-create-metadata", m_no_metadata),
         ("Ephemeral mode without inline volumes", m_ephemeral),
         ("liveness probe port does not reach the sidecar", m_health_port),
+        ("livenessprobe with the deprecated --health-port", m_deprecated_health_port),
+        ("node plugin below system-node-critical", m_node_priority),
+        ("controller as root", m_root_controller),
+        ("controller with a writable root filesystem", m_writable_root),
+        ("node pod without RuntimeDefault seccomp", m_no_seccomp),
+        ("controller without fsGroup for its socket dir", m_no_fsgroup),
+        ("control-plane nodeSelector with an empty value", m_empty_label_selector),
+        ("node plugin without a memory limit", m_no_memory_limit),
+        ("node plugin memory limit too small for its volumes", m_small_node_limit),
+        ("csi-provisioner v6 on Kubernetes 1.28", m_new_sidecar_on_old),
     ]
 
 
 def cmd_selftest():
-    rc, out, err = render({}, "kube-system")
+    rc, out, err = render({}, "kube-system", "1.28.0")
     if rc != 0:
         print(f"FAIL: default render: {err}")
         return 1
     base = docs_of(out)
-    case = case_from({})
+    case = case_from({}, "kube-system", "1.28.0")
     failures = 0
     if check(copy.deepcopy(base), case):
         print("FAIL: the unmodified rendering does not pass")
@@ -625,7 +876,7 @@ def cmd_selftest():
     # The schema validator must also be able to fail: a string port.
     broken = copy.deepcopy(base)
     container(one(broken, "Deployment"), "liveness-probe")["ports"][0]["containerPort"] = "29742"
-    if not validate(yaml.safe_dump_all(broken), "broken"):
+    if not validate(yaml.safe_dump_all(broken), "broken", ["1.28.0"]):
         print("FAIL: kubernetes-validate accepted a string containerPort")
         failures += 1
     else:
@@ -635,7 +886,7 @@ def cmd_selftest():
 
 def cmd_deploy():
     failures = 0
-    rc, out, err = render({}, "kube-system", kube_version=os.environ.get("DEPLOY_KUBE_VERSION", "1.33.0"))
+    rc, out, err = render({}, "kube-system", kube_version=DEPLOY_KUBE_VERSION)
     # render() passes -f with an empty values file; deploy/ is rendered with none. Same values.
     with open(os.path.join(DEPLOY, "smb3-csi.yaml")) as f:
         committed = f.read()
@@ -649,6 +900,13 @@ def cmd_deploy():
         print("ok deploy/smb3-csi.yaml is the default rendering")
     errors = validate(committed, "deploy/smb3-csi.yaml")
     driver = case_from({})["driver"]
+    # Rendered for the oldest version, deploy/ must run everywhere: the sidecars of the oldest.
+    for d in docs_of(committed):
+        if d["kind"] == "Deployment":
+            for c in containers(d):
+                want = case_from({}, "kube-system", DEPLOY_KUBE_VERSION)["images"].get(c["name"])
+                if want and c["image"] != want:
+                    errors.append(f"deploy/ {c['name']} image {c['image']} is not the {DEPLOY_KUBE_VERSION} one {want}")
     example_dir = os.path.join(DEPLOY, "example")
     names = sorted(os.listdir(example_dir))
     want = {"secret.yaml", "storageclass.yaml", "pvc.yaml", "pod.yaml", "pv-static.yaml", "pod-inline.yaml"}
@@ -700,8 +958,129 @@ def cmd_deploy():
     return failures + len(errors)
 
 
+# The warnings the install notes must give for tests/chart/csi-driver-smb-values.yaml: each
+# csi-driver-smb key without a meaning here, the parameter left out of a class, the image.
+MIGRATION_WARNINGS = {
+    "ignored value feature.enableGetVolumeStats",
+    "ignored value controller.workingMountDir",
+    "ignored value controller.extraArgs",
+    "ignored value node.nodeDriverRegistrar",
+    "ignored value windows.dsName",
+    "ignored value windows.enabled",
+    "ignored value windows.kubelet",
+    "ignored value windows.removeSMBMappingDuringUnmount",
+    "ignored StorageClass parameter mountPermissions of smb",
+    "ignored image.smb (registry.k8s.io/sig-storage/smbplugin)",
+}
+
+
+def warnings_of(notes):
+    """The WARNING lines of the notes, each cut at its first ':' (the key part)."""
+    return [line[len("WARNING: "):].split(":")[0] for line in notes.splitlines() if line.startswith("WARNING: ")]
+
+
+def cmd_migration():
+    failures = 0
+    values = load_values("file:" + MIGRATION_VALUES)
+
+    def report(label, errors):
+        nonlocal failures
+        if errors:
+            failures += 1
+            print(f"FAIL {label}:\n  " + "\n  ".join(errors))
+        else:
+            print(f"ok {label}")
+
+    for kube in KUBE_VERSIONS:
+        errors = []
+        rc, out, err = render(values, "kube-system", kube)
+        if rc != 0:
+            report(f"csi-driver-smb values @ {kube}", [f"helm-render exit {rc}: {err}"])
+            continue
+        errors += validate(out, f"csi-driver-smb values @ {kube}", [kube])
+        docs = docs_of(out)
+        # Its StorageClasses, as listed: parameters minus mountPermissions, every field carried over.
+        got = {d["metadata"]["name"]: d for d in docs if d["kind"] == "StorageClass"}
+        want = values["storageClasses"]
+        if sorted(got) != sorted(c["name"] for c in want):
+            errors.append(f"StorageClasses {sorted(got)}, the file lists {[c['name'] for c in want]}")
+        for c in want:
+            sc = got.get(c["name"])
+            if sc is None:
+                continue
+            params = {k: str(v) for k, v in c["parameters"].items() if k != "mountPermissions"}
+            if sc["parameters"] != params:
+                errors.append(f"{c['name']} parameters {sc['parameters']} != {params}")
+            if sc["provisioner"] != "smb3.csi.dev":
+                errors.append(f"{c['name']} provisioner {sc['provisioner']}")
+            for field, default in (("reclaimPolicy", "Delete"), ("volumeBindingMode", "Immediate"),
+                                   ("allowVolumeExpansion", True), ("mountOptions", None)):
+                if sc.get(field) != c.get(field, default):
+                    errors.append(f"{c['name']} {field} {sc.get(field)!r} != {c.get(field, default)!r}")
+            for k, v in c.get("annotations", {}).items():
+                if sc["metadata"].get("annotations", {}).get(k) != v:
+                    errors.append(f"{c['name']} lacks annotation {k}")
+        # What carries over: names, replicas, scheduling, log levels mapped, mirror, pull secret.
+        dep, ds = one(docs, "Deployment"), one(docs, "DaemonSet")
+        if (dep["metadata"]["name"], ds["metadata"]["name"]) != ("csi-smb-controller", "csi-smb-node"):
+            errors.append(f"workload names {dep['metadata']['name']}, {ds['metadata']['name']}")
+        if dep["spec"]["replicas"] != 2:
+            errors.append(f"controller replicas {dep['spec']['replicas']}")
+        levels = (flags(container(dep, "smb3-csi")["args"]).get("--log-level"),
+                  flags(container(ds, "smb3-csi")["args"]).get("--log-level"))
+        if levels != ("debug", "info"):
+            errors.append(f"klog levels 5/2 became {levels}, not debug/info")
+        for w in (dep, ds):
+            spec = w["spec"]["template"]["spec"]
+            if spec.get("imagePullSecrets") != [{"name": "mirror-pull"}]:
+                errors.append(f"{w['kind']} imagePullSecrets {spec.get('imagePullSecrets')}")
+            if spec.get("dnsPolicy") != "ClusterFirstWithHostNet":
+                errors.append(f"{w['kind']} dnsPolicy {spec.get('dnsPolicy')}")
+        if container(ds, "liveness-probe")["image"] != "mirror.example.com/sig-storage/livenessprobe:v2.15.0":
+            errors.append(f"baseRepo not applied: {container(ds, 'liveness-probe')['image']}")
+        # The install notes name every ignored key, and nothing that has a meaning here.
+        notes = render_notes(values, "kube-system", kube)
+        warned = warnings_of(notes)
+        if sorted(warned) != sorted(MIGRATION_WARNINGS):
+            errors.append(f"NOTES warnings {sorted(warned)}\n  != {sorted(MIGRATION_WARNINGS)}")
+        for name in ("smb", "smb-retain"):
+            if f"  {name} for " not in notes:
+                errors.append(f"NOTES do not list StorageClass {name}")
+        report(f"csi-driver-smb values @ {kube}: {len(got)} StorageClasses, {len(warned)} warnings", errors)
+
+    # Default values warn about nothing; sidecars pinned to v6/v2 are warned about below 1.34 only.
+    for label, vals, kube, want in (
+        ("defaults", {}, "1.28.0", []),
+        ("defaults", {}, "1.34.0", []),
+        ("v6/v2 pinned", {"image": {"csiProvisioner": {"tag": "v6.3.0"}, "csiResizer": {"tag": "v2.2.0"}}}, "1.33.0",
+         ["image.csiProvisioner.tag v6.3.0 needs the storage.k8s.io/v1 VolumeAttributesClass API of Kubernetes 1.34",
+          "image.csiResizer.tag v2.2.0 needs the storage.k8s.io/v1 VolumeAttributesClass API of Kubernetes 1.34"]),
+        ("v6/v2 pinned", {"image": {"csiProvisioner": {"tag": "v6.3.0"}, "csiResizer": {"tag": "v2.2.0"}}}, "1.34.0", []),
+    ):
+        notes = render_notes(vals, "kube-system", kube)
+        got = [line for line in notes.splitlines() if line.startswith("WARNING: ")]
+        ok = len(got) == len(want) and all(w in g for w, g in zip(want, got))
+        report(f"notes {label} @ {kube}: {len(got)} warnings", [] if ok else [f"warnings {got}, expected {want}"])
+
+    # linux.enabled: false (csi-driver-smb's switch) renders no node DaemonSet, and says so.
+    vals = {"linux": {"enabled": False}}
+    rc, out, err = render(vals, "kube-system", "1.34.0")
+    errors = [f"helm-render exit {rc}: {err}"] if rc else []
+    if not rc:
+        docs = docs_of(out)
+        kinds = [d["kind"] for d in docs]
+        if "DaemonSet" in kinds or kinds.count("Deployment") != 1:
+            errors.append(f"linux.enabled=false rendered {kinds}")
+        errors += validate(out, "linux disabled", ["1.34.0"])
+        if not any(w.startswith("linux.enabled is false") for w in warnings_of(render_notes(vals, "kube-system", "1.34.0"))):
+            errors.append("NOTES do not warn that no node plugin runs")
+    report("linux.enabled=false: no DaemonSet, warned", errors)
+    return failures
+
+
 def main():
-    commands = {"matrix": cmd_matrix, "bad-values": cmd_bad_values, "selftest": cmd_selftest, "deploy": cmd_deploy}
+    commands = {"matrix": cmd_matrix, "bad-values": cmd_bad_values, "selftest": cmd_selftest, "deploy": cmd_deploy,
+                "migration": cmd_migration}
     if len(sys.argv) != 2 or sys.argv[1] not in commands:
         print(f"usage: {sys.argv[0]} {'|'.join(commands)}", file=sys.stderr)
         return 2

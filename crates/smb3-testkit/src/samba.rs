@@ -652,7 +652,7 @@ fn render_smb_conf(layout: &Layout, profile: SambaProfile, port: u16, log_level:
     };
     let netbios = if profile == SambaProfile::NetbiosPort139 { "no" } else { "yes" };
     let mut conf = format!(
-        "# Private test server written by smb3_csi::testkit; profile {profile:?}.
+        "# Private test server written by smb3-testkit; profile {profile:?}.
 [global]
   server role = standalone server
   workgroup = {WORKGROUP}

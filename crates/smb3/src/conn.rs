@@ -22,8 +22,8 @@ use super::wire::framing::{self, Frame, NetbiosSessionReply};
 use super::wire::header::{self, Header, HEADER_LEN};
 use super::wire::transform::TransformHeader;
 use super::wire::{Command, NtStatus};
-use crate::client::HostPort;
 use crate::observer::ObserverHandle;
+use crate::target::HostPort;
 
 /// Message id the server uses for unsolicited oplock/lease break notifications.
 const UNSOLICITED_MESSAGE_ID: u64 = u64::MAX;

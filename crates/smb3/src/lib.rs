@@ -26,22 +26,25 @@ mod conn;
 mod error;
 mod file;
 mod link;
+mod negotiation;
+mod options;
 mod pool;
+mod protection;
 mod recovery;
 mod session;
+mod target;
 mod tree;
 
-pub use client::{
-    join_path, parse_cipher_list, parse_dialect, Client, ClientOptions, Credentials, EncryptionPolicy, HostPort,
-    ShareTarget, DEFAULT_PORT, NETBIOS_PORT,
-};
+pub use client::Client;
 pub use conn::{ConnectionStats, Framing};
 pub use error::{Error, Result};
 pub use file::{File, OpenOptions, CHUNK, PIPELINE_DEPTH};
 pub use observer::{NoObserver, Observer, ObserverHandle};
+pub use options::{parse_cipher_list, parse_dialect, ClientOptions, Credentials, EncryptionPolicy};
 pub use pool::SessionPool;
 pub use recovery::{Backoff, ConnectionState, CredentialsSource, Recovery};
 pub use secret::Secret;
 pub use session::SessionInfo;
+pub use target::{join_path, HostPort, ShareTarget, DEFAULT_PORT, NETBIOS_PORT};
 pub use tree::{is_not_found, CopyMethod, CopyProgress, DirEntry, FsStats, Metadata, Tree};
 pub use wire::{CipherId, Dialect, NtStatus, SigningAlgorithmId};

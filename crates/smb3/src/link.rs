@@ -14,7 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 use rand::{Rng, RngCore};
 use tokio::sync::{mpsc, watch};
 
-use crate::client::{ClientOptions, NETBIOS_PORT};
+use crate::options::ClientOptions;
+use crate::target::NETBIOS_PORT;
 use crate::conn::{Connection, Death, Framing, Outgoing};
 use crate::error::{Error, Result};
 use crate::file::OpenInner;

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::client::{Client, ClientOptions, Credentials, SessionSettings, ShareTarget};
+use super::client::Client;
 use super::error::Result;
+use super::options::{ClientOptions, Credentials, SessionSettings};
+use super::target::ShareTarget;
 use super::tree::Tree;
 
 #[derive(Clone, PartialEq, Eq, Hash)]

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 
-use crate::client::Credentials;
+use crate::options::Credentials;
 use crate::error::Error;
 use crate::session::SessionInfo;
 use crate::wire::NtStatus;

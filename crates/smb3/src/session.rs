@@ -1,5 +1,8 @@
-//! NEGOTIATE and SESSION_SETUP: dialect and cipher choice, NTLMv2 over
-//! SPNEGO, preauth integrity, key derivation and the encryption policy.
+//! The NEGOTIATE and SESSION_SETUP state machine: sends the requests, runs
+//! NTLMv2 over SPNEGO, keeps the preauth integrity hash, derives and proves
+//! the keys. What is acceptable (dialect, cipher, signing) is decided by
+//! `negotiation`, and whether and how the session is protected under the
+//! encryption policy by `protection`; this module applies their answers.
 //! The session is the one place that owns its keys and its trees' state.
 
 use std::sync::Arc;
@@ -8,19 +11,21 @@ use rand::RngCore;
 
 use super::auth::ntlm::{NtlmClient, NtlmCredentials};
 use super::auth::spnego::SpnegoClient;
-use super::client::{ClientOptions, Credentials, EncryptionPolicy};
 use super::conn::{Connection, Outgoing, Protection, Response, SessionKeysInUse};
 use super::crypto::encryption::Sealer;
 use super::crypto::keys::SessionKeys;
 use super::crypto::preauth::PreauthHash;
 use super::crypto::signing::Signer;
 use super::error::{Error, Result};
+use super::negotiation::{self, SIGNING_ALGORITHMS};
+use super::options::{ClientOptions, Credentials};
+use super::protection::{self, Logon, SessionFlags};
 use super::wire::ioctl::{
     IoctlRequest, IoctlResponse, ValidateNegotiateInfoRequest, ValidateNegotiateInfoResponse,
     FSCTL_VALIDATE_NEGOTIATE_INFO, IOCTL_IS_FSCTL,
 };
 use super::wire::negotiate::{self as neg, NegotiateContext, NegotiateRequest, NegotiateResponse};
-use super::wire::session_setup::{self as ss, SessionSetupRequest, SessionSetupResponse};
+use super::wire::session_setup::{SessionSetupRequest, SessionSetupResponse};
 use super::wire::simple::LogoffRequest;
 use super::wire::{CipherId, Command, Dialect, FileId, NtStatus, SigningAlgorithmId};
 
@@ -52,16 +57,8 @@ const CLIENT_SECURITY_MODE: u16 = neg::SECURITY_SIGNING_ENABLED | neg::SECURITY_
 /// caller's `client_guid` stays the same across a client's reconnects,
 /// since servers only let the same client reclaim a leased durable open.
 pub(crate) async fn negotiate(conn: &Connection, opts: &ClientOptions, client_guid: [u8; 16]) -> Result<Negotiated> {
-    let dialects: Vec<Dialect> = [Dialect::Smb210, Dialect::Smb300, Dialect::Smb302, Dialect::Smb311]
-        .into_iter()
-        .filter(|d| *d >= opts.min_dialect && *d <= opts.max_dialect)
-        .collect();
-    if dialects.is_empty() {
-        return Err(Error::InvalidTarget {
-            target: conn.addr().to_string(),
-            why: format!("no dialect between {} and {}", opts.min_dialect, opts.max_dialect),
-        });
-    }
+    let refused = |r| negotiate_refused(r, conn);
+    let dialects = negotiation::offered_dialects(opts.min_dialect, opts.max_dialect).map_err(refused)?;
     let mut salt = vec![0u8; 32];
     rand::thread_rng().fill_bytes(&mut salt);
     let capabilities = neg::CAP_LARGE_MTU | neg::CAP_ENCRYPTION;
@@ -69,9 +66,7 @@ pub(crate) async fn negotiate(conn: &Connection, opts: &ClientOptions, client_gu
     if dialects.contains(&Dialect::Smb311) {
         contexts.push(NegotiateContext::PreauthIntegrity { hash_algorithms: vec![neg::HASH_SHA512], salt });
         contexts.push(NegotiateContext::Encryption { ciphers: opts.ciphers.clone() });
-        contexts.push(NegotiateContext::Signing {
-            algorithms: vec![SigningAlgorithmId::AesGmac, SigningAlgorithmId::AesCmac, SigningAlgorithmId::HmacSha256],
-        });
+        contexts.push(NegotiateContext::Signing { algorithms: SIGNING_ALGORITHMS.to_vec() });
     }
     let req = NegotiateRequest {
         security_mode: CLIENT_SECURITY_MODE,
@@ -84,46 +79,19 @@ pub(crate) async fn negotiate(conn: &Connection, opts: &ClientOptions, client_gu
     let (sent, mut resp) = conn.send(vec![out], Protection::default(), true).await?;
     let resp = resp.pop().expect("one response").ok(|| format!("negotiate with {}", conn.addr()))?;
     let body = NegotiateResponse::decode(&resp.msg)?;
-    if !dialects.contains(&body.dialect) {
-        return Err(match body.dialect {
-            Dialect::Wildcard => Error::Smb1Only,
-            d => Error::NoCommonDialect(d),
-        });
-    }
-    let dialect = body.dialect;
-    let mut preauth = None;
-    let mut cipher = None;
-    let mut signing = if dialect.is_smb3() { SigningAlgorithmId::AesCmac } else { SigningAlgorithmId::HmacSha256 };
-    if dialect == Dialect::Smb311 {
-        let (algs, _) =
-            body.preauth().ok_or_else(|| Error::Protocol("3.1.1 without preauth integrity context".into()))?;
-        if algs != [neg::HASH_SHA512] {
-            return Err(Error::Protocol(format!("preauth hash algorithms {algs:?}, expected SHA-512")));
-        }
+    let settled = negotiation::accept(&body, &dialects, &opts.ciphers).map_err(refused)?;
+    let dialect = settled.dialect;
+    let preauth = (dialect == Dialect::Smb311).then(|| {
         let mut h = PreauthHash::new();
         h.update(&sent[0]);
         h.update(&resp.msg);
-        preauth = Some(h);
-        if let Some(c) = body.cipher() {
-            if !opts.ciphers.contains(&c) {
-                return Err(Error::Protocol(format!("server chose cipher {c} that we did not offer")));
-            }
-            cipher = Some(c);
-        }
-        if let Some(s) = body.signing_algorithm() {
-            if matches!(s, SigningAlgorithmId::Unknown(_)) {
-                return Err(Error::Protocol(format!("server chose {s}")));
-            }
-            signing = s;
-        }
-    } else if dialect.is_smb3() && body.capabilities & neg::CAP_ENCRYPTION != 0 {
-        cipher = Some(CipherId::Aes128Ccm);
-    }
-    conn.set_large_mtu(dialect != Dialect::Smb202 && body.capabilities & neg::CAP_LARGE_MTU != 0);
+        h
+    });
+    conn.set_large_mtu(settled.large_mtu);
     Ok(Negotiated {
         dialect,
-        cipher,
-        signing,
+        cipher: settled.cipher,
+        signing: settled.signing,
         server_guid: body.server_guid,
         server_capabilities: body.capabilities,
         server_security_mode: body.security_mode,
@@ -137,6 +105,32 @@ pub(crate) async fn negotiate(conn: &Connection, opts: &ClientOptions, client_gu
         client_security_mode: CLIENT_SECURITY_MODE,
         client_dialects: dialects,
     })
+}
+
+/// The crate error for a refused negotiation with the server at `conn`.
+fn negotiate_refused(r: negotiation::Refusal, conn: &Connection) -> Error {
+    use negotiation::Refusal::*;
+    match r {
+        EmptyDialectRange { .. } => Error::InvalidTarget { target: conn.addr().to_string(), why: r.to_string() },
+        Smb1Only => Error::Smb1Only,
+        DialectNotOffered(d) => Error::NoCommonDialect(d),
+        NoPreauthContext | PreauthHash(_) | CipherNotOffered(_) | SigningNotOffered(_) => {
+            Error::Protocol(r.to_string())
+        }
+    }
+}
+
+/// The crate error for a session refused under the encryption policy; `op`
+/// names the session setup for a logon failure.
+fn protection_refused(r: protection::Refusal, op: impl FnOnce() -> String) -> Error {
+    use protection::Refusal::*;
+    match r {
+        DialectCannotEncrypt(_) | NoCommonCipher(_) | ServerDemandsUnavailableEncryption | GuestCannotEncrypt => {
+            Error::EncryptionUnavailable(r.to_string())
+        }
+        UserMappedToGuest => Error::Status { op: op(), status: NtStatus::LOGON_FAILURE },
+        NoSessionKey => Error::Protocol(r.to_string()),
+    }
 }
 
 /// Facts about an established session, for `smb3-csi smb info` and metrics.
@@ -179,16 +173,12 @@ impl Session {
         opts: &ClientOptions,
     ) -> Result<Session> {
         let dialect = negotiated.dialect;
-        let can_encrypt = dialect.is_smb3() && negotiated.cipher.is_some();
+        let can_encrypt = protection::can_encrypt(dialect, negotiated.cipher);
+        let who = creds.display_name();
+        let op = || format!("session setup with {} as {}", conn.addr(), who);
         // Refuse before sending any credential material.
-        if opts.encryption == EncryptionPolicy::Required && !can_encrypt {
-            let why = if !dialect.is_smb3() {
-                format!("server negotiated SMB {dialect}, which has no encryption")
-            } else {
-                format!("server offers no common cipher for SMB {dialect}")
-            };
-            return Err(Error::EncryptionUnavailable(why));
-        }
+        protection::check_before_logon(opts.encryption, dialect, negotiated.cipher)
+            .map_err(|r| protection_refused(r, op))?;
 
         let ntlm = match creds {
             Credentials::User { user, domain, password } => NtlmClient::new(NtlmCredentials {
@@ -205,8 +195,6 @@ impl Session {
             }),
             Credentials::Anonymous => NtlmClient::anonymous(),
         };
-        let who = creds.display_name();
-        let op = || format!("session setup with {} as {}", conn.addr(), who);
         let mut spnego = SpnegoClient::new(ntlm);
         let mut token = spnego.initial_token(&negotiated.security_blob)?;
         let mut preauth = negotiated.preauth.clone();
@@ -247,19 +235,13 @@ impl Session {
                 return Err(Error::Protocol("server accepted the session before authentication finished".into()));
             }
         }
-        let guest = body.session_flags & ss::SESSION_FLAG_IS_GUEST != 0;
-        let anonymous = body.session_flags & ss::SESSION_FLAG_IS_NULL != 0;
-        match creds {
-            Credentials::User { .. } if guest || anonymous => {
-                // A server mapping a bad user to guest would otherwise hand out an unsigned, unencrypted session.
-                return Err(Error::Status { op: op(), status: NtStatus::LOGON_FAILURE });
-            }
-            _ => {}
-        }
-
+        let flags = SessionFlags::from_bits(body.session_flags);
         let session_key = spnego.session_key();
-        let (keys, signing, encrypt) = match session_key {
-            Some(sk) if !guest && !anonymous => {
+        let logon = protection::accept_logon(opts.encryption, creds, flags, session_key.is_some())
+            .map_err(|r| protection_refused(r, op))?;
+        let (keys, signing, encrypt) = match logon {
+            Logon::Keyed => {
+                let sk = session_key.ok_or_else(|| Error::Protocol("authentication produced no session key".into()))?;
                 let hash = preauth.as_ref().map(|h| h.value()).unwrap_or([0u8; 64]);
                 let derived = SessionKeys::derive(dialect, &sk, &hash, negotiated.cipher);
                 let signer = Signer::new(negotiated.signing, &derived.signing)?;
@@ -269,32 +251,15 @@ impl Session {
                 } else if dialect == Dialect::Smb311 {
                     return Err(Error::Integrity("final session setup response is not signed".into()));
                 }
-                let server_wants = body.session_flags & ss::SESSION_FLAG_ENCRYPT_DATA != 0;
-                let encrypt = match opts.encryption {
-                    EncryptionPolicy::Required => true,
-                    EncryptionPolicy::IfSupported => can_encrypt,
-                    EncryptionPolicy::Off => server_wants,
-                };
-                if encrypt && !can_encrypt {
-                    return Err(Error::EncryptionUnavailable(
-                        "server requires encryption but none was negotiated".into(),
-                    ));
-                }
+                let encrypt = protection::seal_session(opts.encryption, can_encrypt, flags)
+                    .map_err(|r| protection_refused(r, op))?;
                 let sealer = match (encrypt, negotiated.cipher) {
                     (true, Some(c)) => Some(Sealer::new(c, &derived.encryption, &derived.decryption)?),
                     _ => None,
                 };
                 (SessionKeysInUse { signer: Some(signer), sealer }, Some(negotiated.signing), encrypt)
             }
-            _ => {
-                if !matches!(creds, Credentials::Guest | Credentials::Anonymous) {
-                    return Err(Error::Protocol("authentication produced no session key".into()));
-                }
-                if opts.encryption == EncryptionPolicy::Required {
-                    return Err(Error::EncryptionUnavailable("guest and anonymous sessions cannot encrypt".into()));
-                }
-                (SessionKeysInUse { signer: None, sealer: None }, None, false)
-            }
+            Logon::Unkeyed => (SessionKeysInUse { signer: None, sealer: None }, None, false),
         };
         let keys = Arc::new(keys);
         conn.register_session(session_id, keys.clone());
@@ -304,8 +269,8 @@ impl Session {
             cipher: if encrypt { negotiated.cipher } else { None },
             signing,
             encrypted: encrypt,
-            guest,
-            anonymous,
+            guest: flags.guest,
+            anonymous: flags.anonymous,
             max_read: negotiated.max_read,
             max_write: negotiated.max_write,
             max_transact: negotiated.max_transact,

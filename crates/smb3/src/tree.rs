@@ -734,7 +734,7 @@ impl Tree {
             let entries = self.read_dir(&path).await?;
             stream::iter(entries.into_iter().map(Ok))
                 .try_for_each_concurrent(REMOVE_PARALLELISM, |e| {
-                    let child = super::client::join_path(&path, &e.name);
+                    let child = super::target::join_path(&path, &e.name);
                     async move {
                         if e.metadata.is_dir() {
                             self.remove_dir_contents(child.clone()).await?;
@@ -900,7 +900,7 @@ impl Tree {
         let mut stack = vec![(from.to_string(), to.to_string())];
         while let Some((src_dir, dst_dir)) = stack.pop() {
             for e in self.read_dir(&src_dir).await? {
-                let (s, d) = (super::client::join_path(&src_dir, &e.name), super::client::join_path(&dst_dir, &e.name));
+                let (s, d) = (super::target::join_path(&src_dir, &e.name), super::target::join_path(&dst_dir, &e.name));
                 if e.metadata.is_dir() {
                     self.mkdir(&d).await?;
                     p.dirs += 1;

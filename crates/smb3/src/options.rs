@@ -1,0 +1,278 @@
+//! How to connect and as whom: `Credentials`, the `EncryptionPolicy`, the
+//! `ClientOptions` (and the `SessionSettings` the pool keys on), and the
+//! parsers for cipher lists and dialects that command lines and volume
+//! parameters use.
+//!
+//! These are inputs to every layer (negotiate reads the dialect range and
+//! ciphers, the session reads the policy and credentials, the pool keys on the
+//! settings), so they live below `client` rather than in it: the layers that
+//! build a `Client` must not have to import from it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::conn::Framing;
+use super::error::{Error, Result};
+use super::wire::{CipherId, Dialect};
+use super::Secret;
+use crate::observer::ObserverHandle;
+use crate::recovery::{Backoff, Recovery};
+
+/// Who we authenticate as.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    User {
+        user: String,
+        domain: String,
+        password: Secret,
+    },
+    /// Guest logon; only when explicitly asked for.
+    Guest,
+    /// Anonymous (null) session; only when explicitly asked for.
+    Anonymous,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display_name())
+    }
+}
+
+impl Credentials {
+    /// A user, splitting `DOMAIN\user` and `user@domain` forms when no domain is given.
+    pub fn user(user: &str, domain: &str, password: Secret) -> Credentials {
+        let (user, domain) = if !domain.is_empty() {
+            (user.to_string(), domain.to_string())
+        } else if let Some((d, u)) = user.split_once(['\\', '/']) {
+            (u.to_string(), d.to_string())
+        } else if let Some((u, d)) = user.split_once('@') {
+            (u.to_string(), d.to_string())
+        } else {
+            (user.to_string(), String::new())
+        };
+        Credentials::User { user, domain, password }
+    }
+
+    /// `DOMAIN\user`, `guest` or `anonymous`: safe to log.
+    pub fn display_name(&self) -> String {
+        match self {
+            Credentials::User { user, domain, .. } if domain.is_empty() => user.clone(),
+            Credentials::User { user, domain, .. } => format!("{domain}\\{user}"),
+            Credentials::Guest => "guest".into(),
+            Credentials::Anonymous => "anonymous".into(),
+        }
+    }
+
+    /// Parses a mount.cifs credentials file (`username=`, `password=`, `domain=`).
+    pub fn parse_file_contents(text: &str) -> Result<Credentials, String> {
+        let (mut user, mut pass, mut domain) = (None, None, String::new());
+        for line in text.lines() {
+            let line = line.trim_start();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                return Err("a line without '=' (expected username=, password=, domain=)".into());
+            };
+            // mount.cifs keeps the password verbatim (it may contain spaces); trim only line endings.
+            let v = v.trim_end_matches(['\r', '\n']);
+            match k.trim().to_ascii_lowercase().as_str() {
+                "username" | "user" => user = Some(v.trim().to_string()),
+                "password" | "pass" => pass = Some(v.to_string()),
+                "domain" | "dom" | "workgroup" => domain = v.trim().to_string(),
+                other => return Err(format!("unknown key {other:?} (expected username=, password=, domain=)")),
+            }
+        }
+        let user = user.filter(|u| !u.is_empty()).ok_or("no username= line")?;
+        Ok(Credentials::user(&user, &domain, Secret::new(pass.unwrap_or_default())))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Credentials> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| Error::LocalIo { op: format!("reading credentials file {}", path.display()), source })?;
+        Credentials::parse_file_contents(&text).map_err(|why| Error::LocalIo {
+            op: format!("credentials file {}", path.display()),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+        })
+    }
+
+    /// `SMB_USERNAME`, `SMB_PASSWORD`, `SMB_DOMAIN`; `None` without a user name.
+    pub fn from_env() -> Option<Credentials> {
+        let user = std::env::var("SMB_USERNAME").ok().filter(|u| !u.is_empty())?;
+        let pass = std::env::var("SMB_PASSWORD").unwrap_or_default();
+        let domain = std::env::var("SMB_DOMAIN").unwrap_or_default();
+        Some(Credentials::user(&user, &domain, Secret::new(pass)))
+    }
+}
+
+/// Whether to insist on encryption.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EncryptionPolicy {
+    /// Refuse a server that cannot encrypt (the default).
+    Required,
+    /// Encrypt when the server can; otherwise sign.
+    IfSupported,
+    /// Sign only, unless the server or share demands encryption.
+    Off,
+}
+
+impl std::str::FromStr for EncryptionPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "required" | "require" | "on" | "yes" | "true" => Ok(EncryptionPolicy::Required),
+            "if-supported" | "if_supported" | "desired" | "auto" => Ok(EncryptionPolicy::IfSupported),
+            "off" | "no" | "false" | "disabled" => Ok(EncryptionPolicy::Off),
+            _ => Err(format!("invalid encryption policy {s:?} (expected required, if-supported or off)")),
+        }
+    }
+}
+
+/// Connection settings.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub encryption: EncryptionPolicy,
+    /// Ciphers offered for 3.1.1, in preference order.
+    pub ciphers: Vec<CipherId>,
+    pub min_dialect: Dialect,
+    pub max_dialect: Dialect,
+    /// Per-request timeout (a server's STATUS_PENDING extends it).
+    pub timeout: Duration,
+    /// `None`: NetBIOS framing on port 139, direct TCP elsewhere.
+    pub framing: Option<Framing>,
+    /// Where traffic and session events are reported (nowhere by default).
+    pub observer: ObserverHandle,
+    /// An idle connection sends ECHO this often and is declared lost when
+    /// the reply does not come within the same time.
+    pub echo_interval: Duration,
+    /// What callers experience while a lost connection is being replaced.
+    pub recovery: Recovery,
+    /// Delays between reconnect attempts.
+    pub backoff: Backoff,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            encryption: EncryptionPolicy::Required,
+            ciphers: vec![CipherId::Aes256Gcm, CipherId::Aes128Gcm, CipherId::Aes256Ccm, CipherId::Aes128Ccm],
+            min_dialect: Dialect::Smb210,
+            max_dialect: Dialect::Smb311,
+            timeout: Duration::from_secs(60),
+            framing: None,
+            observer: ObserverHandle::default(),
+            echo_interval: Duration::from_secs(20),
+            recovery: Recovery::Hard,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// What makes two [`ClientOptions`] give different sessions: every setting
+/// but the observer. The session pool keys on it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SessionSettings {
+    encryption: EncryptionPolicy,
+    ciphers: Vec<CipherId>,
+    min_dialect: Dialect,
+    max_dialect: Dialect,
+    timeout: Duration,
+    framing: Option<Framing>,
+    echo_interval: Duration,
+    recovery: Recovery,
+    backoff: Backoff,
+}
+
+impl ClientOptions {
+    pub(crate) fn session_settings(&self) -> SessionSettings {
+        let ClientOptions {
+            encryption,
+            ciphers,
+            min_dialect,
+            max_dialect,
+            timeout,
+            framing,
+            observer: _,
+            echo_interval,
+            recovery,
+            backoff,
+        } = self;
+        SessionSettings {
+            encryption: *encryption,
+            ciphers: ciphers.clone(),
+            min_dialect: *min_dialect,
+            max_dialect: *max_dialect,
+            timeout: *timeout,
+            framing: *framing,
+            echo_interval: *echo_interval,
+            recovery: *recovery,
+            backoff: *backoff,
+        }
+    }
+}
+
+/// Parses a comma-separated cipher list such as `aes-256-gcm,aes-128-ccm`.
+pub fn parse_cipher_list(s: &str) -> std::result::Result<Vec<CipherId>, String> {
+    let list: Vec<CipherId> = s
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            CipherId::parse(p).ok_or_else(|| {
+                format!("unknown cipher {p:?} (expected aes-128-ccm, aes-128-gcm, aes-256-ccm, aes-256-gcm)")
+            })
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    if list.is_empty() {
+        return Err("empty cipher list".into());
+    }
+    Ok(list)
+}
+
+/// Parses `2.1`, `3.0`, `3.02`, `3.0.2`, `3.1.1`, `3.11`, `SMB3_11`...
+pub fn parse_dialect(s: &str) -> std::result::Result<Dialect, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.trim_start_matches("smb").trim_start_matches(['_', ' ']).replace('_', ".");
+    match t.as_str() {
+        "2.1" | "2.10" | "21" => Ok(Dialect::Smb210),
+        "3" | "3.0" | "3.00" | "30" => Ok(Dialect::Smb300),
+        "3.0.2" | "3.02" | "302" => Ok(Dialect::Smb302),
+        "3.1.1" | "3.11" | "311" => Ok(Dialect::Smb311),
+        _ => Err(format!("unknown dialect {s:?} (expected 2.1, 3.0, 3.0.2 or 3.1.1)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_file_and_forms() {
+        let c = Credentials::parse_file_contents("username=bob\npassword= p w=x \ndomain=CORP\n").unwrap();
+        match &c {
+            Credentials::User { user, domain, password } => {
+                assert_eq!((user.as_str(), domain.as_str(), password.expose()), ("bob", "CORP", " p w=x "));
+            }
+            _ => panic!(),
+        }
+        assert_eq!(format!("{c:?}"), "CORP\\bob");
+        assert!(Credentials::parse_file_contents("password=x\n").is_err());
+        assert!(Credentials::parse_file_contents("username=a\nfoo=b\n").is_err());
+        assert_eq!(Credentials::user("D\\u", "", Secret::default()).display_name(), "D\\u");
+        assert_eq!(Credentials::user("u@d", "", Secret::default()).display_name(), "d\\u");
+    }
+
+    #[test]
+    fn parses_policy_ciphers_dialects() {
+        assert_eq!("if-supported".parse::<EncryptionPolicy>().unwrap(), EncryptionPolicy::IfSupported);
+        assert!("maybe".parse::<EncryptionPolicy>().is_err());
+        assert_eq!(
+            parse_cipher_list("aes-128-ccm,AES-256-GCM").unwrap(),
+            vec![CipherId::Aes128Ccm, CipherId::Aes256Gcm]
+        );
+        assert!(parse_cipher_list("des").is_err());
+        assert_eq!(parse_dialect("SMB3_11").unwrap(), Dialect::Smb311);
+        assert_eq!(parse_dialect("3.0.2").unwrap(), Dialect::Smb302);
+        assert_eq!(parse_dialect("2.1").unwrap(), Dialect::Smb210);
+        assert!(parse_dialect("1.0").is_err());
+    }
+}

@@ -1,0 +1,50 @@
+//! What the filesystem presents, as the filesystem itself defines it: owner, modes, read-only, and how much
+//! the kernel may cache. Defined here (not in `mount`) so that the filesystem stands on its own and can be
+//! built and tested without the mount machinery; `mount` turns its parsed options into an [`FsConfig`].
+
+use std::time::Duration;
+
+/// How the FUSE layer caches file data and attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// Close-to-open: attributes cached for `actimeo`, the page cache dropped on every open (default).
+    #[default]
+    Strict,
+    /// Page cache kept across opens (revalidated only when the attributes change).
+    Loose,
+    /// No caching: every read and write goes to the server, attributes are never cached.
+    None,
+}
+
+/// What the filesystem presents: owner, modes, and how much the kernel may cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsConfig {
+    /// Owner of every file and directory (SMB without unix extensions has none to show).
+    pub uid: u32,
+    /// Group of every file and directory, until a chown of the root changes it (see the module doc of `fs`).
+    pub gid: u32,
+    /// Permission bits of regular files (no file type bits).
+    pub file_mode: u32,
+    /// Permission bits of directories.
+    pub dir_mode: u32,
+    /// Every change is refused with EROFS.
+    pub read_only: bool,
+    /// How long the kernel may cache attributes and entries.
+    pub attr_ttl: Duration,
+    pub cache: CacheMode,
+}
+
+impl Default for FsConfig {
+    /// What mount.cifs presents without options: root-owned, 0755, read-write, 1 s attribute cache.
+    fn default() -> Self {
+        FsConfig {
+            uid: 0,
+            gid: 0,
+            file_mode: 0o755,
+            dir_mode: 0o755,
+            read_only: false,
+            attr_ttl: Duration::from_secs(1),
+            cache: CacheMode::Strict,
+        }
+    }
+}

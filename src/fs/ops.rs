@@ -1,0 +1,609 @@
+//! The filesystem operations, as async functions over an SMB tree that answer `Result<_, Errno>`.
+//!
+//! Everything the filesystem decides lives here: name checks, read-only refusals, the inode and handle tables,
+//! write-behind, the errno of each failure. Nothing here knows about FUSE, so the operations are called directly
+//! by tests (against a real server, without a mount) and by the FUSE adapter alike. Inode and handle numbers are
+//! plain `u64`s: the root is [`ROOT_INO`].
+
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use nix::fcntl::OFlag;
+use smb3::{self as smb, join_path, DirEntry, Metadata, OpenOptions, Tree};
+use tokio::runtime::Handle;
+
+use super::attr::{dir_placeholder, file_attr, Attr, FileKind};
+use super::errno::{errno, Errno};
+use super::handles::{Handles, OpenFile};
+use super::inodes::{Inodes, ROOT_INO};
+use super::writeback::Ticket;
+use super::FsConfig;
+
+/// Longest name SMB allows (in UTF-16 units; a conservative byte bound here).
+pub const NAME_MAX: usize = 255;
+
+/// `renameat2` flags (the Linux values the kernel forwards).
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 1 << 1;
+pub const RENAME_WHITEOUT: u32 = 1 << 2;
+
+/// `SmbFs::root_group` when no chown of the root has changed the mount's group.
+const NO_GROUP: u64 = u64::MAX;
+
+/// A time to set with `setattr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetTime {
+    Now,
+    At(SystemTime),
+}
+
+/// The changes of one `setattr`; `None` leaves that attribute as it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// One entry of a directory listing. `offset` is the offset of the entry after it (where a listing resumes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirItem<'a> {
+    pub ino: u64,
+    pub offset: u64,
+    pub kind: FileKind,
+    pub name: &'a str,
+}
+
+/// What `statfs` shows, in blocks of `bsize` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// A write accepted into the inode's write-behind queue: its range is reserved (so later reads and overlapping
+/// writes wait for it), and [`WriteBehind::complete`] sends it. The caller acknowledges the write in between;
+/// a failure is reported by the next write, flush or fsync of the file.
+pub struct WriteBehind {
+    file: Arc<OpenFile>,
+    ticket: Ticket,
+    offset: u64,
+    data: Vec<u8>,
+}
+
+impl WriteBehind {
+    /// Bytes accepted.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Sends the write to the server and records its outcome in the queue.
+    pub async fn complete(self) {
+        let f = self.file.file();
+        let result = f.write_at(self.offset, &self.data).await.map_err(|e| errno(&e, "write", f.path()));
+        self.ticket.finish(result);
+    }
+}
+
+/// The filesystem: share path `root` of an SMB tree, served as the root directory (inode [`ROOT_INO`]).
+pub struct SmbFs {
+    tree: Tree,
+    rt: Handle,
+    cfg: FsConfig,
+    inodes: Mutex<Inodes>,
+    handles: Handles,
+    /// The group set by a chown of the mount root ([`NO_GROUP`]: none; see the module doc of `fs`).
+    root_group: AtomicU64,
+}
+
+/// SMB access for open(2) flags; a read-only mount refuses writing and truncating opens.
+fn open_options(flags: i32, read_only_mount: bool) -> Result<OpenOptions, Errno> {
+    let mode = OFlag::from_bits_truncate(flags) & OFlag::O_ACCMODE;
+    let write = mode == OFlag::O_WRONLY || mode == OFlag::O_RDWR;
+    let truncate = flags & OFlag::O_TRUNC.bits() != 0;
+    if read_only_mount && (write || truncate) {
+        return Err(Errno::EROFS);
+    }
+    // Appends arrive with the offset the kernel computed from the file size, so a plain write handle serves them.
+    Ok(OpenOptions::new().read(mode == OFlag::O_RDONLY || mode == OFlag::O_RDWR).write(write).truncate(truncate))
+}
+
+fn filetime(t: Option<SetTime>) -> u64 {
+    match t {
+        None => 0,
+        Some(SetTime::Now) => smb::wire::info::system_time_to_filetime(SystemTime::now()),
+        Some(SetTime::At(t)) => smb::wire::info::system_time_to_filetime(t),
+    }
+}
+
+impl SmbFs {
+    /// `rt` closes dropped SMB handles; it must be the runtime (or a handle of it) the tree's connection lives on.
+    pub fn new(tree: Tree, root: &str, cfg: FsConfig, rt: Handle) -> SmbFs {
+        let root = join_path("", root);
+        SmbFs {
+            tree,
+            handles: Handles::new(rt.clone()),
+            rt,
+            cfg,
+            inodes: Mutex::new(Inodes::new(&root)),
+            root_group: AtomicU64::new(NO_GROUP),
+        }
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.cfg
+    }
+
+    /// The runtime the SMB calls run on.
+    pub fn runtime(&self) -> &Handle {
+        &self.rt
+    }
+
+    /// How long the kernel may cache the attributes and entries returned.
+    pub fn ttl(&self) -> Duration {
+        self.cfg.attr_ttl
+    }
+
+    fn attr(&self, ino: u64, m: &Metadata) -> Attr {
+        file_attr(&self.cfg, self.root_group(), ino, m)
+    }
+
+    fn root_group(&self) -> Option<u32> {
+        match self.root_group.load(Ordering::Relaxed) {
+            NO_GROUP => None,
+            g => u32::try_from(g).ok(),
+        }
+    }
+
+    /// A chown of `ino` to `gid`: the mount's group when `ino` is the root of a writable mount (see the module
+    /// doc of `fs`); `false` when nothing changes.
+    fn chown_group(&self, ino: u64, gid: u32) -> bool {
+        if ino != ROOT_INO || self.cfg.read_only || self.root_group().unwrap_or(self.cfg.gid) == gid {
+            return false;
+        }
+        self.root_group.store(u64::from(gid), Ordering::Relaxed);
+        true
+    }
+
+    fn writable(&self) -> Result<(), Errno> {
+        if self.cfg.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn path(&self, ino: u64) -> Result<String, Errno> {
+        self.inodes.lock().unwrap().path(ino).map(str::to_string).ok_or(Errno::ESTALE)
+    }
+
+    fn child(&self, parent: u64, name: &OsStr) -> Result<String, Errno> {
+        let name = name.to_str().ok_or(Errno::EINVAL)?;
+        if name.len() > NAME_MAX {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        // `\` is SMB's separator; a name with it would address another file.
+        if name.is_empty() || name.contains('\\') || name == "." || name == ".." {
+            return Err(Errno::EINVAL);
+        }
+        Ok(join_path(&self.path(parent)?, name))
+    }
+
+    /// Registers one kernel reference to `path` and returns its attributes.
+    fn entry(&self, path: &str, m: &Metadata) -> Attr {
+        let ino = self.inodes.lock().unwrap().remember(path, m.file_id);
+        self.attr(ino, m)
+    }
+
+    /// Waits for the inode's queued writes (so sizes and data read back are current).
+    async fn settle(&self, ino: u64) {
+        if let Some(q) = self.handles.queue(ino) {
+            q.drain().await;
+        }
+    }
+
+    async fn stat(&self, path: &str) -> Result<Metadata, Errno> {
+        self.tree.stat(path).await.map_err(|e| errno(&e, "stat", path))
+    }
+
+    async fn set_times(&self, path: &str, atime: Option<SetTime>, mtime: Option<SetTime>) -> Result<(), Errno> {
+        let (a, m) = (filetime(atime), filetime(mtime));
+        if a == 0 && m == 0 {
+            return Ok(());
+        }
+        self.tree.set_times(path, a, m, 0).await.map_err(|e| errno(&e, "utimens", path))
+    }
+
+    /// `name` in directory `parent`; takes one reference to the inode returned (given back by [`SmbFs::forget`]).
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
+        let path = self.child(parent, name)?;
+        let m = self.stat(&path).await?;
+        Ok(self.entry(&path, &m))
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.lock().unwrap().forget(ino, n);
+    }
+
+    /// Current attributes, after the inode's queued writes. Through an open handle when there is one (the kernel
+    /// does not always pass it: fstat with fresh attributes, stat of /proc/self/fd), which still works after
+    /// the name was unlinked.
+    pub async fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, Errno> {
+        let open = fh.and_then(|fh| self.handles.file(fh).ok()).or_else(|| self.handles.open_handle_of(ino));
+        let path = self.path(ino)?;
+        self.settle(ino).await;
+        let m = match open {
+            Some(f) => f.file().metadata().await.map_err(|e| errno(&e, "getattr", &path))?,
+            None => self.stat(&path).await?,
+        };
+        Ok(self.attr(ino, &m))
+    }
+
+    /// Truncates and sets times; chmod and chown succeed and change nothing, except a chown of the root to
+    /// another group (see the module doc of `fs`).
+    pub async fn setattr(&self, ino: u64, fh: Option<u64>, set: SetAttr) -> Result<Attr, Errno> {
+        if self.cfg.read_only && (set.size.is_some() || set.atime.is_some() || set.mtime.is_some()) {
+            return Err(Errno::EROFS);
+        }
+        if let Some(g) = set.gid.filter(|g| self.chown_group(ino, *g)) {
+            tracing::info!(gid = g, "chown of the mount root: the mount's group is now {g}, with group read/write");
+        } else if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
+            // Documented no-op: ownership and modes are the mount's (as with kernel cifs without unix extensions).
+            tracing::debug!(
+                ino,
+                mode = ?set.mode,
+                uid = ?set.uid,
+                gid = ?set.gid,
+                "chmod/chown ignored: modes and owner come from the mount options"
+            );
+        }
+        let path = self.path(ino)?;
+        let open = fh.and_then(|fh| self.handles.file(fh).ok());
+        self.settle(ino).await;
+        if let Some(len) = set.size {
+            match &open {
+                Some(f) => f.file().set_len(len).await.map_err(|e| errno(&e, "truncate", &path))?,
+                None => {
+                    let f = self
+                        .tree
+                        .open(&path, OpenOptions::new().write(true))
+                        .await
+                        .map_err(|e| errno(&e, "truncate", &path))?;
+                    let r = f.set_len(len).await;
+                    let closed = f.close().await;
+                    r.and(closed).map_err(|e| errno(&e, "truncate", &path))?;
+                }
+            }
+        }
+        self.set_times(&path, set.atime, set.mtime).await?;
+        let m = match &open {
+            Some(f) => f.file().metadata().await.map_err(|e| errno(&e, "getattr", &path))?,
+            None => self.stat(&path).await?,
+        };
+        Ok(self.attr(ino, &m))
+    }
+
+    /// No symlinks are ever reported, so there is none to read.
+    pub fn readlink(&self, _ino: u64) -> Result<Vec<u8>, Errno> {
+        Err(Errno::EINVAL)
+    }
+
+    /// Symlinks cannot be created over SMB without unix extensions.
+    pub fn symlink(&self, _parent: u64, _name: &OsStr) -> Result<Attr, Errno> {
+        self.writable()?;
+        Err(Errno::EPERM)
+    }
+
+    /// Creates an empty regular file (`mode` carries the file type: anything else is EPERM).
+    pub async fn mknod(&self, parent: u64, name: &OsStr, mode: u32) -> Result<Attr, Errno> {
+        if mode & 0o170000 != 0o100000 {
+            return Err(Errno::EPERM);
+        }
+        self.writable()?;
+        let path = self.child(parent, name)?;
+        let f = self
+            .tree
+            .open(&path, OpenOptions::new().write(true).create_new(true))
+            .await
+            .map_err(|e| errno(&e, "mknod", &path))?;
+        let m = f.metadata().await;
+        let _ = f.close().await;
+        let m = m.map_err(|e| errno(&e, "mknod", &path))?;
+        Ok(self.entry(&path, &m))
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
+        self.writable()?;
+        let path = self.child(parent, name)?;
+        self.tree.mkdir(&path).await.map_err(|e| errno(&e, "mkdir", &path))?;
+        let m = self.stat(&path).await?;
+        Ok(self.entry(&path, &m))
+    }
+
+    /// Removes a file; its open handles keep working until closed (see the module doc of `fs`).
+    pub async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        self.remove(parent, name, false).await
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        self.remove(parent, name, true).await
+    }
+
+    /// unlink and rmdir: the same request but for the kind of entry removed.
+    async fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
+        self.writable()?;
+        let path = self.child(parent, name)?;
+        let (result, op) = if dir {
+            (self.tree.remove_dir(&path).await, "rmdir")
+        } else {
+            (self.tree.remove_file(&path).await, "unlink")
+        };
+        result.map_err(|e| errno(&e, op, &path))?;
+        self.inodes.lock().unwrap().unlinked(&path);
+        Ok(())
+    }
+
+    /// `flags` are renameat2's: RENAME_NOREPLACE is honoured, RENAME_EXCHANGE and RENAME_WHITEOUT are EINVAL.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<(), Errno> {
+        self.writable()?;
+        if flags & (RENAME_EXCHANGE | RENAME_WHITEOUT) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let from = self.child(parent, name)?;
+        let to = self.child(newparent, newname)?;
+        let replace = flags & RENAME_NOREPLACE == 0;
+        self.tree.rename(&from, &to, replace).await.map_err(|e| errno(&e, "rename", &from))?;
+        self.inodes.lock().unwrap().renamed(&from, &to);
+        Ok(())
+    }
+
+    /// A hard link where the server allows one (FileLinkInformation); EPERM where it does not.
+    pub async fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr, Errno> {
+        self.writable()?;
+        let existing = self.path(ino)?;
+        let link = self.child(newparent, newname)?;
+        match self.tree.hard_link(&existing, &link).await {
+            Ok(()) => {}
+            Err(e) => {
+                return Err(match errno(&e, "link", &link) {
+                    Errno::EOPNOTSUPP | Errno::EACCES => Errno::EPERM,
+                    other => other,
+                })
+            }
+        }
+        let m = self.stat(&link).await?;
+        Ok(self.entry(&link, &m))
+    }
+
+    /// Opens a regular file with open(2) `flags`; returns the handle number.
+    pub async fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
+        let opts = open_options(flags, self.cfg.read_only)?;
+        let path = self.path(ino)?;
+        let f = self.tree.open(&path, opts).await.map_err(|e| errno(&e, "open", &path))?;
+        if f.is_dir() {
+            let _ = f.close().await;
+            return Err(Errno::EISDIR);
+        }
+        Ok(self.handles.add_file(ino, f))
+    }
+
+    /// Creates (or, without O_EXCL, opens) `name` in `parent` and opens it; takes one reference to the inode.
+    pub async fn create(&self, parent: u64, name: &OsStr, flags: i32) -> Result<(Attr, u64), Errno> {
+        self.writable()?;
+        let path = self.child(parent, name)?;
+        let opts = open_options(flags, false)?.write(true).create(true).create_new(flags & OFlag::O_EXCL.bits() != 0);
+        let f = self.tree.open(&path, opts).await.map_err(|e| errno(&e, "create", &path))?;
+        // The CREATE response has no file id; one query gets it (and the final attributes).
+        let m = match f.metadata().await {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = f.close().await;
+                return Err(errno(&e, "create", &path));
+            }
+        };
+        let attr = self.entry(&path, &m);
+        let fh = self.handles.add_file(attr.ino, f);
+        Ok((attr, fh))
+    }
+
+    /// Up to `size` bytes at `offset`, after any queued write of that range.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let f = self.handles.file(fh)?;
+        f.queue.wait_range(offset, offset.saturating_add(u64::from(size))).await;
+        f.file().read_at(offset, size as usize).await.map_err(|e| errno(&e, "read", f.file().path()))
+    }
+
+    /// Queues `data` at `offset` behind the inode's earlier writes (call in the kernel's order); a failure of
+    /// an earlier background write is returned instead.
+    pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> Result<WriteBehind, Errno> {
+        let file = self.handles.file(fh)?;
+        if let Some(e) = file.queue.take_error() {
+            return Err(e);
+        }
+        let ticket = file.queue.enqueue(offset, data.len() as u64).await;
+        Ok(WriteBehind { file, ticket, offset, data })
+    }
+
+    /// close(2): every queued write must have reached the server, and its failure is reported here.
+    pub async fn flush(&self, fh: u64) -> Result<(), Errno> {
+        let f = self.handles.file(fh)?;
+        f.queue.drain().await;
+        f.queue.take_error().map_or(Ok(()), Err)
+    }
+
+    /// The last close of a handle: the SMB handle closes after its queued writes.
+    pub async fn release(&self, fh: u64) {
+        let f = self.handles.remove_file(fh);
+        if let Some(f) = &f {
+            f.queue.drain().await;
+        }
+        // Dropping the last reference closes the SMB handle (see `OpenFile`).
+        drop(f);
+    }
+
+    /// Queued writes, then an SMB flush of the file.
+    pub async fn fsync(&self, fh: u64) -> Result<(), Errno> {
+        let f = self.handles.file(fh)?;
+        f.queue.drain().await;
+        if let Some(e) = f.queue.take_error() {
+            return Err(e);
+        }
+        f.file().flush().await.map_err(|e| errno(&e, "fsync", f.file().path()))
+    }
+
+    /// A directory handle; the listing is taken by the first read.
+    pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
+        self.path(ino)?;
+        Ok(self.handles.add_dir())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.remove_dir(fh);
+    }
+
+    /// Directory changes are made on the server as they happen: nothing to sync.
+    pub fn fsyncdir(&self, _fh: u64) -> Result<(), Errno> {
+        Ok(())
+    }
+
+    async fn readdir_entries(&self, fh: u64, path: &str, offset: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        let stream = self.handles.dir(fh)?;
+        let mut stream = stream.lock().await;
+        if offset == 0 || stream.entries.is_none() {
+            let list = self.tree.read_dir(path).await.map_err(|e| errno(&e, "readdir", path))?;
+            stream.entries = Some(Arc::new(list));
+        }
+        Ok(stream.entries.clone().expect("listed"))
+    }
+
+    /// Lists directory `ino` from `offset` into `add`, which returns `true` when it is full (the listing stops
+    /// there and resumes from that entry's offset). Offsets: 1 = ".", 2 = "..", 3.. = entries.
+    pub async fn readdir(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(DirItem<'_>) -> bool,
+    ) -> Result<(), Errno> {
+        let path = self.path(ino)?;
+        let entries = self.readdir_entries(fh, &path, offset).await?;
+        let mut at = offset;
+        while at < entries.len() as u64 + 2 {
+            let item = match at {
+                0 => DirItem { ino, offset: 1, kind: FileKind::Directory, name: "." },
+                1 => DirItem { ino: ROOT_INO, offset: 2, kind: FileKind::Directory, name: ".." },
+                n => {
+                    let e = &entries[(n - 2) as usize];
+                    let kind = if e.metadata.is_dir() { FileKind::Directory } else { FileKind::RegularFile };
+                    let ino = if e.metadata.file_id > 1 { e.metadata.file_id } else { u64::MAX };
+                    DirItem { ino, offset: n + 1, kind, name: &e.name }
+                }
+            };
+            if add(item) {
+                break;
+            }
+            at += 1;
+        }
+        Ok(())
+    }
+
+    /// [`SmbFs::readdir`] with attributes. Each real entry added takes one reference to its inode, and only once
+    /// it fits (`add` returned `false`); "." and ".." take none (the kernel skips them).
+    pub async fn readdirplus(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(DirItem<'_>, &Attr) -> bool,
+    ) -> Result<(), Errno> {
+        let path = self.path(ino)?;
+        let entries = self.readdir_entries(fh, &path, offset).await?;
+        let mut at = offset;
+        while at < entries.len() as u64 + 2 {
+            let full = match at {
+                0 | 1 => {
+                    let dot_attr = Attr { ino, ..self.attr(ino, &dir_placeholder()) };
+                    let item = if at == 0 {
+                        DirItem { ino, offset: 1, kind: FileKind::Directory, name: "." }
+                    } else {
+                        DirItem { ino: ROOT_INO, offset: 2, kind: FileKind::Directory, name: ".." }
+                    };
+                    add(item, &dot_attr)
+                }
+                n => {
+                    let e = &entries[(n - 2) as usize];
+                    let child = join_path(&path, &e.name);
+                    let mut inodes = self.inodes.lock().unwrap();
+                    // Take the reference, and give it back if the entry did not fit.
+                    let child_ino = inodes.remember(&child, e.metadata.file_id);
+                    let attr = self.attr(child_ino, &e.metadata);
+                    let full = add(DirItem { ino: child_ino, offset: n + 1, kind: attr.kind, name: &e.name }, &attr);
+                    if full {
+                        inodes.forget(child_ino, 1);
+                    }
+                    full
+                }
+            };
+            if full {
+                break;
+            }
+            at += 1;
+        }
+        Ok(())
+    }
+
+    pub async fn statfs(&self) -> Result<StatFs, Errno> {
+        let st = self.tree.statfs().await.map_err(|e| errno(&e, "statfs", ""))?;
+        let bsize = st.block_size.clamp(512, u64::from(u32::MAX));
+        Ok(StatFs {
+            blocks: st.total_bytes / bsize,
+            bfree: st.free_bytes / bsize,
+            bavail: st.available_bytes / bsize,
+            bsize: bsize as u32,
+            namelen: NAME_MAX as u32,
+        })
+    }
+
+    /// Drops every open file (the kernel connection is gone); the SMB handles close on the runtime.
+    pub fn close_all(&self) {
+        self.handles.close_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_flags_map_to_smb_access() {
+        let ro = open_options(OFlag::O_RDONLY.bits(), false).unwrap();
+        assert_eq!(format!("{ro:?}"), format!("{:?}", OpenOptions::new().read(true)));
+        let rw = open_options((OFlag::O_RDWR | OFlag::O_TRUNC).bits(), false).unwrap();
+        assert_eq!(format!("{rw:?}"), format!("{:?}", OpenOptions::new().read(true).write(true).truncate(true)));
+        let wo = open_options((OFlag::O_WRONLY | OFlag::O_APPEND).bits(), false).unwrap();
+        assert_eq!(format!("{wo:?}"), format!("{:?}", OpenOptions::new().write(true)));
+        assert_eq!(open_options(OFlag::O_WRONLY.bits(), true).unwrap_err(), Errno::EROFS);
+        assert_eq!(open_options((OFlag::O_RDONLY | OFlag::O_TRUNC).bits(), true).unwrap_err(), Errno::EROFS);
+        assert!(open_options(OFlag::O_RDONLY.bits(), true).is_ok());
+    }
+}
