@@ -14,13 +14,13 @@ use std::time::{Duration, Instant, SystemTime};
 use rand::{Rng, RngCore};
 use tokio::sync::{mpsc, watch};
 
-use crate::options::ClientOptions;
-use crate::target::NETBIOS_PORT;
 use crate::conn::{Connection, Death, Framing, Outgoing};
 use crate::error::{Error, Result};
 use crate::file::OpenInner;
+use crate::options::ClientOptions;
 use crate::recovery::{check_not_weaker, credentials_rejected, ConnectionState, CredentialsSource, Recovery};
 use crate::session::{negotiate, Session, SessionInfo};
+use crate::target::NETBIOS_PORT;
 use crate::tree::TreeInner;
 use crate::wire::durable::{LeaseBreakAck, LeaseBreakNotification};
 use crate::wire::simple::EchoRequest;

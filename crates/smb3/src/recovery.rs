@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 
-use crate::options::Credentials;
 use crate::error::Error;
+use crate::options::Credentials;
 use crate::session::SessionInfo;
 use crate::wire::NtStatus;
 
