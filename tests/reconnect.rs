@@ -429,3 +429,30 @@ async fn lost_answers_are_detected_and_replayed_operations_do_not_fail() {
     assert_eq!(client.reconnect_count(), 5);
     eprintln!("PAUSES lost answers (echo every 2 s): {}", pauses.join(", "));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_breaks_are_acknowledged_at_once() {
+    logs();
+    let samba = own_samba!();
+    let events = Arc::new(Events::default());
+    let opts = options(&events);
+    let a = Client::connect(samba.host(), samba.port(), &creds(&samba), &opts).await.unwrap();
+    let b = Client::connect(samba.host(), samba.port(), &creds(&samba), &opts).await.unwrap();
+    let (ta, tb) = (a.tree(samba.share_name()).await.unwrap(), b.tree(samba.share_name()).await.unwrap());
+    let held = ta.create("leased.txt").await.unwrap();
+    held.write_at(0, b"held open with a lease").await.unwrap();
+    assert!(held.is_durable());
+    // Another client's write breaks A's read caching, its rename A's handle
+    // caching; Samba waits up to 35 s for an acknowledgment that is required.
+    let t = Instant::now();
+    let other = tb.open("leased.txt", OpenOptions::new().read(true).write(true)).await.unwrap();
+    other.write_at(0, b"HELD").await.unwrap();
+    other.close().await.unwrap();
+    tb.rename("leased.txt", "moved.txt", false).await.unwrap();
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(5), "lease breaks held the other client for {took:?}");
+    assert_eq!(held.read_at(0, 4).await.unwrap(), b"HELD");
+    held.close().await.unwrap();
+    tb.remove_file("moved.txt").await.unwrap();
+    eprintln!("PAUSES lease breaks: other client's open+write+close+rename took {took:?}");
+}

@@ -539,7 +539,13 @@ impl Connection {
             w.write_all(&head).await?;
             w.write_all(&frame_body).await
         };
-        if let Err(e) = write.await {
+        // A write into a silent network blocks once the socket buffer is
+        // full; the connection being declared dead (missed ECHO) ends it.
+        let written = tokio::select! {
+            r = write => r,
+            () = self.closed() => Err(std::io::Error::other("connection closed")),
+        };
+        if let Err(e) = written {
             self.shared.kill(Fatal::Io(format!("write: {e}")));
             return Err(self.shared.check_alive().unwrap_err());
         }
