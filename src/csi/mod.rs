@@ -4,6 +4,7 @@
 
 pub mod controller;
 pub mod identity;
+mod locks;
 pub mod node;
 pub mod redact;
 pub mod server;
