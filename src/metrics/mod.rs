@@ -2,7 +2,7 @@
 //! without reading logs. One process-wide [`Metrics`] collects them; the CSI
 //! RPC wrapper, the SMB connection and the session pool record into it, the
 //! node service reports its volumes through the free functions below, and
-//! [`http`] serves the text exposition on `/metrics` (with `/healthz`).
+//! [`server`] serves the text exposition on `/metrics` (with `/healthz`).
 //!
 //! Families (all prefixed `smb3_csi_`):
 //!
@@ -32,9 +32,11 @@
 //! assert!(text.contains(r#"smb3_csi_volume_condition_abnormal{volume_id="v1|srv|445|share|base|pvc-1|delete"} 1"#));
 //! ```
 
+pub mod address;
 pub mod exposition;
 pub mod histogram;
-pub mod http;
+pub mod listener;
+pub mod server;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -47,8 +49,9 @@ use exposition::{Exposition, Kind};
 use histogram::{Histogram, RPC_BUCKETS, SMB_BUCKETS};
 use smb3::wire::Command;
 
+pub use address::{MetricsAddress, MetricsAddressError};
 pub use exposition::CONTENT_TYPE;
-pub use http::{MetricsAddress, MetricsAddressError, MetricsServer};
+pub use server::MetricsServer;
 
 /// Every metric of one process. Tests build their own; the driver uses
 /// [`Metrics::global`].
