@@ -165,7 +165,7 @@ impl Scrape {
                 let family = family_of(&sample.name, &types);
                 let kind = types.get(&family).unwrap_or_else(|| panic!("no TYPE before {line}"));
                 assert!(helps.contains(&family), "no HELP for {family}");
-                assert!(family.starts_with("smb3_csi_"), "{line}");
+                assert!(family.starts_with("smb3_csi_") || family.starts_with("process_"), "{line}");
                 if kind == "counter" {
                     assert!(family.ends_with("_total") && sample.value >= 0.0, "{line}");
                 }
@@ -356,6 +356,23 @@ async fn endpoint_paths_probe_counts_and_json_logs() {
     assert_eq!(before.types["smb3_csi_rpc_duration_seconds"], "histogram");
     assert_eq!(before.types["smb3_csi_smb_sessions_open"], "gauge");
     assert_eq!(before.value("smb3_csi_build_info{version=\"0.1.0\"}"), 1.0);
+    // The process families, as other Kubernetes components export them.
+    for (family, kind) in [
+        ("process_cpu_seconds_total", "counter"),
+        ("process_start_time_seconds", "gauge"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_virtual_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+        ("process_threads", "gauge"),
+    ] {
+        assert_eq!(before.types.get(family).map(String::as_str), Some(kind), "{family}: {}", before.text);
+    }
+    assert!(before.value("process_resident_memory_bytes") > 0.0, "{}", before.text);
+    // A tokio runtime, the CSI socket and the metrics listener at least.
+    assert!(before.value("process_threads") >= 2.0, "{}", before.text);
+    assert!(before.value("process_open_fds") >= 3.0, "{}", before.text);
+    assert!(before.value("process_max_fds") >= before.value("process_open_fds"), "{}", before.text);
 
     let (status, _, body) = driver.get("/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));

@@ -19,6 +19,11 @@
 //! | `volume_condition_abnormal` | gauge | `volume_id` |
 //! | `build_info` | gauge | `version` |
 //!
+//! Next to them, without the prefix, the [`process`] families Prometheus
+//! clients export: `process_cpu_seconds_total`, `process_start_time_seconds`,
+//! `process_resident_memory_bytes`, `process_virtual_memory_bytes`,
+//! `process_open_fds`, `process_max_fds`, and our own `process_threads`.
+//!
 //! Labels never carry request contents beyond the volume id: no secrets, no
 //! user names, no paths inside a volume.
 //!
@@ -36,6 +41,7 @@ pub mod address;
 pub mod exposition;
 pub mod histogram;
 pub mod listener;
+pub mod process;
 pub mod server;
 
 use std::collections::BTreeMap;
@@ -189,6 +195,12 @@ impl Metrics {
 
         e.family("smb3_csi_build_info", Kind::Gauge, "Always 1; the version is a label.");
         e.sample("smb3_csi_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1u8);
+
+        // A scrape without them still carries the driver's own families.
+        match process::read() {
+            Ok(stats) => stats.write(&mut e),
+            Err(error) => tracing::warn!(%error, "metrics: the process_* families are left out of this scrape"),
+        }
         e.finish()
     }
 }
@@ -331,11 +343,16 @@ mod tests {
                 .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
                 .unwrap_or(name);
             assert!(typed.contains(family), "{line}: no TYPE for {family}");
-            assert!(name.starts_with("smb3_csi_"), "{line}");
+            assert!(name.starts_with("smb3_csi_") || name.starts_with("process_"), "{line}");
         }
         assert!(text.contains(r#"smb3_csi_smb_request_duration_seconds_count{command="READ"} 1"#), "{text}");
         assert!(text.contains(r#"smb3_csi_smb_request_duration_seconds_count{command="OTHER"} 1"#), "{text}");
         assert!(!text.contains(r#"command="WRITE""#), "unused commands are not exported: {text}");
+        for family in
+            ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "process_threads"]
+        {
+            assert!(typed.contains(family), "{family} missing: {text}");
+        }
     }
 
     #[test]
