@@ -3,7 +3,6 @@
 //! the private Samba; `/healthz`, bad paths and methods; `--log-format json`
 //! output; and that no secret reaches a metric or a log line.
 
-mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -11,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::csi::{connect, create_request, delete, provision, Claim, StorageClass};
+use crate::common::csi::{connect, create_request, delete, provision, Claim, StorageClass};
 use smb3_csi::csi::proto::controller_client::ControllerClient;
 use smb3_csi::csi::proto::identity_client::IdentityClient;
 use smb3_csi::csi::proto::{CreateVolumeRequest, ProbeRequest};
