@@ -15,8 +15,8 @@ pub const MAX_FRAME_SIZE: usize = 16_384;
 
 /// The largest header block we buffer, encoded or decoded (as a header list
 /// size, RFC 7540 §6.5.2). hyper asks clients for at most 16 KiB
-/// (SETTINGS_MAX_HEADER_LIST_SIZE) and answers larger requests itself; past
-/// 64 KiB the connection is closed.
+/// (SETTINGS_MAX_HEADER_LIST_SIZE) and refuses larger requests stream by
+/// stream; past 64 KiB this layer closes the connection.
 pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
 
 const FRAME_HEADER_LEN: usize = 9;
@@ -489,10 +489,18 @@ mod tests {
     }
 
     #[test]
-    fn padding_alone_is_legal() {
-        // Pad length equal to the rest of the payload minus the fragment: an empty-but-valid block edge.
+    fn padding_is_dropped_and_may_fill_the_payload() {
+        // Pad length 1: one byte of fragment, one of padding.
         let input = [PREFACE.to_vec(), frame(HEADERS, PADDED | END_HEADERS, 1, &[1, 0x82, 0])].concat();
+        let first = frames(&rewrite_all(&input).unwrap());
+        assert_eq!(first[0].0.flags, END_HEADERS);
+        assert_eq!(server_decode(&first[0].1), vec![Field::new(b":method", b"GET")]);
+        // Padding as long as the rest of the payload: legal, an empty fragment (then a CONTINUATION).
+        let input =
+            [PREFACE.to_vec(), frame(HEADERS, PADDED, 1, &[2, 0, 0]), frame(CONTINUATION, END_HEADERS, 1, &[0x82])]
+                .concat();
         let frames = frames(&rewrite_all(&input).unwrap());
+        assert_eq!(frames.len(), 1);
         assert_eq!(server_decode(&frames[0].1), vec![Field::new(b":method", b"GET")]);
     }
 }
