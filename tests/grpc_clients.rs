@@ -7,7 +7,8 @@
 //!   Needs a python3 with grpcio (`scripts/setup.sh` installs it in
 //!   `~/.cache/smb3-csi/venv`); without one the test fails under `CI=true`
 //!   and prints "skipped" otherwise.
-//! - Hand-made HTTP/2 frames, as the kubelet 1.20 sends them: no client
+//! - Hand-made HTTP/2 frames, as the kubelet 1.20 sends them, to the CSI
+//!   socket and to `smb3-csi registrar`'s registration socket: no client
 //!   library lets a caller set an authority that is not one.
 
 use std::env;
@@ -31,9 +32,31 @@ impl Driver {
     fn start() -> Driver {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("plugins").join(DRIVER).join("csi.sock");
+        let endpoint = format!("unix://{}", socket.display());
+        Driver::spawn(dir, socket, &["controller", "--endpoint", &endpoint, "--driver-name", DRIVER])
+    }
+
+    /// `smb3-csi registrar` for `csi`'s socket, in the same directory.
+    fn registrar(csi: &Driver) -> Driver {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = dir.path().join("plugins_registry");
+        let socket = registry.join(format!("{DRIVER}-reg.sock"));
+        let args = [
+            "registrar",
+            "--csi-address",
+            csi.socket.to_str().unwrap(),
+            "--kubelet-registration-path",
+            "/var/lib/kubelet/plugins/smb3.csi.dev/csi.sock",
+            "--registration-dir",
+            registry.to_str().unwrap(),
+        ];
+        Driver::spawn(dir, socket, &args)
+    }
+
+    fn spawn(dir: tempfile::TempDir, socket: PathBuf, args: &[&str]) -> Driver {
         let log = dir.path().join("driver.log");
         let child = Command::new(env!("CARGO_BIN_EXE_smb3-csi"))
-            .args(["controller", "--endpoint", &format!("unix://{}", socket.display()), "--driver-name", DRIVER])
+            .args(args)
             .args(["--log-level", "info,smb3_csi=debug"])
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
@@ -142,12 +165,12 @@ fn string(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// A GetPluginInfo request as the kubelet 1.20 (grpc-go) sends it: the
-/// socket path as `:authority`, indexed into the dynamic table.
-fn request_headers(socket: &Path) -> Vec<u8> {
+/// A request as the kubelet 1.20 (grpc-go) sends it: the socket path as
+/// `:authority`, indexed into the dynamic table.
+fn request_headers(socket: &Path, method: &str) -> Vec<u8> {
     let mut block = vec![0x83, 0x86]; // :method POST, :scheme http (static 3, 6)
     block.push(0x04); // :path (static name 4), literal without indexing
-    string(&mut block, "/csi.v1.Identity/GetPluginInfo");
+    string(&mut block, method);
     block.push(0x41); // :authority (static name 1), literal with incremental indexing: entry 62
     string(&mut block, socket.to_str().unwrap());
     block.extend_from_slice(&[0x0f, 0x10]); // content-type (static name 31), without indexing
@@ -159,9 +182,9 @@ fn request_headers(socket: &Path) -> Vec<u8> {
 }
 
 /// The second request refers to the first one's `:authority` by index 62.
-fn request_headers_indexed() -> Vec<u8> {
+fn request_headers_indexed(method: &str) -> Vec<u8> {
     let mut block = vec![0x83, 0x86, 0x04];
-    string(&mut block, "/csi.v1.Identity/GetPluginInfo");
+    string(&mut block, method);
     block.push(0xbe); // indexed: dynamic entry 62, the socket path
     block.extend_from_slice(&[0x0f, 0x10]);
     string(&mut block, "application/grpc");
@@ -181,17 +204,17 @@ fn read_frame(stream: &mut UnixStream) -> (u8, u8, u32, Vec<u8>) {
     (header[3], header[4], stream_id, payload)
 }
 
-#[test]
-fn raw_http2_with_the_socket_path_as_authority() {
-    let driver = Driver::start();
+/// Calls `method` (an empty request) twice on one connection to `driver`'s
+/// socket, the second time with `:authority` by index; returns both replies.
+fn two_raw_calls(driver: &Driver, method: &str) -> [Vec<u8>; 2] {
     let mut stream = UnixStream::connect(&driver.socket).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let empty_grpc_message = [0u8, 0, 0, 0, 0];
     let mut request = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     request.extend(frame(0x4, 0, 0, &[])); // SETTINGS
-    request.extend(frame(0x1, 0x4, 1, &request_headers(&driver.socket))); // HEADERS, END_HEADERS
+    request.extend(frame(0x1, 0x4, 1, &request_headers(&driver.socket, method))); // HEADERS, END_HEADERS
     request.extend(frame(0x0, 0x1, 1, &empty_grpc_message)); // DATA, END_STREAM
-    request.extend(frame(0x1, 0x4, 3, &request_headers_indexed()));
+    request.extend(frame(0x1, 0x4, 3, &request_headers_indexed(method)));
     request.extend(frame(0x0, 0x1, 3, &empty_grpc_message));
     stream.write_all(&request).unwrap();
 
@@ -215,10 +238,42 @@ fn raw_http2_with_the_socket_path_as_authority() {
             _ => {}
         }
     }
-    for reply in &replies {
-        // gRPC message: flag, length, then GetPluginInfoResponse { name = 1: DRIVER, ... }.
-        assert!(reply.len() > 7 && reply[5] == 0x0a, "{reply:?}");
-        let name = &reply[7..7 + usize::from(reply[6])];
-        assert_eq!(name, DRIVER.as_bytes());
+    replies
+}
+
+/// The string field `tag` (field number << 3 | 2) of a gRPC reply's message.
+fn string_field(reply: &[u8], tag: u8) -> &[u8] {
+    // gRPC framing: a flag byte and a 4-byte length, then the message: short fields only here.
+    let mut message = &reply[5..];
+    while let [field_tag, len, rest @ ..] = message {
+        let len = usize::from(*len);
+        assert!(len < 0x80 && len <= rest.len(), "{reply:?}");
+        if *field_tag == tag {
+            return &rest[..len];
+        }
+        message = &rest[len..];
+    }
+    panic!("no field with tag {tag:#x} in {reply:?}");
+}
+
+#[test]
+fn raw_http2_with_the_socket_path_as_authority() {
+    let driver = Driver::start();
+    for reply in two_raw_calls(&driver, "/csi.v1.Identity/GetPluginInfo") {
+        // GetPluginInfoResponse { name = 1 }
+        assert_eq!(string_field(&reply, 0x0a), DRIVER.as_bytes());
+    }
+}
+
+/// The kubelet 1.20's plugin watcher calls GetInfo on the registration
+/// socket the same way.
+#[test]
+fn registrar_answers_the_kubelet_with_the_socket_path_as_authority() {
+    let driver = Driver::start();
+    let registrar = Driver::registrar(&driver);
+    for reply in two_raw_calls(&registrar, "/pluginregistration.Registration/GetInfo") {
+        // PluginInfo { type = 1, name = 2, endpoint = 3 }
+        assert_eq!(string_field(&reply, 0x0a), b"CSIPlugin");
+        assert_eq!(string_field(&reply, 0x12), DRIVER.as_bytes());
     }
 }

@@ -3,7 +3,7 @@
 //! plug into [`server::Services`].
 
 pub mod controller;
-mod h2fix;
+pub(crate) mod h2fix;
 pub mod identity;
 pub mod node;
 pub mod redact;

@@ -1,5 +1,10 @@
 //! Accepting any HTTP/2 `:authority` on the CSI unix socket.
 //!
+//! Used by every gRPC server of ours on a unix socket: the CSI endpoint
+//! (`csi::server`) and the plugin registration socket (`registrar`), both
+//! called by kubelets that send the path. Serve through [`server_builder`]
+//! and [`incoming`].
+//!
 //! Many gRPC clients of a unix socket send the socket's path as the
 //! `:authority` pseudo-header: the kubelet up to 1.25, Python `grpcio` ≥ 1.57
 //! on a default channel, grpc-java, `csc`. grpc-go servers ignore it; h2
@@ -58,9 +63,23 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
+use tonic::transport::Server;
 
-pub use frames::MAX_FRAME_SIZE;
+/// A tonic server builder whose SETTINGS_MAX_FRAME_SIZE is the one the
+/// rewriter bounds client frames by (advertised explicitly, so the two can't
+/// drift apart if hyper's default changes).
+pub fn server_builder() -> Server {
+    Server::builder().max_frame_size(Some(frames::MAX_FRAME_SIZE as u32))
+}
+
+/// The connections accepted on `listener`, each behind [`AuthorityFix`].
+pub fn incoming(listener: UnixListener) -> impl Stream<Item = io::Result<AuthorityFix<UnixStream>>> {
+    UnixListenerStream::new(listener).map(|accepted| accepted.map(AuthorityFix::new))
+}
 
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
