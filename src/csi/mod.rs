@@ -3,6 +3,7 @@
 //! plug into [`server::Services`].
 
 pub mod controller;
+pub(crate) mod h2fix;
 pub mod identity;
 mod locks;
 pub mod node;

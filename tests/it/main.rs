@@ -10,6 +10,7 @@ mod common;
 mod controller;
 mod demo;
 mod fs_ops;
+mod grpc_clients;
 mod fuse;
 mod identity;
 mod metrics;
