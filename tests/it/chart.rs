@@ -135,11 +135,16 @@ fn chart_renders_valid_manifests_with_the_invariants_for_every_values_case() {
     let report = tools.check("matrix");
     // One line per case; the cases must all have run.
     let cases = ["defaults", "inline-on", "inline-off", "kubelet-dir", "storage-class", "custom-images"];
-    for case in cases.iter().chain(&["own-registrar", "everything", "control-plane", "pinned-sidecars", "csi-driver-smb"]) {
+    for case in
+        cases.iter().chain(&["own-registrar", "everything", "control-plane", "pinned-sidecars", "csi-driver-smb"])
+    {
         assert!(report.contains(&format!("ok {case}:")), "case {case} missing:\n{report}");
     }
     assert!(
-        report.lines().filter(|l| l.starts_with("ok ")).all(|l| l.ends_with("valid for 1.28.0, 1.30.0, 1.33.0, 1.34.0")),
+        report
+            .lines()
+            .filter(|l| l.starts_with("ok "))
+            .all(|l| l.ends_with("valid for 1.28.0, 1.30.0, 1.33.0, 1.34.0")),
         "every case must render and validate for each Kubernetes version:\n{report}"
     );
 }

@@ -1,7 +1,6 @@
 //! The Controller service against the private Samba, through the real gRPC
 //! unix socket, driven the way external-provisioner drives it.
 
-
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

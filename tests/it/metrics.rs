@@ -3,7 +3,6 @@
 //! the private Samba; `/healthz`, bad paths and methods; `--log-format json`
 //! output; and that no secret reaches a metric or a log line.
 
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -3,7 +3,6 @@
 //! `csi.storage.k8s.io/pod.*` volume context (podInfoOnMount) and node-stage secrets.
 //! Needs root, /dev/fuse and Samba; outside CI a missing piece skips, under CI=true it fails.
 
-
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
