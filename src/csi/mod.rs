@@ -3,7 +3,9 @@
 //! plug into [`server::Services`].
 
 pub mod controller;
+pub(crate) mod h2fix;
 pub mod identity;
+mod locks;
 pub mod node;
 pub mod redact;
 pub mod server;

@@ -25,13 +25,14 @@
 //!   ([`crate::k8s`]). A missing Secret is INVALID_ARGUMENT (the pod spec names something that is not there;
 //!   NOT_FOUND would claim the volume does not exist).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tonic::{Code, Request, Response, Status};
 
 use super::controller::{is_auth_failure, smb_code, CONTEXT_ENCRYPTION, CONTEXT_SOURCE, CONTEXT_SUBDIR};
+use super::locks::{InFlight, InFlightGuard};
 use super::proto::node_server::Node;
 use super::proto::{
     node_service_capability, volume_capability, volume_usage, NodeGetCapabilitiesRequest, NodeGetCapabilitiesResponse,
@@ -96,22 +97,8 @@ struct Inner {
     mounts: Mutex<HashMap<PathBuf, Arc<Staged>>>,
     /// Published target -> its staging path (for stats on the target path).
     published: Mutex<HashMap<PathBuf, PathBuf>>,
-    busy: Mutex<HashSet<PathBuf>>,
-}
-
-/// Marks a path busy until dropped.
-struct PathGuard {
-    inner: Arc<Inner>,
-    paths: Vec<PathBuf>,
-}
-
-impl Drop for PathGuard {
-    fn drop(&mut self) {
-        let mut busy = self.inner.busy.lock().unwrap();
-        for p in &self.paths {
-            busy.remove(p);
-        }
-    }
+    /// Paths with a stage, unstage, publish or unpublish in progress.
+    busy: InFlight<PathBuf>,
 }
 
 impl NodeService {
@@ -135,7 +122,7 @@ impl NodeService {
                 secrets: SecretReader::new(config.kubeconfig),
                 mounts: Mutex::default(),
                 published: Mutex::default(),
-                busy: Mutex::default(),
+                busy: InFlight::default(),
             }),
         }
     }
@@ -151,17 +138,9 @@ impl NodeService {
         paths
     }
 
-    fn lock(&self, paths: &[&Path]) -> Result<PathGuard, Status> {
-        let mut busy = self.inner.busy.lock().unwrap();
-        if let Some(p) = paths.iter().find(|p| busy.contains(**p)) {
-            return Err(Status::aborted(format!(
-                "an operation on {} is already in progress; retry when it has finished",
-                p.display()
-            )));
-        }
-        let paths: Vec<PathBuf> = paths.iter().map(|p| p.to_path_buf()).collect();
-        busy.extend(paths.iter().cloned());
-        Ok(PathGuard { inner: self.inner.clone(), paths })
+    fn lock(&self, paths: &[&Path]) -> Result<InFlightGuard<PathBuf>, Status> {
+        let paths = paths.iter().map(|p| p.to_path_buf()).collect();
+        self.inner.busy.acquire(paths, |p| p.display().to_string())
     }
 
     fn registered(&self, path: &Path) -> Option<Arc<Staged>> {
@@ -203,24 +182,18 @@ impl NodeService {
     async fn mount_volume(&self, volume_id: &str, at: &Path, plan: MountPlan) -> Result<(), Status> {
         std::fs::create_dir_all(at)
             .map_err(|e| Status::internal(format!("creating the mount point {}: {e}", at.display())))?;
-        let target = ShareTarget {
-            host: plan.share.server().to_string(),
-            port: plan.options.port.unwrap_or(plan.share.port()),
-            share: plan.share.share().to_string(),
-            path: String::new(),
-        };
         let dir = plan.share.base_path().join(&plan.sub_dir).to_string();
-        let shown = if dir.is_empty() {
-            format!("//{}/{}", plan.share.server(), plan.share.share())
-        } else {
-            format!("//{}/{}/{dir}", plan.share.server(), plan.share.share())
-        };
+        let mut target = ShareTarget { path: dir.clone(), ..plan.share.target() };
+        // The `port` mount option overrides the share address's port.
+        target.port = plan.options.port.unwrap_or(target.port);
+        let shown = target.to_string();
+        let share_root = ShareTarget { path: String::new(), ..target.clone() };
         let pool_options = self.inner.pool.options();
         let volume_options =
             ClientOptions { encryption: plan.encryption.unwrap_or(pool_options.encryption), ..pool_options.clone() };
         // `seal` overrides the volume's policy with `required`.
         let client_options = plan.options.client_options(&volume_options);
-        let connecting = format!("connecting to //{}/{} as {}", target.host, target.share, plan.creds.display_name());
+        let connecting = format!("connecting to {share_root} as {}", plan.creds.display_name());
         let smb_error = |context: &str, e: &smb3::Error| {
             // The share is named by the volume: a missing one means the volume does not exist.
             Status::new(smb_code(e, Code::NotFound), format!("{context}: {e}"))

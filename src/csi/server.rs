@@ -7,6 +7,10 @@
 //! request itself is logged at debug level with secrets redacted by the
 //! generated `Debug` (see [`super::redact`]). The same wrapper counts RPCs
 //! and their latency by method and code in [`crate::metrics`].
+//!
+//! Each accepted connection goes through `h2fix::AuthorityFix`, so
+//! clients that send the socket path as `:authority` (older kubelets, grpcio,
+//! grpc-java, csc) are served like the rest.
 
 use std::fmt;
 use std::future::Future;
@@ -17,10 +21,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
+use super::h2fix;
 use super::proto::controller_server::{Controller, ControllerServer};
 use super::proto::identity_server::{Identity, IdentityServer};
 use super::proto::node_server::{Node, NodeServer};
@@ -185,11 +189,11 @@ pub async fn serve(
     let listener = bind_socket(path).await?;
     tracing::info!(%endpoint, "serving CSI");
 
-    let result = tonic::transport::Server::builder()
+    let result = h2fix::server_builder()
         .add_optional_service(services.identity)
         .add_optional_service(services.controller)
         .add_optional_service(services.node)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(h2fix::incoming(listener), shutdown)
         .await;
 
     remove_socket(path);

@@ -2,7 +2,7 @@
 //! without reading logs. One process-wide [`Metrics`] collects them; the CSI
 //! RPC wrapper, the SMB connection and the session pool record into it, the
 //! node service reports its volumes through the free functions below, and
-//! [`http`] serves the text exposition on `/metrics` (with `/healthz`).
+//! [`server`] serves the text exposition on `/metrics` (with `/healthz`).
 //!
 //! Families (all prefixed `smb3_csi_`):
 //!
@@ -19,6 +19,11 @@
 //! | `volume_condition_abnormal` | gauge | `volume_id` |
 //! | `build_info` | gauge | `version` |
 //!
+//! Next to them, without the prefix, the [`process`] families Prometheus
+//! clients export: `process_cpu_seconds_total`, `process_start_time_seconds`,
+//! `process_resident_memory_bytes`, `process_virtual_memory_bytes`,
+//! `process_open_fds`, `process_max_fds`, and our own `process_threads`.
+//!
 //! Labels never carry request contents beyond the volume id: no secrets, no
 //! user names, no paths inside a volume.
 //!
@@ -32,9 +37,12 @@
 //! assert!(text.contains(r#"smb3_csi_volume_condition_abnormal{volume_id="v1|srv|445|share|base|pvc-1|delete"} 1"#));
 //! ```
 
+pub mod address;
 pub mod exposition;
 pub mod histogram;
-pub mod http;
+pub mod listener;
+pub mod process;
+pub mod server;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -47,8 +55,9 @@ use exposition::{Exposition, Kind};
 use histogram::{Histogram, RPC_BUCKETS, SMB_BUCKETS};
 use smb3::wire::Command;
 
+pub use address::{MetricsAddress, MetricsAddressError};
 pub use exposition::CONTENT_TYPE;
-pub use http::{MetricsAddress, MetricsAddressError, MetricsServer};
+pub use server::MetricsServer;
 
 /// Every metric of one process. Tests build their own; the driver uses
 /// [`Metrics::global`].
@@ -186,6 +195,12 @@ impl Metrics {
 
         e.family("smb3_csi_build_info", Kind::Gauge, "Always 1; the version is a label.");
         e.sample("smb3_csi_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1u8);
+
+        // A scrape without them still carries the driver's own families.
+        match process::read() {
+            Ok(stats) => stats.write(&mut e),
+            Err(error) => tracing::warn!(%error, "metrics: the process_* families are left out of this scrape"),
+        }
         e.finish()
     }
 }
@@ -328,11 +343,16 @@ mod tests {
                 .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
                 .unwrap_or(name);
             assert!(typed.contains(family), "{line}: no TYPE for {family}");
-            assert!(name.starts_with("smb3_csi_"), "{line}");
+            assert!(name.starts_with("smb3_csi_") || name.starts_with("process_"), "{line}");
         }
         assert!(text.contains(r#"smb3_csi_smb_request_duration_seconds_count{command="READ"} 1"#), "{text}");
         assert!(text.contains(r#"smb3_csi_smb_request_duration_seconds_count{command="OTHER"} 1"#), "{text}");
         assert!(!text.contains(r#"command="WRITE""#), "unused commands are not exported: {text}");
+        for family in
+            ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "process_threads"]
+        {
+            assert!(typed.contains(family), "{family} missing: {text}");
+        }
     }
 
     #[test]

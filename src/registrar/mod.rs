@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use tokio::net::UnixListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::csi::identity::{validate_driver_name, DriverNameError};
@@ -271,9 +270,10 @@ pub async fn serve_registration(
         let listener = bind_socket(socket).await?;
         tracing::info!(socket = %socket.display(), driver = %driver, "serving plugin registration");
         let stop = Mutex::new(Stop::SocketGone);
-        let result = tonic::transport::Server::builder()
+        // The kubelet (up to 1.25) sends this socket's path as :authority: see csi::h2fix.
+        let result = crate::csi::h2fix::server_builder()
             .add_service(RegistrationServer::new(Arc::clone(&service)))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(crate::csi::h2fix::incoming(listener), async {
                 let why = tokio::select! {
                     _ = &mut shutdown => Stop::Shutdown,
                     error = &mut rejected => Stop::Rejected(error),

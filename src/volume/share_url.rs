@@ -3,6 +3,8 @@
 use std::fmt;
 use std::net::Ipv6Addr;
 
+use smb3::{HostPort, ShareTarget};
+
 use super::path::{PathError, SharePath};
 
 /// SMB2 over direct TCP (MS-SMB2 2.1).
@@ -100,7 +102,7 @@ impl ShareUrl {
 
     /// Builds from already separated parts, validating each as [`ShareUrl::parse`] does.
     pub fn from_parts(server: &str, port: u16, share: &str, base_path: SharePath) -> Result<Self, ShareUrlError> {
-        let shown = format!("//{server}:{port}/{share}");
+        let shown = format!("//{}/{share}", HostPort(server, Some(port)));
         Self::from_parts_for(&shown, server, port, share, base_path)
     }
 
@@ -144,19 +146,53 @@ impl ShareUrl {
     pub fn base_path(&self) -> &SharePath {
         &self.base_path
     }
+
+    /// `server[:port]` as the canonical form shows it: IPv6 in brackets, the
+    /// port only when not 445.
+    pub fn host_port(&self) -> HostPort<'_> {
+        HostPort(&self.server, (self.port != DEFAULT_SMB_PORT).then_some(self.port))
+    }
+
+    /// `//server[:port]/share`, without the base path: what sessions and
+    /// credentials are per.
+    pub fn share_root(&self) -> String {
+        format!("//{}/{}", self.host_port(), self.share)
+    }
+
+    /// Where the SMB client connects for this share, the base path as the
+    /// target's path.
+    ///
+    /// The driver validates share addresses once, here in [`ShareUrl::parse`],
+    /// and hands the client this conversion rather than a string for
+    /// [`ShareTarget::parse`] to read again: the two parsers were written for
+    /// different callers (the driver's is the stricter) and re-parsing would
+    /// let their differences decide where a volume lives.
+    ///
+    /// ```
+    /// use smb3_csi::volume::ShareUrl;
+    /// let target = ShareUrl::parse("//[fd00::1]:1445/team/k8s").unwrap().target();
+    /// assert_eq!((target.host.as_str(), target.port, target.share.as_str(), target.path.as_str()),
+    ///            ("fd00::1", 1445, "team", "k8s"));
+    /// ```
+    pub fn target(&self) -> ShareTarget {
+        ShareTarget::from(self)
+    }
+}
+
+impl From<&ShareUrl> for ShareTarget {
+    fn from(url: &ShareUrl) -> Self {
+        ShareTarget {
+            host: url.server.clone(),
+            port: url.port,
+            share: url.share.clone(),
+            path: url.base_path.to_string(),
+        }
+    }
 }
 
 impl fmt::Display for ShareUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.server.contains(':') {
-            write!(f, "//[{}]", self.server)?;
-        } else {
-            write!(f, "//{}", self.server)?;
-        }
-        if self.port != DEFAULT_SMB_PORT {
-            write!(f, ":{}", self.port)?;
-        }
-        write!(f, "/{}", self.share)?;
+        write!(f, "//{}/{}", self.host_port(), self.share)?;
         if !self.base_path.is_root() {
             write!(f, "/{}", self.base_path)?;
         }
@@ -331,6 +367,88 @@ mod tests {
         assert!(matches!(err(r"\\srv\share\a\..\.."), ShareUrlError::BadPath { .. }));
         let message = err("//srv/share/a/../b").to_string();
         assert!(message.contains("//srv/share/a/../b") && message.contains(".."), "{message}");
+    }
+
+    /// Inputs on which the driver's parser and the client's agree: refused by
+    /// both, or accepted by both as the same target.
+    #[test]
+    fn target_agrees_with_the_client_parser() {
+        let accepted = [
+            "//srv/share",
+            "//srv/share/a/b/",
+            "//srv:1445/share/a",
+            "//srv:445/share",
+            "//[fd00::1]/share",
+            "//[fd00::1]:1445/share/x",
+            "//[::1]:139/s",
+            r"\\srv\share\a\b",
+            r"\\[fd00::1]\share",
+            "smb://srv/share/a",
+            "smb://srv:4445/share",
+            "smb://[::1]:1445/share",
+            "  //srv/C$/k8s  ",
+            "//srv/share/a/..b/c..",
+        ];
+        for input in accepted {
+            let ours = ShareUrl::parse(input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
+            let theirs = ShareTarget::parse(input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
+            assert_eq!(ours.target(), theirs, "{input:?}");
+            assert_eq!(ours.to_string(), theirs.to_string(), "{input:?}: one canonical form");
+        }
+        let refused = [
+            "",
+            "srv/share",
+            "//srv",
+            "//srv/",
+            r"\\srv",
+            "smb://srv",
+            "//:445/share",
+            "//srv:0/share",
+            "//srv:65536/share",
+            "//srv:x/share",
+            "//[fd00::1]:0/share",
+            "//[fd00::1]x/share",
+            "//srv/share/..",
+            "//srv/share/a/../b",
+            r"\\srv\share\..\etc",
+            "smb://srv/share/../x",
+            "//srv/sh\u{1}are",
+            "//srv/share/a\u{7f}b",
+            "\\\\srv\\share\\a\u{0}",
+        ];
+        for input in refused {
+            assert!(ShareUrl::parse(input).is_err(), "ShareUrl accepted {input:?}");
+            assert!(ShareTarget::parse(input).is_err(), "ShareTarget accepted {input:?}");
+        }
+    }
+
+    /// Where the client's parser is looser, the driver's refuses: these never
+    /// reach the client as volumes, since volumes only ever carry a
+    /// [`ShareUrl`] and reach the client through [`ShareUrl::target`].
+    #[test]
+    fn the_driver_parser_is_the_stricter() {
+        for input in [
+            "//fd00::1/share",   // unbracketed IPv6: the client reads host "fd00:", port 1
+            "//srv:+445/share",  // a sign is not a port digit
+            "//srv//share",      // an empty share component
+            r"//srv\share",      // backslashes only in the \\server form
+            "//srv/sh<are",      // not a share name Windows accepts
+            "smb://u@srv/share", // credentials belong in the secret
+        ] {
+            assert!(ShareTarget::parse(input).is_ok(), "the client refuses {input:?} too: move it to the agreed list");
+            assert!(ShareUrl::parse(input).is_err(), "ShareUrl accepted {input:?}");
+        }
+    }
+
+    #[test]
+    fn host_port_and_share_root_bracket_ipv6() {
+        let root = |u: &str| ShareUrl::parse(u).unwrap().share_root();
+        assert_eq!(root("//srv:445/share/base"), "//srv/share");
+        assert_eq!(root("//srv:1445/share/base"), "//srv:1445/share");
+        assert_eq!(root("//[fd00::1]/share"), "//[fd00::1]/share");
+        assert_eq!(root("//[fd00::1]:1445/share"), "//[fd00::1]:1445/share");
+        let v6 = ShareUrl::from_parts("fd00::1", 1445, "s|hare", SharePath::root()).unwrap_err().to_string();
+        assert!(v6.contains("//[fd00::1]:1445/s|hare"), "{v6}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 use tonic::{Code, Status};
 
+use super::record::RecordError;
 use smb3::{Error as SmbError, NtStatus};
 
 /// Whether the error means the credentials were refused.
@@ -74,6 +75,14 @@ pub fn smb_code(err: &SmbError, missing_share: Code) -> Code {
 /// A status for `err` with `context` ("creating /pvc-1 on //srv/share as bob").
 pub fn smb_status(context: &str, err: &SmbError, missing_share: Code) -> Status {
     Status::new(smb_code(err, missing_share), format!("{context}: {err}"))
+}
+
+/// A record read or write failure: SMB errors map as above, a corrupt record is INTERNAL.
+pub(super) fn record_status(err: &RecordError, missing_share: Code) -> Status {
+    match err.smb() {
+        Some(smb) => Status::new(smb_code(smb, missing_share), err.to_string()),
+        None => Status::internal(err.to_string()),
+    }
 }
 
 #[cfg(test)]

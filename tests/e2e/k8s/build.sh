@@ -6,7 +6,8 @@ source "$(dirname "$0")/lib.sh"
 
 BINARIES=(kube-apiserver kube-controller-manager kubelet kubectl)
 # Bump when the source patches below change: cached binaries are rebuilt.
-PATCH_LEVEL=1
+# 2: the kubelet's :authority patch of level 1 is gone (reverted in a cached tree).
+PATCH_LEVEL=2
 mkdir -p "$K8S_BIN" "$E2E_CACHE/images"
 
 build_kubernetes() {
@@ -29,15 +30,15 @@ build_kubernetes() {
   fi
 
   # The kubelet 1.20 gRPC clients (plugin registration, CSI) send the unix socket *path* as the
-  # HTTP/2 :authority. h2 (under tonic) refuses that with RST_STREAM PROTOCOL_ERROR, so no Rust
-  # gRPC server can serve this kubelet. Later kubelets send "localhost" (kubernetes PR 112597);
-  # the same change is applied here.
+  # HTTP/2 :authority. The driver accepts that (src/csi/h2fix), so the kubelet is built as Debian
+  # ships it. PATCH_LEVEL 1 patched these files in the cached source tree to send "localhost":
+  # undo that, so a tree unpacked by an older build.sh is unmodified too.
   local f
   for f in pkg/kubelet/pluginmanager/operationexecutor/operation_generator.go pkg/volume/csi/csi_client.go; do
-    if ! grep -q 'grpc.WithAuthority("localhost")' "$tree/$f"; then
-      log "patching $f: :authority localhost for unix sockets"
-      sed -i 's|grpc.WithInsecure(),|grpc.WithInsecure(), grpc.WithAuthority("localhost"),|' "$tree/$f"
-      grep -q 'grpc.WithAuthority("localhost")' "$tree/$f" || die "patching $f failed"
+    if grep -q 'grpc.WithAuthority("localhost")' "$tree/$f"; then
+      log "reverting the :authority patch of $f"
+      sed -i 's|grpc.WithInsecure(), grpc.WithAuthority("localhost"),|grpc.WithInsecure(),|' "$tree/$f"
+      ! grep -q 'grpc.WithAuthority("localhost")' "$tree/$f" || die "reverting the patch of $f failed"
     fi
   done
 

@@ -3,8 +3,6 @@
 //! `csi.storage.k8s.io/pod.*` volume context (podInfoOnMount) and node-stage secrets.
 //! Needs root, /dev/fuse and Samba; outside CI a missing piece skips, under CI=true it fails.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -12,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::csi::connect;
+use crate::common::csi::connect;
 use smb3::{ClientOptions, SessionPool};
 use smb3_csi::csi::node::{NodeConfig, NodeService};
 use smb3_csi::csi::proto::identity_client::IdentityClient;

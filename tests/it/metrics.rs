@@ -3,15 +3,13 @@
 //! the private Samba; `/healthz`, bad paths and methods; `--log-format json`
 //! output; and that no secret reaches a metric or a log line.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::csi::{connect, create_request, delete, provision, Claim, StorageClass};
+use crate::common::csi::{connect, create_request, delete, provision, Claim, StorageClass};
 use smb3_csi::csi::proto::controller_client::ControllerClient;
 use smb3_csi::csi::proto::identity_client::IdentityClient;
 use smb3_csi::csi::proto::{CreateVolumeRequest, ProbeRequest};
@@ -71,7 +69,7 @@ impl Driver {
     async fn scrape(&self) -> Scrape {
         let (status, head, body) = self.get("/metrics").await;
         assert_eq!(status, 200, "{head}{body}");
-        assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+        assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
         Scrape::parse(&body)
     }
 
@@ -104,7 +102,8 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// One raw HTTP exchange: status, head, body.
+/// One raw HTTP exchange: status, head (lowercased: header names are
+/// case-insensitive, and hyper writes them in lower case), body.
 async fn http(addr: SocketAddr, request: &str) -> std::io::Result<(u16, String, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.write_all(request.as_bytes()).await?;
@@ -113,10 +112,11 @@ async fn http(addr: SocketAddr, request: &str) -> std::io::Result<(u16, String, 
         .await
         .map_err(|_| std::io::Error::other("no answer in 10 s"))??;
     let (head, body) = answer.split_once("\r\n\r\n").ok_or_else(|| std::io::Error::other("no end of head"))?;
+    let head = head.to_ascii_lowercase();
     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other("status"))?;
     let length: usize = head
         .lines()
-        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .find_map(|l| l.strip_prefix("content-length: "))
         .and_then(|l| l.parse().ok())
         .ok_or_else(|| std::io::Error::other("no Content-Length"))?;
     let expected = if request.starts_with("HEAD ") { 0 } else { length };
@@ -163,7 +163,7 @@ impl Scrape {
                 let family = family_of(&sample.name, &types);
                 let kind = types.get(&family).unwrap_or_else(|| panic!("no TYPE before {line}"));
                 assert!(helps.contains(&family), "no HELP for {family}");
-                assert!(family.starts_with("smb3_csi_"), "{line}");
+                assert!(family.starts_with("smb3_csi_") || family.starts_with("process_"), "{line}");
                 if kind == "counter" {
                     assert!(family.ends_with("_total") && sample.value >= 0.0, "{line}");
                 }
@@ -354,6 +354,23 @@ async fn endpoint_paths_probe_counts_and_json_logs() {
     assert_eq!(before.types["smb3_csi_rpc_duration_seconds"], "histogram");
     assert_eq!(before.types["smb3_csi_smb_sessions_open"], "gauge");
     assert_eq!(before.value("smb3_csi_build_info{version=\"0.1.0\"}"), 1.0);
+    // The process families, as other Kubernetes components export them.
+    for (family, kind) in [
+        ("process_cpu_seconds_total", "counter"),
+        ("process_start_time_seconds", "gauge"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_virtual_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+        ("process_threads", "gauge"),
+    ] {
+        assert_eq!(before.types.get(family).map(String::as_str), Some(kind), "{family}: {}", before.text);
+    }
+    assert!(before.value("process_resident_memory_bytes") > 0.0, "{}", before.text);
+    // A tokio runtime, the CSI socket and the metrics listener at least.
+    assert!(before.value("process_threads") >= 2.0, "{}", before.text);
+    assert!(before.value("process_open_fds") >= 3.0, "{}", before.text);
+    assert!(before.value("process_max_fds") >= before.value("process_open_fds"), "{}", before.text);
 
     let (status, _, body) = driver.get("/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
@@ -363,11 +380,11 @@ async fn endpoint_paths_probe_counts_and_json_logs() {
     let (status, head, body) =
         http(driver.metrics, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await.unwrap();
     assert_eq!(status, 405, "{head}{body}");
-    assert!(head.contains("Allow: GET, HEAD"), "{head}");
+    assert!(head.contains("allow: get,head"), "{head}");
     assert_eq!(http(driver.metrics, "GARBAGE\r\n\r\n").await.unwrap().0, 400);
     let (status, head, body) = http(driver.metrics, "HEAD /metrics HTTP/1.0\r\n\r\n").await.unwrap();
     assert_eq!((status, body.as_str()), (200, ""), "{head}");
-    assert!(!head.contains("Content-Length: 0\r\n"), "HEAD announces the GET length: {head}");
+    assert!(!head.contains("content-length: 0\r\n"), "HEAD announces the GET length: {head}");
 
     let channel = driver.channel().await;
     let mut identity = IdentityClient::new(channel.clone());

@@ -1,14 +1,12 @@
 //! The Controller service against the private Samba, through the real gRPC
 //! unix socket, driven the way external-provisioner drives it.
 
-mod common;
-
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::csi::{create_request, delete, local_tree, provision, smb_ls, Claim, Plugin, StorageClass};
+use crate::common::csi::{create_request, delete, local_tree, provision, smb_ls, Claim, Plugin, StorageClass};
 use sha2::{Digest, Sha256};
 use smb3_csi::csi::proto::{
     controller_service_capability, volume_capability, CapacityRange, ControllerExpandVolumeRequest,
@@ -774,7 +772,7 @@ async fn binary_serves_until_sigterm() {
         .args(["controller", "--endpoint", &format!("unix://{}", socket.display()), "--driver-name", "smb3.csi.dev"])
         .spawn()
         .unwrap();
-    let channel = common::csi::connect(&socket).await;
+    let channel = crate::common::csi::connect(&socket).await;
     let mut identity = smb3_csi::csi::proto::identity_client::IdentityClient::new(channel.clone());
     let info = identity.get_plugin_info(smb3_csi::csi::proto::GetPluginInfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.name, "smb3.csi.dev");

@@ -1,0 +1,326 @@
+//! CreateVolume decided before any SMB traffic: the [`CreatePlan`] says
+//! which volume a request makes (id, directory, capacity, clone source,
+//! credentials), and whether a volume recorded under the same name is
+//! compatible with it. Pure functions of the request, tested on crafted
+//! requests; [`super::provision`] carries a plan out.
+
+use std::collections::HashMap;
+
+use tonic::Status;
+
+use super::credentials::ShareKey;
+use super::validate::{capacity_of, check_capabilities, check_not_reserved, parse_volume_id, MAX_NAME_LEN};
+use super::{VolumeRecord, CONTEXT_ENCRYPTION, CONTEXT_SOURCE, CONTEXT_SUBDIR};
+use crate::csi::proto::{volume_content_source, CreateVolumeRequest, Volume, VolumeContentSource};
+use crate::volume::params::encryption_name;
+use crate::volume::{SharePath, StorageClassParams, VolumeId};
+use smb3::Credentials;
+
+/// A validated CreateVolume request: everything decided before any SMB traffic.
+pub(super) struct CreatePlan {
+    pub(super) name: String,
+    pub(super) id: VolumeId,
+    pub(super) volume_id: String,
+    pub(super) capacity: i64,
+    pub(super) required: i64,
+    pub(super) limit: i64,
+    /// The explicit capacity range was absent: a clone takes its source's size.
+    pub(super) capacity_unspecified: bool,
+    /// The source volume's id as requested, and parsed.
+    pub(super) clone_from: Option<(String, VolumeId)>,
+    pub(super) creds: Credentials,
+}
+
+impl CreatePlan {
+    pub(super) fn from_request(req: &CreateVolumeRequest) -> Result<Self, Status> {
+        let name = req.name.as_str();
+        if name.is_empty() {
+            return Err(Status::invalid_argument("name is required"));
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(Status::invalid_argument(format!(
+                "name is {} bytes; CSI allows at most {MAX_NAME_LEN}",
+                name.len()
+            )));
+        }
+        check_capabilities(&req.volume_capabilities).map_err(Status::invalid_argument)?;
+        if !req.mutable_parameters.is_empty() {
+            return Err(Status::invalid_argument(
+                "mutable_parameters are not supported (this driver does not offer MODIFY_VOLUME)",
+            ));
+        }
+        let (capacity, required, limit) = capacity_of(req.capacity_range.as_ref())?;
+        let params = StorageClassParams::parse(&req.parameters).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let sub_dir = params.sub_dir_for(name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if params.sub_dir.is_none() && sub_dir.components().len() != 1 {
+            return Err(Status::invalid_argument(format!(
+                "name {name:?} is used as the volume's directory and must be a single path component"
+            )));
+        }
+        check_not_reserved(&sub_dir)?;
+        let id = VolumeId {
+            share: params.source.clone(),
+            sub_dir,
+            on_delete: Some(params.on_delete),
+            encryption: params.encryption,
+        };
+        let volume_id = id.encode().map_err(|e| Status::invalid_argument(e.to_string()))?;
+
+        let clone_from = match req.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
+            None => None,
+            Some(volume_content_source::Type::Snapshot(_)) => {
+                return Err(Status::invalid_argument(
+                    "volume_content_source: snapshots are not supported by this driver (clone from a volume instead)",
+                ))
+            }
+            Some(volume_content_source::Type::Volume(source)) => {
+                let source_id = source.volume_id.as_str();
+                let parsed = match parse_volume_id(source_id)? {
+                    Some(parsed) => parsed,
+                    None => {
+                        return Err(Status::not_found(format!(
+                            "volume_content_source: source volume {source_id:?} does not exist (not a volume id of this driver)"
+                        )))
+                    }
+                };
+                if ShareKey::of(&parsed.share) != ShareKey::of(&id.share) {
+                    return Err(Status::invalid_argument(format!(
+                        "volume_content_source: source volume is on {}, the new volume on {}; \
+                         clones are copied server-side and must be on the same share",
+                        parsed.share.share_root(),
+                        id.share.share_root()
+                    )));
+                }
+                if parsed.sub_dir.is_root() {
+                    return Err(Status::invalid_argument(
+                        "volume_content_source: the source volume is a whole share; clone a volume with a subdir",
+                    ));
+                }
+                let (src, dst) = (parsed.path_in_share(), id.path_in_share());
+                if is_within(&dst, &src) || is_within(&src, &dst) {
+                    return Err(Status::invalid_argument(format!(
+                        "volume_content_source: the new volume's directory /{dst} and the source's /{src} overlap"
+                    )));
+                }
+                Some((source_id.to_string(), parsed))
+            }
+        };
+
+        let creds = crate::csi::credentials_from_secrets(&req.secrets)?.ok_or_else(|| {
+            Status::invalid_argument(
+                "a provisioner secret is required: set csi.storage.k8s.io/provisioner-secret-name and \
+                 csi.storage.k8s.io/provisioner-secret-namespace in the StorageClass to a Secret with \
+                 username, password and optionally domain (volumes are never created with guest access)",
+            )
+        })?;
+        Ok(CreatePlan {
+            name: name.to_string(),
+            id,
+            volume_id,
+            capacity,
+            required,
+            limit,
+            capacity_unspecified: req.capacity_range.is_none(),
+            clone_from,
+            creds,
+        })
+    }
+
+    pub(super) fn content_source_id(&self) -> &str {
+        self.clone_from.as_ref().map(|(id, _)| id.as_str()).unwrap_or("")
+    }
+
+    /// Why an existing record does not match this request, if it does not.
+    pub(super) fn incompatibility(&self, existing: &VolumeRecord) -> Option<String> {
+        if existing.volume_id != self.volume_id {
+            return Some(format!(
+                "volume {:?} already exists as {:?}; this request would make {:?} (different source, subDir, onDelete or encryption)",
+                self.name, existing.volume_id, self.volume_id
+            ));
+        }
+        if existing.content_source != self.content_source_id() {
+            return Some(format!(
+                "volume {:?} already exists with content source {:?}, not {:?}",
+                self.name,
+                existing.content_source,
+                self.content_source_id()
+            ));
+        }
+        let fits =
+            existing.capacity_bytes >= self.required && (self.limit == 0 || existing.capacity_bytes <= self.limit);
+        if !fits {
+            return Some(format!(
+                "volume {:?} already exists with capacity {} bytes, outside the requested range (required {}, limit {})",
+                self.name, existing.capacity_bytes, self.required, self.limit
+            ));
+        }
+        None
+    }
+
+    pub(super) fn volume(&self, capacity: i64) -> Volume {
+        Volume {
+            capacity_bytes: capacity,
+            volume_id: self.volume_id.clone(),
+            volume_context: volume_context(&self.id),
+            content_source: self.clone_from.as_ref().map(|(source_id, _)| VolumeContentSource {
+                r#type: Some(volume_content_source::Type::Volume(volume_content_source::VolumeSource {
+                    volume_id: source_id.clone(),
+                })),
+            }),
+            accessible_topology: Vec::new(),
+        }
+    }
+}
+
+/// Whether `inner` is `outer` or below it (case-insensitively).
+fn is_within(inner: &SharePath, outer: &SharePath) -> bool {
+    let (inner, outer) = (inner.components(), outer.components());
+    inner.len() >= outer.len() && inner.iter().zip(outer).all(|(a, b)| a.eq_ignore_ascii_case(b))
+}
+
+/// The volume context the node reads: where the volume is and how to connect.
+pub(super) fn volume_context(id: &VolumeId) -> HashMap<String, String> {
+    let mut context = HashMap::from([
+        (CONTEXT_SOURCE.to_string(), id.share.to_string()),
+        (CONTEXT_SUBDIR.to_string(), id.sub_dir.to_string()),
+    ]);
+    if let Some(policy) = id.encryption {
+        context.insert(CONTEXT_ENCRYPTION.to_string(), encryption_name(policy).to_string());
+    }
+    context
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::csi::controller::{RecordState, RECORD_DIR};
+    use crate::csi::proto::{volume_capability, CapacityRange, VolumeCapability};
+    use smb3::EncryptionPolicy;
+    use tonic::Code;
+
+    fn mount(mode: volume_capability::access_mode::Mode) -> VolumeCapability {
+        VolumeCapability {
+            access_type: Some(volume_capability::AccessType::Mount(Default::default())),
+            access_mode: Some(volume_capability::AccessMode { mode: mode as i32 }),
+        }
+    }
+
+    fn request() -> CreateVolumeRequest {
+        CreateVolumeRequest {
+            name: "pvc-1".into(),
+            capacity_range: Some(CapacityRange { required_bytes: 1 << 20, limit_bytes: 0 }),
+            volume_capabilities: vec![mount(volume_capability::access_mode::Mode::MultiNodeMultiWriter)],
+            parameters: HashMap::from([("source".into(), "//srv/share/k8s".into())]),
+            secrets: HashMap::from([("username".into(), " bob ".into()), ("password".into(), "pw\n".into())]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plan_from_a_good_request() {
+        let plan = CreatePlan::from_request(&request()).unwrap();
+        assert_eq!(plan.volume_id, "v1|srv||share|k8s|pvc-1|delete");
+        assert_eq!(plan.capacity, 1 << 20);
+        assert_eq!(plan.creds, Credentials::user("bob", "", smb3::Secret::new("pw")));
+        let volume = plan.volume(plan.capacity);
+        assert_eq!(volume.volume_context[CONTEXT_SOURCE], "//srv/share/k8s");
+        assert_eq!(volume.volume_context[CONTEXT_SUBDIR], "pvc-1");
+        assert_eq!(volume.volume_context.len(), 2);
+    }
+
+    #[test]
+    fn encryption_goes_into_the_id_and_the_context() {
+        let mut req = request();
+        req.parameters.insert("Encryption".into(), "Off".into());
+        let plan = CreatePlan::from_request(&req).unwrap();
+        assert_eq!(plan.volume_id, "v1|srv||share|k8s|pvc-1|delete|off");
+        assert_eq!(plan.id.encryption, Some(EncryptionPolicy::Off));
+        let volume = plan.volume(plan.capacity);
+        assert_eq!(volume.volume_context[CONTEXT_ENCRYPTION], "off");
+        assert_eq!(volume.volume_context.len(), 3);
+
+        req.parameters.insert("Encryption".into(), "maybe".into());
+        let refused = CreatePlan::from_request(&req).err().unwrap();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(refused.message().contains("Encryption") && refused.message().contains("maybe"), "{refused:?}");
+    }
+
+    #[test]
+    fn refusals() {
+        let code = |f: &dyn Fn(&mut CreateVolumeRequest)| {
+            let mut r = request();
+            f(&mut r);
+            CreatePlan::from_request(&r).err().map(|s| (s.code(), s.message().to_string()))
+        };
+        let (c, m) = code(&|r| r.secrets.clear()).unwrap();
+        assert_eq!(c, Code::InvalidArgument);
+        assert!(m.contains("a provisioner secret is required"), "{m}");
+        let (c, m) = code(&|r| {
+            r.secrets.remove("username");
+        })
+        .unwrap();
+        assert_eq!(c, Code::InvalidArgument);
+        assert!(m.contains("username") && !m.contains("pw"), "{m}");
+        assert_eq!(code(&|r| r.name = "a/b".into()).unwrap().0, Code::InvalidArgument);
+        assert_eq!(code(&|r| r.name = "x".repeat(129)).unwrap().0, Code::InvalidArgument);
+        assert_eq!(code(&|r| r.name = RECORD_DIR.into()).unwrap().0, Code::InvalidArgument);
+        assert_eq!(code(&|r| r.volume_capabilities[0].access_mode = None).unwrap().0, Code::InvalidArgument);
+        assert_eq!(
+            code(&|r| {
+                r.mutable_parameters.insert("a".into(), "b".into());
+            })
+            .unwrap()
+            .0,
+            Code::InvalidArgument
+        );
+        let (c, m) = code(&|r| {
+            r.volume_content_source = Some(VolumeContentSource {
+                r#type: Some(volume_content_source::Type::Volume(volume_content_source::VolumeSource {
+                    volume_id: "v1|srv||share|k8s|pvc-1/inner|delete".into(),
+                })),
+            });
+            r.name = "pvc-1x".into();
+            r.parameters.insert("subDir".into(), "pvc-1".into());
+        })
+        .unwrap();
+        assert_eq!(c, Code::InvalidArgument, "{m}");
+        assert!(m.contains("overlap"), "{m}");
+        let (c, _) = code(&|r| {
+            r.volume_content_source = Some(VolumeContentSource {
+                r#type: Some(volume_content_source::Type::Volume(volume_content_source::VolumeSource {
+                    volume_id: "v1|other||share|k8s|src|delete".into(),
+                })),
+            })
+        })
+        .unwrap();
+        assert_eq!(c, Code::InvalidArgument);
+        let (c, _) = code(&|r| {
+            r.volume_content_source = Some(VolumeContentSource {
+                r#type: Some(volume_content_source::Type::Volume(volume_content_source::VolumeSource {
+                    volume_id: "no-such-volume".into(),
+                })),
+            })
+        })
+        .unwrap();
+        assert_eq!(c, Code::NotFound);
+    }
+
+    #[test]
+    fn incompatibility() {
+        let plan = CreatePlan::from_request(&request()).unwrap();
+        let record = VolumeRecord {
+            name: "pvc-1".into(),
+            volume_id: plan.volume_id.clone(),
+            capacity_bytes: 1 << 20,
+            content_source: String::new(),
+            state: RecordState::Ready,
+        };
+        assert_eq!(plan.incompatibility(&record), None);
+        let bigger = VolumeRecord { capacity_bytes: 2 << 20, ..record.clone() };
+        assert_eq!(plan.incompatibility(&bigger), None, "expanded since: still satisfies required");
+        let smaller = VolumeRecord { capacity_bytes: 1, ..record.clone() };
+        assert!(plan.incompatibility(&smaller).unwrap().contains("capacity"));
+        let other = VolumeRecord { volume_id: "v1|srv||share|k8s|pvc-1|retain".into(), ..record };
+        assert!(plan.incompatibility(&other).is_some());
+    }
+}

@@ -1,0 +1,22 @@
+//! The integration tests, one binary with a module per area: linking tonic,
+//! kube and fuser once instead of once per file is most of what a cold
+//! `scripts/test.sh` used to spend. Each module starts what it needs (a
+//! private Samba through `smb3-testkit`, FUSE mounts, the driver binary);
+//! tests that share a process share the test kit's Samba instances.
+
+mod architecture;
+mod chart;
+mod common;
+mod controller;
+mod demo;
+mod fs_ops;
+mod fuse;
+mod grpc_clients;
+mod identity;
+mod metrics;
+mod mount_cli;
+mod node;
+mod proto;
+mod smb_cli;
+mod smb_client;
+mod testkit;
