@@ -3,18 +3,22 @@
 //! unmount and exit 0).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use smb3::{Client, ClientOptions, Credentials, ShareTarget};
-use smb3_csi::mount::{FuseMount, MountOptions};
+use smb3::{Client, ClientOptions, ConnectionState, Credentials, CredentialsSource, ShareTarget};
+use smb3_csi::mount::{CredentialsFile, FuseMount, MountOptions};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Args)]
 #[command(after_help = "Credentials come from --credentials FILE (mount.cifs format: username=, password=, domain=) \
-or from the SMB_USERNAME, SMB_PASSWORD and SMB_DOMAIN environment variables; never from -o.\n\n\
+or from the SMB_USERNAME, SMB_PASSWORD and SMB_DOMAIN environment variables; never from -o. A lost connection \
+is re-established by itself; when the server then rejects the password, FILE is read again (rotate the password \
+on the server and in FILE, no remount).\n\n\
 Options (-o, comma-separated, repeatable): uid=, gid=, file_mode=, dir_mode=, ro, rw, port=, vers=, seal, actimeo=, \
-cache=strict|loose|none, nosharesock. Kernel-only cifs flags (noperm, mfsymlinks, noserverino, nobrl, ...) are \
+cache=strict|loose|none, nosharesock, echo_interval=SECS, hard (default: wait for the server as long as it \
+takes), soft and retrans=N (fail with EIO after N x echo_interval without the server). Kernel-only cifs flags (noperm, mfsymlinks, noserverino, nobrl, ...) are \
 accepted with one warning.\n\n\
 Example: smb3-csi mount --credentials /etc/smb-creds -o uid=1000,gid=1000 //fileserver/share/dir /mnt/dir")]
 pub struct MountArgs {
@@ -42,16 +46,29 @@ pub async fn run(args: MountArgs) -> Result<(), String> {
     if let Some(port) = opts.port {
         target.port = port;
     }
-    let creds = match &args.credentials {
-        Some(file) => Credentials::from_file(file).map_err(|e| e.to_string())?,
-        None => Credentials::from_env()
-            .ok_or("no credentials: use --credentials FILE or set SMB_USERNAME and SMB_PASSWORD")?,
+    // A file is read again when a reconnect's logon is refused (rotated password); the environment is fixed.
+    let (source, who): (Arc<dyn CredentialsSource>, String) = match &args.credentials {
+        Some(file) => {
+            let file = CredentialsFile::open(file).map_err(|e| e.to_string())?;
+            let who = file.cached().display_name();
+            (Arc::new(file), who)
+        }
+        None => {
+            let creds = Credentials::from_env()
+                .ok_or("no credentials: use --credentials FILE or set SMB_USERNAME and SMB_PASSWORD")?;
+            let who = creds.display_name();
+            (Arc::new(creds), who)
+        }
     };
     let client_opts =
         opts.client_options(&ClientOptions { timeout: Duration::from_secs(args.timeout.max(1)), ..Default::default() });
-    let (client, tree) = Client::connect_share(&target, &creds, &client_opts)
-        .await
-        .map_err(|e| format!("connect {target} as {}: {e}", creds.display_name()))?;
+    let connect = async {
+        let client = Client::connect_with_source(&target.host, target.port, source, &client_opts).await?;
+        let tree = client.tree(&target.share).await?;
+        Ok::<_, smb3::Error>((client, tree))
+    };
+    let (client, tree) = connect.await.map_err(|e| format!("connect {target} as {who}: {e}"))?;
+    let soft = opts.soft_timeout(&client_opts);
     let mountpoint = args.mountpoint.clone();
     let subdir = target.path.clone();
     let mount = tokio::task::spawn_blocking(move || FuseMount::mount(tree, &subdir, &mountpoint, &opts))
@@ -63,7 +80,7 @@ pub async fn run(args: MountArgs) -> Result<(), String> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| format!("installing SIGTERM handler: {e}"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("installing SIGINT handler: {e}"))?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let mut reported_down = false;
+    let mut was_down = false;
     let outcome = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
@@ -72,10 +89,7 @@ pub async fn run(args: MountArgs) -> Result<(), String> {
                 if !mount.is_session_running() {
                     break "unmounted";
                 }
-                if !client.is_alive() && !reported_down {
-                    reported_down = true;
-                    tracing::error!("the SMB connection is lost: requests fail with EIO until unmounted");
-                }
+                was_down = report_connection(&client, soft, was_down);
             }
         }
     };
@@ -87,4 +101,35 @@ pub async fn run(args: MountArgs) -> Result<(), String> {
     let _ = client.logoff().await;
     eprintln!("smb3-csi: {shown} unmounted ({outcome})");
     Ok(())
+}
+
+/// One line when the connection goes down (what the mount's users experience meanwhile) and one when it is
+/// back (with the reconnect count); returns whether it is down now.
+fn report_connection(client: &Client, soft: Option<Duration>, was_down: bool) -> bool {
+    match client.connection_state() {
+        ConnectionState::Connected { .. } => {
+            if was_down {
+                eprintln!("smb3-csi: SMB connection re-established (reconnects so far: {})", client.reconnect_count());
+            }
+            false
+        }
+        ConnectionState::Reconnecting { reason, .. } => {
+            if !was_down {
+                let meanwhile = match soft {
+                    None => "file operations wait (hard mount)".to_string(),
+                    Some(t) => format!("file operations fail with EIO after {}s (soft mount)", t.as_secs()),
+                };
+                eprintln!("smb3-csi: SMB connection lost ({reason}); reconnecting, {meanwhile}");
+            }
+            true
+        }
+        ConnectionState::Failed { reason, .. } => {
+            if !was_down {
+                eprintln!(
+                    "smb3-csi: SMB connection closed for good ({reason}): requests fail with EIO until unmounted"
+                );
+            }
+            true
+        }
+    }
 }

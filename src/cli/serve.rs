@@ -115,11 +115,16 @@ fn services(role: Role, args: &ServeArgs, ready: Arc<AtomicBool>) -> Result<Serv
 
 /// The Node service with its own session pool (volumes of one node share sessions among themselves).
 fn node_service(node_id: &str, args: &ServeArgs) -> NodeService {
-    NodeService::new(
+    let node = NodeService::new(
         NodeConfig { node_id: node_id.to_string(), kubeconfig: args.kubeconfig.clone() },
         session_pool(args),
-    )
+    );
+    node.spawn_connection_watch(CONNECTION_WATCH_EVERY);
+    node
 }
+
+/// How often the node looks at its volumes' SMB connections for the metrics (a look reads a few fields).
+const CONNECTION_WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// A session pool with the plugin's SMB settings, reporting to the process's metrics.
 fn session_pool(args: &ServeArgs) -> SessionPool {

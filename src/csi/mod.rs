@@ -4,6 +4,7 @@
 
 pub mod controller;
 pub(crate) mod h2fix;
+mod health;
 pub mod identity;
 mod locks;
 pub mod node;

@@ -16,7 +16,12 @@
 //!   client options share one SMB connection and session. `nosharesock` gives a volume a private session.
 //! - **Mounts**: the [`FuseMount`]s live in one registry keyed by the path they are mounted at (the staging path,
 //!   or the target path of an inline volume). Stage of an already staged, healthy path is a success; a dead one
-//!   (ENOTCONN, lost SMB session) is unmounted and mounted again. Unstage and unpublish are idempotent, clean up
+//!   (ENOTCONN, an SMB client that gave up for good) is unmounted and mounted again. A volume whose connection
+//!   is being re-established is healthy: its operations wait (`hard`) or fail in time (`soft`).
+//! - **Lost connections**: re-established by the SMB client with the trees and open files of every mount on
+//!   them. Meanwhile NodeGetVolumeStats reports the volume abnormal with the reason, and a watcher
+//!   ([`NodeService::spawn_connection_watch`]) keeps `smb3_csi_volume_condition_abnormal` and
+//!   `smb3_csi_volumes_disconnected` current between the kubelet's calls. Unstage and unpublish are idempotent, clean up
 //!   dead and already-unmounted paths, and remove the mount point.
 //! - **Concurrency**: one operation at a time per path; a second concurrent call gets ABORTED, which the kubelet
 //!   retries.
@@ -27,11 +32,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
 
 use tonic::{Code, Request, Response, Status};
 
 use super::controller::{is_auth_failure, smb_code, CONTEXT_ENCRYPTION, CONTEXT_SOURCE, CONTEXT_SUBDIR};
+use super::health;
 use super::locks::{InFlight, InFlightGuard};
 use super::proto::node_server::Node;
 use super::proto::{
@@ -81,6 +89,10 @@ struct Staged {
     fingerprint: String,
     /// A `nosharesock` volume's own client, kept alive as long as the mount.
     _private: Option<Client>,
+    /// The `soft` mount's timeout (`None`: hard), for conditions that say what I/O does meanwhile.
+    soft: Option<Duration>,
+    /// The connection watcher found the SMB connection down at its last look.
+    down: AtomicBool,
 }
 
 /// Answers the Node RPCs. Cheap to clone (all state is shared).
@@ -129,6 +141,24 @@ impl NodeService {
 
     pub fn pool(&self) -> &SessionPool {
         &self.inner.pool
+    }
+
+    /// Looks at every mounted volume's SMB connection `every` so often (until the service is dropped): while
+    /// one is down its `volume_condition_abnormal` series is 1 and `volumes_disconnected` counts it, and
+    /// the outage is logged once with the volume id when it starts and when it ends. The kubelet's own
+    /// NodeGetVolumeStats calls come about once a minute; an outage of seconds would otherwise go unseen.
+    pub fn spawn_connection_watch(&self, every: Duration) {
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if !watch_connections(&inner) {
+                    return;
+                }
+            }
+        });
     }
 
     /// Paths where this node service currently holds a FUSE mount, sorted.
@@ -193,6 +223,7 @@ impl NodeService {
             ClientOptions { encryption: plan.encryption.unwrap_or(pool_options.encryption), ..pool_options.clone() };
         // `seal` overrides the volume's policy with `required`.
         let client_options = plan.options.client_options(&volume_options);
+        let soft = plan.options.soft_timeout(&volume_options);
         let connecting = format!("connecting to {share_root} as {}", plan.creds.display_name());
         let smb_error = |context: &str, e: &smb3::Error| {
             // The share is named by the volume: a missing one means the volume does not exist.
@@ -236,6 +267,8 @@ impl NodeService {
             shown,
             fingerprint: plan.fingerprint,
             _private: private,
+            soft,
+            down: AtomicBool::new(false),
         };
         let mounted = {
             let mut mounts = self.inner.mounts.lock().unwrap();
@@ -349,6 +382,66 @@ struct MountPlan {
     options: MountOptions,
     creds: Credentials,
     fingerprint: String,
+}
+
+/// How long NodeGetVolumeStats waits for the share to answer its probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The condition (and usage) from probing a connected volume: its directory's metadata and, when it is a
+/// directory, the share's size.
+fn probe_condition(
+    shown: &str,
+    stat: smb3::Result<smb3::Metadata>,
+    statfs: Option<smb3::Result<smb3::FsStats>>,
+    usage: &mut Vec<VolumeUsage>,
+) -> VolumeCondition {
+    let abnormal = |message: String| VolumeCondition { abnormal: true, message };
+    match (stat, statfs) {
+        (Ok(_), Some(Ok(fs))) => {
+            let total = i64::try_from(fs.total_bytes).unwrap_or(i64::MAX);
+            let available = i64::try_from(fs.available_bytes).unwrap_or(i64::MAX);
+            let free = i64::try_from(fs.free_bytes).unwrap_or(i64::MAX);
+            usage.push(VolumeUsage {
+                available,
+                total,
+                used: total.saturating_sub(free).max(0),
+                unit: volume_usage::Unit::Bytes as i32,
+            });
+            VolumeCondition { abnormal: false, message: format!("{shown} is reachable") }
+        }
+        (Ok(_), Some(Err(e))) => abnormal(format!("querying the size of {shown}: {e}")),
+        (Ok(_), None) => abnormal(format!("{shown} is no longer a directory on the server")),
+        (Err(e), _) if is_not_found(&e) => abnormal(format!("the volume's directory {shown} is gone on the server")),
+        (Err(e), _) => abnormal(format!("checking {shown}: {e}")),
+    }
+}
+
+/// One look of the connection watcher at every mounted volume; `false` once the service is gone.
+fn watch_connections(inner: &Weak<Inner>) -> bool {
+    let Some(inner) = inner.upgrade() else { return false };
+    let staged: Vec<Arc<Staged>> = inner.mounts.lock().unwrap().values().cloned().collect();
+    let mut down = 0;
+    for s in &staged {
+        let state = s.tree.connection_state();
+        let is_down = health::is_down(&state);
+        down += usize::from(is_down);
+        let was_down = s.down.swap(is_down, Ordering::Relaxed);
+        if is_down == was_down {
+            continue;
+        }
+        // Back up: normal until the next NodeGetVolumeStats probes the share itself.
+        crate::metrics::set_volume_condition(&s.volume_id, is_down);
+        match health::disconnected_condition(&state, &s.shown, s.soft, SystemTime::now()) {
+            Some(c) => tracing::warn!(volume_id = %s.volume_id, condition = %c.message, "volume abnormal"),
+            None => tracing::info!(
+                volume_id = %s.volume_id,
+                reconnects = s.tree.reconnect_count(),
+                "volume's SMB connection re-established"
+            ),
+        }
+    }
+    crate::metrics::set_volumes_disconnected(down);
+    true
 }
 
 fn fingerprint(options: &MountOptions) -> String {
@@ -652,42 +745,35 @@ impl Node for NodeService {
         }
 
         let mut usage = Vec::new();
-        let condition = if !staged.tree.is_alive() {
-            VolumeCondition { abnormal: true, message: format!("the SMB session to {} is down", staged.shown) }
+        let disconnected = health::disconnected_condition(
+            &staged.tree.connection_state(),
+            &staged.shown,
+            staged.soft,
+            SystemTime::now(),
+        );
+        let condition = if let Some(condition) = disconnected {
+            condition
         } else if !staged.mount.is_session_running() || matches!(mount_state(volume_path)?, MountState::Dead) {
             VolumeCondition {
                 abnormal: true,
                 message: format!("the FUSE mount at {} no longer answers", volume_path.display()),
             }
         } else {
-            match staged.tree.stat(&staged.dir).await {
-                Ok(meta) if meta.is_dir() => match staged.tree.statfs().await {
-                    Ok(fs) => {
-                        let total = i64::try_from(fs.total_bytes).unwrap_or(i64::MAX);
-                        let available = i64::try_from(fs.available_bytes).unwrap_or(i64::MAX);
-                        let free = i64::try_from(fs.free_bytes).unwrap_or(i64::MAX);
-                        usage.push(VolumeUsage {
-                            available,
-                            total,
-                            used: total.saturating_sub(free).max(0),
-                            unit: volume_usage::Unit::Bytes as i32,
-                        });
-                        VolumeCondition { abnormal: false, message: format!("{} is reachable", staged.shown) }
-                    }
-                    Err(e) => VolumeCondition {
-                        abnormal: true,
-                        message: format!("querying the size of {}: {e}", staged.shown),
-                    },
-                },
-                Ok(_) => VolumeCondition {
+            // A hard mount's request waits for a connection lost meanwhile: answer the kubelet in time.
+            let probe = async {
+                let stat = staged.tree.stat(&staged.dir).await;
+                let statfs = match &stat {
+                    Ok(meta) if meta.is_dir() => Some(staged.tree.statfs().await),
+                    _ => None,
+                };
+                (stat, statfs)
+            };
+            match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                Err(_) => VolumeCondition {
                     abnormal: true,
-                    message: format!("{} is no longer a directory on the server", staged.shown),
+                    message: format!("{} did not answer within {}s", staged.shown, PROBE_TIMEOUT.as_secs()),
                 },
-                Err(e) if is_not_found(&e) => VolumeCondition {
-                    abnormal: true,
-                    message: format!("the volume's directory {} is gone on the server", staged.shown),
-                },
-                Err(e) => VolumeCondition { abnormal: true, message: format!("checking {}: {e}", staged.shown) },
+                Ok((stat, statfs)) => probe_condition(&staged.shown, stat, statfs, &mut usage),
             }
         };
         crate::metrics::set_volume_condition(&req.volume_id, condition.abnormal);

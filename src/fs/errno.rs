@@ -10,7 +10,15 @@ pub use nix::errno::Errno;
 use smb3::{self as smb, NtStatus};
 
 /// Maps a client error of operation `op` on share path `path`; unexpected ones are logged and become EIO.
+///
+/// A `soft` mount's operation that waited its bound for a lost connection ([`smb::Error::Unavailable`]) is
+/// EIO, as with NFS and kernel cifs soft mounts; under `hard` the client never returns it (the operation
+/// waits), so nothing here turns an outage into an error.
 pub(crate) fn errno(e: &smb::Error, op: &str, path: &str) -> Errno {
+    if let smb::Error::Unavailable { .. } = e {
+        tracing::warn!(op, path = %format!("/{path}"), error = %e, "soft mount: server unavailable, returning EIO");
+        return Errno::EIO;
+    }
     let mapped = match e.status() {
         Some(s) => match s {
             NtStatus::OBJECT_NAME_NOT_FOUND
@@ -66,5 +74,12 @@ mod tests {
         assert_eq!(errno(&st(NtStatus::INVALID_PARAMETER), "t", "p"), Errno::EIO);
         let lost = smb::Error::Disconnected { addr: "srv:445".into(), why: "reset".into() };
         assert_eq!(errno(&lost, "read", "f"), Errno::EIO);
+        let soft = smb::Error::Unavailable {
+            op: "write".into(),
+            addr: "srv:445".into(),
+            secs: 6,
+            why: "connection reset".into(),
+        };
+        assert_eq!(errno(&soft, "write", "f"), Errno::EIO);
     }
 }

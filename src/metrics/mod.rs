@@ -15,7 +15,10 @@
 //! | `smb_sessions_open` | gauge | |
 //! | `smb_sessions_established_total` | counter | |
 //! | `smb_reconnects_total` | counter | |
+//! | `smb_disconnects_total` | counter | |
+//! | `smb_outage_seconds` | histogram | |
 //! | `mounted_volumes` | gauge | |
+//! | `volumes_disconnected` | gauge | |
 //! | `volume_condition_abnormal` | gauge | `volume_id` |
 //! | `build_info` | gauge | `version` |
 //!
@@ -71,7 +74,11 @@ pub struct Metrics {
     smb_sessions_open: AtomicI64,
     smb_sessions_established: AtomicU64,
     smb_reconnects: AtomicU64,
+    smb_disconnects: AtomicU64,
+    /// How long lost connections were away before they were re-established.
+    smb_outages: Histogram,
     mounted_volumes: AtomicU64,
+    volumes_disconnected: AtomicU64,
     /// volume id -> abnormal.
     volume_conditions: Mutex<BTreeMap<String, bool>>,
 }
@@ -92,7 +99,10 @@ impl Metrics {
             smb_sessions_open: AtomicI64::new(0),
             smb_sessions_established: AtomicU64::new(0),
             smb_reconnects: AtomicU64::new(0),
+            smb_disconnects: AtomicU64::new(0),
+            smb_outages: Histogram::new(RPC_BUCKETS),
             mounted_volumes: AtomicU64::new(0),
+            volumes_disconnected: AtomicU64::new(0),
             volume_conditions: Mutex::new(BTreeMap::new()),
         }
     }
@@ -116,6 +126,11 @@ impl Metrics {
     /// How many volumes this node currently has mounted (staged or published).
     pub fn set_mounted_volumes(&self, count: usize) {
         self.mounted_volumes.store(count as u64, Ordering::Relaxed);
+    }
+
+    /// How many mounted volumes have their SMB connection down right now (reconnecting or given up).
+    pub fn set_volumes_disconnected(&self, count: usize) {
+        self.volumes_disconnected.store(count as u64, Ordering::Relaxed);
     }
 
     /// The last health verdict for a mounted volume (what NodeGetVolumeStats
@@ -178,12 +193,27 @@ impl Metrics {
         e.family(
             "smb3_csi_smb_reconnects_total",
             Kind::Counter,
-            "Pooled SMB sessions found with a dead connection and opened again.",
+            "SMB connections re-established after they were lost (trees and open files re-bound), and pooled \
+             sessions that had given up replaced.",
         );
         e.sample("smb3_csi_smb_reconnects_total", &[], counter(&self.smb_reconnects));
+        e.family("smb3_csi_smb_disconnects_total", Kind::Counter, "SMB connections found lost (reconnecting started).");
+        e.sample("smb3_csi_smb_disconnects_total", &[], counter(&self.smb_disconnects));
+        e.family(
+            "smb3_csi_smb_outage_seconds",
+            Kind::Histogram,
+            "How long a lost SMB connection was away before it was re-established.",
+        );
+        e.histogram("smb3_csi_smb_outage_seconds", &[], &self.smb_outages.snapshot());
 
         e.family("smb3_csi_mounted_volumes", Kind::Gauge, "Volumes this node has mounted.");
         e.sample("smb3_csi_mounted_volumes", &[], counter(&self.mounted_volumes));
+        e.family(
+            "smb3_csi_volumes_disconnected",
+            Kind::Gauge,
+            "Mounted volumes whose SMB connection is down (being re-established, or given up for good).",
+        );
+        e.sample("smb3_csi_volumes_disconnected", &[], counter(&self.volumes_disconnected));
         e.family(
             "smb3_csi_volume_condition_abnormal",
             Kind::Gauge,
@@ -245,6 +275,11 @@ pub fn set_mounted_volumes(count: usize) {
     Metrics::global().set_mounted_volumes(count);
 }
 
+/// For the node service: how many mounted volumes have their SMB connection down.
+pub fn set_volumes_disconnected(count: usize) {
+    Metrics::global().set_volumes_disconnected(count);
+}
+
 /// For the node service: the latest condition of a mounted volume.
 pub fn set_volume_condition(volume_id: &str, abnormal: bool) {
     Metrics::global().set_volume_condition(volume_id, abnormal);
@@ -284,6 +319,14 @@ impl smb3::Observer for Metrics {
 
     fn reconnect(&self) {
         self.smb_reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn disconnected(&self, _reason: &str) {
+        self.smb_disconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn reconnected(&self, outage: Duration) {
+        self.smb_outages.observe(outage);
     }
 }
 
@@ -364,7 +407,11 @@ mod tests {
         m.session_opened();
         m.session_opened();
         m.sessions_closed(1);
+        m.disconnected("connection reset");
+        m.reconnected(Duration::from_millis(700));
         m.reconnect();
+        m.disconnected("no reply to ECHO");
+        m.reconnected(Duration::from_secs(4));
         m.reconnect();
         let text = m.render();
         let lines = sample_lines(&text);
@@ -374,6 +421,9 @@ mod tests {
             "smb3_csi_smb_sessions_open 1",
             "smb3_csi_smb_sessions_established_total 2",
             "smb3_csi_smb_reconnects_total 2",
+            "smb3_csi_smb_disconnects_total 2",
+            "smb3_csi_smb_outage_seconds_count 2",
+            "smb3_csi_smb_outage_seconds_sum 4.7",
         ] {
             assert!(lines.contains(&want), "{want} missing from {text}");
         }
@@ -386,12 +436,14 @@ mod tests {
     fn volume_gauges_and_forgetting() {
         let m = Metrics::new();
         m.set_mounted_volumes(2);
+        m.set_volumes_disconnected(1);
         m.set_volume_condition("a", false);
         m.set_volume_condition("b\"\n", true);
         m.set_volume_condition("a", true);
         let text = m.render();
         let lines = sample_lines(&text);
         assert!(lines.contains(&"smb3_csi_mounted_volumes 2"), "{text}");
+        assert!(lines.contains(&"smb3_csi_volumes_disconnected 1"), "{text}");
         assert!(lines.contains(&r#"smb3_csi_volume_condition_abnormal{volume_id="a"} 1"#), "{text}");
         assert!(lines.contains(&r#"smb3_csi_volume_condition_abnormal{volume_id="b\"\n"} 1"#), "{text}");
         m.forget_volume("a");

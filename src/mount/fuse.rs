@@ -124,9 +124,22 @@ impl FuseMount {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
-    /// Session thread alive and SMB connection alive.
+    /// Session thread alive and the SMB tree usable: connected, or reconnecting. A mount whose server is
+    /// away for a while is not stale (its operations wait, or fail in time under `soft`); replacing it would
+    /// break every open file of the pods using it. Only a client that gave up for good (tampering, logoff)
+    /// makes the mount unhealthy.
     pub fn is_healthy(&self) -> bool {
-        self.is_session_running() && self.tree.is_alive()
+        self.is_session_running() && self.tree.is_usable()
+    }
+
+    /// The SMB connection behind the mount: connected, reconnecting (why, since when) or failed for good.
+    pub fn connection_state(&self) -> smb3::ConnectionState {
+        self.tree.connection_state()
+    }
+
+    /// How many times the SMB connection behind the mount was re-established.
+    pub fn reconnect_count(&self) -> u64 {
+        self.tree.reconnect_count()
     }
 
     /// Unmounts (lazily if busy) and waits briefly for the session to end.

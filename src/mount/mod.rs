@@ -1,6 +1,7 @@
 //! Mount lifecycle on a node: typed mount options, the one type that owns a FUSE session ([`FuseMount`]),
 //! the kernel mount table (state, bind mounts, unmount).
 
+mod credentials;
 mod fuse;
 mod options;
 mod table;
@@ -9,8 +10,9 @@ use std::path::PathBuf;
 
 /// Re-exported: the cache mode is the filesystem's notion, and `cache=` sets it.
 pub use crate::fs::CacheMode;
+pub use credentials::{CredentialsFile, SharedCredentials};
 pub use fuse::{FuseMount, FSTYPE, SUBTYPE};
-pub use options::{MountOptionError, MountOptions};
+pub use options::{MountOptionError, MountOptions, RecoveryMode, DEFAULT_RETRANS};
 pub use table::{bind_mount, mount_at, mount_state, mounts, parse_mountinfo, unmount, MountInfo, MountState};
 
 /// Errors of mounting and unmounting. `Display` names the path and the operation; never a secret.

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use smb3::{ClientOptions, Dialect, EncryptionPolicy};
+use smb3::{ClientOptions, Dialect, EncryptionPolicy, Recovery};
 
 use crate::fs::{CacheMode, FsConfig};
 
@@ -40,7 +40,34 @@ pub struct MountOptions {
     pub nosharesock: bool,
     /// Set by [`MountOptions::apply_fs_group`]: group read/write was added to the modes.
     pub extra_gid_rw: bool,
+    /// `echo_interval=N` (seconds, 1..=600 as in cifs): how often an idle connection is probed, and how
+    /// long a probe may go unanswered before the connection counts as lost. `None`: the client's default.
+    pub echo_interval: Option<Duration>,
+    /// `hard` (the default) or `soft`: what an operation experiences while the connection is being replaced.
+    pub recovery: RecoveryMode,
+    /// `retrans=N` (1..=100, default [`DEFAULT_RETRANS`]): with `soft`, an operation fails with EIO after
+    /// waiting `retrans` × echo interval for the connection to come back. No effect with `hard`.
+    pub retrans: Option<u32>,
 }
+
+/// `hard` or `soft`, as for NFS and kernel cifs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Operations wait as long as the server is away: no application ever sees an error because of an
+    /// outage. The right choice for volumes whose writers cannot handle EIO (most of them).
+    #[default]
+    Hard,
+    /// Operations fail with EIO after [`MountOptions::soft_timeout`]: for workloads that would rather
+    /// fail over than hang.
+    Soft,
+}
+
+/// `retrans` when `soft` is given without it: with the client's 20 s echo interval, a 60 s bound.
+pub const DEFAULT_RETRANS: u32 = 3;
+/// The largest `echo_interval` cifs accepts (seconds).
+const MAX_ECHO_INTERVAL: u64 = 600;
+/// The largest `retrans`: a soft mount that waits for hours is a hard mount.
+const MAX_RETRANS: u32 = 100;
 
 impl Default for MountOptions {
     fn default() -> Self {
@@ -58,6 +85,9 @@ impl Default for MountOptions {
             cache: CacheMode::Strict,
             nosharesock: false,
             extra_gid_rw: false,
+            echo_interval: None,
+            recovery: RecoveryMode::Hard,
+            retrans: None,
         }
     }
 }
@@ -90,8 +120,6 @@ const IGNORED_FLAGS: &[&str] = &[
     "unix",
     "nolinux",
     "linux",
-    "hard",
-    "soft",
     "forceuid",
     "forcegid",
     "noforceuid",
@@ -171,7 +199,6 @@ const IGNORED_KEYS: &[&str] = &[
     "bsize",
     "acregmax",
     "acdirmax",
-    "echo_interval",
     "max_credits",
     "handletimeout",
     "closetimeo",
@@ -191,7 +218,6 @@ const IGNORED_KEYS: &[&str] = &[
     "fscontext",
     "defcontext",
     "rootcontext",
-    "retrans",
     "esize",
     "upcall_target",
 ];
@@ -263,6 +289,23 @@ impl MountOptions {
                     no_value(value)?;
                     opts.nosharesock = true;
                 }
+                "echo_interval" => {
+                    let secs = need()?.parse::<u64>().ok().filter(|s| (1..=MAX_ECHO_INTERVAL).contains(s));
+                    let secs = secs.ok_or_else(|| invalid("expected whole seconds 1..600"))?;
+                    opts.echo_interval = Some(Duration::from_secs(secs));
+                }
+                "hard" => {
+                    no_value(value)?;
+                    opts.recovery = RecoveryMode::Hard;
+                }
+                "soft" => {
+                    no_value(value)?;
+                    opts.recovery = RecoveryMode::Soft;
+                }
+                "retrans" => {
+                    let n = need()?.parse::<u32>().ok().filter(|n| (1..=MAX_RETRANS).contains(n));
+                    opts.retrans = Some(n.ok_or_else(|| invalid("expected a count 1..100"))?);
+                }
                 "sec" => match need()?.to_ascii_lowercase().as_str() {
                     "ntlmssp" | "ntlmsspi" | "ntlmv2" | "ntlmv2i" | "ntlm" | "ntlmi" => ignored.push(part.to_string()),
                     other => return Err(invalid(&format!("{other} is not supported (only NTLMSSP)"))),
@@ -284,9 +327,32 @@ impl MountOptions {
         self.extra_gid_rw = true;
     }
 
-    /// `base` with the dialect range and encryption these options ask for.
+    /// The echo interval in effect: `echo_interval=`, else the one of `base`.
+    pub fn effective_echo_interval(&self, base: &ClientOptions) -> Duration {
+        self.echo_interval.unwrap_or(base.echo_interval)
+    }
+
+    /// With `soft`: how long an operation waits for a lost connection to come back before it fails with
+    /// EIO, `retrans` × the echo interval. `None` with `hard`. The clock starts when the operation first
+    /// finds the connection down; a connection that goes silent (no reset) is noticed within two echo
+    /// intervals, which comes on top for the operations already in flight.
+    pub fn soft_timeout(&self, base: &ClientOptions) -> Option<Duration> {
+        match self.recovery {
+            RecoveryMode::Hard => None,
+            RecoveryMode::Soft => {
+                Some(self.effective_echo_interval(base).saturating_mul(self.retrans.unwrap_or(DEFAULT_RETRANS)))
+            }
+        }
+    }
+
+    /// `base` with the dialect range, encryption, echo interval and recovery these options ask for.
     pub fn client_options(&self, base: &ClientOptions) -> ClientOptions {
         let mut o = base.clone();
+        o.echo_interval = self.effective_echo_interval(base);
+        o.recovery = match self.soft_timeout(base) {
+            None => Recovery::Hard,
+            Some(timeout) => Recovery::Soft { timeout },
+        };
         if let Some(v) = self.vers {
             o.max_dialect = v;
         }
@@ -412,7 +478,7 @@ mod tests {
             "sec=ntlmssp",
             "iocharset=utf8",
             "rsize=1048576,wsize=1048576",
-            "hard,nounix,forceuid,forcegid,noatime",
+            "nounix,forceuid,forcegid,noatime",
         ])
         .unwrap();
         assert_eq!((o.file_mode, o.uid), (0o777, 1001));
@@ -427,7 +493,6 @@ mod tests {
                 "iocharset=utf8",
                 "rsize=1048576",
                 "wsize=1048576",
-                "hard",
                 "nounix",
                 "forceuid",
                 "forcegid",
@@ -456,6 +521,14 @@ mod tests {
             ("ro=1", "ro"),
             ("seal=yes", "seal"),
             ("sec=krb5", "sec"),
+            ("echo_interval=0", "echo_interval"),
+            ("echo_interval=601", "echo_interval"),
+            ("echo_interval=", "echo_interval"),
+            ("retrans=0", "retrans"),
+            ("retrans=101", "retrans"),
+            ("retrans=x", "retrans"),
+            ("soft=1", "soft"),
+            ("hard=yes", "hard"),
         ] {
             let err = parse(&[flag]).unwrap_err();
             assert!(matches!(&err, MountOptionError::Invalid { option, .. } if option == name), "{flag}: {err}");
@@ -486,6 +559,40 @@ mod tests {
         let (o, _) = parse(&["cache=none,actimeo=30"]).unwrap();
         assert_eq!(FsConfig::from(&o).attr_ttl, Duration::ZERO);
         assert_eq!(FsConfig::from(&MountOptions::default()), FsConfig::default());
+    }
+
+    #[test]
+    fn hard_is_the_default_and_waits() {
+        let base = ClientOptions { echo_interval: Duration::from_secs(20), ..Default::default() };
+        let (o, ignored) = parse(&[]).unwrap();
+        assert!(ignored.is_empty());
+        assert_eq!((o.recovery, o.soft_timeout(&base)), (RecoveryMode::Hard, None));
+        // A pool whose default were soft still gives a hard mount unless `soft` is asked for.
+        let soft_base = ClientOptions { recovery: Recovery::Soft { timeout: Duration::from_secs(1) }, ..base.clone() };
+        let c = o.client_options(&soft_base);
+        assert_eq!((c.recovery, c.echo_interval), (Recovery::Hard, Duration::from_secs(20)));
+        // `retrans` alone changes nothing; the last of `hard`/`soft` wins, as with mount(8).
+        let (o, _) = parse(&["retrans=5,soft,hard"]).unwrap();
+        assert_eq!(o.client_options(&base).recovery, Recovery::Hard);
+        let (o, _) = parse(&["hard", "echo_interval=7"]).unwrap();
+        assert_eq!(o.client_options(&base).echo_interval, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn soft_bound_is_retrans_times_echo_interval() {
+        let base = ClientOptions { echo_interval: Duration::from_secs(20), ..Default::default() };
+        let (o, _) = parse(&["soft"]).unwrap();
+        assert_eq!(o.soft_timeout(&base), Some(Duration::from_secs(20 * u64::from(DEFAULT_RETRANS))));
+        let (o, _) = parse(&["soft,retrans=2,echo_interval=5"]).unwrap();
+        assert_eq!((o.echo_interval, o.retrans), (Some(Duration::from_secs(5)), Some(2)));
+        let c = o.client_options(&base);
+        assert_eq!(c.recovery, Recovery::Soft { timeout: Duration::from_secs(10) });
+        assert_eq!(c.echo_interval, Duration::from_secs(5));
+        // The bound follows the base's interval when echo_interval is not given.
+        let (o, _) = parse(&["soft,retrans=4"]).unwrap();
+        assert_eq!(o.client_options(&base).recovery, Recovery::Soft { timeout: Duration::from_secs(80) });
+        // Different recovery settings are different mounts (the node's idempotency check compares them).
+        assert_ne!(parse(&["soft"]).unwrap().0, parse(&["hard"]).unwrap().0);
     }
 
     #[test]

@@ -17,6 +17,8 @@ mod metrics;
 mod mount_cli;
 mod node;
 mod proto;
+mod reconnect;
+mod reliability;
 mod smb_cli;
 mod smb_client;
 mod testkit;
