@@ -50,7 +50,7 @@ use super::proto::{
     NodeUnstageVolumeResponse, VolumeCapability, VolumeCondition, VolumeUsage,
 };
 use crate::k8s::{SecretError, SecretReader};
-use crate::mount::{self, FuseMount, MountError, MountOptions, MountState, FSTYPE};
+use crate::mount::{self, FuseMount, MountError, MountOptions, MountState, SharedCredentials, FSTYPE};
 use crate::volume::{SharePath, ShareUrl, VolumeId};
 use smb3::{is_not_found, Client, ClientOptions, Credentials, EncryptionPolicy, SessionPool, ShareTarget, Tree};
 
@@ -111,7 +111,13 @@ struct Inner {
     published: Mutex<HashMap<PathBuf, PathBuf>>,
     /// Paths with a stage, unstage, publish or unpublish in progress.
     busy: InFlight<PathBuf>,
+    /// The newest credentials a CSI call brought per (server, port, user): every session of that user on
+    /// that server reconnects with them. One entry per server and user the node ever mounted for.
+    credentials: Mutex<HashMap<CredentialsKey, Arc<SharedCredentials>>>,
 }
+
+/// Server (lower case), port and user (`DOMAIN\user`) of a credentials entry.
+type CredentialsKey = (String, u16, String);
 
 impl NodeService {
     /// A node service using `pool` for every shared SMB session (run [`SessionPool::spawn_evictor`] on it:
@@ -135,6 +141,7 @@ impl NodeService {
                 mounts: Mutex::default(),
                 published: Mutex::default(),
                 busy: InFlight::default(),
+                credentials: Mutex::default(),
             }),
         }
     }
@@ -208,6 +215,27 @@ impl NodeService {
         Ok(())
     }
 
+    /// The credentials source for `creds`' user on `host:port`, updated to `creds`: a CSI call carries the
+    /// Secret as it is now, so the newest call wins, and sessions already open reconnect with it after a
+    /// password rotation.
+    fn remember_credentials(&self, host: &str, port: u16, creds: &Credentials) -> Arc<SharedCredentials> {
+        let key = (host.to_ascii_lowercase(), port, creds.display_name());
+        let mut book = self.inner.credentials.lock().unwrap();
+        match book.get(&key) {
+            Some(shared) => {
+                if shared.update(creds) {
+                    tracing::info!(server = %host, port, user = %key.2, "newer credentials for this server and user");
+                }
+                shared.clone()
+            }
+            None => {
+                let shared = SharedCredentials::new(creds.clone());
+                book.insert(key, shared.clone());
+                shared
+            }
+        }
+    }
+
     /// Mounts the volume at `at` (a directory, created if missing) and registers it.
     async fn mount_volume(&self, volume_id: &str, at: &Path, plan: MountPlan) -> Result<(), Status> {
         std::fs::create_dir_all(at)
@@ -229,14 +257,15 @@ impl NodeService {
             // The share is named by the volume: a missing one means the volume does not exist.
             Status::new(smb_code(e, Code::NotFound), format!("{context}: {e}"))
         };
+        let source = self.remember_credentials(&target.host, target.port, &plan.creds);
         let (tree, private) = if plan.options.nosharesock {
-            let client = Client::connect(&target.host, target.port, &plan.creds, &client_options)
+            let client = Client::connect_with_source(&target.host, target.port, source, &client_options)
                 .await
                 .map_err(|e| smb_error(&connecting, &e))?;
             let tree = client.tree(&target.share).await.map_err(|e| smb_error(&connecting, &e))?;
             (tree, Some(client))
         } else {
-            match self.inner.pool.tree_with(&target, &plan.creds, &client_options).await {
+            match self.inner.pool.tree_with_source(&target, &plan.creds, source, &client_options).await {
                 Ok(tree) => (tree, None),
                 Err(e) => {
                     if is_auth_failure(&e) {
@@ -444,6 +473,13 @@ fn watch_connections(inner: &Weak<Inner>) -> bool {
     true
 }
 
+/// The server and port a volume's sessions go to (the `port` option overrides the share address's).
+fn server_of(share: &ShareUrl, options: &MountOptions) -> (String, u16) {
+    let target = share.target();
+    let port = options.port.unwrap_or(target.port);
+    (target.host, port)
+}
+
 fn fingerprint(options: &MountOptions) -> String {
     format!("{options:?}")
 }
@@ -610,6 +646,8 @@ impl Node for NodeService {
             )
         })?;
         let _guard = self.lock(&[staging])?;
+        let (host, port) = server_of(&share, &options);
+        self.remember_credentials(&host, port, &creds);
         let fingerprint = fingerprint(&options);
         if self.reuse_or_clean(staging, &req.volume_id, &fingerprint).await? {
             tracing::info!(staging = %staging.display(), "already staged and healthy");
@@ -650,6 +688,13 @@ impl Node for NodeService {
             return Err(Status::invalid_argument("target_path and staging_target_path must differ"));
         }
         let read_only = req.readonly || is_reader_only(Some(capability));
+        // A node-publish secret (nodePublishSecretRef) is as current as a node-stage one.
+        if let Some(creds) = super::credentials_from_secrets(&req.secrets)? {
+            let (share, _) = locate(&req.volume_id, &req.volume_context)?;
+            let options = parse_options(&mount_flags(Some(capability)), Some(capability))?;
+            let (host, port) = server_of(&share, &options);
+            self.remember_credentials(&host, port, &creds);
+        }
         let _guard = self.lock(&[target])?;
         let staged = self.registered(staging).ok_or_else(|| {
             Status::failed_precondition(format!(
@@ -740,17 +785,19 @@ impl Node for NodeService {
                     volume_path.display()
                 ))
             })?;
-        if !volume_path.exists() && !matches!(mount_state(volume_path)?, MountState::Dead) {
-            return Err(Status::not_found(format!("volume_path {} does not exist", volume_path.display())));
-        }
-
-        let mut usage = Vec::new();
+        // First, without touching the mount: a hard mount's operations (a stat of volume_path too) wait
+        // while the connection is down, and the kubelet wants an answer now.
         let disconnected = health::disconnected_condition(
             &staged.tree.connection_state(),
             &staged.shown,
             staged.soft,
             SystemTime::now(),
         );
+        if disconnected.is_none() && !volume_path.exists() && !matches!(mount_state(volume_path)?, MountState::Dead) {
+            return Err(Status::not_found(format!("volume_path {} does not exist", volume_path.display())));
+        }
+
+        let mut usage = Vec::new();
         let condition = if let Some(condition) = disconnected {
             condition
         } else if !staged.mount.is_session_running() || matches!(mount_state(volume_path)?, MountState::Dead) {

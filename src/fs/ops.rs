@@ -106,6 +106,8 @@ pub struct SmbFs {
     handles: Handles,
     /// The group set by a chown of the mount root ([`NO_GROUP`]: none; see the module doc of `fs`).
     root_group: AtomicU64,
+    /// The last answer of the server to statfs, for [`SmbFs::statfs`] while the connection is down.
+    last_statfs: Mutex<Option<StatFs>>,
 }
 
 /// SMB access for open(2) flags; a read-only mount refuses writing and truncating opens.
@@ -139,6 +141,7 @@ impl SmbFs {
             cfg,
             inodes: Mutex::new(Inodes::new(&root)),
             root_group: AtomicU64::new(NO_GROUP),
+            last_statfs: Mutex::new(None),
         }
     }
 
@@ -572,16 +575,32 @@ impl SmbFs {
         Ok(())
     }
 
+    /// The share's size. While the connection is down this answers at once with the last known sizes
+    /// (zero blocks before the first answer) instead of waiting: statfs is how mount tables, the node's
+    /// own health checks and `df` tell a live mount from a dead one, and a hard mount that is waiting
+    /// for its server is alive.
     pub async fn statfs(&self) -> Result<StatFs, Errno> {
+        if !self.tree.connection_state().is_connected() {
+            let last = *self.last_statfs.lock().unwrap();
+            return Ok(last.unwrap_or(StatFs {
+                blocks: 0,
+                bfree: 0,
+                bavail: 0,
+                bsize: 4096,
+                namelen: NAME_MAX as u32,
+            }));
+        }
         let st = self.tree.statfs().await.map_err(|e| errno(&e, "statfs", ""))?;
         let bsize = st.block_size.clamp(512, u64::from(u32::MAX));
-        Ok(StatFs {
+        let answer = StatFs {
             blocks: st.total_bytes / bsize,
             bfree: st.free_bytes / bsize,
             bavail: st.available_bytes / bsize,
             bsize: bsize as u32,
             namelen: NAME_MAX as u32,
-        })
+        };
+        *self.last_statfs.lock().unwrap() = Some(answer);
+        Ok(answer)
     }
 
     /// Drops every open file (the kernel connection is gone); the SMB handles close on the runtime.

@@ -118,9 +118,9 @@ mod tests {
 
     #[tokio::test]
     async fn shared_credentials_follow_updates() {
-        let shared = SharedCredentials::new(Credentials::user("bob", "", Secret::new("one".into())));
-        assert!(!shared.update(&Credentials::user("bob", "", Secret::new("one".into()))));
-        assert!(shared.update(&Credentials::user("bob", "", Secret::new("two".into()))));
+        let shared = SharedCredentials::new(Credentials::user("bob", "", Secret::new("one")));
+        assert!(!shared.update(&Credentials::user("bob", "", Secret::new("one"))));
+        assert!(shared.update(&Credentials::user("bob", "", Secret::new("two"))));
         assert_eq!(password(&shared.refresh().await.unwrap()), "two");
     }
 }

@@ -67,6 +67,7 @@ impl NodePlugin {
             Duration::from_secs(60),
         );
         let node = NodeService::new(NodeConfig { node_id: NODE_ID.into(), kubeconfig }, pool);
+        node.spawn_connection_watch(Duration::from_millis(200));
         let services = Services::new()
             .with_identity(IdentityService::new(DRIVER, false, Arc::new(AtomicBool::new(true))).unwrap())
             .with_node(node);
@@ -925,4 +926,116 @@ async fn inline_volume_reads_its_secret_from_the_api_server() {
     assert!(!target.exists());
     plugin.stop().await;
     api.abort();
+}
+
+/// `smb3_csi_volume_condition_abnormal` of one volume in the process's metrics (the watcher's view).
+fn condition_metric(volume_id: &str) -> Option<String> {
+    let text = smb3_csi::metrics::Metrics::global().render();
+    let prefix = format!("smb3_csi_volume_condition_abnormal{{volume_id=\"{volume_id}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+}
+
+async fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volume_rides_out_a_server_restart_and_a_rotated_secret() {
+    if samba().is_none() {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+    // A Samba of its own: it is stopped, restarted and re-keyed.
+    let mut samba = Samba::start(SambaProfile::EncryptRequired).expect("private Samba");
+    let mut plugin = NodePlugin::start(None).await;
+    let a = TestVolume::provisioned(&samba, "rotate-a");
+    let b = TestVolume::provisioned(&samba, "rotate-b");
+    let (sa, sb) = (plugin.staging_path(&a.volume_id), plugin.staging_path(&b.volume_id));
+    plugin.node.node_stage_volume(stage_request(&samba, &a, &sa, rwx(&[]))).await.unwrap();
+    let pa = sa.clone();
+    let mut file = blocking(move || {
+        let mut f = std::fs::File::create(pa.join("log.txt")).unwrap();
+        std::io::Write::write_all(&mut f, b"before\n").unwrap();
+        f.sync_all().unwrap();
+        f
+    })
+    .await;
+    assert!(!stats(&mut plugin, &a, &sa, &sa).await.volume_condition.unwrap().abnormal);
+
+    // The server goes away: the volume is abnormal with the reason, and the watcher's series says so.
+    samba = blocking(move || {
+        samba.stop_server().unwrap();
+        samba
+    })
+    .await;
+    let condition = stats(&mut plugin, &a, &sa, &sa).await.volume_condition.unwrap();
+    assert!(condition.abnormal, "{condition:?}");
+    assert!(condition.message.contains("is down since") && condition.message.contains("hard mount"), "{condition:?}");
+    wait_for("abnormal in the metrics", Duration::from_secs(5), || {
+        condition_metric(&a.volume_id).as_deref() == Some("1")
+    })
+    .await;
+    // A re-stage meanwhile keeps the mount (its open file stays valid) instead of replacing it.
+    plugin.node.node_stage_volume(stage_request(&samba, &a, &sa, rwx(&[]))).await.unwrap();
+
+    // Back: normal again, the open file carries on.
+    samba = blocking(move || {
+        samba.start_server().unwrap();
+        samba
+    })
+    .await;
+    file = blocking(move || {
+        std::io::Write::write_all(&mut file, b"after restart\n").unwrap();
+        file.sync_all().expect("the open file survives the restart");
+        file
+    })
+    .await;
+    wait_for("normal in the metrics", Duration::from_secs(5), || {
+        condition_metric(&a.volume_id).as_deref() == Some("0")
+    })
+    .await;
+    let condition = stats(&mut plugin, &a, &sa, &sa).await.volume_condition.unwrap();
+    assert!(!condition.abnormal, "{condition:?}");
+
+    // The password is rotated; a later NodeStageVolume (another volume, same Secret) brings the new one.
+    let mut fresh = [0u8; 6];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut fresh);
+    samba.change_password(smb3::Secret::new(format!("Rot-{}", hex::encode(fresh)))).unwrap();
+    plugin.node.node_stage_volume(stage_request(&samba, &b, &sb, rwx(&[]))).await.unwrap();
+    // Volume a's session was opened with the old password; its next reconnect must use the new one.
+    samba = blocking(move || {
+        samba.restart(Duration::from_millis(500)).unwrap();
+        samba
+    })
+    .await;
+    let started = std::time::Instant::now();
+    blocking(move || {
+        std::io::Write::write_all(&mut file, b"after rotation\n").unwrap();
+        file.sync_all().expect("the volume reconnects with the rotated password");
+    })
+    .await;
+    let pause = started.elapsed();
+    let text = std::fs::read_to_string(samba.share_path().join(&a.dir).join("log.txt")).unwrap();
+    assert_eq!(text, "before\nafter restart\nafter rotation\n");
+    assert!(!stats(&mut plugin, &a, &sa, &sa).await.volume_condition.unwrap().abnormal);
+    eprintln!("PAUSES node: write + fsync on a staged volume took {pause:.2?} after a restart with a rotated password");
+    for (v, s) in [(&a, &sa), (&b, &sb)] {
+        plugin
+            .node
+            .node_unstage_volume(NodeUnstageVolumeRequest {
+                volume_id: v.volume_id.clone(),
+                staging_target_path: s.display().to_string(),
+            })
+            .await
+            .unwrap();
+    }
+    assert!(condition_metric(&a.volume_id).is_none(), "an unstaged volume's series is dropped");
+    plugin.stop().await;
 }

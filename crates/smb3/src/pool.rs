@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use super::client::Client;
 use super::error::Result;
 use super::options::{ClientOptions, Credentials, SessionSettings};
+use super::recovery::CredentialsSource;
 use super::target::ShareTarget;
 use super::tree::Tree;
 
@@ -75,6 +76,29 @@ impl SessionPool {
 
     /// As [`tree`](Self::tree) with other client options (e.g. a per-volume encryption policy).
     pub async fn tree_with(&self, target: &ShareTarget, creds: &Credentials, opts: &ClientOptions) -> Result<Tree> {
+        self.tree_from(target, creds, None, opts).await
+    }
+
+    /// As [`tree_with`](Self::tree_with), but a session this call opens takes the credentials of its
+    /// reconnects from `source` (e.g. one the caller updates when a rotated password arrives). The pool
+    /// still keys on `creds`, the credentials the session was first opened with.
+    pub async fn tree_with_source(
+        &self,
+        target: &ShareTarget,
+        creds: &Credentials,
+        source: Arc<dyn CredentialsSource>,
+        opts: &ClientOptions,
+    ) -> Result<Tree> {
+        self.tree_from(target, creds, Some(source), opts).await
+    }
+
+    async fn tree_from(
+        &self,
+        target: &ShareTarget,
+        creds: &Credentials,
+        source: Option<Arc<dyn CredentialsSource>>,
+        opts: &ClientOptions,
+    ) -> Result<Tree> {
         let key = Self::key(target, creds, opts);
         let slot = {
             let mut entries = self.entries.lock().unwrap();
@@ -105,7 +129,8 @@ impl SessionPool {
         let client = match &slot.client {
             Some(c) => c.clone(),
             None => {
-                let c = Client::connect(&target.host, target.port, creds, opts).await?;
+                let source = source.unwrap_or_else(|| Arc::new(creds.clone()));
+                let c = Client::connect_with_source(&target.host, target.port, source, opts).await?;
                 slot.client = Some(c.clone());
                 c
             }
