@@ -222,15 +222,56 @@ impl OpenInner {
         }
     }
 
-    /// Brings this open back on a new session (during a reconnect, before
-    /// the new generation is published): DH2C if the server made it
-    /// durable, else (or if the server no longer knows it) a reopen by path
-    /// with the same access and share mode. A lost connection fails the
-    /// reconnect attempt; anything else loses this handle only. Returns
-    /// whether the handle is usable.
+    /// Whether the server made this open durable and it is not lost.
+    pub fn is_reclaimable(&self) -> bool {
+        let b = self.binding.lock().unwrap();
+        b.durable && b.lost.is_none()
+    }
+
+    /// Tries to reclaim this open with DH2C on a new session (during a
+    /// reconnect, before the new generation is published). `Ok(true)`: back,
+    /// same open. `Ok(false)`: not reclaimed (not durable, or the server does
+    /// not know it, or not yet); the caller may try again or [`reopen`](Self::reopen).
+    /// A lost connection fails the reconnect attempt.
     pub async fn reclaim(&self, session: &Arc<Session>, generation: u64) -> Result<bool> {
         let old = self.binding.lock().unwrap().clone();
-        if old.lost.is_some() {
+        if old.lost.is_some() || !old.durable {
+            return Ok(false);
+        }
+        let Ok(tree) = self.tree.inner.binding(generation) else { return Ok(false) };
+        let path = display_path(&self.path);
+        let mut contexts =
+            vec![DurableReconnectV2 { file_id: old.id, create_guid: old.create_guid, flags: 0 }.context()];
+        if let Some(key) = self.lease_key {
+            contexts.push(LeaseV2 { key, state: LEASE_STATE, flags: 0, parent_key: [0; 16], epoch: 0 }.context());
+        }
+        let req = self.create_request(disposition::OPEN, contexts);
+        let out = Outgoing::new(Command::Create, tree.id, 0, |m| req.encode(m));
+        match session.request(out, tree.encrypt).await {
+            Ok(r) if r.header.status.is_success() => {
+                let body = CreateResponse::decode(&r.msg)?;
+                *self.binding.lock().unwrap() = OpenBinding { id: body.file_id, generation, ..old };
+                tracing::info!(%path, how = "durable", "file handle came back: reclaimed its durable handle");
+                Ok(true)
+            }
+            Ok(r) => {
+                tracing::debug!(%path, status = %r.header.status, "durable handle not reclaimed");
+                Ok(false)
+            }
+            Err(e) if is_connection_loss(&e) => Err(e),
+            Err(e) => {
+                tracing::debug!(%path, error = %e, "durable reclaim failed");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Opens the file again by path with the same access and share mode (a
+    /// new durable open), after [`reclaim`](Self::reclaim) could not. A lost
+    /// connection fails the reconnect attempt; anything else (the file was
+    /// deleted meanwhile) loses this handle only. Returns whether it is usable.
+    pub async fn reopen(&self, session: &Arc<Session>, generation: u64) -> Result<bool> {
+        if self.binding.lock().unwrap().lost.is_some() {
             return Ok(false);
         }
         let tree = match self.tree.inner.binding(generation) {
@@ -238,28 +279,6 @@ impl OpenInner {
             Err(e) => return Ok(self.mark_lost(e.to_string())),
         };
         let path = display_path(&self.path);
-        if old.durable {
-            let mut contexts =
-                vec![DurableReconnectV2 { file_id: old.id, create_guid: old.create_guid, flags: 0 }.context()];
-            if let Some(key) = self.lease_key {
-                contexts.push(LeaseV2 { key, state: LEASE_STATE, flags: 0, parent_key: [0; 16], epoch: 0 }.context());
-            }
-            let req = self.create_request(disposition::OPEN, contexts);
-            let out = Outgoing::new(Command::Create, tree.id, 0, |m| req.encode(m));
-            match session.request(out, tree.encrypt).await {
-                Ok(r) if r.header.status.is_success() => {
-                    let body = CreateResponse::decode(&r.msg)?;
-                    *self.binding.lock().unwrap() = OpenBinding { id: body.file_id, generation, ..old };
-                    tracing::info!(%path, how = "durable", "file handle came back: reclaimed its durable handle");
-                    return Ok(true);
-                }
-                Ok(r) => {
-                    tracing::debug!(%path, status = %r.header.status, "durable handle not reclaimable; reopening by path")
-                }
-                Err(e) if is_connection_loss(&e) => return Err(e),
-                Err(e) => tracing::debug!(%path, error = %e, "durable reclaim failed; reopening by path"),
-            }
-        }
         let create_guid = random_guid();
         let req = self.create_request(disposition::OPEN, self.durable_contexts(create_guid));
         let out = Outgoing::new(Command::Create, tree.id, 0, |m| req.encode(m));

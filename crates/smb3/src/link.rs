@@ -26,6 +26,10 @@ use crate::wire::durable::{LeaseBreakAck, LeaseBreakNotification};
 use crate::wire::simple::EchoRequest;
 use crate::wire::Command;
 
+/// How long DH2C is retried after a quick reconnect (see `reconnect_once`).
+const RECLAIM_GRACE: Duration = Duration::from_secs(2);
+const RECLAIM_RETRY: Duration = Duration::from_millis(200);
+
 /// Where the link is, as its waiters see it.
 #[derive(Clone)]
 enum Phase {
@@ -187,9 +191,9 @@ impl Link {
 
     /// One reconnect attempt: a new connection and session, every live tree
     /// connected again, every live open reclaimed or reopened, then the new
-    /// generation published. A lost connection midway fails the attempt;
+    /// generation published. `quick`: the first attempt after the loss. A lost connection midway fails the attempt;
     /// a tree or open that cannot come back is marked lost on its own.
-    async fn reconnect_once(&self, generation: u64) -> Result<()> {
+    async fn reconnect_once(&self, generation: u64, quick: bool) -> Result<()> {
         let _exclusive = self.gate.write().await;
         let session = Arc::new(establish(&self.host, self.port, &*self.creds, &self.opts, self.client_guid).await?);
         check_not_weaker(&self.first, &session.info)
@@ -201,13 +205,32 @@ impl Link {
         for tree in &trees {
             tree.rebind(&session, generation).await?;
         }
-        let mut reclaimed = 0;
-        for open in &opens {
-            if open.reclaim(&session, generation).await? {
-                reclaimed += 1;
+        // Durable opens first. Samba answers DH2C with "not found" until the
+        // process that served the lost connection has noticed the loss, so
+        // after a quick reconnect (the server never went away) the ones not
+        // reclaimed are tried again for a short while; after a server restart
+        // (connections were refused first) their state is gone anyway.
+        let grace_until = Instant::now() + if quick { RECLAIM_GRACE } else { Duration::ZERO };
+        let (mut pending, mut reopen): (Vec<_>, Vec<_>) = opens.iter().cloned().partition(|o| o.is_reclaimable());
+        while !pending.is_empty() {
+            let mut again = Vec::new();
+            for open in pending {
+                if !open.reclaim(&session, generation).await? {
+                    again.push(open);
+                }
+            }
+            pending = again;
+            if Instant::now() >= grace_until {
+                reopen.append(&mut pending);
+            } else if !pending.is_empty() {
+                tokio::time::sleep(RECLAIM_RETRY).await;
             }
         }
-        tracing::debug!(server = %self.addr(), trees = trees.len(), opens = opens.len(), reclaimed, "re-bound after reconnect");
+        let reopened = reopen.len();
+        for open in reopen {
+            open.reopen(&session, generation).await?;
+        }
+        tracing::debug!(server = %self.addr(), trees = trees.len(), opens = opens.len(), reopened, "re-bound after reconnect");
         self.phase.send_replace(Phase::Up { session, generation });
         Ok(())
     }
@@ -337,7 +360,7 @@ async fn recover(link: &Weak<Link>, reason: String, generation: u64, stop: &mut 
     let mut attempt = 0u32;
     loop {
         let Some(l) = link.upgrade() else { return false };
-        match l.reconnect_once(generation).await {
+        match l.reconnect_once(generation, attempt == 0).await {
             Ok(()) => {
                 let outage = started.elapsed();
                 l.reconnects.fetch_add(1, Ordering::Relaxed);
