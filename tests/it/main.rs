@@ -17,6 +17,7 @@ mod metrics;
 mod mount_cli;
 mod node;
 mod proto;
+mod reconnect;
 mod smb_cli;
 mod smb_client;
 mod testkit;

@@ -280,7 +280,7 @@ fn spawn_orphan_child(mode: &str) -> Option<(PathBuf, u32, std::process::Child)>
         return None;
     }
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["orphan_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args(["testkit::orphan_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env(ORPHAN_CHILD_ENV, mode)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -58,6 +58,9 @@ struct ProxyState {
     next_connection_id: AtomicU64,
     /// Both sockets of each live connection, so drop can shut them down.
     connections: Mutex<HashMap<u64, (TcpStream, TcpStream)>>,
+    /// Connections whose server-to-client frames are swallowed (a network
+    /// that silently loses the answers: the server did the work).
+    silenced: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl ProxyState {
@@ -141,6 +144,33 @@ impl CorruptingProxy {
     pub fn connection_count(&self) -> usize {
         self.state.accepted.load(Ordering::SeqCst)
     }
+
+    /// Cuts every live connection now (both sockets shut down, as a reset
+    /// or a crashed middlebox would), while new connections are still
+    /// accepted. Returns how many were cut.
+    pub fn cut_all(&self) -> usize {
+        let connections = lock(&self.state.connections);
+        for (client, server) in connections.values() {
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = server.shutdown(Shutdown::Both);
+        }
+        connections.len()
+    }
+
+    /// From now on, swallows every response on the connections that are
+    /// open now (requests still reach the server; new connections are
+    /// unaffected): the client sees a silent network, neither data nor a
+    /// reset. Returns how many connections were silenced.
+    pub fn silence_responses(&self) -> usize {
+        let ids: Vec<u64> = lock(&self.state.connections).keys().copied().collect();
+        lock(&self.state.silenced).extend(ids.iter().copied());
+        ids.len()
+    }
+
+    /// How many connections are open through the proxy right now.
+    pub fn live_connections(&self) -> usize {
+        lock(&self.state.connections).len()
+    }
 }
 
 impl Drop for CorruptingProxy {
@@ -202,7 +232,7 @@ fn spawn_connection(client: TcpStream, upstream: SocketAddr, state: &Arc<ProxySt
     let (mut s_read, mut c_write) = (server, client);
     let (st, left) = (Arc::clone(state), directions_left);
     thread::Builder::new().name(format!("proxy-s2c-{id}")).spawn(move || {
-        if let Err(e) = forward_responses(&mut s_read, &mut c_write, &st) {
+        if let Err(e) = forward_responses(&mut s_read, &mut c_write, &st, id) {
             tracing::debug!("proxy connection {id}: {e}");
             // Do not leave the client waiting for the rest of a frame.
             let _ = c_write.shutdown(Shutdown::Both);
@@ -216,12 +246,13 @@ fn spawn_connection(client: TcpStream, upstream: SocketAddr, state: &Arc<ProxySt
 fn finish_direction(state: &ProxyState, id: u64, directions_left: &AtomicUsize) {
     if directions_left.fetch_sub(1, Ordering::SeqCst) == 1 {
         lock(&state.connections).remove(&id);
+        lock(&state.silenced).remove(&id);
     }
 }
 
 /// Copies frames from server to client, corrupting one if armed. Ok(()) on
 /// EOF at a frame boundary; an EOF inside a frame is an error.
-fn forward_responses(from: &mut impl Read, to: &mut impl Write, state: &ProxyState) -> io::Result<()> {
+fn forward_responses(from: &mut impl Read, to: &mut impl Write, state: &ProxyState, id: u64) -> io::Result<()> {
     let mut header = [0u8; 4];
     let mut chunk = vec![0u8; CHUNK];
     loop {
@@ -229,6 +260,15 @@ fn forward_responses(from: &mut impl Read, to: &mut impl Write, state: &ProxySta
             return Ok(());
         }
         let frame = FrameHeader::parse(header);
+        if lock(&state.silenced).contains(&id) {
+            let mut left = frame.payload_len;
+            while left > 0 {
+                let n = CHUNK.min(left);
+                from.read_exact(&mut chunk[..n])?;
+                left -= n;
+            }
+            continue;
+        }
         let flip_at = state.take_arming_for(frame);
         to.write_all(&header)?;
         let mut offset = 0;
@@ -295,9 +335,22 @@ mod tests {
         wire.extend(frame(0, &pattern(200_000)));
         let state = ProxyState::default();
         let mut out = Vec::new();
-        forward_responses(&mut Cursor::new(wire.clone()), &mut out, &state).unwrap();
+        forward_responses(&mut Cursor::new(wire.clone()), &mut out, &state, 0).unwrap();
         assert_eq!(out, wire);
         assert_eq!(state.corrupted.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn silenced_connection_swallows_whole_frames() {
+        let mut wire = frame(0, b"\xfeSMB hello");
+        wire.extend(frame(0, &pattern(200_000)));
+        let state = ProxyState::default();
+        lock(&state.silenced).insert(7);
+        let mut out = Vec::new();
+        forward_responses(&mut Cursor::new(wire.clone()), &mut out, &state, 7).unwrap();
+        assert!(out.is_empty(), "nothing reaches the client");
+        forward_responses(&mut Cursor::new(wire.clone()), &mut out, &state, 8).unwrap();
+        assert_eq!(out, wire, "other connections are untouched");
     }
 
     #[test]
@@ -309,7 +362,7 @@ mod tests {
         let state = ProxyState::default();
         *state.armed_at.lock().unwrap() = Some(50);
         let mut out = Vec::new();
-        forward_responses(&mut Cursor::new(wire.clone()), &mut out, &state).unwrap();
+        forward_responses(&mut Cursor::new(wire.clone()), &mut out, &state, 0).unwrap();
 
         let flipped = 4 + short.len() + 4 + 50;
         let diffs: Vec<usize> = (0..wire.len()).filter(|&i| wire[i] != out[i]).collect();
@@ -326,7 +379,7 @@ mod tests {
         let state = ProxyState::default();
         *state.armed_at.lock().unwrap() = Some(50);
         let mut out = Vec::new();
-        forward_responses(&mut Cursor::new(wire.clone()), &mut out, &state).unwrap();
+        forward_responses(&mut Cursor::new(wire.clone()), &mut out, &state, 0).unwrap();
         assert_eq!(out, wire);
         assert_eq!(*state.armed_at.lock().unwrap(), Some(50), "still armed");
     }
@@ -340,7 +393,7 @@ mod tests {
         let state = ProxyState::default();
         *state.armed_at.lock().unwrap() = Some(at);
         let mut out = Vec::new();
-        forward_responses(&mut Cursor::new(wire.clone()), &mut out, &state).unwrap();
+        forward_responses(&mut Cursor::new(wire.clone()), &mut out, &state, 0).unwrap();
         let flipped = 4 + 8 + 4 + at;
         let diffs: Vec<usize> = (0..wire.len()).filter(|&i| wire[i] != out[i]).collect();
         assert_eq!(diffs, vec![flipped]);
@@ -351,11 +404,11 @@ mod tests {
         let state = ProxyState::default();
         let mut cut = frame(0, &pattern(100));
         cut.truncate(60);
-        let err = forward_responses(&mut Cursor::new(cut), &mut Vec::new(), &state).unwrap_err();
+        let err = forward_responses(&mut Cursor::new(cut), &mut Vec::new(), &state, 0).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-        let err = forward_responses(&mut Cursor::new(vec![0u8, 0]), &mut Vec::new(), &state).unwrap_err();
+        let err = forward_responses(&mut Cursor::new(vec![0u8, 0]), &mut Vec::new(), &state, 0).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-        forward_responses(&mut Cursor::new(Vec::new()), &mut Vec::new(), &state).unwrap();
+        forward_responses(&mut Cursor::new(Vec::new()), &mut Vec::new(), &state, 0).unwrap();
     }
 
     /// An upstream that answers each request frame with a response of
@@ -419,6 +472,25 @@ mod tests {
         two_requests.extend_from_slice(&request);
         two_requests.extend_from_slice(&request);
         assert_eq!(server.join().unwrap(), two_requests, "client bytes reach the server unchanged");
+    }
+
+    #[test]
+    fn cut_all_closes_live_connections_but_keeps_accepting() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let proxy = CorruptingProxy::start(listener.local_addr().unwrap()).unwrap();
+        let mut client = TcpStream::connect(proxy.addr()).unwrap();
+        let (_server_side, _) = listener.accept().unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while proxy.live_connections() == 0 && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(proxy.cut_all(), 1);
+        let mut buf = [0u8; 1];
+        assert_eq!(client.read(&mut buf).unwrap_or(0), 0, "connection cut");
+        let _again = TcpStream::connect(proxy.addr()).unwrap();
+        let (_server_again, _) = listener.accept().unwrap();
+        assert_eq!(proxy.connection_count(), 2, "still accepting");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread;
@@ -151,8 +151,11 @@ pub struct Samba {
     port: u16,
     password: Secret,
     smbd_pid: u32,
-    /// The watchdog; closing its stdin makes it stop smbd.
+    /// The watchdog; closing its stdin makes it stop smbd, and it obeys
+    /// `stop`/`start` lines (server restarts).
     watchdog: Option<Child>,
+    /// The watchdog's answers (smbd's pid after `start`, `stopped`).
+    watchdog_out: Option<BufReader<ChildStdout>>,
     /// Held while a port-139 instance runs.
     _port_lock: Option<Flock<File>>,
     stopped: bool,
@@ -293,7 +296,7 @@ impl Samba {
             format!("smbpasswd -c {} -a -s {TEST_USER}", layout.conf.display()),
         )?;
 
-        let (watchdog, smbd_pid) = spawn_watchdog(&layout)?;
+        let (watchdog, watchdog_out, smbd_pid) = spawn_watchdog(&layout)?;
         let mut samba = Samba {
             profile,
             dir: dir.to_path_buf(),
@@ -303,6 +306,7 @@ impl Samba {
             password,
             smbd_pid,
             watchdog: Some(watchdog),
+            watchdog_out: Some(watchdog_out),
             _port_lock: None,
             stopped: false,
         };
@@ -332,6 +336,70 @@ impl Samba {
             thread::sleep(Duration::from_millis(100));
         }
         Err(format!("not ready after {READY_TIMEOUT:?}; last error: {last_error}"))
+    }
+
+    /// Stops smbd and every process of this instance (the directory, passdb
+    /// and port stay), as a crash or `systemctl stop` would: clients see
+    /// their connections closed and new connections refused.
+    pub fn stop_server(&mut self) -> Result<(), SambaError> {
+        let reply = self.watchdog_command("stop")?;
+        if reply != "stopped" {
+            return Err(SambaError::io("stopping smbd", std::io::Error::other(format!("watchdog said {reply:?}"))));
+        }
+        Ok(())
+    }
+
+    /// Starts smbd again on the same port after [`stop_server`](Self::stop_server)
+    /// and waits until it answers. Durable handle state is gone (Samba keeps
+    /// it only in memory without clustering).
+    pub fn start_server(&mut self) -> Result<(), SambaError> {
+        let reply = self.watchdog_command("start")?;
+        self.smbd_pid = reply
+            .parse()
+            .map_err(|_| SambaError::io("starting smbd", std::io::Error::other(format!("watchdog said {reply:?}"))))?;
+        self.wait_ready().map_err(|why| SambaError::StartFailed {
+            profile: self.profile,
+            why,
+            log_tail: self.log_tail(40),
+        })
+    }
+
+    /// Stops smbd, waits `down`, and starts it again on the same port.
+    pub fn restart(&mut self, down: Duration) -> Result<(), SambaError> {
+        self.stop_server()?;
+        thread::sleep(down);
+        self.start_server()
+    }
+
+    /// Changes the test user's password (as root: no old password needed)
+    /// and rewrites the credentials file. Sessions already set up stay up.
+    pub fn change_password(&mut self, new: Secret) -> Result<(), SambaError> {
+        let mut smbpasswd = Command::new(find_program("smbpasswd").unwrap_or_else(|| "smbpasswd".into()));
+        smbpasswd.arg("-c").arg(&self.conf).args(["-s", TEST_USER]);
+        let input = format!("{0}\n{0}\n", new.expose());
+        run(
+            smbpasswd,
+            Some(input.as_bytes()),
+            COMMAND_TIMEOUT,
+            format!("smbpasswd -c {} -s {TEST_USER}", self.conf.display()),
+        )?;
+        self.password = new;
+        self.write_credentials(&Layout::new(&self.dir).credentials)
+    }
+
+    /// Sends one line to the watchdog and reads its one-line answer.
+    fn watchdog_command(&mut self, command: &str) -> Result<String, SambaError> {
+        let (Some(watchdog), Some(out)) = (self.watchdog.as_mut(), self.watchdog_out.as_mut()) else {
+            return Err(SambaError::io(command.to_string(), std::io::Error::other("the instance is stopped")));
+        };
+        let stdin = watchdog.stdin.as_mut().expect("watchdog stdin is piped");
+        stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .map_err(|e| SambaError::io(format!("asking the watchdog to {command}"), e))?;
+        let mut line = String::new();
+        out.read_line(&mut line).map_err(|e| SambaError::io(format!("watchdog answer to {command}"), e))?;
+        Ok(line.trim().to_string())
     }
 
     pub fn profile(&self) -> SambaProfile {
@@ -489,6 +557,7 @@ impl Samba {
                 }
             }
         }
+        self.watchdog_out = None;
         if let Some(mut watchdog) = self.watchdog.take() {
             // EOF on its stdin: the watchdog stops and sweeps everything.
             drop(watchdog.stdin.take());
@@ -604,7 +673,13 @@ fn render_smb_conf(layout: &Layout, profile: SambaProfile, port: u16, log_level:
   log level = {log_level}
   # 'yes' breaks ordinary opens on this kernel (no flock(LOCK_MAND)).
   kernel share modes = no
+  # Durable handles (reconnect tests) need these three as they are here:
+  # Samba refuses durability with kernel oplocks, kernel share modes, or
+  # POSIX locks held on the file.
   kernel oplocks = no
+  posix locking = no
+  durable handles = yes
+  smb2 leases = yes
   load printers = no
   printing = bsd
   printcap name = /dev/null
@@ -641,11 +716,12 @@ fn render_smb_conf(layout: &Layout, profile: SambaProfile, port: u16, log_level:
 /// signals its whole process group (seen on 4.17), which would take the
 /// watchdog down before it cleans up; by default `-F` gives it its own.
 const WATCHDOG_SCRIPT: &str = r#"
-"$SMB3_TESTKIT_SMBD" -F -s "$SMB3_TESTKIT_CONF" --debug-stdout \
-    -d "$SMB3_TESTKIT_LOG_LEVEL" </dev/null >>"$SMB3_TESTKIT_LOG" 2>&1 &
-smbd=$!
-echo "$smbd"
-exec >/dev/null
+start_smbd() {
+  "$SMB3_TESTKIT_SMBD" -F -s "$SMB3_TESTKIT_CONF" --debug-stdout \
+      -d "$SMB3_TESTKIT_LOG_LEVEL" </dev/null >>"$SMB3_TESTKIT_LOG" 2>&1 &
+  smbd=$!
+  echo "$smbd"
+}
 alive() {
   stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
   case "${stat##*) }" in Z*|X*) return 1 ;; esac
@@ -659,30 +735,41 @@ instance_pids() {
     case "$cmd" in *"$SMB3_TESTKIT_CONF"*) alive "${p#/proc/}" && echo "${p#/proc/}" ;; esac
   done
 }
-# Wait for EOF: Samba::stop closed the pipe, or the test process is gone.
-while read -r _; do :; done
-kill -TERM "$smbd" 2>/dev/null
-i=0
-while [ $i -lt 50 ] && alive "$smbd"; do sleep 0.1; i=$((i+1)); done
-kill -KILL "$smbd" 2>/dev/null
-wait "$smbd" 2>/dev/null
-left=$(instance_pids)
-still=$left
-if [ -n "$left" ]; then
-  kill -TERM $left 2>/dev/null
+stop_all() {
+  kill -TERM "$smbd" 2>/dev/null
   i=0
-  while [ $i -lt 30 ]; do
-    still=""
-    for pid in $left; do alive "$pid" && still="$still $pid"; done
-    [ -z "$still" ] && break
-    sleep 0.1; i=$((i+1))
-  done
-  [ -n "$still" ] && kill -KILL $still 2>/dev/null
-fi
+  while [ $i -lt 50 ] && alive "$smbd"; do sleep 0.1; i=$((i+1)); done
+  kill -KILL "$smbd" 2>/dev/null
+  wait "$smbd" 2>/dev/null
+  left=$(instance_pids)
+  still=$left
+  if [ -n "$left" ]; then
+    kill -TERM $left 2>/dev/null
+    i=0
+    while [ $i -lt 30 ]; do
+      still=""
+      for pid in $left; do alive "$pid" && still="$still $pid"; done
+      [ -z "$still" ] && break
+      sleep 0.1; i=$((i+1))
+    done
+    [ -n "$still" ] && kill -KILL $still 2>/dev/null
+  fi
+}
+start_smbd
+# Until EOF (Samba::stop closed the pipe, or the test process is gone),
+# obey "stop" and "start" lines: a server restart on the same port.
+while read -r cmd; do
+  case "$cmd" in
+    stop) stop_all; echo stopped ;;
+    start) start_smbd ;;
+  esac
+done 2>/dev/null
+exec >/dev/null
+stop_all
 rm -rf "$SMB3_TESTKIT_INSTANCE_DIR"
 "#;
 
-fn spawn_watchdog(layout: &Layout) -> Result<(Child, u32), SambaError> {
+fn spawn_watchdog(layout: &Layout) -> Result<(Child, BufReader<ChildStdout>, u32), SambaError> {
     let smbd = find_program("smbd").ok_or_else(|| SambaError::Unavailable("smbd not found".into()))?;
     let watchdog_log = File::create(&layout.watchdog_log)
         .map_err(|e| SambaError::io(format!("creating {}", layout.watchdog_log.display()), e))?;
@@ -704,9 +791,10 @@ fn spawn_watchdog(layout: &Layout) -> Result<(Child, u32), SambaError> {
         .map_err(|e| SambaError::io("starting the smbd watchdog (/bin/sh)", e))?;
     let mut line = String::new();
     let stdout = child.stdout.take().expect("stdout is piped");
-    let read = BufReader::new(stdout).read_line(&mut line);
+    let mut out = BufReader::new(stdout);
+    let read = out.read_line(&mut line);
     match (read, line.trim().parse::<u32>()) {
-        (Ok(_), Ok(pid)) => Ok((child, pid)),
+        (Ok(_), Ok(pid)) => Ok((child, out, pid)),
         (read, _) => {
             drop(child.stdin.take());
             let _ = child.wait();
@@ -954,6 +1042,10 @@ mod tests {
         assert_eq!(setting(&conf, "smb ports"), ["4455"]);
         assert_eq!(setting(&conf, "disable netbios"), ["yes"]);
         assert_eq!(setting(&conf, "kernel share modes"), ["no"]);
+        assert_eq!(setting(&conf, "kernel oplocks"), ["no"]);
+        assert_eq!(setting(&conf, "posix locking"), ["no"]);
+        assert_eq!(setting(&conf, "durable handles"), ["yes"]);
+        assert_eq!(setting(&conf, "smb2 leases"), ["yes"]);
         assert_eq!(setting(&conf, "interfaces"), ["127.0.0.1"]);
         assert_eq!(setting(&conf, "bind interfaces only"), ["yes"]);
         assert_eq!(setting(&conf, "pid directory"), ["/tmp/smb3-csi-samba-x/pid"]);

@@ -5,30 +5,40 @@
 
 use std::sync::Arc;
 
-use super::conn::{Connection, Framing, Outgoing};
-use super::error::Result;
+use super::conn::Outgoing;
+use super::error::{Error, Result};
+use super::link::Link;
 use super::options::{ClientOptions, Credentials};
-use super::session::{negotiate, Session, SessionInfo};
-use super::target::{ShareTarget, NETBIOS_PORT};
+use super::recovery::{ConnectionState, CredentialsSource};
+use super::session::SessionInfo;
+use super::target::ShareTarget;
 use super::tree::Tree;
 use super::wire::simple::EchoRequest;
 use super::wire::Command;
 
 /// An authenticated SMB session. Cheap to clone; all clones share one
 /// connection and session, and many requests can be in flight at once.
+/// A lost connection is replaced behind it (see [`ClientOptions::recovery`]).
 #[derive(Clone)]
 pub struct Client {
-    pub(crate) session: Arc<Session>,
+    pub(crate) link: Arc<Link>,
 }
 
 impl Client {
     /// Connects, negotiates and authenticates.
     pub async fn connect(host: &str, port: u16, creds: &Credentials, opts: &ClientOptions) -> Result<Client> {
-        let framing = opts.framing.unwrap_or(if port == NETBIOS_PORT { Framing::Netbios } else { Framing::Direct });
-        let conn = Arc::new(Connection::open(host, port, framing, opts.timeout, opts.observer.clone()).await?);
-        let negotiated = negotiate(&conn, opts).await?;
-        let session = Session::establish(conn, negotiated, host, creds, opts).await?;
-        Ok(Client { session: Arc::new(session) })
+        Client::connect_with_source(host, port, Arc::new(creds.clone()), opts).await
+    }
+
+    /// As [`connect`](Self::connect), taking the credentials of every new
+    /// session (the first and each reconnect) from `source`.
+    pub async fn connect_with_source(
+        host: &str,
+        port: u16,
+        source: Arc<dyn CredentialsSource>,
+        opts: &ClientOptions,
+    ) -> Result<Client> {
+        Ok(Client { link: Link::connect(host, port, source, opts).await? })
     }
 
     /// Connects and opens the target's share in one step.
@@ -42,33 +52,67 @@ impl Client {
         Ok((client, tree))
     }
 
+    /// The first session's facts (a reconnect is never weaker than them).
     pub fn info(&self) -> &SessionInfo {
-        &self.session.info
+        &self.link.first
     }
 
-    /// Traffic counters of the underlying connection.
+    /// Traffic counters of the current connection.
     pub fn connection_stats(&self) -> super::conn::ConnectionStats {
-        self.session.conn.stats()
+        self.link.current().map(|(s, _)| s.conn.stats()).unwrap_or_default()
     }
 
-    /// Whether the connection is still up.
+    /// Whether the connection is up right now (false while reconnecting).
     pub fn is_alive(&self) -> bool {
-        self.session.conn.is_alive()
+        self.link.current().is_some_and(|(s, _)| s.conn.is_alive())
+    }
+
+    /// Whether the client can still be used: connected or reconnecting,
+    /// not logged off or closed after tampering.
+    pub fn is_usable(&self) -> bool {
+        !matches!(self.link.state(), ConnectionState::Failed { .. })
+    }
+
+    /// Connected, reconnecting (why, since when) or failed for good.
+    pub fn connection_state(&self) -> ConnectionState {
+        self.link.state()
+    }
+
+    /// How many times the connection was re-established.
+    pub fn reconnect_count(&self) -> u64 {
+        self.link.reconnect_count()
+    }
+
+    /// Drops the current connection as if the network had failed (the
+    /// client reconnects). For tests and for an operator's "reconnect now".
+    pub fn force_reconnect(&self, why: &str) {
+        if let Some((s, _)) = self.link.current() {
+            s.conn.abort(why.to_string());
+        }
     }
 
     /// TREE_CONNECT to `share` on this session's server.
     pub async fn tree(&self, share: &str) -> Result<Tree> {
-        Tree::connect(self.session.clone(), share).await
+        Tree::connect(self.link.clone(), share).await
     }
 
-    /// ECHO: a cheap liveness check of connection and session.
+    /// ECHO: a cheap liveness check of the current connection and session.
     pub async fn echo(&self) -> Result<()> {
+        let (session, _) = self
+            .link
+            .current()
+            .ok_or_else(|| Error::Disconnected { addr: self.link.addr().to_string(), why: "reconnecting".into() })?;
         let out = Outgoing::new(Command::Echo, 0, 0, |m| EchoRequest.encode(m));
-        self.session.request(out, false).await?.ok(|| "echo".into()).map(|_| ())
+        session.request(out, false).await?.ok(|| "echo".into()).map(|_| ())
     }
 
-    /// LOGOFF. The connection closes when the last clone is dropped.
+    /// LOGOFF, and no more reconnects. The connection closes when the last clone is dropped.
     pub async fn logoff(&self) -> Result<()> {
-        self.session.logoff().await
+        let current = self.link.current();
+        self.link.close("logged off");
+        match current {
+            Some((session, _)) => session.logoff().await,
+            None => Ok(()),
+        }
     }
 }

@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::crypto::encryption::Sealer;
 use super::crypto::signing::Signer;
 use super::error::{Error, Result};
 use super::wire::cursor::Writer;
+use super::wire::durable::LeaseBreakNotification;
 use super::wire::framing::{self, Frame, NetbiosSessionReply};
 use super::wire::header::{self, Header, HEADER_LEN};
 use super::wire::transform::TransformHeader;
@@ -67,12 +68,17 @@ impl Response {
 }
 
 /// A request to send: a 64-byte placeholder header followed by the body.
+/// Cloned when a request must be sent again after a reconnect.
+#[derive(Clone)]
 pub(crate) struct Outgoing {
     pub command: Command,
     pub tree_id: u32,
     pub msg: Vec<u8>,
     /// Largest payload this request moves in either direction, for CreditCharge.
     pub payload_len: usize,
+    /// Sent before on a lost connection: SMB2_FLAGS_REPLAY_OPERATION (3.x only),
+    /// so the server can recognise a CREATE it already performed.
+    pub replay: bool,
 }
 
 impl Outgoing {
@@ -81,7 +87,7 @@ impl Outgoing {
         let mut msg = Vec::with_capacity(HEADER_LEN + 128);
         msg.put_zeros(HEADER_LEN);
         encode(&mut msg);
-        Outgoing { command, tree_id, msg, payload_len }
+        Outgoing { command, tree_id, msg, payload_len, replay: false }
     }
 }
 
@@ -93,6 +99,10 @@ pub(crate) struct Protection<'a> {
     pub sealer: Option<&'a Sealer>,
     /// Compound members after the first operate on the previous one's handle.
     pub related: bool,
+    /// ChannelSequence (3.x: the first two bytes of the request's Status
+    /// field), raised on every reconnect so that the server orders a replayed
+    /// request after anything the lost connection still delivers.
+    pub channel_sequence: u16,
 }
 
 /// What the reader must insist on for a response.
@@ -111,6 +121,17 @@ struct Pending {
 struct Credits {
     next_message_id: u64,
     available: u32,
+}
+
+/// How a connection ended, for the layer that decides whether to reconnect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Death {
+    /// The network or the server went away (reset, EOF, timeout, write
+    /// error, missed echo): a new connection may well work.
+    Network(String),
+    /// The server's bytes failed verification or made no sense: never
+    /// retried silently, since that would hide tampering.
+    Untrusted(String),
 }
 
 /// Why the connection died, kept so that later callers get the same answer.
@@ -136,6 +157,14 @@ struct Shared {
     /// dropped, so the gauge only counts sessions that can still be used.
     metered_sessions: Mutex<u64>,
     observer: ObserverHandle,
+    /// Becomes true once, when the connection dies.
+    closed: watch::Sender<bool>,
+    /// When the connection opened; `last_received_ms` counts from here.
+    opened_at: Instant,
+    /// Milliseconds after `opened_at` at which the last frame arrived (idle detection).
+    last_received_ms: AtomicU64,
+    /// Where lease breaks that need an acknowledgment go (taken by the session owner).
+    lease_breaks: mpsc::UnboundedSender<LeaseBreakNotification>,
 }
 
 #[derive(Default)]
@@ -188,6 +217,7 @@ impl Shared {
                 *dead = Some(fatal.clone());
             }
         }
+        self.closed.send_replace(true);
         self.unmeter_sessions();
         for p in pending {
             let _ = p.tx.send(Err(self.error_for(&fatal)));
@@ -230,9 +260,10 @@ impl Shared {
 /// reference stops the reader task and closes the socket.
 pub(crate) struct Connection {
     shared: Arc<Shared>,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     reader: tokio::task::JoinHandle<()>,
     timeout: Duration,
+    lease_breaks_rx: Mutex<Option<mpsc::UnboundedReceiver<LeaseBreakNotification>>>,
 }
 
 impl Drop for Connection {
@@ -261,6 +292,7 @@ impl Connection {
         if framing == Framing::Netbios {
             netbios_handshake(&mut rd, &mut wr, host, &addr, timeout).await?;
         }
+        let (lease_breaks, lease_breaks_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             addr: addr.clone(),
             pending: Mutex::new(HashMap::new()),
@@ -272,9 +304,61 @@ impl Connection {
             stats: Counters::default(),
             metered_sessions: Mutex::new(0),
             observer,
+            closed: watch::channel(false).0,
+            opened_at: Instant::now(),
+            last_received_ms: AtomicU64::new(0),
+            lease_breaks,
         });
         let reader = tokio::spawn(reader_loop(shared.clone(), rd));
-        Ok(Connection { shared, writer: tokio::sync::Mutex::new(wr), reader, timeout })
+        Ok(Connection {
+            shared,
+            writer: Arc::new(tokio::sync::Mutex::new(wr)),
+            reader,
+            timeout,
+            lease_breaks_rx: Mutex::new(Some(lease_breaks_rx)),
+        })
+    }
+
+    /// Resolves once the connection is dead (at once if it already is).
+    pub async fn closed(&self) {
+        let mut rx = self.shared.closed.subscribe();
+        let _ = rx.wait_for(|closed| *closed).await;
+    }
+
+    /// How the connection ended; `None` while it is up.
+    pub fn death(&self) -> Option<Death> {
+        self.shared.dead.lock().unwrap().as_ref().map(|f| match f {
+            Fatal::Io(why) => Death::Network(why.clone()),
+            Fatal::Integrity(why) => Death::Untrusted(format!("integrity: {why}")),
+            Fatal::Protocol(why) => Death::Untrusted(format!("protocol: {why}")),
+            Fatal::Smb1 => Death::Untrusted("server switched to SMB1".into()),
+        })
+    }
+
+    /// Declares the connection lost (e.g. a missed echo): every waiter gets
+    /// a disconnect error and the socket is no longer used.
+    pub fn abort(&self, why: impl Into<String>) {
+        self.shared.kill(Fatal::Io(why.into()));
+        self.reader.abort();
+        // Send FIN now rather than when the last user lets go: the server
+        // then releases this connection's opens for reclaiming at once.
+        let writer = self.writer.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = writer.lock().await.shutdown().await;
+            });
+        }
+    }
+
+    /// Time since the last frame arrived from the server.
+    pub fn idle_for(&self) -> Duration {
+        let now = self.shared.opened_at.elapsed();
+        now.saturating_sub(Duration::from_millis(self.shared.last_received_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Lease breaks that need an acknowledgment; `None` after the first call.
+    pub fn take_lease_breaks(&self) -> Option<mpsc::UnboundedReceiver<LeaseBreakNotification>> {
+        self.lease_breaks_rx.lock().unwrap().take()
     }
 
     pub fn addr(&self) -> &str {
@@ -385,6 +469,10 @@ impl Connection {
             next_id += u64::from(charges[i].max(1));
             h.session_id = prot.session_id;
             h.tree_id = out.tree_id;
+            h.status = NtStatus(u32::from(prot.channel_sequence));
+            if out.replay {
+                h.flags |= header::FLAG_REPLAY_OPERATION;
+            }
             if i > 0 && prot.related {
                 h.flags |= header::FLAG_RELATED_OPERATIONS;
             }
@@ -451,7 +539,13 @@ impl Connection {
             w.write_all(&head).await?;
             w.write_all(&frame_body).await
         };
-        if let Err(e) = write.await {
+        // A write into a silent network blocks once the socket buffer is
+        // full; the connection being declared dead (missed ECHO) ends it.
+        let written = tokio::select! {
+            r = write => r,
+            () = self.closed() => Err(std::io::Error::other("connection closed")),
+        };
+        if let Err(e) = written {
             self.shared.kill(Fatal::Io(format!("write: {e}")));
             return Err(self.shared.check_alive().unwrap_err());
         }
@@ -483,8 +577,12 @@ impl Connection {
                             continue;
                         }
                         _ => {
-                            pending.remove(&id);
-                            return Err(Error::Timeout { op: format!("request {id}"), secs: self.timeout.as_secs() });
+                            // A server that neither answers nor says it is working is
+                            // treated as gone: the connection is dropped, so callers can
+                            // move to a new one instead of waiting on this one forever.
+                            drop(pending);
+                            self.abort(format!("no response to request {id} within {}s", self.timeout.as_secs()));
+                            return Err(self.shared.check_alive().unwrap_err());
                         }
                     }
                 }
@@ -576,6 +674,7 @@ async fn reader_loop(shared: Arc<Shared>, mut rd: OwnedReadHalf) {
             break Fatal::Io(why);
         }
         shared.stats.bytes_received.fetch_add(len as u64 + 4, Ordering::Relaxed);
+        shared.last_received_ms.store(shared.opened_at.elapsed().as_millis() as u64, Ordering::Relaxed);
         shared.observer.bytes_received(len + 4);
         if let Err(f) = dispatch(&shared, frame) {
             break f;
@@ -635,7 +734,14 @@ fn dispatch(shared: &Shared, mut frame: Vec<u8>) -> Result<(), Fatal> {
 fn route(shared: &Shared, h: Header, msg: bytes::Bytes, encrypted_for: Option<u64>) -> Result<(), Fatal> {
     shared.grant(h.credits);
     if h.message_id == UNSOLICITED_MESSAGE_ID {
-        tracing::debug!(command = ?h.command, "ignoring unsolicited server notification");
+        // Leases are held only so that opens are durable; nothing is cached,
+        // so a break that wants an answer is passed on to be acknowledged.
+        match (h.command, LeaseBreakNotification::decode(&msg)) {
+            (Command::OplockBreak, Ok(n)) if n.ack_required() => {
+                let _ = shared.lease_breaks.send(n);
+            }
+            (command, _) => tracing::debug!(?command, "ignoring unsolicited server notification"),
+        }
         return Ok(());
     }
     if let Some(sid) = encrypted_for {

@@ -40,6 +40,16 @@ pub enum Error {
     Protocol(String),
     #[error("{op}: {source}")]
     LocalIo { op: String, source: std::io::Error },
+    /// Soft recovery gave up: the connection did not come back in time.
+    #[error("{op}: server {addr} unavailable for {secs}s (soft mount): {why}")]
+    Unavailable { op: String, addr: String, secs: u64, why: String },
+    /// The open could not be reclaimed or reopened after a reconnect (e.g.
+    /// the file was deleted meanwhile); other handles are unaffected.
+    #[error("{path}: handle lost in reconnect: {why}")]
+    HandleLost { path: String, why: String },
+    /// The client was logged off, or its connection was found tampered with.
+    #[error("connection to {addr} closed: {why}")]
+    Closed { addr: String, why: String },
 }
 
 impl Error {
@@ -61,6 +71,7 @@ impl Error {
         match self {
             Error::Status { status, .. } => Error::Status { op: op.into(), status },
             Error::Timeout { secs, .. } => Error::Timeout { op: op.into(), secs },
+            Error::Unavailable { addr, secs, why, .. } => Error::Unavailable { op: op.into(), addr, secs, why },
             other => other,
         }
     }

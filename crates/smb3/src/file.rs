@@ -2,13 +2,22 @@
 //! split into server-sized chunks that are all in flight at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rand::RngCore;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::conn::Outgoing;
 use super::error::{Error, Result};
-use super::tree::{display_path, Metadata, Tree};
-use super::wire::create::{access, attributes, disposition, options, CreateResponse};
+use super::recovery::{is_connection_loss, is_session_loss};
+use super::session::Session;
+use super::tree::{display_path, smb_path, Metadata, Tree};
+use super::wire::create::{
+    self, access, attributes, disposition, options, share_access, CreateContext, CreateRequest, CreateResponse,
+};
+use super::wire::durable::{lease_state, DurableReconnectV2, DurableRequestV2, LeaseV2};
 use super::wire::info::{self, file_class, FileEndOfFileInformation, SetInfoRequest};
 use super::wire::io::{CloseRequest, FlushRequest, ReadRequest, ReadResponse, WriteRequest, WriteResponse};
 use super::wire::ioctl::{
@@ -120,40 +129,324 @@ impl OpenOptions {
     }
 }
 
-/// An open handle. Close it with [`File::close`]; a dropped handle is closed
-/// in the background.
-pub struct File {
-    tree: Tree,
+/// How an open is made, kept to reclaim or reopen it after a reconnect.
+#[derive(Clone, Copy, Debug)]
+struct OpenParams {
+    access: u32,
+    share: u32,
+    disposition: u32,
+    options: u32,
+    attributes: u32,
+    /// Durable with a lease (SMB 3.x, not a directory).
+    durable: bool,
+}
+
+/// Where an open stands on the current connection.
+#[derive(Clone, Debug)]
+struct OpenBinding {
     id: FileId,
+    /// The link generation this id belongs to.
+    generation: u64,
+    /// The CreateGuid of the open the server knows (a reopen gets a new one).
+    create_guid: [u8; 16],
+    /// Whether the server made it durable (a DH2Q answer came back).
+    durable: bool,
+    /// Set when the open could not come back after a reconnect.
+    lost: Option<String>,
+}
+
+/// The state of one open that the link re-binds after a reconnect.
+pub(crate) struct OpenInner {
+    tree: Tree,
     path: String,
+    params: OpenParams,
+    lease_key: Option<[u8; 16]>,
+    binding: Mutex<OpenBinding>,
+}
+
+/// Lease asked for with a durable open: read and handle caching. Handle
+/// caching is what makes servers grant durability; write caching is not
+/// asked for, as nothing is ever cached here.
+const LEASE_STATE: u32 = lease_state::READ_CACHING | lease_state::HANDLE_CACHING;
+
+fn random_guid() -> [u8; 16] {
+    let mut g = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut g);
+    g
+}
+
+impl OpenInner {
+    /// The file id for requests on a tree binding of `generation`.
+    fn id_for(&self, generation: u64) -> Result<FileId> {
+        let b = self.binding.lock().unwrap();
+        match &b.lost {
+            Some(why) => Err(Error::HandleLost { path: display_path(&self.path), why: why.clone() }),
+            None if b.generation == generation => Ok(b.id),
+            None => Err(Error::HandleLost { path: display_path(&self.path), why: "not recovered".into() }),
+        }
+    }
+
+    pub fn lease_key(&self) -> Option<[u8; 16]> {
+        self.lease_key
+    }
+
+    /// Tree id and share encryption for a request about this open (a lease break ack).
+    pub fn tree_route(&self) -> (u32, bool) {
+        let generation = self.binding.lock().unwrap().generation;
+        self.tree.inner.binding(generation).map_or((0, false), |b| (b.id, b.encrypt))
+    }
+
+    fn create_request(&self, disposition: u32, contexts: Vec<CreateContext>) -> CreateRequest {
+        let leased = self.lease_key.is_some() && !contexts.is_empty();
+        CreateRequest {
+            oplock_level: if leased { create::OPLOCK_LEVEL_LEASE } else { create::OPLOCK_LEVEL_NONE },
+            impersonation_level: create::IMPERSONATION_IMPERSONATION,
+            desired_access: self.params.access,
+            file_attributes: self.params.attributes,
+            share_access: self.params.share,
+            create_disposition: disposition,
+            create_options: self.params.options,
+            name: smb_path(&self.path),
+            contexts,
+        }
+    }
+
+    /// DH2Q and RqLs for a new durable open under `create_guid`.
+    fn durable_contexts(&self, create_guid: [u8; 16]) -> Vec<CreateContext> {
+        match self.lease_key {
+            Some(key) if self.params.durable => vec![
+                DurableRequestV2 { timeout_ms: 0, flags: 0, create_guid }.context(),
+                LeaseV2 { key, state: LEASE_STATE, flags: 0, parent_key: [0; 16], epoch: 0 }.context(),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether the server made this open durable and it is not lost.
+    pub fn is_reclaimable(&self) -> bool {
+        let b = self.binding.lock().unwrap();
+        b.durable && b.lost.is_none()
+    }
+
+    /// Tries to reclaim this open with DH2C on a new session (during a
+    /// reconnect, before the new generation is published). `Ok(true)`: back,
+    /// same open. `Ok(false)`: not reclaimed (not durable, or the server does
+    /// not know it, or not yet); the caller may try again or [`reopen`](Self::reopen).
+    /// A lost connection fails the reconnect attempt.
+    pub async fn reclaim(&self, session: &Arc<Session>, generation: u64) -> Result<bool> {
+        let old = self.binding.lock().unwrap().clone();
+        if old.lost.is_some() || !old.durable {
+            return Ok(false);
+        }
+        let Ok(tree) = self.tree.inner.binding(generation) else { return Ok(false) };
+        let path = display_path(&self.path);
+        let mut contexts =
+            vec![DurableReconnectV2 { file_id: old.id, create_guid: old.create_guid, flags: 0 }.context()];
+        if let Some(key) = self.lease_key {
+            contexts.push(LeaseV2 { key, state: LEASE_STATE, flags: 0, parent_key: [0; 16], epoch: 0 }.context());
+        }
+        let req = self.create_request(disposition::OPEN, contexts);
+        let out = Outgoing::new(Command::Create, tree.id, 0, |m| req.encode(m));
+        match session.request(out, tree.encrypt).await {
+            Ok(r) if r.header.status.is_success() => {
+                let body = CreateResponse::decode(&r.msg)?;
+                *self.binding.lock().unwrap() = OpenBinding { id: body.file_id, generation, ..old };
+                tracing::info!(%path, how = "durable", "file handle came back: reclaimed its durable handle");
+                Ok(true)
+            }
+            Ok(r) => {
+                tracing::debug!(%path, status = %r.header.status, "durable handle not reclaimed");
+                Ok(false)
+            }
+            Err(e) if is_connection_loss(&e) => Err(e),
+            Err(e) => {
+                tracing::debug!(%path, error = %e, "durable reclaim failed");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Opens the file again by path with the same access and share mode (a
+    /// new durable open), after [`reclaim`](Self::reclaim) could not. A lost
+    /// connection fails the reconnect attempt; anything else (the file was
+    /// deleted meanwhile) loses this handle only. Returns whether it is usable.
+    pub async fn reopen(&self, session: &Arc<Session>, generation: u64) -> Result<bool> {
+        if self.binding.lock().unwrap().lost.is_some() {
+            return Ok(false);
+        }
+        let tree = match self.tree.inner.binding(generation) {
+            Ok(t) => t,
+            Err(e) => return Ok(self.mark_lost(e.to_string())),
+        };
+        let path = display_path(&self.path);
+        let create_guid = random_guid();
+        let req = self.create_request(disposition::OPEN, self.durable_contexts(create_guid));
+        let out = Outgoing::new(Command::Create, tree.id, 0, |m| req.encode(m));
+        match session.request(out, tree.encrypt).await {
+            Ok(r) if r.header.status.is_success() => {
+                let body = CreateResponse::decode(&r.msg)?;
+                let durable = self.params.durable && matches!(body.durable_v2(), Ok(Some(_)));
+                *self.binding.lock().unwrap() =
+                    OpenBinding { id: body.file_id, generation, create_guid, durable, lost: None };
+                tracing::info!(%path, how = "reopened", "file handle came back: reopened by path");
+                Ok(true)
+            }
+            Ok(r) => {
+                let why = format!("reopening by path: {}", r.header.status);
+                tracing::warn!(%path, %why, "file handle could not come back");
+                Ok(self.mark_lost(why))
+            }
+            Err(e) if is_connection_loss(&e) => Err(e),
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "file handle could not come back");
+                Ok(self.mark_lost(e.to_string()))
+            }
+        }
+    }
+
+    fn mark_lost(&self, why: String) -> bool {
+        self.binding.lock().unwrap().lost = Some(why);
+        false
+    }
+}
+
+/// An open handle. Close it with [`File::close`]; a dropped handle is closed
+/// in the background. It survives a lost connection: on SMB 3.x files are
+/// opened durable (with a lease), reclaimed on the new connection, or
+/// reopened by path where the server forgot them; requests in flight are
+/// sent again. A handle that cannot come back fails with
+/// [`Error::HandleLost`].
+pub struct File {
+    inner: Arc<OpenInner>,
     opened: CreateResponse,
     closed: AtomicBool,
-    /// Where a dropped handle's CLOSE runs, even if it is dropped off the runtime.
+    /// Where the CLOSE of a dropped handle runs, even off the runtime.
     runtime: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for File {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("File").field("path", &self.path).field("id", &self.id).finish()
+        f.debug_struct("File").field("path", &self.inner.path).field("id", &self.id()).finish()
     }
 }
 
 impl File {
-    pub(crate) fn new(tree: Tree, opened: CreateResponse, path: &str) -> File {
-        let runtime = tokio::runtime::Handle::try_current().ok();
-        File { tree, id: opened.file_id, path: path.to_string(), opened, closed: AtomicBool::new(false), runtime }
+    /// CREATE, durable with a lease where the dialect allows. A CREATE
+    /// whose connection is lost is sent again as a replay with the same
+    /// CreateGuid, so a server that performed it hands back the same open.
+    pub(crate) async fn open(tree: &Tree, path: &str, opts: OpenOptions) -> Result<File> {
+        let link = tree.inner.link.clone();
+        let durable = !opts.directory && link.first.dialect.is_smb3();
+        let inner = OpenInner {
+            tree: tree.clone(),
+            path: path.to_string(),
+            params: OpenParams {
+                access: opts.access(),
+                share: share_access::READ | share_access::WRITE | share_access::DELETE,
+                disposition: opts.disposition(),
+                options: opts.create_options(),
+                attributes: opts.attributes,
+                durable,
+            },
+            lease_key: durable.then(random_guid),
+            binding: Mutex::new(OpenBinding {
+                id: FileId::ANY,
+                generation: 0,
+                create_guid: random_guid(),
+                durable: false,
+                lost: None,
+            }),
+        };
+        let create_guid = inner.binding.lock().unwrap().create_guid;
+        let mut disposition = inner.params.disposition;
+        let mut deadline = None;
+        let mut after = None;
+        let mut replayed = false;
+        loop {
+            let (session, generation) = link.up(after, &mut deadline).await?;
+            // Registered before any recovery pass can look (see `Link::gate`).
+            let _shared = link.gate.read().await;
+            if link.current().is_none_or(|(_, g)| g != generation) {
+                continue;
+            }
+            let b = tree.inner.binding(generation)?;
+            let req = inner.create_request(disposition, inner.durable_contexts(create_guid));
+            let mut out = Outgoing::new(Command::Create, b.id, 0, |m| req.encode(m));
+            out.replay = replayed && session.info.dialect.is_smb3();
+            let resp = match session.request(out, b.encrypt).await {
+                Ok(r) if is_session_loss(r.header.status) => {
+                    after = Some(link.lost(&session, generation, "server dropped the session"));
+                    replayed = true;
+                    continue;
+                }
+                Ok(r) => r,
+                Err(e) if is_connection_loss(&e) => {
+                    after = Some(link.lost(&session, generation, &e.to_string()));
+                    replayed = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if replayed && disposition == disposition::CREATE && resp.header.status == NtStatus::OBJECT_NAME_COLLISION {
+                // The first attempt created it, and the server forgot that open: open what it made.
+                tracing::info!(path = %display_path(path), "replayed exclusive create found its file; opening it");
+                disposition = disposition::OPEN;
+                continue;
+            }
+            let resp = resp.ok(|| format!("open {}", display_path(path)))?;
+            let body = CreateResponse::decode(&resp.msg)?;
+            let granted = durable && matches!(body.durable_v2(), Ok(Some(_)));
+            if durable && !granted {
+                tracing::debug!(path = %display_path(path), "server did not make the open durable; a reconnect reopens it by path");
+            }
+            *inner.binding.lock().unwrap() =
+                OpenBinding { id: body.file_id, generation: b.generation, create_guid, durable: granted, lost: None };
+            let inner = Arc::new(inner);
+            link.register_open(&inner);
+            return Ok(File {
+                inner,
+                opened: body,
+                closed: AtomicBool::new(false),
+                runtime: tokio::runtime::Handle::try_current().ok(),
+            });
+        }
     }
 
+    /// The current file id (it may change across a reconnect).
     pub fn id(&self) -> FileId {
-        self.id
+        self.inner.binding.lock().unwrap().id
     }
 
     pub fn path(&self) -> &str {
-        &self.path
+        &self.inner.path
     }
 
     pub fn tree(&self) -> &Tree {
-        &self.tree
+        &self.inner.tree
+    }
+
+    /// Whether the server made this open durable (it can be reclaimed after a lost connection).
+    pub fn is_durable(&self) -> bool {
+        self.inner.binding.lock().unwrap().durable
+    }
+
+    /// Sends one request about this handle, encoded for its current file
+    /// id; sent again after a reconnect (see `Tree::send_with`).
+    pub(crate) async fn request(
+        &self,
+        command: Command,
+        payload: usize,
+        encode: &(dyn Fn(FileId, &mut Vec<u8>) + Sync),
+    ) -> Result<super::conn::Response> {
+        let (mut r, _) = self
+            .inner
+            .tree
+            .send_with(false, &|b| {
+                let id = self.inner.id_for(b.generation)?;
+                Ok(vec![Outgoing::new(command, b.id, payload, |m| encode(id, m))])
+            })
+            .await?;
+        Ok(r.pop().expect("one response"))
     }
 
     /// Size and attributes as of the open.
@@ -182,21 +475,25 @@ impl File {
     }
 
     fn op(&self, what: &str) -> String {
-        format!("{what} {}", display_path(&self.path))
+        format!("{what} {}", display_path(&self.inner.path))
     }
 
     /// One READ of at most the server's max read size; empty at end of file.
     async fn read_chunk(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
-        let req = ReadRequest {
-            padding: 0x50,
-            flags: 0,
-            length: len,
-            offset,
-            file_id: self.id,
-            minimum_count: 0,
-            remaining_bytes: 0,
-        };
-        let resp = self.tree.request(self.tree.out(Command::Read, len as usize, |m| req.encode(m))).await?;
+        let resp = self
+            .request(Command::Read, len as usize, &|file_id, m| {
+                ReadRequest {
+                    padding: 0x50,
+                    flags: 0,
+                    length: len,
+                    offset,
+                    file_id,
+                    minimum_count: 0,
+                    remaining_bytes: 0,
+                }
+                .encode(m)
+            })
+            .await?;
         if resp.header.status == NtStatus::END_OF_FILE {
             return Ok(Vec::new());
         }
@@ -211,7 +508,7 @@ impl File {
     /// Reads up to `len` bytes at `offset`; shorter only at end of file.
     /// Large reads are split and pipelined.
     pub async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let chunk = self.tree.max_read().min(CHUNK) as usize;
+        let chunk = self.inner.tree.max_read().min(CHUNK) as usize;
         if len <= chunk {
             return self.read_chunk(offset, len as u32).await;
         }
@@ -232,9 +529,10 @@ impl File {
 
     /// One WRITE; returns the count the server wrote.
     async fn write_chunk(&self, offset: u64, data: &[u8]) -> Result<u32> {
-        let out =
-            self.tree.out(Command::Write, data.len(), |m| WriteRequest::encode_parts(offset, self.id, 0, data, m));
-        let resp = self.tree.request(out).await?.ok(|| self.op("write"))?;
+        let resp = self
+            .request(Command::Write, data.len(), &|file_id, m| WriteRequest::encode_parts(offset, file_id, 0, data, m))
+            .await?
+            .ok(|| self.op("write"))?;
         let body = WriteResponse::decode(&resp.msg)?;
         if body.count as usize > data.len() {
             return Err(Error::Protocol(format!("WRITE claims {} bytes of {}", body.count, data.len())));
@@ -244,7 +542,7 @@ impl File {
 
     /// Writes all of `data` at `offset`, pipelining large writes.
     pub async fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        let chunk = self.tree.max_write().min(CHUNK) as usize;
+        let chunk = self.inner.tree.max_write().min(CHUNK) as usize;
         stream::iter(data.chunks(chunk).enumerate().map(Ok))
             .try_for_each_concurrent(PIPELINE_DEPTH, |(i, part)| async move {
                 let mut done = 0usize;
@@ -263,54 +561,54 @@ impl File {
 
     /// FLUSH: asks the server to make written data durable.
     pub async fn flush(&self) -> Result<()> {
-        let req = FlushRequest { file_id: self.id };
-        self.tree.request(self.tree.out(Command::Flush, 0, |m| req.encode(m))).await?.ok(|| self.op("flush"))?;
+        self.request(Command::Flush, 0, &|file_id, m| FlushRequest { file_id }.encode(m))
+            .await?
+            .ok(|| self.op("flush"))?;
         Ok(())
     }
 
     /// Truncates or extends the file.
     pub async fn set_len(&self, len: u64) -> Result<()> {
-        let req = SetInfoRequest {
-            info_type: info::INFO_FILE,
-            file_info_class: file_class::END_OF_FILE,
-            additional_information: 0,
-            file_id: self.id,
-            buffer: FileEndOfFileInformation { end_of_file: len }.encode(),
-        };
-        self.tree.request(self.tree.out(Command::SetInfo, 0, |m| req.encode(m))).await?.ok(|| self.op("truncate"))?;
-        Ok(())
+        self.set_info_as(file_class::END_OF_FILE, FileEndOfFileInformation { end_of_file: len }.encode(), "truncate")
+            .await
     }
 
     /// Sets a FILE-class info structure on this handle (basic info, rename, disposition...).
     pub async fn set_info(&self, class: u8, buffer: Vec<u8>) -> Result<()> {
-        let req = SetInfoRequest {
-            info_type: info::INFO_FILE,
-            file_info_class: class,
-            additional_information: 0,
-            file_id: self.id,
-            buffer,
-        };
-        self.tree
-            .request(self.tree.out(Command::SetInfo, 0, |m| req.encode(m)))
-            .await?
-            .ok(|| self.op("set info on"))?;
+        self.set_info_as(class, buffer, "set info on").await
+    }
+
+    async fn set_info_as(&self, class: u8, buffer: Vec<u8>, what: &str) -> Result<()> {
+        self.request(Command::SetInfo, 0, &|file_id, m| {
+            SetInfoRequest {
+                info_type: info::INFO_FILE,
+                file_info_class: class,
+                additional_information: 0,
+                file_id,
+                buffer: buffer.clone(),
+            }
+            .encode(m)
+        })
+        .await?
+        .ok(|| self.op(what))?;
         Ok(())
     }
 
     /// Queries a FILE-class info structure on this handle.
     pub async fn query_info(&self, class: u8, max_len: u32) -> Result<Vec<u8>> {
-        let req = info::QueryInfoRequest {
-            info_type: info::INFO_FILE,
-            file_info_class: class,
-            output_buffer_length: max_len,
-            input: Vec::new(),
-            additional_information: 0,
-            flags: 0,
-            file_id: self.id,
-        };
         let resp = self
-            .tree
-            .request(self.tree.out(Command::QueryInfo, max_len as usize, |m| req.encode(m)))
+            .request(Command::QueryInfo, max_len as usize, &|file_id, m| {
+                info::QueryInfoRequest {
+                    info_type: info::INFO_FILE,
+                    file_info_class: class,
+                    output_buffer_length: max_len,
+                    input: Vec::new(),
+                    additional_information: 0,
+                    flags: 0,
+                    file_id,
+                }
+                .encode(m)
+            })
             .await?
             .ok(|| self.op("query info on"))?;
         Ok(info::QueryInfoResponse::decode(&resp.msg)?.buffer)
@@ -329,16 +627,19 @@ impl File {
     }
 
     async fn fsctl_raw(&self, ctl_code: u32, input: Vec<u8>, max_output: u32) -> Result<super::conn::Response> {
-        let req = IoctlRequest {
-            ctl_code,
-            file_id: self.id,
-            input,
-            max_input_response: 0,
-            max_output_response: max_output,
-            flags: IOCTL_IS_FSCTL,
-        };
-        let payload = req.input.len().max(max_output as usize);
-        self.tree.request(self.tree.out(Command::Ioctl, payload, |m| req.encode(m))).await
+        let payload = input.len().max(max_output as usize);
+        self.request(Command::Ioctl, payload, &|file_id, m| {
+            IoctlRequest {
+                ctl_code,
+                file_id,
+                input: input.clone(),
+                max_input_response: 0,
+                max_output_response: max_output,
+                flags: IOCTL_IS_FSCTL,
+            }
+            .encode(m)
+        })
+        .await
     }
 
     /// FSCTL_SRV_REQUEST_RESUME_KEY: a token naming this open as a server-side copy source.
@@ -400,14 +701,18 @@ impl File {
     /// CLOSE.
     pub async fn close(self) -> Result<()> {
         self.closed.store(true, Ordering::SeqCst);
-        let req = CloseRequest { flags: 0, file_id: self.id };
-        self.tree.request(self.tree.out(Command::Close, 0, |m| req.encode(m))).await?.ok(|| self.op("close"))?;
-        Ok(())
+        match self.request(Command::Close, 0, &|file_id, m| CloseRequest { flags: 0, file_id }.encode(m)).await {
+            // Closed either way: the handle did not survive a reconnect, or
+            // the first CLOSE went through before the connection was lost.
+            Err(Error::HandleLost { .. }) => Ok(()),
+            Ok(r) if r.header.status == NtStatus::FILE_CLOSED => Ok(()),
+            r => r?.ok(|| self.op("close")).map(|_| ()),
+        }
     }
 
     /// Streams the whole file into `sink` with reads kept in flight; returns the byte count.
     pub async fn download<W: AsyncWrite + Unpin>(&self, sink: &mut W) -> Result<u64> {
-        let chunk = self.tree.max_read().min(CHUNK);
+        let chunk = self.inner.tree.max_read().min(CHUNK);
         let mut offset = 0u64;
         let mut total = 0u64;
         // The size as of the open (no extra round trip); growth since is fetched below.
@@ -443,7 +748,7 @@ impl File {
 
     /// Writes everything from `source` at offset 0 with writes kept in flight; returns the byte count.
     pub async fn upload<R: AsyncRead + Unpin>(&self, source: &mut R) -> Result<u64> {
-        let chunk = self.tree.max_write().min(CHUNK) as usize;
+        let chunk = self.inner.tree.max_write().min(CHUNK) as usize;
         let mut offset = 0u64;
         let mut inflight = futures_util::stream::FuturesUnordered::new();
         let mut eof = false;
@@ -483,11 +788,16 @@ impl Drop for File {
         if self.closed.load(Ordering::SeqCst) {
             return;
         }
-        let (tree, id) = (self.tree.clone(), self.id);
+        let inner = self.inner.clone();
         if let Some(rt) = tokio::runtime::Handle::try_current().ok().or_else(|| self.runtime.clone()) {
             rt.spawn(async move {
-                let req = CloseRequest { flags: 0, file_id: id };
-                let _ = tree.request(tree.out(Command::Close, 0, |m| req.encode(m))).await;
+                // Only on the connection the handle lives on: a dropped handle is not worth a reconnect wait.
+                let Some((_, generation)) = inner.tree.inner.link.current() else { return };
+                let (Ok(tree), Ok(file_id)) = (inner.tree.inner.binding(generation), inner.id_for(generation)) else {
+                    return;
+                };
+                let out = Outgoing::new(Command::Close, tree.id, 0, |m| CloseRequest { flags: 0, file_id }.encode(m));
+                let _ = tree.session.request(out, tree.encrypt).await;
             });
         }
     }

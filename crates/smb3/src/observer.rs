@@ -25,6 +25,11 @@ pub trait Observer: Send + Sync + 'static {
     fn sessions_closed(&self, _count: u64) {}
     /// A session was found dead and is being replaced by a new one.
     fn reconnect(&self) {}
+    /// The connection was lost (`reason` is safe to log); reconnecting starts.
+    fn disconnected(&self, _reason: &str) {}
+    /// The connection is back, trees and open files re-bound; `outage` is
+    /// how long it was away.
+    fn reconnected(&self, _outage: Duration) {}
 }
 
 /// A process-wide observer (a `static`) observes as itself.
@@ -46,6 +51,12 @@ impl<T: Observer + ?Sized> Observer for &'static T {
     }
     fn reconnect(&self) {
         (**self).reconnect()
+    }
+    fn disconnected(&self, reason: &str) {
+        (**self).disconnected(reason)
+    }
+    fn reconnected(&self, outage: Duration) {
+        (**self).reconnected(outage)
     }
 }
 

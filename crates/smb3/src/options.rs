@@ -16,6 +16,7 @@ use super::error::{Error, Result};
 use super::wire::{CipherId, Dialect};
 use super::Secret;
 use crate::observer::ObserverHandle;
+use crate::recovery::{Backoff, Recovery};
 
 /// Who we authenticate as.
 #[derive(Clone, PartialEq, Eq)]
@@ -141,6 +142,13 @@ pub struct ClientOptions {
     pub framing: Option<Framing>,
     /// Where traffic and session events are reported (nowhere by default).
     pub observer: ObserverHandle,
+    /// An idle connection sends ECHO this often and is declared lost when
+    /// the reply does not come within the same time.
+    pub echo_interval: Duration,
+    /// What callers experience while a lost connection is being replaced.
+    pub recovery: Recovery,
+    /// Delays between reconnect attempts.
+    pub backoff: Backoff,
 }
 
 impl Default for ClientOptions {
@@ -153,6 +161,9 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(60),
             framing: None,
             observer: ObserverHandle::default(),
+            echo_interval: Duration::from_secs(20),
+            recovery: Recovery::Hard,
+            backoff: Backoff::default(),
         }
     }
 }
@@ -167,11 +178,25 @@ pub(crate) struct SessionSettings {
     max_dialect: Dialect,
     timeout: Duration,
     framing: Option<Framing>,
+    echo_interval: Duration,
+    recovery: Recovery,
+    backoff: Backoff,
 }
 
 impl ClientOptions {
     pub(crate) fn session_settings(&self) -> SessionSettings {
-        let ClientOptions { encryption, ciphers, min_dialect, max_dialect, timeout, framing, observer: _ } = self;
+        let ClientOptions {
+            encryption,
+            ciphers,
+            min_dialect,
+            max_dialect,
+            timeout,
+            framing,
+            observer: _,
+            echo_interval,
+            recovery,
+            backoff,
+        } = self;
         SessionSettings {
             encryption: *encryption,
             ciphers: ciphers.clone(),
@@ -179,6 +204,9 @@ impl ClientOptions {
             max_dialect: *max_dialect,
             timeout: *timeout,
             framing: *framing,
+            echo_interval: *echo_interval,
+            recovery: *recovery,
+            backoff: *backoff,
         }
     }
 }

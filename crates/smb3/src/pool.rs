@@ -88,7 +88,9 @@ impl SessionPool {
         // One connect at a time per key; other callers wait and then reuse it.
         let mut slot = slot.lock().await;
         if let Some(c) = &slot.client {
-            if !c.is_alive() {
+            // A reconnecting client is still the one to use; only one that
+            // gave up (logged off, or closed after tampering) is replaced.
+            if !c.is_usable() {
                 slot.client = None;
                 slot.trees.clear();
                 opts.observer.reconnect();
@@ -96,7 +98,7 @@ impl SessionPool {
         }
         let share = target.share.to_ascii_lowercase();
         if let (Some(_), Some(t)) = (&slot.client, slot.trees.get(&share)) {
-            if t.is_alive() {
+            if t.is_usable() {
                 return Ok(t.clone());
             }
         }
@@ -130,7 +132,7 @@ impl SessionPool {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap();
         entries.retain(|_, e| {
-            let dead = e.slot.try_lock().map(|s| s.client.as_ref().is_some_and(|c| !c.is_alive())).unwrap_or(false);
+            let dead = e.slot.try_lock().map(|s| s.client.as_ref().is_some_and(|c| !c.is_usable())).unwrap_or(false);
             !dead && now.duration_since(e.last_used) < self.idle
         });
         entries.len()

@@ -53,12 +53,12 @@ pub(crate) struct Negotiated {
 
 const CLIENT_SECURITY_MODE: u16 = neg::SECURITY_SIGNING_ENABLED | neg::SECURITY_SIGNING_REQUIRED;
 
-/// Sends NEGOTIATE with every allowed dialect and the 3.1.1 contexts.
-pub(crate) async fn negotiate(conn: &Connection, opts: &ClientOptions) -> Result<Negotiated> {
+/// Sends NEGOTIATE with every allowed dialect and the 3.1.1 contexts. The
+/// caller's `client_guid` stays the same across a client's reconnects,
+/// since servers only let the same client reclaim a leased durable open.
+pub(crate) async fn negotiate(conn: &Connection, opts: &ClientOptions, client_guid: [u8; 16]) -> Result<Negotiated> {
     let refused = |r| negotiate_refused(r, conn);
     let dialects = negotiation::offered_dialects(opts.min_dialect, opts.max_dialect).map_err(refused)?;
-    let mut client_guid = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut client_guid);
     let mut salt = vec![0u8; 32];
     rand::thread_rng().fill_bytes(&mut salt);
     let capabilities = neg::CAP_LARGE_MTU | neg::CAP_ENCRYPTION;
@@ -159,6 +159,8 @@ pub(crate) struct Session {
     pub host: String,
     /// Whether VALIDATE_NEGOTIATE_INFO is still owed (3.0/3.0.2, first tree).
     pub validate_pending: std::sync::atomic::AtomicBool,
+    /// ChannelSequence of this session's requests (3.x; raised per reconnect).
+    pub channel_sequence: std::sync::atomic::AtomicU16,
 }
 
 impl Session {
@@ -284,6 +286,7 @@ impl Session {
             info,
             host: host.to_string(),
             validate_pending: std::sync::atomic::AtomicBool::new(validate),
+            channel_sequence: std::sync::atomic::AtomicU16::new(0),
         })
     }
 
@@ -295,6 +298,7 @@ impl Session {
             signer: self.keys.signer.as_ref(),
             sealer: if seal { self.keys.sealer.as_ref() } else { None },
             related: false,
+            channel_sequence: self.channel_sequence.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

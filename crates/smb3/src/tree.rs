@@ -2,7 +2,7 @@
 //! are `/`-separated and relative to the share root; they are converted to
 //! SMB's backslashes here and nowhere else.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use futures_util::stream::{self, TryStreamExt};
@@ -10,10 +10,10 @@ use futures_util::stream::{self, TryStreamExt};
 use super::conn::{Outgoing, Response};
 use super::error::{Error, Result};
 use super::file::{File, OpenOptions};
+use super::link::Link;
+use super::recovery::{is_connection_loss, is_session_loss, replay_verdict, ConnectionState, Intent, ReplayVerdict};
 use super::session::Session;
-use super::wire::create::{
-    self, access, attributes, disposition, options, share_access, CreateRequest, CreateResponse,
-};
+use super::wire::create::{self, access, attributes, disposition, options, share_access, CreateRequest};
 use super::wire::directory::{
     self, parse_directory_entries, DirectoryEntry, QueryDirectoryRequest, QueryDirectoryResponse,
 };
@@ -141,15 +141,60 @@ pub struct FsStats {
     pub free_bytes: u64,
 }
 
-pub(crate) struct TreeInner {
+/// What a tree is bound to on the current connection.
+#[derive(Clone)]
+pub(crate) struct TreeBinding {
     pub session: Arc<Session>,
+    /// The link generation this binding belongs to.
+    pub generation: u64,
+    pub id: u32,
+    pub encrypt: bool,
+}
+
+pub(crate) struct TreeInner {
+    pub link: Arc<Link>,
     pub disconnected: std::sync::atomic::AtomicBool,
     /// Where the TREE_DISCONNECT of a dropped tree runs, even off the runtime.
     pub runtime: Option<tokio::runtime::Handle>,
-    pub id: u32,
     pub share: String,
     pub share_flags: u32,
-    pub encrypt: bool,
+    /// Re-bound by the link after every reconnect; `Err` once the share
+    /// could not be connected again.
+    binding: Mutex<std::result::Result<TreeBinding, String>>,
+}
+
+impl TreeInner {
+    /// The binding to use with the link at `generation` (or newer).
+    pub fn binding(&self, generation: u64) -> Result<TreeBinding> {
+        match &*self.binding.lock().unwrap() {
+            Ok(b) if b.generation >= generation => Ok(b.clone()),
+            Ok(_) => Err(Error::Closed {
+                addr: self.link.addr().to_string(),
+                why: format!("share {} was not connected again", self.share),
+            }),
+            Err(why) => Err(Error::Closed {
+                addr: self.link.addr().to_string(),
+                why: format!("share {} could not be connected again: {why}", self.share),
+            }),
+        }
+    }
+
+    /// TREE_CONNECT on a new session (during a reconnect). A lost connection
+    /// fails the reconnect attempt; any other failure loses this tree only.
+    pub async fn rebind(&self, session: &Arc<Session>, generation: u64) -> Result<()> {
+        match tree_connect(session, &self.share, generation).await {
+            Ok((b, _)) => {
+                *self.binding.lock().unwrap() = Ok(b);
+                Ok(())
+            }
+            Err(e) if is_connection_loss(&e) => Err(e),
+            Err(e) => {
+                tracing::warn!(share = %self.share, error = %e, "share could not be connected again after reconnect");
+                *self.binding.lock().unwrap() = Err(e.to_string());
+                Ok(())
+            }
+        }
+    }
 }
 
 impl Drop for TreeInner {
@@ -157,17 +202,46 @@ impl Drop for TreeInner {
         if self.disconnected.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        let (session, id, encrypt) = (self.session.clone(), self.id, self.encrypt);
+        let Ok(b) = self.binding.get_mut().unwrap().clone() else { return };
+        if !b.session.conn.is_alive() {
+            return;
+        }
         if let Some(rt) = tokio::runtime::Handle::try_current().ok().or_else(|| self.runtime.clone()) {
             rt.spawn(async move {
-                let out = Outgoing::new(Command::TreeDisconnect, id, 0, |m| TreeDisconnectRequest.encode(m));
-                let _ = session.request(out, encrypt).await;
+                let out = Outgoing::new(Command::TreeDisconnect, b.id, 0, |m| TreeDisconnectRequest.encode(m));
+                let _ = b.session.request(out, b.encrypt).await;
             });
         }
     }
 }
 
+/// TREE_CONNECT (and the 3.0/3.0.2 negotiate validation it may owe) on one session.
+async fn tree_connect(session: &Arc<Session>, share: &str, generation: u64) -> Result<(TreeBinding, u32)> {
+    let unc = format!("\\\\{}\\{}", session.host, share);
+    let req = TreeConnectRequest { flags: 0, path: unc.clone() };
+    let out = Outgoing::new(Command::TreeConnect, 0, 0, |m| req.encode(m));
+    let resp = session.request(out, false).await?.ok(|| format!("tree connect to {unc}"))?;
+    let body = TreeConnectResponse::decode(&resp.msg)?;
+    let share_encrypt = body.share_flags & wtree::SHAREFLAG_ENCRYPT_DATA != 0;
+    if body.share_type != wtree::SHARE_TYPE_DISK {
+        return Err(Error::Protocol(format!("{unc} is not a disk share (type {})", body.share_type)));
+    }
+    if share_encrypt && session.keys.sealer.is_none() {
+        return Err(Error::EncryptionUnavailable(format!("share {unc} requires encryption")));
+    }
+    let binding = TreeBinding {
+        session: session.clone(),
+        generation,
+        id: resp.header.tree_id,
+        encrypt: share_encrypt && session.keys.sealer.is_some(),
+    };
+    session.validate_negotiate(binding.id, binding.encrypt).await?;
+    Ok((binding, body.share_flags))
+}
+
 /// A connected share. Cheap to clone; disconnected when the last clone goes.
+/// Stays valid across reconnects: its requests wait for the connection to
+/// come back and are then sent again.
 #[derive(Clone)]
 pub struct Tree {
     pub(crate) inner: Arc<TreeInner>,
@@ -179,32 +253,36 @@ pub(crate) fn smb_path(path: &str) -> String {
 }
 
 impl Tree {
-    pub(crate) async fn connect(session: Arc<Session>, share: &str) -> Result<Tree> {
-        let unc = format!("\\\\{}\\{}", session.host, share);
-        let req = TreeConnectRequest { flags: 0, path: unc.clone() };
-        let out = Outgoing::new(Command::TreeConnect, 0, 0, |m| req.encode(m));
-        let resp = session.request(out, false).await?.ok(|| format!("tree connect to {unc}"))?;
-        let body = TreeConnectResponse::decode(&resp.msg)?;
-        let share_encrypt = body.share_flags & wtree::SHAREFLAG_ENCRYPT_DATA != 0;
-        let tree = Tree {
-            inner: Arc::new(TreeInner {
-                session: session.clone(),
-                disconnected: std::sync::atomic::AtomicBool::new(false),
-                runtime: tokio::runtime::Handle::try_current().ok(),
-                id: resp.header.tree_id,
-                share: share.to_string(),
-                share_flags: body.share_flags,
-                encrypt: share_encrypt && session.keys.sealer.is_some(),
-            }),
-        };
-        if body.share_type != wtree::SHARE_TYPE_DISK {
-            return Err(Error::Protocol(format!("{unc} is not a disk share (type {})", body.share_type)));
+    pub(crate) async fn connect(link: Arc<Link>, share: &str) -> Result<Tree> {
+        let mut deadline = None;
+        let mut after = None;
+        loop {
+            let (session, generation) = link.up(after, &mut deadline).await?;
+            // Registered before any recovery pass can look (see `Link::gate`).
+            let _shared = link.gate.read().await;
+            if link.current().is_none_or(|(_, g)| g != generation) {
+                continue;
+            }
+            match tree_connect(&session, share, generation).await {
+                Ok((binding, share_flags)) => {
+                    let inner = Arc::new(TreeInner {
+                        link: link.clone(),
+                        disconnected: std::sync::atomic::AtomicBool::new(false),
+                        runtime: tokio::runtime::Handle::try_current().ok(),
+                        share: share.to_string(),
+                        share_flags,
+                        binding: Mutex::new(Ok(binding)),
+                    });
+                    link.register_tree(&inner);
+                    return Ok(Tree { inner });
+                }
+                Err(e) if is_connection_loss(&e) => {
+                    session.conn.abort(e.to_string());
+                    after = Some(generation);
+                }
+                Err(e) => return Err(e),
+            }
         }
-        if share_encrypt && session.keys.sealer.is_none() {
-            return Err(Error::EncryptionUnavailable(format!("share {unc} requires encryption")));
-        }
-        session.validate_negotiate(tree.inner.id, tree.inner.encrypt).await?;
-        Ok(tree)
     }
 
     pub fn share(&self) -> &str {
@@ -216,8 +294,9 @@ impl Tree {
         if self.inner.disconnected.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
-        let out = Outgoing::new(Command::TreeDisconnect, self.inner.id, 0, |m| TreeDisconnectRequest.encode(m));
-        self.request(out).await?.ok(|| format!("tree disconnect from {}", self.inner.share)).map(|_| ())
+        let b = self.current_binding()?;
+        let out = Outgoing::new(Command::TreeDisconnect, b.id, 0, |m| TreeDisconnectRequest.encode(m));
+        b.session.request(out, b.encrypt).await?.ok(|| format!("tree disconnect from {}", self.inner.share)).map(|_| ())
     }
 
     /// SHAREFLAG_* bits the server reported for this share.
@@ -225,33 +304,94 @@ impl Tree {
         self.inner.share_flags
     }
 
+    /// The first session's facts (a reconnect is never weaker than them).
     pub fn session_info(&self) -> &super::session::SessionInfo {
-        &self.inner.session.info
+        &self.inner.link.first
     }
 
-    /// Whether the underlying connection is up.
+    /// Whether the underlying connection is up right now (false while
+    /// reconnecting; see [`connection_state`](Self::connection_state)).
     pub fn is_alive(&self) -> bool {
-        self.inner.session.conn.is_alive()
+        self.inner.link.current().is_some_and(|(s, _)| s.conn.is_alive())
+    }
+
+    /// Whether requests on this tree can still succeed: the share was
+    /// connected again after any reconnect, and the client has not given up.
+    pub fn is_usable(&self) -> bool {
+        !matches!(self.inner.link.state(), ConnectionState::Failed { .. }) && self.inner.binding.lock().unwrap().is_ok()
+    }
+
+    /// Connected, reconnecting (why, since when) or failed for good.
+    pub fn connection_state(&self) -> ConnectionState {
+        self.inner.link.state()
+    }
+
+    /// How many times the connection was re-established.
+    pub fn reconnect_count(&self) -> u64 {
+        self.inner.link.reconnect_count()
+    }
+
+    fn current_binding(&self) -> Result<TreeBinding> {
+        let generation = self.inner.link.current().map_or(0, |(_, g)| g);
+        self.inner.binding(generation)
+    }
+
+    fn session_limits(&self) -> super::session::SessionInfo {
+        self.current_binding().map_or_else(|_| self.inner.link.first.clone(), |b| b.session.info.clone())
     }
 
     /// Largest single read and write the server accepts (capped at 8 MiB).
     pub fn max_read(&self) -> u32 {
-        self.inner.session.info.max_read.clamp(4096, 8 << 20)
+        self.session_limits().max_read.clamp(4096, 8 << 20)
     }
     pub fn max_write(&self) -> u32 {
-        self.inner.session.info.max_write.clamp(4096, 8 << 20)
+        self.session_limits().max_write.clamp(4096, 8 << 20)
     }
 
-    pub(crate) async fn request(&self, out: Outgoing) -> Result<Response> {
-        self.inner.session.request(out, self.inner.encrypt).await
-    }
-
-    pub(crate) async fn compound(&self, outs: Vec<Outgoing>) -> Result<Vec<Response>> {
-        self.inner.session.compound(outs, self.inner.encrypt).await
+    /// Sends requests built for the current binding; when the connection is
+    /// lost before the answers arrive, waits for the reconnect and sends
+    /// them again (marked as replays on 3.x). Returns the responses and
+    /// whether they answer a replay.
+    pub(crate) async fn send_with(
+        &self,
+        related: bool,
+        build: &(dyn Fn(&TreeBinding) -> Result<Vec<Outgoing>> + Sync),
+    ) -> Result<(Vec<Response>, bool)> {
+        let link = &self.inner.link;
+        let mut deadline = None;
+        let mut after = None;
+        let mut replayed = false;
+        loop {
+            let (_, generation) = link.up(after, &mut deadline).await?;
+            let b = self.inner.binding(generation)?;
+            let mut outs = build(&b)?;
+            if replayed && b.session.info.dialect.is_smb3() {
+                outs.iter_mut().for_each(|o| o.replay = true);
+            }
+            let result = if related {
+                b.session.compound(outs, b.encrypt).await
+            } else {
+                let out = outs.pop().ok_or_else(|| Error::Protocol("empty request".into()))?;
+                b.session.request(out, b.encrypt).await.map(|r| vec![r])
+            };
+            match result {
+                Ok(resps) if resps.first().is_some_and(|r| is_session_loss(r.header.status)) => {
+                    let why = format!("server dropped the session ({})", resps[0].header.status);
+                    after = Some(link.lost(&b.session, b.generation, &why));
+                }
+                Ok(resps) => return Ok((resps, replayed)),
+                Err(e) if is_connection_loss(&e) => {
+                    after = Some(link.lost(&b.session, b.generation, &e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
+            replayed = true;
+        }
     }
 
     pub(crate) fn out(&self, command: Command, payload: usize, encode: impl FnOnce(&mut Vec<u8>)) -> Outgoing {
-        Outgoing::new(command, self.inner.id, payload, encode)
+        // The tree id is filled in per attempt by `send_with`.
+        Outgoing::new(command, 0, payload, encode)
     }
 
     pub(crate) fn create_out(&self, path: &str, access: u32, disp: u32, opts: u32, attrs: u32) -> Outgoing {
@@ -274,7 +414,10 @@ impl Tree {
         self.out(Command::Close, 0, |m| req.encode(m))
     }
 
-    /// CREATE + `middle` + CLOSE in one round trip, on the handle the CREATE made.
+    /// CREATE + `middle` + CLOSE in one round trip, on the handle the CREATE
+    /// made. A replay after a reconnect is judged by `intent`: a delete
+    /// that finds nothing, or a mkdir that finds the directory, was done by
+    /// the first attempt.
     async fn with_handle(
         &self,
         path: &str,
@@ -282,16 +425,42 @@ impl Tree {
         disp: u32,
         opts: u32,
         middle: Vec<Outgoing>,
-        op: &str,
+        purpose: Purpose<'_>,
     ) -> Result<Vec<Response>> {
+        let Purpose { op, intent, target } = purpose;
         let n = middle.len();
         let mut outs = Vec::with_capacity(n + 2);
         outs.push(self.create_out(path, access, disp, opts, 0));
         outs.extend(middle);
         outs.push(self.close_out(FileId::ANY));
-        let mut resps = self.compound(outs).await?;
+        let (mut resps, replayed) = self
+            .send_with(true, &|b| {
+                let mut o = outs.clone();
+                o.iter_mut().for_each(|o| o.tree_id = b.id);
+                Ok(o)
+            })
+            .await?;
         let ctx = || format!("{op} {}", display_path(path));
-        resps.remove(0).ok(ctx)?;
+        let first = resps.remove(0);
+        let status = resps.iter().map(|r| r.header.status).find(|s| !s.is_success()).unwrap_or(first.header.status);
+        let status = if first.header.status.is_success() { status } else { first.header.status };
+        match replay_verdict(intent, replayed, status) {
+            ReplayVerdict::AsIs => {}
+            ReplayVerdict::AlreadyDone => {
+                tracing::info!(path = %display_path(path), %status, "replayed {op} had already been done");
+                return Ok(Vec::new());
+            }
+            ReplayVerdict::DoneIfTargetExists => {
+                if let Some(target) = target {
+                    if Box::pin(self.exists(target)).await? {
+                        tracing::info!(path = %display_path(path), "replayed {op} had already been done");
+                        return Ok(Vec::new());
+                    }
+                }
+                return Err(Error::Status { op: ctx(), status });
+            }
+        }
+        first.ok(ctx)?;
         let close = resps.pop().expect("close response");
         for r in &resps {
             if !r.header.status.is_success() && r.header.status != NtStatus::BUFFER_OVERFLOW {
@@ -317,7 +486,14 @@ impl Tree {
         };
         let middle = vec![self.out(Command::QueryInfo, 4096, |m| q.encode(m))];
         let resps = self
-            .with_handle(path, access::FILE_READ_ATTRIBUTES | access::SYNCHRONIZE, disposition::OPEN, 0, middle, "stat")
+            .with_handle(
+                path,
+                access::FILE_READ_ATTRIBUTES | access::SYNCHRONIZE,
+                disposition::OPEN,
+                0,
+                middle,
+                Purpose::plain("stat"),
+            )
             .await?;
         let body = QueryInfoResponse::decode(&resps[0].msg)?;
         Ok(Metadata::from_all(&FileAllInformation::decode(&body.buffer)?))
@@ -343,7 +519,15 @@ impl Tree {
             .open(path, OpenOptions::directory())
             .await
             .map_err(|e| e.context(format!("listing {}", display_path(path))))?;
-        let result = self.list_handle(&dir, path, pattern).await;
+        // A directory handle that came back by reopening has lost its
+        // enumeration position: list again from the start in that case.
+        let result = loop {
+            let reconnects = self.reconnect_count();
+            match self.list_handle(&dir, path, pattern).await {
+                Ok(_) if self.reconnect_count() != reconnects => continue,
+                r => break r,
+            }
+        };
         let closed = dir.close().await;
         let entries = result?;
         closed?;
@@ -352,20 +536,25 @@ impl Tree {
 
     async fn list_handle(&self, dir: &File, path: &str, pattern: &str) -> Result<Vec<DirEntry>> {
         let class = directory::FILE_ID_BOTH_DIRECTORY_INFORMATION;
-        let buffer_len = DIRECTORY_BUFFER.min(self.inner.session.info.max_transact.max(65536));
+        let buffer_len = DIRECTORY_BUFFER.min(self.session_limits().max_transact.max(65536));
         let mut entries = Vec::new();
         let mut first = true;
         loop {
-            let req = QueryDirectoryRequest {
-                info_class: class,
-                flags: if first { directory::RESTART_SCANS } else { 0 },
-                file_index: 0,
-                file_id: dir.id(),
-                pattern: pattern.to_string(),
-                output_buffer_length: buffer_len,
-            };
+            let flags = if first { directory::RESTART_SCANS } else { 0 };
             first = false;
-            let resp = self.request(self.out(Command::QueryDirectory, buffer_len as usize, |m| req.encode(m))).await?;
+            let resp = dir
+                .request(Command::QueryDirectory, buffer_len as usize, &|file_id, m| {
+                    QueryDirectoryRequest {
+                        info_class: class,
+                        flags,
+                        file_index: 0,
+                        file_id,
+                        pattern: pattern.to_string(),
+                        output_buffer_length: buffer_len,
+                    }
+                    .encode(m)
+                })
+                .await?;
             match resp.header.status {
                 NtStatus::NO_MORE_FILES => break,
                 NtStatus::NO_SUCH_FILE if entries.is_empty() => break,
@@ -392,7 +581,7 @@ impl Tree {
             disposition::CREATE,
             options::DIRECTORY_FILE,
             Vec::new(),
-            "mkdir",
+            Purpose { op: "mkdir", intent: Intent::Mkdir, target: None },
         )
         .await
         .map(|_| ())
@@ -429,7 +618,7 @@ impl Tree {
             disposition::OPEN_IF,
             options::DIRECTORY_FILE,
             Vec::new(),
-            "mkdir",
+            Purpose::plain("mkdir"),
         )
         .await
         .map(|_| ())
@@ -455,12 +644,12 @@ impl Tree {
         };
         let middle = vec![self.out(Command::SetInfo, 0, |m| set.encode(m))];
         let acc = access::DELETE | access::FILE_READ_ATTRIBUTES | access::FILE_WRITE_ATTRIBUTES | access::SYNCHRONIZE;
-        match self.with_handle(path, acc, disposition::OPEN, opts, middle, op).await {
+        match self.with_handle(path, acc, disposition::OPEN, opts, middle, Purpose::delete(op)).await {
             Err(e) if e.status() == Some(NtStatus::CANNOT_DELETE) => {
                 // Read-only: clear the attribute, then delete (MS-FSCC 2.4.11).
                 self.clear_readonly(path, opts).await?;
                 let middle = vec![self.out(Command::SetInfo, 0, |m| set.encode(m))];
-                self.with_handle(path, acc, disposition::OPEN, opts, middle, op).await.map(|_| ())
+                self.with_handle(path, acc, disposition::OPEN, opts, middle, Purpose::delete(op)).await.map(|_| ())
             }
             r => r.map(|_| ()),
         }
@@ -501,7 +690,7 @@ impl Tree {
             disposition::OPEN,
             opts,
             middle,
-            "set attributes of",
+            Purpose::plain("set attributes of"),
         )
         .await
         .map(|_| ())
@@ -577,7 +766,7 @@ impl Tree {
             disposition::OPEN,
             0,
             middle,
-            "rename",
+            Purpose { op: "rename", intent: Intent::Rename, target: Some(to) },
         )
         .await
         .map_err(|e| e.context(format!("rename {} to {}", display_path(from), display_path(to))))
@@ -601,7 +790,7 @@ impl Tree {
             disposition::OPEN,
             options::NON_DIRECTORY_FILE,
             middle,
-            "link",
+            Purpose { op: "link", intent: Intent::Mkdir, target: None },
         )
         .await
         .map(|_| ())
@@ -626,7 +815,7 @@ impl Tree {
                 disposition::OPEN,
                 options::DIRECTORY_FILE,
                 middle,
-                "statfs",
+                Purpose::plain("statfs"),
             )
             .await?;
         let body = QueryInfoResponse::decode(&resps[0].msg)?;
@@ -727,16 +916,35 @@ impl Tree {
     }
 
     /// Opens a file or directory.
+    /// On SMB 3.x a file (not a directory) is opened durable, with a lease,
+    /// so that it survives a lost connection (see [`File`]).
     pub async fn open(&self, path: &str, opts: OpenOptions) -> Result<File> {
-        let out = self.create_out(path, opts.access(), opts.disposition(), opts.create_options(), opts.attributes);
-        let resp = self.request(out).await?.ok(|| format!("open {}", display_path(path)))?;
-        let body = CreateResponse::decode(&resp.msg)?;
-        Ok(File::new(self.clone(), body, path))
+        File::open(self, path, opts).await
     }
 
     /// Creates (or truncates) a file for reading and writing.
     pub async fn create(&self, path: &str) -> Result<File> {
         self.open(path, OpenOptions::new().read(true).write(true).create(true).truncate(true)).await
+    }
+}
+
+/// What a path operation is for: its name in errors, and how to judge
+/// the answer to a replay of it.
+#[derive(Clone, Copy)]
+struct Purpose<'a> {
+    op: &'a str,
+    intent: Intent,
+    /// Where a rename or link goes (a replayed rename whose source is gone
+    /// succeeded if this exists).
+    target: Option<&'a str>,
+}
+
+impl<'a> Purpose<'a> {
+    fn plain(op: &'a str) -> Self {
+        Purpose { op, intent: Intent::Idempotent, target: None }
+    }
+    fn delete(op: &'a str) -> Self {
+        Purpose { op, intent: Intent::Delete, target: None }
     }
 }
 

@@ -432,6 +432,19 @@ impl CreateResponse {
         Some((NtStatus(status), mask))
     }
 
+    /// The DH2Q answer (2.2.14.2.12): `None` when the server did not make
+    /// the open durable; an error when the context is malformed.
+    pub fn durable_v2(&self) -> Result<Option<super::durable::DurableResponseV2>, WireError> {
+        self.context(super::durable::CONTEXT_DURABLE_REQUEST_V2)
+            .map(|c| super::durable::DurableResponseV2::decode(&c.data))
+            .transpose()
+    }
+
+    /// The RqLs answer (2.2.14.2.11) when the server granted a V2 lease.
+    pub fn lease_v2(&self) -> Result<Option<super::durable::LeaseV2>, WireError> {
+        self.context(super::durable::CONTEXT_LEASE).map(|c| super::durable::LeaseV2::decode(&c.data)).transpose()
+    }
+
     /// The QFid answer (2.2.14.2.9): 32 opaque bytes identifying the file on
     /// the server's volume. `None` if absent or too short.
     pub fn on_disk_id(&self) -> Option<[u8; 32]> {

@@ -16,6 +16,7 @@ pub mod status;
 
 pub mod create;
 pub mod directory;
+pub mod durable;
 pub mod framing;
 pub mod info;
 pub mod io;
