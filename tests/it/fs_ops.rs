@@ -1,7 +1,7 @@
 //! The filesystem operations called directly, without a FUSE mount, against a private Samba (encryption
 //! required): what a mount would do for create/write/read, rename, unlink of an open file, directory listings,
 //! statfs, read-only mounts and the errno of each failure. A FUSE mount adds only argument conversion on top
-//! (tests/fuse.rs covers that path). Outside CI a missing Samba skips; under CI=true it fails.
+//! (tests/it/fuse.rs covers that path). Outside CI a missing Samba skips; under CI=true it fails.
 
 use std::ffi::OsStr;
 

@@ -440,7 +440,7 @@ fn dead_mount_is_detected_and_cleaned() {
     drop(e.client);
 }
 
-/// Throughput measurement, not a check: `cargo test --release --test fuse -- --ignored --nocapture bench`
+/// Throughput measurement, not a check: `cargo test --release --test it -- --ignored --nocapture fuse::bench`
 /// (size with SMB3_CSI_BENCH_MIB, default 1024). dd through the mount next to smbclient put/get, same run.
 #[test]
 #[ignore]

@@ -84,7 +84,9 @@ pub(crate) fn accept(resp: &NegotiateResponse, dialects: &[Dialect], ciphers: &[
         if algs != [neg::HASH_SHA512] {
             return Err(Refusal::PreauthHash(algs.to_vec()));
         }
-        if let Some(c) = resp.cipher() {
+        // MS-SMB2 3.3.5.4: a server with no cipher in common answers with the
+        // single cipher id 0; that means "cannot encrypt", not a bad choice.
+        if let Some(c) = resp.cipher().filter(|c| *c != CipherId::Unknown(0)) {
             if !ciphers.contains(&c) {
                 return Err(Refusal::CipherNotOffered(c));
             }
@@ -96,7 +98,11 @@ pub(crate) fn accept(resp: &NegotiateResponse, dialects: &[Dialect], ciphers: &[
             }
             signing = s;
         }
-    } else if dialect.is_smb3() && resp.capabilities & neg::CAP_ENCRYPTION != 0 {
+    } else if dialect.is_smb3()
+        && resp.capabilities & neg::CAP_ENCRYPTION != 0
+        && ciphers.contains(&CipherId::Aes128Ccm)
+    {
+        // 3.0 and 3.0.2 know one cipher; it is used only if the caller allows it.
         cipher = Some(CipherId::Aes128Ccm);
     }
     let large_mtu = dialect != Dialect::Smb202 && resp.capabilities & neg::CAP_LARGE_MTU != 0;
@@ -249,6 +255,25 @@ mod tests {
             accept(&resp, &offered, &ALL_CIPHERS),
             Err(Refusal::SigningNotOffered(SigningAlgorithmId::Unknown(7)))
         );
+    }
+
+    #[test]
+    fn cipher_zero_means_the_server_cannot_encrypt() {
+        // MS-SMB2 3.3.5.4: no cipher in common is answered with cipher id 0.
+        let resp = smb311(vec![
+            preauth(vec![neg::HASH_SHA512]),
+            NegotiateContext::Encryption { ciphers: vec![CipherId::Unknown(0)] },
+        ]);
+        let s = accept(&resp, &[Dialect::Smb311], &[CipherId::Aes256Gcm]).unwrap();
+        assert_eq!(s.cipher, None);
+    }
+
+    #[test]
+    fn smb30_uses_ccm_only_when_the_caller_allows_it() {
+        let resp = response(Dialect::Smb300, neg::CAP_ENCRYPTION, vec![]);
+        let gcm_only = [CipherId::Aes256Gcm, CipherId::Aes128Gcm];
+        assert_eq!(accept(&resp, &[Dialect::Smb300], &gcm_only).unwrap().cipher, None);
+        assert_eq!(accept(&resp, &[Dialect::Smb300], &ALL_CIPHERS).unwrap().cipher, Some(CipherId::Aes128Ccm));
     }
 
     #[test]

@@ -26,8 +26,10 @@ impl ShareTarget {
     pub fn parse(s: &str) -> Result<ShareTarget> {
         let bad = |why: &str| Error::InvalidTarget { target: s.to_string(), why: why.to_string() };
         let norm = s.trim().replace('\\', "/");
-        let rest = norm
-            .strip_prefix("smb://")
+        // The scheme is case-insensitive (RFC 3986 3.1): `SMB://` too.
+        let scheme = norm.get(..6).filter(|p| p.eq_ignore_ascii_case("smb://"));
+        let rest = scheme
+            .map(|_| &norm[6..])
             .or_else(|| norm.strip_prefix("//"))
             .ok_or_else(|| bad("expected //HOST[:PORT]/SHARE[/PATH]"))?;
         let (hostport, after) = rest.split_once('/').ok_or_else(|| bad("missing share name"))?;
@@ -118,6 +120,7 @@ mod tests {
         let t = ShareTarget::parse("//srv:4450/share/a/b").unwrap();
         assert_eq!((t.host.as_str(), t.port, t.share.as_str(), t.path.as_str()), ("srv", 4450, "share", "a/b"));
         assert_eq!(t.to_string(), "//srv:4450/share/a/b");
+        assert_eq!(ShareTarget::parse("SMB://srv/s").unwrap().to_string(), "//srv/s");
         let t = ShareTarget::parse(r"\\srv\share\x").unwrap();
         assert_eq!((t.port, t.path.as_str()), (445, "x"));
         let t = ShareTarget::parse("//[::1]:139/s").unwrap();
