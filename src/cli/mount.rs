@@ -80,7 +80,7 @@ pub async fn run(args: MountArgs) -> Result<(), String> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| format!("installing SIGTERM handler: {e}"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("installing SIGINT handler: {e}"))?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let mut was_down = false;
+    let mut seen = Seen::default();
     let outcome = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
@@ -89,7 +89,7 @@ pub async fn run(args: MountArgs) -> Result<(), String> {
                 if !mount.is_session_running() {
                     break "unmounted";
                 }
-                was_down = report_connection(&client, soft, was_down);
+                report_connection(&client, soft, &mut seen);
             }
         }
     };
@@ -103,33 +103,42 @@ pub async fn run(args: MountArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// What the last look at the connection found.
+#[derive(Default)]
+struct Seen {
+    down: bool,
+    reconnects: u64,
+}
+
 /// One line when the connection goes down (what the mount's users experience meanwhile) and one when it is
-/// back (with the reconnect count); returns whether it is down now.
-fn report_connection(client: &Client, soft: Option<Duration>, was_down: bool) -> bool {
+/// back with the reconnect count; an outage shorter than the look interval shows as the latter only.
+fn report_connection(client: &Client, soft: Option<Duration>, seen: &mut Seen) {
+    let reconnects = client.reconnect_count();
     match client.connection_state() {
         ConnectionState::Connected { .. } => {
-            if was_down {
-                eprintln!("smb3-csi: SMB connection re-established (reconnects so far: {})", client.reconnect_count());
+            if seen.down || reconnects > seen.reconnects {
+                eprintln!("smb3-csi: SMB connection re-established (reconnects so far: {reconnects})");
             }
-            false
+            seen.down = false;
         }
         ConnectionState::Reconnecting { reason, .. } => {
-            if !was_down {
+            if !seen.down {
                 let meanwhile = match soft {
                     None => "file operations wait (hard mount)".to_string(),
                     Some(t) => format!("file operations fail with EIO after {}s (soft mount)", t.as_secs()),
                 };
                 eprintln!("smb3-csi: SMB connection lost ({reason}); reconnecting, {meanwhile}");
             }
-            true
+            seen.down = true;
         }
         ConnectionState::Failed { reason, .. } => {
-            if !was_down {
+            if !seen.down {
                 eprintln!(
                     "smb3-csi: SMB connection closed for good ({reason}): requests fail with EIO until unmounted"
                 );
             }
-            true
+            seen.down = true;
         }
     }
+    seen.reconnects = reconnects;
 }
