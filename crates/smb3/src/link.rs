@@ -255,8 +255,13 @@ async fn establish(
     let first = creds.current().await?;
     match Session::establish(conn.clone(), negotiated.clone(), host, &first, opts).await {
         Err(e) if credentials_rejected(&e) => {
-            tracing::warn!(server = %conn.addr(), user = %first.display_name(), error = %e, "credentials rejected; fetching current ones");
+            // Only a source that now holds other credentials (a rotated
+            // password) is worth a second try; the same ones would fail again.
             let fresh = creds.refresh().await?;
+            if fresh == first {
+                return Err(e);
+            }
+            tracing::info!(server = %conn.addr(), user = %fresh.display_name(), "credentials rejected; retrying with the updated ones");
             Session::establish(conn, negotiated, host, &fresh, opts).await
         }
         r => r,

@@ -11,7 +11,13 @@ use super::status::{self, is_auth_failure};
 use super::ControllerService;
 use crate::volume::params::encryption_name;
 use crate::volume::ShareUrl;
-use smb3::{ClientOptions, Credentials, EncryptionPolicy, Error as SmbError, Tree};
+use smb3::{ClientOptions, Credentials, EncryptionPolicy, Error as SmbError, Recovery, Tree};
+
+/// How long a controller RPC waits for a lost server to come back before it
+/// fails with UNAVAILABLE. The controller's work is short and retried by the
+/// sidecars (whose own deadline is 10 s by default), so it must never hang the
+/// way a `hard` node mount rightly does.
+pub(super) const CONTROLLER_RECOVERY: Recovery = Recovery::Soft { timeout: std::time::Duration::from_secs(5) };
 
 impl ControllerService {
     /// The policy a volume's sessions use: its own, else the pool's default.
@@ -31,7 +37,8 @@ impl ControllerService {
     ) -> Result<Tree, Status> {
         let target = share.target();
         let policy = self.effective(encryption);
-        let options = ClientOptions { encryption: policy, ..self.pool.options().clone() };
+        let options =
+            ClientOptions { encryption: policy, recovery: CONTROLLER_RECOVERY, ..self.pool.options().clone() };
         match self.pool.tree_with(&target, creds, &options).await {
             Ok(tree) => {
                 self.known_credentials.remember(share, creds);

@@ -63,6 +63,8 @@ pub fn smb_code(err: &SmbError, missing_share: Code) -> Code {
         },
         SmbError::Connect { .. }
         | SmbError::Disconnected { .. }
+        | SmbError::Unavailable { .. }
+        | SmbError::Closed { .. }
         | SmbError::Timeout { .. }
         | SmbError::Netbios { .. } => Code::Unavailable,
         SmbError::EncryptionUnavailable(_) | SmbError::Smb1Only | SmbError::NoCommonDialect(_) => {
