@@ -688,12 +688,14 @@ impl Node for NodeService {
             return Err(Status::invalid_argument("target_path and staging_target_path must differ"));
         }
         let read_only = req.readonly || is_reader_only(Some(capability));
-        // A node-publish secret (nodePublishSecretRef) is as current as a node-stage one.
-        if let Some(creds) = super::credentials_from_secrets(&req.secrets)? {
-            let (share, _) = locate(&req.volume_id, &req.volume_context)?;
-            let options = parse_options(&mount_flags(Some(capability)), Some(capability))?;
-            let (host, port) = server_of(&share, &options);
-            self.remember_credentials(&host, port, &creds);
+        // A node-publish secret (nodePublishSecretRef) is as current as a node-stage one. Publish never
+        // needed it, so one it cannot use is not an error.
+        let publish_secret = super::credentials_from_secrets(&req.secrets).ok().flatten();
+        if let (Some(creds), Ok((share, _))) = (publish_secret, locate(&req.volume_id, &req.volume_context)) {
+            if let Ok(options) = parse_options(&mount_flags(Some(capability)), Some(capability)) {
+                let (host, port) = server_of(&share, &options);
+                self.remember_credentials(&host, port, &creds);
+            }
         }
         let _guard = self.lock(&[target])?;
         let staged = self.registered(staging).ok_or_else(|| {
