@@ -20,8 +20,9 @@ pub enum Recovery {
     /// fails because the server is away.
     #[default]
     Hard,
-    /// Fail an operation with [`Error::Unavailable`] once it has waited
-    /// `timeout` for the connection to come back.
+    /// Fail operations with [`Error::Unavailable`] once the connection has
+    /// been down for `timeout`: the first waiters fail then, and operations
+    /// started later in the same outage fail at once.
     Soft { timeout: Duration },
 }
 
