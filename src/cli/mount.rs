@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 #[command(after_help = "Credentials come from --credentials FILE (mount.cifs format: username=, password=, domain=) \
 or from the SMB_USERNAME, SMB_PASSWORD and SMB_DOMAIN environment variables; never from -o.\n\n\
 Options (-o, comma-separated, repeatable): uid=, gid=, file_mode=, dir_mode=, ro, rw, port=, vers=, seal, actimeo=, \
-cache=strict|loose|none, nosharesock. Kernel-only cifs flags (noperm, mfsymlinks, noserverino, nobrl, ...) are \
+cache=strict|loose|none, nosharesock, noexec, noperm. Kernel-only cifs flags (mfsymlinks, noserverino, nobrl, ...) are \
 accepted with one warning.\n\n\
 Example: smb3-csi mount --credentials /etc/smb-creds -o uid=1000,gid=1000 //fileserver/share/dir /mnt/dir")]
 pub struct MountArgs {

@@ -40,6 +40,11 @@ pub struct MountOptions {
     pub nosharesock: bool,
     /// Set by [`MountOptions::apply_fs_group`]: group read/write was added to the modes.
     pub extra_gid_rw: bool,
+    /// `noexec`: the mount refuses execve(2) of its files (`MS_NOEXEC`), as a kernel cifs mount would.
+    pub noexec: bool,
+    /// `noperm`: the kernel does not check modes against the caller (no FUSE `default_permissions`), so any
+    /// local user may do what the server allows, as with cifs `noperm`.
+    pub noperm: bool,
 }
 
 impl Default for MountOptions {
@@ -58,6 +63,8 @@ impl Default for MountOptions {
             cache: CacheMode::Strict,
             nosharesock: false,
             extra_gid_rw: false,
+            noexec: false,
+            noperm: false,
         }
     }
 }
@@ -78,8 +85,6 @@ pub enum MountOptionError {
 /// Kernel-cifs flags that have no meaning for a userspace client; accepted so that StorageClasses written for
 /// csi-driver-smb keep working, and reported back to the caller to log once.
 const IGNORED_FLAGS: &[&str] = &[
-    "noperm",
-    "perm",
     "mfsymlinks",
     "nomfsymlinks",
     "noserverino",
@@ -145,8 +150,6 @@ const IGNORED_FLAGS: &[&str] = &[
     "nouser",
     "users",
     "defaults",
-    "exec",
-    "noexec",
     "suid",
     "nosuid",
     "dev",
@@ -262,6 +265,14 @@ impl MountOptions {
                 "nosharesock" => {
                     no_value(value)?;
                     opts.nosharesock = true;
+                }
+                "noexec" | "exec" => {
+                    no_value(value)?;
+                    opts.noexec = key == "noexec";
+                }
+                "noperm" | "perm" => {
+                    no_value(value)?;
+                    opts.noperm = key == "noperm";
                 }
                 "sec" => match need()?.to_ascii_lowercase().as_str() {
                     "ntlmssp" | "ntlmsspi" | "ntlmv2" | "ntlmv2i" | "ntlm" | "ntlmi" => ignored.push(part.to_string()),
@@ -407,7 +418,7 @@ mod tests {
     #[test]
     fn incumbent_kernel_flags_are_ignored_and_reported() {
         let (o, ignored) = parse(&[
-            "dir_mode=0777,file_mode=0777,uid=1001,gid=1001,noperm,mfsymlinks,cache=strict,noserverino",
+            "dir_mode=0777,file_mode=0777,uid=1001,gid=1001,mfsymlinks,cache=strict,noserverino",
             "nobrl",
             "sec=ntlmssp",
             "iocharset=utf8",
@@ -419,7 +430,6 @@ mod tests {
         assert_eq!(
             ignored,
             [
-                "noperm",
                 "mfsymlinks",
                 "noserverino",
                 "nobrl",
@@ -486,6 +496,19 @@ mod tests {
         let (o, _) = parse(&["cache=none,actimeo=30"]).unwrap();
         assert_eq!(FsConfig::from(&o).attr_ttl, Duration::ZERO);
         assert_eq!(FsConfig::from(&MountOptions::default()), FsConfig::default());
+    }
+
+    #[test]
+    fn noexec_and_noperm_are_honoured_and_the_last_word_wins() {
+        let (o, ignored) = parse(&["noexec,noperm"]).unwrap();
+        assert!(ignored.is_empty());
+        assert!(o.noexec && o.noperm);
+        let (o, _) = parse(&["noexec,noperm", "exec,perm"]).unwrap();
+        assert!(!o.noexec && !o.noperm);
+        assert!(!MountOptions::default().noexec && !MountOptions::default().noperm);
+        for flag in ["noexec=1", "noperm=yes"] {
+            assert!(matches!(parse(&[flag]).unwrap_err(), MountOptionError::Invalid { .. }), "{flag}");
+        }
     }
 
     #[test]
