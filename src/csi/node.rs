@@ -492,6 +492,27 @@ fn encryption_policy(volume_id: &str, ctx: &HashMap<String, String>) -> Result<O
     Ok(VolumeId::parse(volume_id).ok().and_then(|id| id.encryption))
 }
 
+/// NodeGetVolumeStats' volume path and optional staging path. Only a missing field is INVALID_ARGUMENT: any
+/// other id or path (too long, relative, with `..`) names nothing this node mounted, which the spec answers
+/// with NOT_FOUND; an unusable staging path (optional) is simply not looked at.
+fn stats_paths(req: &NodeGetVolumeStatsRequest) -> Result<(&Path, Option<&Path>), Status> {
+    if req.volume_id.is_empty() {
+        return Err(Status::invalid_argument("volume_id is required"));
+    }
+    if req.volume_path.is_empty() {
+        return Err(Status::invalid_argument("volume_path is required"));
+    }
+    let volume_path = check_path("volume_path", &req.volume_path).map_err(|e| {
+        Status::not_found(format!(
+            "volume {:?} is not mounted at {:?}: {}",
+            req.volume_id,
+            req.volume_path,
+            e.message()
+        ))
+    })?;
+    Ok((volume_path, check_path("staging_target_path", &req.staging_target_path).ok()))
+}
+
 fn is_ephemeral(ctx: &HashMap<String, String>) -> bool {
     context_value(ctx, CONTEXT_EPHEMERAL).is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
@@ -627,13 +648,7 @@ impl Node for NodeService {
         request: Request<NodeGetVolumeStatsRequest>,
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let req = request.into_inner();
-        check_id(&req.volume_id)?;
-        let volume_path = check_path("volume_path", &req.volume_path)?;
-        let staging = if req.staging_target_path.is_empty() {
-            None
-        } else {
-            Some(check_path("staging_target_path", &req.staging_target_path)?)
-        };
+        let (volume_path, staging) = stats_paths(&req)?;
         let published = self.inner.published.lock().unwrap().get(volume_path).cloned();
         let staged = [staging.map(Path::to_path_buf), Some(volume_path.to_path_buf()), published]
             .into_iter()

@@ -395,27 +395,30 @@ async fn capabilities_info_and_malformed_requests() {
         })
         .await
         .unwrap();
-    // Stats of a volume that is not mounted here: NOT_FOUND; a bad path: INVALID_ARGUMENT.
-    let status = plugin
-        .node
-        .node_get_volume_stats(NodeGetVolumeStatsRequest {
-            volume_id: vol.volume_id.clone(),
-            volume_path: target.display().to_string(),
-            staging_target_path: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::NotFound);
-    let status = plugin
-        .node
-        .node_get_volume_stats(NodeGetVolumeStatsRequest {
-            volume_id: vol.volume_id.clone(),
-            volume_path: "relative".into(),
-            staging_target_path: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
+    // NodeGetVolumeStats: a missing field is INVALID_ARGUMENT; anything this node has not mounted is NOT_FOUND.
+    let stats = |volume_id: &str, volume_path: &str, staging_target_path: &str| NodeGetVolumeStatsRequest {
+        volume_id: volume_id.into(),
+        volume_path: volume_path.into(),
+        staging_target_path: staging_target_path.into(),
+    };
+    let (id, target_s, staging_s) =
+        (vol.volume_id.as_str(), target.display().to_string(), staging.display().to_string());
+    let stats_cases: Vec<(&str, NodeGetVolumeStatsRequest, Code)> = vec![
+        ("no volume id", stats("", &target_s, ""), Code::InvalidArgument),
+        ("no volume path", stats(id, "", ""), Code::InvalidArgument),
+        ("not mounted here", stats(id, &target_s, ""), Code::NotFound),
+        ("not mounted, with staging path", stats(id, &target_s, &staging_s), Code::NotFound),
+        ("relative path", stats(id, "relative", ""), Code::NotFound),
+        ("dotdot path", stats(id, "/var/lib/../kubelet", ""), Code::NotFound),
+        ("root", stats(id, "/", ""), Code::NotFound),
+        ("unknown volume id", stats("v1|other||share||pvc-9|delete", &target_s, ""), Code::NotFound),
+        ("over-long volume id", stats(&"v".repeat(200), &target_s, ""), Code::NotFound),
+        ("unusable staging path", stats(id, &target_s, "relative"), Code::NotFound),
+    ];
+    for (name, request, code) in stats_cases {
+        let status = plugin.node.node_get_volume_stats(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{name}: {status:?}");
+    }
     plugin.stop().await;
 }
 
