@@ -160,6 +160,58 @@ async fn create_delete_retain_archive_seen_on_the_server() {
     plugin.stop().await;
 }
 
+/// CSI allows 128-byte names; such a name cannot be spelled out in a 128-byte id next to the share, so the
+/// volume gets a compact directory name, and every RPC that only has the id still finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_128_byte_name_creates_finds_and_deletes_its_volume() {
+    let samba = samba!();
+    let base = base_dir(samba, "longname");
+    let mut plugin = Plugin::start().await;
+    let class = StorageClass::for_samba(samba, &base);
+    let claim = Claim::new("default", "long", 1 << 20);
+    let mut request = create_request(&class, &claim);
+    request.name = format!("pvc-{}", "0123456789abcdef".repeat(8)).chars().take(128).collect();
+    assert_eq!(request.name.len(), 128);
+    let volume = provision(&mut plugin.controller, request.clone()).await.unwrap();
+    assert!(volume.volume_id.len() <= 128, "{} bytes: {}", volume.volume_id.len(), volume.volume_id);
+    let dir = volume.volume_context["subdir"].clone();
+    assert!(volume.volume_id.contains(&format!("|{dir}|")), "{} lacks {dir}", volume.volume_id);
+    assert!(request.name.starts_with(dir.rsplit_once('-').unwrap().0), "{dir}");
+    assert_eq!(smb_ls(samba, &base).await, vec![".smb3-csi".to_string(), dir.clone()]);
+
+    // Idempotent: the same name gives the same volume; an incompatible retry is ALREADY_EXISTS.
+    assert_eq!(provision(&mut plugin.controller, request.clone()).await.unwrap(), volume);
+    let mut bigger = request.clone();
+    bigger.capacity_range.as_mut().unwrap().required_bytes = 2 << 20;
+    let err = provision(&mut plugin.controller, bigger).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    // Another 128-byte name differing only in its last byte is another volume.
+    let mut other = request.clone();
+    other.name.replace_range(127.., "X");
+    let second = provision(&mut plugin.controller, other).await.unwrap();
+    assert_ne!(second.volume_id, volume.volume_id);
+
+    let got = plugin
+        .controller
+        .controller_get_volume(ControllerGetVolumeRequest { volume_id: volume.volume_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.volume.unwrap().volume_id, volume.volume_id);
+    for v in [&volume, &second] {
+        delete(&mut plugin.controller, &v.volume_id, &class).await.unwrap();
+    }
+    assert_eq!(smb_ls(samba, &base).await, vec![".smb3-csi".to_string()]);
+    assert!(smb_ls(samba, &format!("{base}/.smb3-csi")).await.is_empty());
+    let err = plugin
+        .controller
+        .controller_get_volume(ControllerGetVolumeRequest { volume_id: volume.volume_id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    plugin.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clone_is_byte_identical() {
     let samba = samba!();
