@@ -415,7 +415,8 @@ fn check_capability(capability: Option<&VolumeCapability>) -> Result<&VolumeCapa
     let capability = capability.ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
     match capability.access_type {
         Some(volume_capability::AccessType::Mount(_)) => {}
-        Some(volume_capability::AccessType::Block(_)) => return Err(Status::invalid_argument(
+        // The spec's "Exceeds capabilities" for the node RPCs: FAILED_PRECONDITION.
+        Some(volume_capability::AccessType::Block(_)) => return Err(Status::failed_precondition(
             "volume_capability: block access is not supported; SMB volumes are filesystems (volumeMode: Filesystem)",
         )),
         None => return Err(Status::invalid_argument("volume_capability: access_type is required (mount)")),
@@ -572,6 +573,10 @@ impl Node for NodeService {
             let _guard = self.lock(&[target])?;
             self.publish_inline(&req, target).await?;
             return Ok(Response::new(NodePublishVolumeResponse {}));
+        }
+        // With STAGE_UNSTAGE_VOLUME, a missing staging path is the spec's "Staging target path not set".
+        if req.staging_target_path.is_empty() {
+            return Err(Status::failed_precondition("staging_target_path is required (NodeStageVolume first)"));
         }
         let staging = check_path("staging_target_path", &req.staging_target_path)?;
         if staging == target {

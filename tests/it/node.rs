@@ -293,7 +293,6 @@ async fn capabilities_info_and_malformed_requests() {
         ("relative staging path", with(&|r| r.staging_target_path = "globalmount".into()), "absolute"),
         ("dotdot staging path", with(&|r| r.staging_target_path = "/var/lib/../x".into()), ".."),
         ("no capability", with(&|r| r.volume_capability = None), "volume_capability"),
-        ("block", with(&|r| r.volume_capability = Some(block.clone())), "block"),
         ("no access mode", with(&|r| r.volume_capability.as_mut().unwrap().access_mode = None), "access_mode"),
         ("bad mount flag", with(&|r| r.volume_capability = Some(rwx(&["uid=bob"]))), "uid"),
         ("unknown mount flag", with(&|r| r.volume_capability = Some(rwx(&["frobnicate"]))), "frobnicate"),
@@ -337,6 +336,10 @@ async fn capabilities_info_and_malformed_requests() {
         assert!(status.message().to_lowercase().contains(&needle.to_lowercase()), "{name}: {}", status.message());
         assert!(!status.message().contains("hunter2"), "{name}");
     }
+    // The spec's "Exceeds capabilities" for the node RPCs is FAILED_PRECONDITION, not INVALID_ARGUMENT.
+    let status = plugin.node.node_stage_volume(with(&|r| r.volume_capability = Some(block.clone()))).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("block"), "{status:?}");
     // Nothing was mounted or created by a refused request.
     assert!(!staging.exists());
 
@@ -359,14 +362,29 @@ async fn capabilities_info_and_malformed_requests() {
             Code::InvalidArgument,
         ),
         (
-            "no staging path",
-            NodePublishVolumeRequest { staging_target_path: String::new(), ..publish.clone() },
+            "no volume id",
+            NodePublishVolumeRequest { volume_id: String::new(), ..publish.clone() },
             Code::InvalidArgument,
         ),
         (
-            "block",
-            NodePublishVolumeRequest { volume_capability: Some(block.clone()), ..publish.clone() },
+            "no capability",
+            NodePublishVolumeRequest { volume_capability: None, ..publish.clone() },
             Code::InvalidArgument,
+        ),
+        (
+            "no staging path (staging target path not set)",
+            NodePublishVolumeRequest { staging_target_path: String::new(), ..publish.clone() },
+            Code::FailedPrecondition,
+        ),
+        (
+            "relative staging path",
+            NodePublishVolumeRequest { staging_target_path: "globalmount".into(), ..publish.clone() },
+            Code::InvalidArgument,
+        ),
+        (
+            "block (exceeds capabilities)",
+            NodePublishVolumeRequest { volume_capability: Some(block.clone()), ..publish.clone() },
+            Code::FailedPrecondition,
         ),
         ("not staged", publish.clone(), Code::FailedPrecondition),
     ];
