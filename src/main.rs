@@ -13,9 +13,13 @@ use clap::{Parser, Subcommand};
     about = "Kubernetes CSI driver for SMB shares, with its own SMB3 client (encryption and signing, no kernel cifs)"
 )]
 struct Cli {
-    /// Log filter (e.g. info, debug, smb3_csi=trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "warn", env = "SMB3_CSI_LOG_LEVEL")]
-    log_level: String,
+    /// Log filter (e.g. info, debug, smb3_csi=trace); RUST_LOG overrides it. Default: from --v, else warn.
+    #[arg(long, global = true, env = "SMB3_CSI_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// klog verbosity, for manifests written for csi-driver-smb (`--v=5`): 0-2 info, 3-5 debug, 6 and
+    /// more trace. --log-level wins when both are given.
+    #[arg(long = "v", global = true, value_name = "N")]
+    verbosity: Option<u8>,
     /// Log format: text or json.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -43,9 +47,22 @@ enum Command {
     Registrar(cli::registrar::RegistrarArgs),
 }
 
+impl Cli {
+    /// The tracing filter: `--log-level`, else the level `--v` maps to, else `warn`.
+    fn log_filter(&self) -> String {
+        match (&self.log_level, self.verbosity) {
+            (Some(level), _) => level.clone(),
+            (None, Some(0..=2)) => "info".into(),
+            (None, Some(3..=5)) => "debug".into(),
+            (None, Some(_)) => "trace".into(),
+            (None, None) => "warn".into(),
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    cli::init_logging(&cli.log_level, &cli.log_format);
+    cli::init_logging(&cli.log_filter(), &cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -72,6 +89,65 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("smb3-csi: {e}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// The flags of csi-driver-smb's controller and node manifests, on every serving subcommand.
+    #[test]
+    fn csi_driver_smb_flags_are_accepted() {
+        for role in ["controller", "node", "all"] {
+            let cli = parse(&[
+                "smb3-csi",
+                role,
+                "--v=5",
+                "--endpoint=unix:///csi/csi.sock",
+                "--nodeid=worker-1",
+                "--drivername=smb.csi.k8s.io",
+            ]);
+            let args = match &cli.command {
+                Command::Controller(a) | Command::Node(a) | Command::All(a) => a,
+                _ => panic!("{role}: parsed as another subcommand"),
+            };
+            assert_eq!(args.endpoint(), "unix:///csi/csi.sock");
+            assert_eq!(args.node_id(), Some("worker-1"));
+            assert_eq!(args.driver_name(), "smb.csi.k8s.io");
+            assert_eq!(cli.log_filter(), "debug", "{role}");
+        }
+        // The separate-value forms too.
+        let cli = parse(&["smb3-csi", "node", "--nodeid", "n2", "--drivername", "d.example", "--v", "2"]);
+        let Command::Node(args) = &cli.command else { panic!("not node") };
+        assert_eq!((args.node_id(), args.driver_name()), (Some("n2"), "d.example"));
+        assert_eq!(cli.log_filter(), "info");
+    }
+
+    #[test]
+    fn klog_verbosity_maps_to_levels_and_log_level_wins() {
+        for (v, level) in
+            [("0", "info"), ("2", "info"), ("3", "debug"), ("5", "debug"), ("6", "trace"), ("10", "trace")]
+        {
+            assert_eq!(parse(&["smb3-csi", "controller", &format!("--v={v}")]).log_filter(), level, "--v={v}");
+        }
+        // Before the subcommand as well (klog flags are global).
+        assert_eq!(parse(&["smb3-csi", "--v=6", "controller"]).log_filter(), "trace");
+        let both = parse(&["smb3-csi", "controller", "--v=6", "--log-level=smb3_csi=info"]);
+        assert_eq!(both.log_filter(), "smb3_csi=info");
+        assert!(Cli::try_parse_from(["smb3-csi", "controller", "--v=high"]).is_err());
+        assert!(Cli::try_parse_from(["smb3-csi", "controller", "--v=-1"]).is_err());
+    }
+
+    #[test]
+    fn default_level_is_warn() {
+        if std::env::var_os("SMB3_CSI_LOG_LEVEL").is_none() {
+            assert_eq!(parse(&["smb3-csi", "controller"]).log_filter(), "warn");
         }
     }
 }

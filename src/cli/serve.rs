@@ -44,11 +44,12 @@ pub struct ServeArgs {
     /// CSI endpoint: unix:///path/to/csi.sock (or an absolute path).
     #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
     endpoint: String,
-    /// This node's id (NodeGetInfo); required by the node role.
-    #[arg(long, env = "NODE_ID")]
+    /// This node's id (NodeGetInfo); required by the node role. `--nodeid` is csi-driver-smb's spelling.
+    #[arg(long, env = "NODE_ID", visible_alias = "nodeid")]
     node_id: Option<String>,
-    /// Driver name reported by GetPluginInfo (the StorageClass `provisioner`).
-    #[arg(long, env = "DRIVER_NAME", default_value = "smb3.csi.dev")]
+    /// Driver name reported by GetPluginInfo (the StorageClass `provisioner`). `--drivername` is
+    /// csi-driver-smb's spelling.
+    #[arg(long, env = "DRIVER_NAME", default_value = "smb3.csi.dev", visible_alias = "drivername")]
     driver_name: String,
     /// SMB encryption: required, if-supported or off (sign only).
     #[arg(long, default_value = "required", value_parser = parse_encryption)]
@@ -66,6 +67,25 @@ pub struct ServeArgs {
     /// Kubeconfig for reading the Secrets of inline volumes (default: in-cluster config).
     #[arg(long)]
     kubeconfig: Option<std::path::PathBuf>,
+}
+
+/// Read by the parsing tests of `main.rs`.
+#[cfg(test)]
+impl ServeArgs {
+    /// The CSI endpoint as given.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The node id, if given.
+    pub fn node_id(&self) -> Option<&str> {
+        self.node_id.as_deref()
+    }
+
+    /// The driver name GetPluginInfo reports.
+    pub fn driver_name(&self) -> &str {
+        &self.driver_name
+    }
 }
 
 fn parse_encryption(s: &str) -> Result<EncryptionPolicy, String> {

@@ -544,7 +544,8 @@ fn check_capability(capability: Option<&VolumeCapability>) -> Result<&VolumeCapa
     let capability = capability.ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
     match capability.access_type {
         Some(volume_capability::AccessType::Mount(_)) => {}
-        Some(volume_capability::AccessType::Block(_)) => return Err(Status::invalid_argument(
+        // The spec's "Exceeds capabilities" for the node RPCs: FAILED_PRECONDITION.
+        Some(volume_capability::AccessType::Block(_)) => return Err(Status::failed_precondition(
             "volume_capability: block access is not supported; SMB volumes are filesystems (volumeMode: Filesystem)",
         )),
         None => return Err(Status::invalid_argument("volume_capability: access_type is required (mount)")),
@@ -621,6 +622,27 @@ fn encryption_policy(volume_id: &str, ctx: &HashMap<String, String>) -> Result<O
     Ok(VolumeId::parse(volume_id).ok().and_then(|id| id.encryption))
 }
 
+/// NodeGetVolumeStats' volume path and optional staging path. Only a missing field is INVALID_ARGUMENT: any
+/// other id or path (too long, relative, with `..`) names nothing this node mounted, which the spec answers
+/// with NOT_FOUND; an unusable staging path (optional) is simply not looked at.
+fn stats_paths(req: &NodeGetVolumeStatsRequest) -> Result<(&Path, Option<&Path>), Status> {
+    if req.volume_id.is_empty() {
+        return Err(Status::invalid_argument("volume_id is required"));
+    }
+    if req.volume_path.is_empty() {
+        return Err(Status::invalid_argument("volume_path is required"));
+    }
+    let volume_path = check_path("volume_path", &req.volume_path).map_err(|e| {
+        Status::not_found(format!(
+            "volume {:?} is not mounted at {:?}: {}",
+            req.volume_id,
+            req.volume_path,
+            e.message()
+        ))
+    })?;
+    Ok((volume_path, check_path("staging_target_path", &req.staging_target_path).ok()))
+}
+
 fn is_ephemeral(ctx: &HashMap<String, String>) -> bool {
     context_value(ctx, CONTEXT_EPHEMERAL).is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
@@ -682,6 +704,10 @@ impl Node for NodeService {
             let _guard = self.lock(&[target])?;
             self.publish_inline(&req, target).await?;
             return Ok(Response::new(NodePublishVolumeResponse {}));
+        }
+        // With STAGE_UNSTAGE_VOLUME, a missing staging path is the spec's "Staging target path not set".
+        if req.staging_target_path.is_empty() {
+            return Err(Status::failed_precondition("staging_target_path is required (NodeStageVolume first)"));
         }
         let staging = check_path("staging_target_path", &req.staging_target_path)?;
         if staging == target {
@@ -767,13 +793,7 @@ impl Node for NodeService {
         request: Request<NodeGetVolumeStatsRequest>,
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let req = request.into_inner();
-        check_id(&req.volume_id)?;
-        let volume_path = check_path("volume_path", &req.volume_path)?;
-        let staging = if req.staging_target_path.is_empty() {
-            None
-        } else {
-            Some(check_path("staging_target_path", &req.staging_target_path)?)
-        };
+        let (volume_path, staging) = stats_paths(&req)?;
         let published = self.inner.published.lock().unwrap().get(volume_path).cloned();
         let staged = [staging.map(Path::to_path_buf), Some(volume_path.to_path_buf()), published]
             .into_iter()

@@ -61,7 +61,7 @@ impl FuseMount {
     /// Serves `tree` below `subdir` (share path) at `mountpoint` (must exist, be a directory) in background
     /// threads; returns once the mount is live (visible in /proc/self/mountinfo). fstype shows as
     /// `fuse.smb3-csi`, source as `//server/share/subdir` (no credentials). `allow_other` +
-    /// `default_permissions`, with mount(2): needs root (CAP_SYS_ADMIN); fusermount is never used.
+    /// `default_permissions` (unless `noperm`), with mount(2): needs root (CAP_SYS_ADMIN); fusermount is never used.
     ///
     /// Blocking. Call it from a thread on which a tokio multi-thread runtime is entered (a `spawn_blocking`
     /// closure, a test thread inside `Runtime::enter`): the SMB calls run on that runtime.
@@ -90,7 +90,7 @@ impl FuseMount {
         }
 
         let fs = FuseAdapter::new(SmbFs::new(tree.clone(), &root, FsConfig::from(opts), rt));
-        let session = mount_fuse(fs, &source, &mountpoint, opts.read_only)?;
+        let session = mount_fuse(fs, &source, &mountpoint, opts)?;
         let thread = std::thread::Builder::new()
             .name("smb3-csi-fuse".into())
             .spawn(move || session.run())
@@ -180,23 +180,15 @@ fn mount_fuse(
     fs: FuseAdapter,
     source: &str,
     mountpoint: &Path,
-    read_only: bool,
+    opts: &MountOptions,
 ) -> Result<fuser::Session<FuseAdapter>, MountError> {
     let dev = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/fuse")
         .map_err(|source| MountError::Io { op: "opening /dev/fuse".into(), source })?;
-    let data = format!(
-        "fd={},rootmode=40000,user_id={},group_id={},allow_other,default_permissions,subtype={SUBTYPE}",
-        dev.as_raw_fd(),
-        nix::unistd::geteuid(),
-        nix::unistd::getegid()
-    );
-    let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
-    if read_only {
-        flags |= MsFlags::MS_RDONLY;
-    }
+    let data = fuse_mount_data(dev.as_raw_fd(), nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw(), opts);
+    let flags = mount_flags(opts);
     nix::mount::mount(Some(source), mountpoint, Some("fuse"), flags, Some(data.as_str()))
         .map_err(|errno| MountError::Sys { op: "mount(2) of FUSE".into(), path: mountpoint.to_path_buf(), errno })?;
     let mut config = fuser::Config::default();
@@ -208,11 +200,56 @@ fn mount_fuse(
     })
 }
 
+/// mount(2) flags: device files and set-uid bits of a network share are never honoured (as `nodev,nosuid`
+/// always are for user-space mounts); `ro` and `noexec` come from the options.
+fn mount_flags(opts: &MountOptions) -> MsFlags {
+    let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    flags.set(MsFlags::MS_RDONLY, opts.read_only);
+    flags.set(MsFlags::MS_NOEXEC, opts.noexec);
+    flags
+}
+
+/// The FUSE mount data. `default_permissions` makes the kernel check the presented modes against the caller;
+/// `noperm` leaves it out, so only the server decides (the filesystem itself checks nothing), as with cifs.
+fn fuse_mount_data(fd: i32, uid: u32, gid: u32, opts: &MountOptions) -> String {
+    let permissions = if opts.noperm { "" } else { ",default_permissions" };
+    format!("fd={fd},rootmode=40000,user_id={uid},group_id={gid},allow_other{permissions},subtype={SUBTYPE}")
+}
+
 /// The kernel starts FUSE mounts with 128 KiB readahead; 1 MiB lets sequential reads use 1 MiB requests
 /// (pipelined SMB reads). Best effort: without /sys writable it stays at the default.
 fn raise_readahead(device: &str) {
     let path = format!("/sys/class/bdi/{device}/read_ahead_kb");
     if let Err(e) = std::fs::write(&path, format!("{}", crate::fs::MAX_IO / 1024)) {
         tracing::debug!(path, error = %e, "could not raise readahead");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(flags: &str) -> MountOptions {
+        MountOptions::parse(&[flags.to_string()]).unwrap().0
+    }
+
+    #[test]
+    fn flags_follow_ro_and_noexec_and_always_keep_nodev_nosuid() {
+        let always = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+        assert_eq!(mount_flags(&MountOptions::default()), always);
+        assert_eq!(mount_flags(&opts("noexec")), always | MsFlags::MS_NOEXEC);
+        assert_eq!(mount_flags(&opts("ro,noexec")), always | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY);
+        assert_eq!(mount_flags(&opts("noexec,exec")), always);
+    }
+
+    #[test]
+    fn noperm_drops_default_permissions_only() {
+        let checked = fuse_mount_data(7, 0, 0, &MountOptions::default());
+        assert_eq!(
+            checked,
+            "fd=7,rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions,subtype=smb3-csi"
+        );
+        let unchecked = fuse_mount_data(7, 0, 0, &opts("noperm"));
+        assert_eq!(unchecked, "fd=7,rootmode=40000,user_id=0,group_id=0,allow_other,subtype=smb3-csi");
     }
 }

@@ -48,6 +48,11 @@ pub struct MountOptions {
     /// `retrans=N` (1..=100, default [`DEFAULT_RETRANS`]): with `soft`, an operation fails with EIO after
     /// waiting `retrans` × echo interval for the connection to come back. No effect with `hard`.
     pub retrans: Option<u32>,
+    /// `noexec`: the mount refuses execve(2) of its files (`MS_NOEXEC`), as a kernel cifs mount would.
+    pub noexec: bool,
+    /// `noperm`: the kernel does not check modes against the caller (no FUSE `default_permissions`), so any
+    /// local user may do what the server allows, as with cifs `noperm`.
+    pub noperm: bool,
 }
 
 /// `hard` or `soft`, as for NFS and kernel cifs.
@@ -88,6 +93,8 @@ impl Default for MountOptions {
             echo_interval: None,
             recovery: RecoveryMode::Hard,
             retrans: None,
+            noexec: false,
+            noperm: false,
         }
     }
 }
@@ -108,8 +115,6 @@ pub enum MountOptionError {
 /// Kernel-cifs flags that have no meaning for a userspace client; accepted so that StorageClasses written for
 /// csi-driver-smb keep working, and reported back to the caller to log once.
 const IGNORED_FLAGS: &[&str] = &[
-    "noperm",
-    "perm",
     "mfsymlinks",
     "nomfsymlinks",
     "noserverino",
@@ -173,8 +178,6 @@ const IGNORED_FLAGS: &[&str] = &[
     "nouser",
     "users",
     "defaults",
-    "exec",
-    "noexec",
     "suid",
     "nosuid",
     "dev",
@@ -305,6 +308,14 @@ impl MountOptions {
                 "retrans" => {
                     let n = need()?.parse::<u32>().ok().filter(|n| (1..=MAX_RETRANS).contains(n));
                     opts.retrans = Some(n.ok_or_else(|| invalid("expected a count 1..100"))?);
+                }
+                "noexec" | "exec" => {
+                    no_value(value)?;
+                    opts.noexec = key == "noexec";
+                }
+                "noperm" | "perm" => {
+                    no_value(value)?;
+                    opts.noperm = key == "noperm";
                 }
                 "sec" => match need()?.to_ascii_lowercase().as_str() {
                     "ntlmssp" | "ntlmsspi" | "ntlmv2" | "ntlmv2i" | "ntlm" | "ntlmi" => ignored.push(part.to_string()),
@@ -473,7 +484,7 @@ mod tests {
     #[test]
     fn incumbent_kernel_flags_are_ignored_and_reported() {
         let (o, ignored) = parse(&[
-            "dir_mode=0777,file_mode=0777,uid=1001,gid=1001,noperm,mfsymlinks,cache=strict,noserverino",
+            "dir_mode=0777,file_mode=0777,uid=1001,gid=1001,mfsymlinks,cache=strict,noserverino",
             "nobrl",
             "sec=ntlmssp",
             "iocharset=utf8",
@@ -485,7 +496,6 @@ mod tests {
         assert_eq!(
             ignored,
             [
-                "noperm",
                 "mfsymlinks",
                 "noserverino",
                 "nobrl",
@@ -593,6 +603,19 @@ mod tests {
         assert_eq!(o.client_options(&base).recovery, Recovery::Soft { timeout: Duration::from_secs(80) });
         // Different recovery settings are different mounts (the node's idempotency check compares them).
         assert_ne!(parse(&["soft"]).unwrap().0, parse(&["hard"]).unwrap().0);
+    }
+
+    #[test]
+    fn noexec_and_noperm_are_honoured_and_the_last_word_wins() {
+        let (o, ignored) = parse(&["noexec,noperm"]).unwrap();
+        assert!(ignored.is_empty());
+        assert!(o.noexec && o.noperm);
+        let (o, _) = parse(&["noexec,noperm", "exec,perm"]).unwrap();
+        assert!(!o.noexec && !o.noperm);
+        assert!(!MountOptions::default().noexec && !MountOptions::default().noperm);
+        for flag in ["noexec=1", "noperm=yes"] {
+            assert!(matches!(parse(&[flag]).unwrap_err(), MountOptionError::Invalid { .. }), "{flag}");
+        }
     }
 
     #[test]

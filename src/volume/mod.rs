@@ -5,8 +5,10 @@
 //! - [`SharePath`]: a validated relative path inside a share.
 //! - [`StorageClassParams`]: the StorageClass `parameters`, typed once.
 //! - [`VolumeId`]: the CSI volume handle, versioned and reversible (format in
-//!   [`id`]).
+//!   [`id`]); [`compact::fit`] shortens the directory of a volume whose
+//!   readable id would exceed CSI's 128 bytes.
 
+pub mod compact;
 pub mod id;
 pub mod params;
 pub mod path;

@@ -160,6 +160,58 @@ async fn create_delete_retain_archive_seen_on_the_server() {
     plugin.stop().await;
 }
 
+/// CSI allows 128-byte names; such a name cannot be spelled out in a 128-byte id next to the share, so the
+/// volume gets a compact directory name, and every RPC that only has the id still finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_128_byte_name_creates_finds_and_deletes_its_volume() {
+    let samba = samba!();
+    let base = base_dir(samba, "longname");
+    let mut plugin = Plugin::start().await;
+    let class = StorageClass::for_samba(samba, &base);
+    let claim = Claim::new("default", "long", 1 << 20);
+    let mut request = create_request(&class, &claim);
+    request.name = format!("pvc-{}", "0123456789abcdef".repeat(8)).chars().take(128).collect();
+    assert_eq!(request.name.len(), 128);
+    let volume = provision(&mut plugin.controller, request.clone()).await.unwrap();
+    assert!(volume.volume_id.len() <= 128, "{} bytes: {}", volume.volume_id.len(), volume.volume_id);
+    let dir = volume.volume_context["subdir"].clone();
+    assert!(volume.volume_id.contains(&format!("|{dir}|")), "{} lacks {dir}", volume.volume_id);
+    assert!(request.name.starts_with(dir.rsplit_once('-').unwrap().0), "{dir}");
+    assert_eq!(smb_ls(samba, &base).await, vec![".smb3-csi".to_string(), dir.clone()]);
+
+    // Idempotent: the same name gives the same volume; an incompatible retry is ALREADY_EXISTS.
+    assert_eq!(provision(&mut plugin.controller, request.clone()).await.unwrap(), volume);
+    let mut bigger = request.clone();
+    bigger.capacity_range.as_mut().unwrap().required_bytes = 2 << 20;
+    let err = provision(&mut plugin.controller, bigger).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    // Another 128-byte name differing only in its last byte is another volume.
+    let mut other = request.clone();
+    other.name.replace_range(127.., "X");
+    let second = provision(&mut plugin.controller, other).await.unwrap();
+    assert_ne!(second.volume_id, volume.volume_id);
+
+    let got = plugin
+        .controller
+        .controller_get_volume(ControllerGetVolumeRequest { volume_id: volume.volume_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.volume.unwrap().volume_id, volume.volume_id);
+    for v in [&volume, &second] {
+        delete(&mut plugin.controller, &v.volume_id, &class).await.unwrap();
+    }
+    assert_eq!(smb_ls(samba, &base).await, vec![".smb3-csi".to_string()]);
+    assert!(smb_ls(samba, &format!("{base}/.smb3-csi")).await.is_empty());
+    let err = plugin
+        .controller
+        .controller_get_volume(ControllerGetVolumeRequest { volume_id: volume.volume_id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    plugin.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clone_is_byte_identical() {
     let samba = samba!();
@@ -507,6 +559,81 @@ async fn malformed_requests_get_their_code_and_touch_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument);
 
     assert_eq!(local_tree(samba.share_path()), before, "a refused request changed the share");
+    plugin.stop().await;
+}
+
+type Call = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::Status>> + Send>>;
+
+/// One row per error case of the spec's tables for the Controller RPCs that take a volume id: a missing
+/// required field is INVALID_ARGUMENT, a volume that does not exist is NOT_FOUND (DeleteVolume: OK, it is
+/// idempotent), whether the id is another driver's or one of ours whose directory is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_error_codes_follow_the_spec_tables() {
+    let samba = samba!();
+    let base = base_dir(samba, "codes");
+    let mut plugin = Plugin::start().await;
+    let class = StorageClass::for_samba(samba, &base);
+    // A volume that existed: created, then deleted.
+    let gone = provision(&mut plugin.controller, create_request(&class, &Claim::new("default", "gone", 1 << 20)))
+        .await
+        .unwrap()
+        .volume_id;
+    delete(&mut plugin.controller, &gone, &class).await.unwrap();
+    let foreign = "not-a-volume-of-this-driver".to_string();
+    let caps = vec![mount_capability(volume_capability::access_mode::Mode::MultiNodeMultiWriter)];
+    let range = Some(CapacityRange { required_bytes: 2 << 20, limit_bytes: 0 });
+    let secrets = class.secrets();
+
+    let c = plugin.controller.clone();
+    let delete_call = |volume_id: &str| -> Call {
+        let (mut c, request) =
+            (c.clone(), DeleteVolumeRequest { volume_id: volume_id.into(), secrets: secrets.clone() });
+        Box::pin(async move { c.delete_volume(request).await.map(drop) })
+    };
+    let validate = |volume_id: &str, volume_capabilities: Vec<VolumeCapability>| -> Call {
+        let mut c = c.clone();
+        let request = ValidateVolumeCapabilitiesRequest {
+            volume_id: volume_id.into(),
+            volume_capabilities,
+            secrets: secrets.clone(),
+            ..Default::default()
+        };
+        Box::pin(async move { c.validate_volume_capabilities(request).await.map(drop) })
+    };
+    let expand = |volume_id: &str, capacity_range: Option<CapacityRange>| -> Call {
+        let mut c = c.clone();
+        let request = ControllerExpandVolumeRequest {
+            volume_id: volume_id.into(),
+            capacity_range,
+            secrets: secrets.clone(),
+            ..Default::default()
+        };
+        Box::pin(async move { c.controller_expand_volume(request).await.map(drop) })
+    };
+    let get = |volume_id: &str| -> Call {
+        let (mut c, request) = (c.clone(), ControllerGetVolumeRequest { volume_id: volume_id.into() });
+        Box::pin(async move { c.controller_get_volume(request).await.map(drop) })
+    };
+    let cases: Vec<(&str, Call, Option<Code>)> = vec![
+        ("DeleteVolume: no volume id", delete_call(""), Some(Code::InvalidArgument)),
+        ("DeleteVolume: another driver's id", delete_call(&foreign), None),
+        ("DeleteVolume: already deleted", delete_call(&gone), None),
+        ("ValidateVolumeCapabilities: no volume id", validate("", caps.clone()), Some(Code::InvalidArgument)),
+        ("ValidateVolumeCapabilities: no capabilities", validate(&gone, vec![]), Some(Code::InvalidArgument)),
+        ("ValidateVolumeCapabilities: another driver's id", validate(&foreign, caps.clone()), Some(Code::NotFound)),
+        ("ValidateVolumeCapabilities: deleted volume", validate(&gone, caps.clone()), Some(Code::NotFound)),
+        ("ControllerExpandVolume: no volume id", expand("", range), Some(Code::InvalidArgument)),
+        ("ControllerExpandVolume: no capacity range", expand(&gone, None), Some(Code::InvalidArgument)),
+        ("ControllerExpandVolume: another driver's id", expand(&foreign, range), Some(Code::NotFound)),
+        ("ControllerExpandVolume: deleted volume", expand(&gone, range), Some(Code::NotFound)),
+        ("ControllerGetVolume: no volume id", get(""), Some(Code::InvalidArgument)),
+        ("ControllerGetVolume: another driver's id", get(&foreign), Some(Code::NotFound)),
+        ("ControllerGetVolume: deleted volume", get(&gone), Some(Code::NotFound)),
+    ];
+    for (name, call, want) in cases {
+        let got = call.await.err().map(|status| status.code());
+        assert_eq!(got, want, "{name}");
+    }
     plugin.stop().await;
 }
 

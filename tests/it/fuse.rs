@@ -480,3 +480,52 @@ fn bench_dd_against_smbclient() {
     println!("size {mib} MiB: FUSE dd write (conv=fsync) {} | smbclient put {}", rate(w), rate(p));
     println!("size {mib} MiB: FUSE dd read (fresh mount) {} | smbclient get {}", rate(r), rate(g));
 }
+
+/// Runs `sh -c script` as `nobody` (uid and gid 65534, no supplementary groups).
+fn as_nobody(script: &str) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", script])
+        .output()
+        .expect("run setpriv")
+}
+
+#[test]
+fn noexec_refuses_to_run_files_and_exec_runs_them() {
+    let Some(e) = env("noexec") else { return };
+    let (mp, m) = e.mount(&["file_mode=0755"]);
+    let script = mp.path().join("hello.sh");
+    fs::write(&script, b"#!/bin/sh\necho hello\n").unwrap();
+    let out = Command::new(&script).output().expect("an exec mount runs the script");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    m.unmount().unwrap();
+
+    let (mp, m) = e.mount(&["file_mode=0755,noexec"]);
+    let script = mp.path().join("hello.sh");
+    assert_eq!(fs::metadata(&script).unwrap().mode() & 0o777, 0o755);
+    assert_eq!(errno_of(Command::new(&script).output()), nix::libc::EACCES);
+    // Reading it is still fine: only execution is refused.
+    assert!(fs::read_to_string(&script).unwrap().contains("echo hello"));
+    m.unmount().unwrap();
+}
+
+#[test]
+fn noperm_lets_any_user_write_what_the_modes_forbid() {
+    let Some(e) = env("noperm") else { return };
+    let (mp, m) = e.mount(&["uid=0,gid=0,file_mode=0644,dir_mode=0755"]);
+    let file = mp.path().join("owned-by-root");
+    fs::write(&file, b"root\n").unwrap();
+    let write = format!("echo nobody > {}", file.display());
+    let out = as_nobody(&write);
+    assert!(!out.status.success(), "nobody wrote a 0644 file of uid 0 without noperm");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
+    m.unmount().unwrap();
+
+    let (mp, m) = e.mount(&["uid=0,gid=0,file_mode=0644,dir_mode=0755,noperm"]);
+    let file = mp.path().join("owned-by-root");
+    let out = as_nobody(&format!("echo nobody > {}", file.display()));
+    assert!(out.status.success(), "noperm: nobody could not write: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read_to_string(&file).unwrap(), "nobody\n");
+    // The presented modes are unchanged; only the kernel's check is off.
+    assert_eq!(fs::metadata(&file).unwrap().mode() & 0o777, 0o644);
+    m.unmount().unwrap();
+}

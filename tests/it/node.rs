@@ -294,7 +294,6 @@ async fn capabilities_info_and_malformed_requests() {
         ("relative staging path", with(&|r| r.staging_target_path = "globalmount".into()), "absolute"),
         ("dotdot staging path", with(&|r| r.staging_target_path = "/var/lib/../x".into()), ".."),
         ("no capability", with(&|r| r.volume_capability = None), "volume_capability"),
-        ("block", with(&|r| r.volume_capability = Some(block.clone())), "block"),
         ("no access mode", with(&|r| r.volume_capability.as_mut().unwrap().access_mode = None), "access_mode"),
         ("bad mount flag", with(&|r| r.volume_capability = Some(rwx(&["uid=bob"]))), "uid"),
         ("unknown mount flag", with(&|r| r.volume_capability = Some(rwx(&["frobnicate"]))), "frobnicate"),
@@ -338,6 +337,10 @@ async fn capabilities_info_and_malformed_requests() {
         assert!(status.message().to_lowercase().contains(&needle.to_lowercase()), "{name}: {}", status.message());
         assert!(!status.message().contains("hunter2"), "{name}");
     }
+    // The spec's "Exceeds capabilities" for the node RPCs is FAILED_PRECONDITION, not INVALID_ARGUMENT.
+    let status = plugin.node.node_stage_volume(with(&|r| r.volume_capability = Some(block.clone()))).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("block"), "{status:?}");
     // Nothing was mounted or created by a refused request.
     assert!(!staging.exists());
 
@@ -360,14 +363,29 @@ async fn capabilities_info_and_malformed_requests() {
             Code::InvalidArgument,
         ),
         (
-            "no staging path",
-            NodePublishVolumeRequest { staging_target_path: String::new(), ..publish.clone() },
+            "no volume id",
+            NodePublishVolumeRequest { volume_id: String::new(), ..publish.clone() },
             Code::InvalidArgument,
         ),
         (
-            "block",
-            NodePublishVolumeRequest { volume_capability: Some(block.clone()), ..publish.clone() },
+            "no capability",
+            NodePublishVolumeRequest { volume_capability: None, ..publish.clone() },
             Code::InvalidArgument,
+        ),
+        (
+            "no staging path (staging target path not set)",
+            NodePublishVolumeRequest { staging_target_path: String::new(), ..publish.clone() },
+            Code::FailedPrecondition,
+        ),
+        (
+            "relative staging path",
+            NodePublishVolumeRequest { staging_target_path: "globalmount".into(), ..publish.clone() },
+            Code::InvalidArgument,
+        ),
+        (
+            "block (exceeds capabilities)",
+            NodePublishVolumeRequest { volume_capability: Some(block.clone()), ..publish.clone() },
+            Code::FailedPrecondition,
         ),
         ("not staged", publish.clone(), Code::FailedPrecondition),
     ];
@@ -396,27 +414,30 @@ async fn capabilities_info_and_malformed_requests() {
         })
         .await
         .unwrap();
-    // Stats of a volume that is not mounted here: NOT_FOUND; a bad path: INVALID_ARGUMENT.
-    let status = plugin
-        .node
-        .node_get_volume_stats(NodeGetVolumeStatsRequest {
-            volume_id: vol.volume_id.clone(),
-            volume_path: target.display().to_string(),
-            staging_target_path: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::NotFound);
-    let status = plugin
-        .node
-        .node_get_volume_stats(NodeGetVolumeStatsRequest {
-            volume_id: vol.volume_id.clone(),
-            volume_path: "relative".into(),
-            staging_target_path: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
+    // NodeGetVolumeStats: a missing field is INVALID_ARGUMENT; anything this node has not mounted is NOT_FOUND.
+    let stats = |volume_id: &str, volume_path: &str, staging_target_path: &str| NodeGetVolumeStatsRequest {
+        volume_id: volume_id.into(),
+        volume_path: volume_path.into(),
+        staging_target_path: staging_target_path.into(),
+    };
+    let (id, target_s, staging_s) =
+        (vol.volume_id.as_str(), target.display().to_string(), staging.display().to_string());
+    let stats_cases: Vec<(&str, NodeGetVolumeStatsRequest, Code)> = vec![
+        ("no volume id", stats("", &target_s, ""), Code::InvalidArgument),
+        ("no volume path", stats(id, "", ""), Code::InvalidArgument),
+        ("not mounted here", stats(id, &target_s, ""), Code::NotFound),
+        ("not mounted, with staging path", stats(id, &target_s, &staging_s), Code::NotFound),
+        ("relative path", stats(id, "relative", ""), Code::NotFound),
+        ("dotdot path", stats(id, "/var/lib/../kubelet", ""), Code::NotFound),
+        ("root", stats(id, "/", ""), Code::NotFound),
+        ("unknown volume id", stats("v1|other||share||pvc-9|delete", &target_s, ""), Code::NotFound),
+        ("over-long volume id", stats(&"v".repeat(200), &target_s, ""), Code::NotFound),
+        ("unusable staging path", stats(id, &target_s, "relative"), Code::NotFound),
+    ];
+    for (name, request, code) in stats_cases {
+        let status = plugin.node.node_get_volume_stats(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{name}: {status:?}");
+    }
     plugin.stop().await;
 }
 

@@ -13,7 +13,7 @@ use super::validate::{capacity_of, check_capabilities, check_not_reserved, parse
 use super::{VolumeRecord, CONTEXT_ENCRYPTION, CONTEXT_SOURCE, CONTEXT_SUBDIR};
 use crate::csi::proto::{volume_content_source, CreateVolumeRequest, Volume, VolumeContentSource};
 use crate::volume::params::encryption_name;
-use crate::volume::{SharePath, StorageClassParams, VolumeId};
+use crate::volume::{compact, SharePath, StorageClassParams, VolumeId};
 use smb3::Credentials;
 
 /// A validated CreateVolume request: everything decided before any SMB traffic.
@@ -64,7 +64,12 @@ impl CreatePlan {
             on_delete: Some(params.on_delete),
             encryption: params.encryption,
         };
-        let volume_id = id.encode().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Every valid name gets an id: a directory named after the request (the name, or a template) that is
+        // too long to spell out in the id gets a shorter name. A literal subDir is the administrator's
+        // choice of directory and is never renamed: too long is INVALID_ARGUMENT.
+        let named_by_request = params.sub_dir.as_ref().is_none_or(|t| t.as_str().contains("${"));
+        let fitted = if named_by_request { compact::fit(id) } else { id.encode().map(|encoded| (id, encoded)) };
+        let (id, volume_id) = fitted.map_err(|e| Status::invalid_argument(e.to_string()))?;
 
         let clone_from = match req.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
             None => None,
@@ -226,6 +231,31 @@ mod tests {
         assert_eq!(volume.volume_context[CONTEXT_SOURCE], "//srv/share/k8s");
         assert_eq!(volume.volume_context[CONTEXT_SUBDIR], "pvc-1");
         assert_eq!(volume.volume_context.len(), 2);
+    }
+
+    #[test]
+    fn a_128_byte_name_gets_a_compact_id_the_same_on_every_retry() {
+        let mut req = request();
+        req.name = format!("pvc-{}", "0123456789abcdef".repeat(8)).chars().take(128).collect();
+        req.parameters.insert("source".into(), "//smb-server.default.svc.cluster.local/share/k8s".into());
+        let plan = CreatePlan::from_request(&req).unwrap();
+        assert!(plan.volume_id.len() <= crate::volume::MAX_VOLUME_ID_LEN, "{}", plan.volume_id);
+        assert_eq!(VolumeId::parse(&plan.volume_id).unwrap(), plan.id);
+        let dir = plan.id.sub_dir.to_string();
+        assert!(req.name.starts_with(dir.rsplit_once('-').unwrap().0), "{dir}");
+        // The node finds the directory through the context as well as through the id.
+        assert_eq!(plan.volume(0).volume_context[CONTEXT_SUBDIR], dir);
+        assert_eq!(CreatePlan::from_request(&req).unwrap().volume_id, plan.volume_id);
+        // A record of the same name with another id (here: the readable one) is an incompatible retry.
+        let record = VolumeRecord {
+            name: req.name.clone(),
+            volume_id: format!("v1|srv||share|k8s|{}|delete", "x".repeat(40)),
+            capacity_bytes: 1 << 20,
+            content_source: String::new(),
+            state: RecordState::Ready,
+        };
+        assert!(plan.incompatibility(&record).is_some());
+        assert_eq!(plan.incompatibility(&VolumeRecord { volume_id: plan.volume_id.clone(), ..record }), None);
     }
 
     #[test]
