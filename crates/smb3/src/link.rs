@@ -33,18 +33,9 @@ const RECLAIM_RETRY: Duration = Duration::from_millis(200);
 /// Where the link is, as its waiters see it.
 #[derive(Clone)]
 enum Phase {
-    Up {
-        session: Arc<Session>,
-        generation: u64,
-    },
-    /// `since`: when the outage began; a soft deadline counts from it.
-    Down {
-        reason: String,
-        since: Instant,
-    },
-    Failed {
-        why: String,
-    },
+    Up { session: Arc<Session>, generation: u64 },
+    Down { reason: String },
+    Failed { why: String },
 }
 
 /// Trees and opens to re-bind after a reconnect (weak: a dropped handle
@@ -132,12 +123,12 @@ impl Link {
     pub async fn up(&self, after: Option<u64>, deadline: &mut Option<Instant>) -> Result<(Arc<Session>, u64)> {
         let mut rx = self.phase.subscribe();
         loop {
-            let (reason, outage_since) = match &*rx.borrow_and_update() {
+            let reason = match &*rx.borrow_and_update() {
                 Phase::Up { session, generation } if after.is_none_or(|a| *generation > a) => {
                     return Ok((session.clone(), *generation))
                 }
-                Phase::Up { .. } => ("connection lost".to_string(), Instant::now()),
-                Phase::Down { reason, since } => (reason.clone(), *since),
+                Phase::Up { .. } => "connection lost".to_string(),
+                Phase::Down { reason } => reason.clone(),
                 Phase::Failed { why } => return Err(Error::Closed { addr: self.addr().to_string(), why: why.clone() }),
             };
             match self.opts.recovery {
@@ -147,10 +138,7 @@ impl Link {
                     }
                 }
                 Recovery::Soft { timeout } => {
-                    // The bound is on the outage, not on each operation: once
-                    // the server has been away for `timeout`, every operation
-                    // fails at once instead of each waiting `timeout` again.
-                    let at = *deadline.get_or_insert_with(|| outage_since + timeout);
+                    let at = *deadline.get_or_insert_with(|| Instant::now() + timeout);
                     match tokio::time::timeout_at(at.into(), rx.changed()).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => {
@@ -364,7 +352,7 @@ async fn recover(link: &Weak<Link>, reason: String, generation: u64, stop: &mut 
     let started = Instant::now();
     {
         let Some(l) = link.upgrade() else { return false };
-        l.phase.send_replace(Phase::Down { reason: reason.clone(), since: Instant::now() });
+        l.phase.send_replace(Phase::Down { reason: reason.clone() });
         *l.state.lock().unwrap() = ConnectionState::Reconnecting {
             reason: reason.clone(),
             since: SystemTime::now(),

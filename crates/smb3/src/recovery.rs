@@ -20,9 +20,8 @@ pub enum Recovery {
     /// fails because the server is away.
     #[default]
     Hard,
-    /// Fail operations with [`Error::Unavailable`] once the connection has
-    /// been down for `timeout`: the first waiters fail then, and operations
-    /// started later in the same outage fail at once.
+    /// Fail an operation with [`Error::Unavailable`] once it has waited
+    /// `timeout` for the connection to come back.
     Soft { timeout: Duration },
 }
 
