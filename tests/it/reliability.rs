@@ -381,9 +381,12 @@ fn soft_mount_fails_with_eio_within_its_bound_and_recovers() {
     let e = fs::read(mp.path().join("before.txt")).expect_err("reads fail too");
     let read_failed_after = started.elapsed();
     assert_eq!(e.raw_os_error(), Some(libc_eio()), "{e}");
-    for (what, after) in [("fsync", fsync_failed_after), ("read", read_failed_after)] {
+    // Each operation waits the bound on its own: fsync may wait it twice when
+    // the kernel first sends the cached write (which fails after the bound)
+    // and then the fsync itself (which waits again).
+    for (what, after, waits) in [("fsync", fsync_failed_after, 2), ("read", read_failed_after, 1)] {
         assert!(after >= bound - Duration::from_millis(300), "{what} failed before the bound: {after:?}");
-        assert!(after < bound + Duration::from_secs(4), "{what} failed long after the bound: {after:?}");
+        assert!(after < bound * waits + Duration::from_secs(4), "{what} failed long after the bound: {after:?}");
     }
     assert!(!client.connection_state().is_connected());
 
