@@ -6,7 +6,7 @@ source "$(dirname "$0")/lib.sh"
 
 BINARIES=(kube-apiserver kube-controller-manager kubelet kubectl)
 # Bump when the source patches below change: cached binaries are rebuilt.
-# 2: the kubelet's :authority patch of level 1 is gone (reverted in a cached tree).
+# 2: the kubelet's :authority patch of level 1 is gone (a tree that has it is unpacked again).
 PATCH_LEVEL=2
 mkdir -p "$K8S_BIN" "$E2E_CACHE/images"
 
@@ -31,16 +31,16 @@ build_kubernetes() {
 
   # The kubelet 1.20 gRPC clients (plugin registration, CSI) send the unix socket *path* as the
   # HTTP/2 :authority. The driver accepts that (src/csi/h2fix), so the kubelet is built as Debian
-  # ships it. PATCH_LEVEL 1 patched these files in the cached source tree to send "localhost":
-  # undo that, so a tree unpacked by an older build.sh is unmodified too.
-  local f
-  for f in pkg/kubelet/pluginmanager/operationexecutor/operation_generator.go pkg/volume/csi/csi_client.go; do
-    if grep -q 'grpc.WithAuthority("localhost")' "$tree/$f"; then
-      log "reverting the :authority patch of $f"
-      sed -i 's|grpc.WithInsecure(), grpc.WithAuthority("localhost"),|grpc.WithInsecure(),|' "$tree/$f"
-      ! grep -q 'grpc.WithAuthority("localhost")' "$tree/$f" || die "reverting the patch of $f failed"
-    fi
-  done
+  # ships it. PATCH_LEVEL 1 edited two files of the cached tree to send "localhost": a tree
+  # carrying that edit is thrown away and unpacked again from the source package, never edited back.
+  if grep -qs 'grpc.WithAuthority("localhost")' "$tree/pkg/volume/csi/csi_client.go" \
+    "$tree/pkg/kubelet/pluginmanager/operationexecutor/operation_generator.go"; then
+    log "the cached kubernetes source carries an old :authority patch: unpacking it again"
+    rm -rf "$E2E_CACHE/src" "$gopath/src/k8s.io/kubernetes"
+    bash "$E2E_DIR/install.sh"
+    build_kubernetes
+    return
+  fi
 
   local openapi=$tree/pkg/generated/openapi/zz_generated.openapi.go
   if [[ ! -s $openapi ]]; then
