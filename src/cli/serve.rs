@@ -64,7 +64,8 @@ pub struct ServeArgs {
     /// (e.g. :29744 for every interface, 127.0.0.1:9808); off when unset.
     #[arg(long, env = "METRICS_ADDRESS")]
     metrics_address: Option<MetricsAddress>,
-    /// Kubeconfig for reading the Secrets of inline volumes (default: in-cluster config).
+    /// Kubeconfig for reading the Secrets of inline volumes and, after a password rotation, the Secrets named
+    /// by the PVs of staged volumes (default: in-cluster config).
     #[arg(long)]
     kubeconfig: Option<std::path::PathBuf>,
 }
@@ -136,7 +137,11 @@ fn services(role: Role, args: &ServeArgs, ready: Arc<AtomicBool>) -> Result<Serv
 /// The Node service with its own session pool (volumes of one node share sessions among themselves).
 fn node_service(node_id: &str, args: &ServeArgs) -> NodeService {
     let node = NodeService::new(
-        NodeConfig { node_id: node_id.to_string(), kubeconfig: args.kubeconfig.clone() },
+        NodeConfig {
+            node_id: node_id.to_string(),
+            kubeconfig: args.kubeconfig.clone(),
+            driver_name: args.driver_name.clone(),
+        },
         session_pool(args),
     );
     node.spawn_connection_watch(CONNECTION_WATCH_EVERY);

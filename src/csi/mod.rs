@@ -9,6 +9,7 @@ pub mod identity;
 mod locks;
 pub mod node;
 pub mod redact;
+mod rotation;
 pub mod server;
 
 /// Types and service traits generated from `proto/csi.proto` (package `csi.v1`).

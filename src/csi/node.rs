@@ -11,7 +11,9 @@
 //! - **Encryption**: the volume context's `encryption` (put there by the controller from the StorageClass, or a
 //!   static PV's / inline volume's attribute), else the volume id's policy, else the node's `--smb-encryption`;
 //!   the `seal` mount option forces `required` whatever they say.
-//! - **Credentials**: the node-stage secret (`username`, `password`, optional `domain`, values trimmed).
+//! - **Credentials**: the node-stage secret (`username`, `password`, optional `domain`, values trimmed). A
+//!   reconnect the server refuses (a rotated password) re-reads the volume's Secret through the API: the
+//!   `nodeStageSecretRef` of its PV, or an inline volume's `secretName` ([`super::rotation`]).
 //! - **Sessions**: one node-wide [`SessionPool`]; volumes with the same server, port, user, domain, password and
 //!   client options share one SMB connection and session. `nosharesock` gives a volume a private session.
 //! - **Mounts**: the [`FuseMount`]s live in one registry keyed by the path they are mounted at (the staging path,
@@ -49,8 +51,9 @@ use super::proto::{
     NodeStageVolumeResponse, NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse, NodeUnstageVolumeRequest,
     NodeUnstageVolumeResponse, VolumeCapability, VolumeCondition, VolumeUsage,
 };
-use crate::k8s::{SecretError, SecretReader};
-use crate::mount::{self, FuseMount, MountError, MountOptions, MountState, SharedCredentials, FSTYPE};
+use super::rotation::{NodeCredentials, SecretLookup, SecretOrigin};
+use crate::k8s::{SecretError, SecretReader, SecretRef};
+use crate::mount::{self, FuseMount, MountError, MountOptions, MountState, FSTYPE};
 use crate::volume::{SharePath, ShareUrl, VolumeId};
 use smb3::{is_not_found, Client, ClientOptions, Credentials, EncryptionPolicy, SessionPool, ShareTarget, Tree};
 
@@ -72,8 +75,11 @@ const MAX_PATH_LEN: usize = 4096;
 pub struct NodeConfig {
     /// NodeGetInfo's node id.
     pub node_id: String,
-    /// Kubeconfig for Secret lookups of inline volumes; `None`: in-cluster (or inferred) config.
+    /// Kubeconfig for Secret lookups (inline volumes, rotated passwords); `None`: in-cluster (or inferred)
+    /// config.
     pub kubeconfig: Option<PathBuf>,
+    /// Our CSI driver name: a staged volume's PV is the one with this `spec.csi.driver`.
+    pub driver_name: String,
 }
 
 /// A live FUSE mount the node owns.
@@ -91,6 +97,8 @@ struct Staged {
     _private: Option<Client>,
     /// The `soft` mount's timeout (`None`: hard), for conditions that say what I/O does meanwhile.
     soft: Option<Duration>,
+    /// Where its sessions get credentials on a reconnect (it tracks this volume while mounted).
+    credentials: Arc<NodeCredentials>,
     /// The connection watcher found the SMB connection down at its last look.
     down: AtomicBool,
 }
@@ -104,7 +112,9 @@ pub struct NodeService {
 struct Inner {
     node_id: String,
     pool: SessionPool,
-    secrets: SecretReader,
+    secrets: Arc<SecretReader>,
+    /// Finds a volume's Secret again after a password rotation.
+    rotation: Arc<SecretLookup>,
     /// Mount path (staging path or inline target) -> the mount.
     mounts: Mutex<HashMap<PathBuf, Arc<Staged>>>,
     /// Published target -> its staging path (for stats on the target path).
@@ -113,7 +123,7 @@ struct Inner {
     busy: InFlight<PathBuf>,
     /// The newest credentials a CSI call brought per (server, port, user): every session of that user on
     /// that server reconnects with them. One entry per server and user the node ever mounted for.
-    credentials: Mutex<HashMap<CredentialsKey, Arc<SharedCredentials>>>,
+    credentials: Mutex<HashMap<CredentialsKey, Arc<NodeCredentials>>>,
 }
 
 /// Server (lower case), port and user (`DOMAIN\user`) of a credentials entry.
@@ -129,15 +139,17 @@ impl NodeService {
     /// use smb3_csi::csi::node::{NodeConfig, NodeService};
     /// use smb3::{ClientOptions, SessionPool};
     /// let pool = SessionPool::new(ClientOptions::default(), Duration::from_secs(300));
-    /// let node = NodeService::new(NodeConfig { node_id: "node-1".into(), kubeconfig: None }, pool);
+    /// let node = NodeService::new(NodeConfig { node_id: "node-1".into(), kubeconfig: None, driver_name: "smb3.csi.dev".into() }, pool);
     /// # }
     /// ```
     pub fn new(config: NodeConfig, pool: SessionPool) -> Self {
+        let secrets = Arc::new(SecretReader::new(config.kubeconfig));
         NodeService {
             inner: Arc::new(Inner {
                 node_id: config.node_id,
                 pool,
-                secrets: SecretReader::new(config.kubeconfig),
+                rotation: SecretLookup::new(secrets.clone(), &config.driver_name),
+                secrets,
                 mounts: Mutex::default(),
                 published: Mutex::default(),
                 busy: InFlight::default(),
@@ -195,6 +207,7 @@ impl NodeService {
         crate::metrics::set_mounted_volumes(mounted);
         if let Some(staged) = &staged {
             crate::metrics::forget_volume(&staged.volume_id);
+            staged.credentials.forget(&staged.volume_id);
         }
         let owned = path.to_path_buf();
         let result = tokio::task::spawn_blocking(move || -> Result<(), MountError> {
@@ -218,7 +231,7 @@ impl NodeService {
     /// The credentials source for `creds`' user on `host:port`, updated to `creds`: a CSI call carries the
     /// Secret as it is now, so the newest call wins, and sessions already open reconnect with it after a
     /// password rotation.
-    fn remember_credentials(&self, host: &str, port: u16, creds: &Credentials) -> Arc<SharedCredentials> {
+    fn remember_credentials(&self, host: &str, port: u16, creds: &Credentials) -> Arc<NodeCredentials> {
         let key = (host.to_ascii_lowercase(), port, creds.display_name());
         let mut book = self.inner.credentials.lock().unwrap();
         match book.get(&key) {
@@ -229,7 +242,7 @@ impl NodeService {
                 shared.clone()
             }
             None => {
-                let shared = SharedCredentials::new(creds.clone());
+                let shared = NodeCredentials::new(host, port, creds, self.inner.rotation.clone());
                 book.insert(key, shared.clone());
                 shared
             }
@@ -259,13 +272,13 @@ impl NodeService {
         };
         let source = self.remember_credentials(&target.host, target.port, &plan.creds);
         let (tree, private) = if plan.options.nosharesock {
-            let client = Client::connect_with_source(&target.host, target.port, source, &client_options)
+            let client = Client::connect_with_source(&target.host, target.port, source.clone(), &client_options)
                 .await
                 .map_err(|e| smb_error(&connecting, &e))?;
             let tree = client.tree(&target.share).await.map_err(|e| smb_error(&connecting, &e))?;
             (tree, Some(client))
         } else {
-            match self.inner.pool.tree_with_source(&target, &plan.creds, source, &client_options).await {
+            match self.inner.pool.tree_with_source(&target, &plan.creds, source.clone(), &client_options).await {
                 Ok(tree) => (tree, None),
                 Err(e) => {
                     if is_auth_failure(&e) {
@@ -297,8 +310,10 @@ impl NodeService {
             fingerprint: plan.fingerprint,
             _private: private,
             soft,
+            credentials: source.clone(),
             down: AtomicBool::new(false),
         };
+        source.track(volume_id, plan.origin);
         let mounted = {
             let mut mounts = self.inner.mounts.lock().unwrap();
             mounts.insert(at.to_path_buf(), Arc::new(staged));
@@ -391,13 +406,16 @@ impl NodeService {
             SecretError::Config(_) => Status::failed_precondition(format!(
                 "inline volume: {e} (inline volumes need the node plugin to reach the Kubernetes API)"
             )),
-            SecretError::Api { .. } => Status::unavailable(format!("inline volume: {e}")),
+            SecretError::Api { .. }
+            | SecretError::PersistentVolumes { .. }
+            | SecretError::PersistentVolumesForbidden { .. } => Status::unavailable(format!("inline volume: {e}")),
         })?;
         let creds = super::credentials_from_secrets(&data)?.ok_or_else(|| {
             Status::invalid_argument(format!("inline volume: Secret {namespace}/{secret_name} is empty"))
         })?;
         let encryption = encryption_policy(&req.volume_id, ctx)?;
-        let plan = MountPlan { share, sub_dir, encryption, options, creds, fingerprint };
+        let origin = SecretOrigin::Named(SecretRef { namespace: namespace.to_string(), name: secret_name.to_string() });
+        let plan = MountPlan { share, sub_dir, encryption, options, creds, fingerprint, origin };
         self.mount_volume(&req.volume_id, target, plan).await
     }
 }
@@ -411,6 +429,8 @@ struct MountPlan {
     options: MountOptions,
     creds: Credentials,
     fingerprint: String,
+    /// Where the credentials are read again after a password rotation.
+    origin: SecretOrigin,
 }
 
 /// How long NodeGetVolumeStats waits for the share to answer its probe.
@@ -675,7 +695,8 @@ impl Node for NodeService {
             tracing::info!(staging = %staging.display(), "already staged and healthy");
             return Ok(Response::new(NodeStageVolumeResponse {}));
         }
-        let plan = MountPlan { share, sub_dir, encryption, options, creds, fingerprint };
+        let origin = SecretOrigin::StagedVolume;
+        let plan = MountPlan { share, sub_dir, encryption, options, creds, fingerprint, origin };
         self.mount_volume(&req.volume_id, staging, plan).await?;
         Ok(Response::new(NodeStageVolumeResponse {}))
     }

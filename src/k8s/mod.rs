@@ -1,5 +1,6 @@
-//! Reading Kubernetes Secrets through the API server, for inline ephemeral volumes (their credentials are
-//! named by `secretName` in the pod spec, so no sidecar resolves them for us).
+//! Reading Kubernetes Secrets through the API server: for inline ephemeral volumes (their credentials are
+//! named by `secretName` in the pod spec, so no sidecar resolves them for us), and for re-reading a staged
+//! volume's node-stage Secret after a password rotation ([`stage_secret`]: found through its PV).
 //!
 //! The client is created on the first lookup, not at startup: a node pod only has an API token when inline
 //! volumes are enabled, and a plugin that needs none must not fail for lack of one.
@@ -21,6 +22,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use tokio::sync::OnceCell;
 
+pub mod stage_secret;
+pub use stage_secret::{pick_stage_secret, SecretRef, StageSecret};
+
 /// Why a Secret could not be read. `Display` names the Secret, never its data.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -36,9 +40,13 @@ pub enum SecretError {
     NotUtf8 { namespace: String, name: String, key: String },
     #[error("Secret name {0:?} is not a valid Kubernetes object name")]
     BadName(String),
+    #[error("listing PersistentVolumes is forbidden for the node plugin's service account: {message}")]
+    PersistentVolumesForbidden { message: String },
+    #[error("listing PersistentVolumes: {message}")]
+    PersistentVolumes { message: String },
 }
 
-/// Reads Secrets with a lazily created kube client (in-cluster config, or the given kubeconfig file).
+/// Reads Secrets (and the PersistentVolumes that name them) with a lazily created kube client (in-cluster config, or the given kubeconfig file).
 pub struct SecretReader {
     kubeconfig: Option<PathBuf>,
     client: OnceCell<Client>,

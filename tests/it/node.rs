@@ -66,7 +66,8 @@ impl NodePlugin {
             ClientOptions { timeout: Duration::from_secs(20), ..Default::default() },
             Duration::from_secs(60),
         );
-        let node = NodeService::new(NodeConfig { node_id: NODE_ID.into(), kubeconfig }, pool);
+        let node =
+            NodeService::new(NodeConfig { node_id: NODE_ID.into(), kubeconfig, driver_name: DRIVER.into() }, pool);
         node.spawn_connection_watch(Duration::from_millis(200));
         let services = Services::new()
             .with_identity(IdentityService::new(DRIVER, false, Arc::new(AtomicBool::new(true))).unwrap())
