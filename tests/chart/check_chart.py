@@ -103,6 +103,14 @@ def leader_election(namespace):
 def expected_permissions(case):
     controller = PROVISIONER | RESIZER | leader_election(case["namespace"])
     node = perms("cluster", "", "secrets", ["get"]) if case["inline"] else set()
+    # Password rotation: the PVs (to find a volume's nodeStageSecretRef) and the Secrets, where asked.
+    if case["rotation_all"] or case["rotation_namespaces"]:
+        node |= perms("cluster", "", "persistentvolumes", ["get", "list"])
+    if case["rotation_all"]:
+        node |= perms("cluster", "", "secrets", ["get"])
+    else:
+        for ns in case["rotation_namespaces"]:
+            node |= perms("ns:" + ns, "", "secrets", ["get"])
     return {case["controller_sa"]: controller, case["node_sa"]: node}
 
 
@@ -409,7 +417,9 @@ def check(docs, case):
 
     # Node pod token only when it has something to call.
     automount = ds["spec"]["template"]["spec"].get("automountServiceAccountToken", True)
-    expect(automount == case["inline"], f"node automountServiceAccountToken {automount} with inline={case['inline']}")
+    wants_api = bool(case["inline"] or case["rotation_all"] or case["rotation_namespaces"])
+    expect(automount == wants_api, f"node automountServiceAccountToken {automount} with inline={case['inline']}, "
+           f"rotation={case['rotation_all'] or case['rotation_namespaces']}")
 
     # RBAC: effective permissions of each ServiceAccount == what the components call.
     errors += check_rbac(docs, case, deploy, ds)
@@ -576,6 +586,8 @@ def case_from(values, namespace="kube-system", kube_version="1.33.0"):
         "driver": get(["driver", "name"], "smb3.csi.dev"),
         "kubelet": get(["linux", "kubelet"], "/var/lib/kubelet"),
         "inline": get(["feature", "enableInlineVolume"], False),
+        "rotation_all": get(["node", "credentialsRotation", "allNamespaces"], False),
+        "rotation_namespaces": get(["node", "credentialsRotation", "secretNamespaces"], []),
         "registrar": values.get("registrar", "node-driver-registrar"),
         "storage_classes": classes,
         "images": images,
@@ -605,6 +617,11 @@ CASES = [
     ("defaults", {}, "kube-system"),
     ("inline-on", {"feature": {"enableInlineVolume": True}}, "kube-system"),
     ("inline-off", {"feature": {"enableInlineVolume": False}}, "kube-system"),
+    # Password rotation: Secrets readable in the listed namespaces only, or everywhere when asked.
+    ("rotation-namespaces", {"node": {"credentialsRotation": {"secretNamespaces": ["team-a", "kube-system"]}}},
+     "kube-system"),
+    ("rotation-cluster", {"node": {"credentialsRotation": {"allNamespaces": True, "secretNamespaces": ["ignored"]}}},
+     "kube-system"),
     ("kubelet-dir", {"linux": {"kubelet": "/var/snap/microk8s/common/var/lib/kubelet/"}}, "kube-system"),
     ("storage-class", {"storageClass": {"create": True, "source": "//files.example.com/team/k8s",
                                         "subDir": "${pvc.metadata.namespace}/${pvc.metadata.name}",
@@ -714,6 +731,7 @@ BAD_VALUES = [
      "storageClasses[0] (smb2): mount option vers=2.0"),
     ({"storageClasses": [dict(SECRET_CLASS, name="creds", mountOptions=["username=bob"])]},
      "storageClasses[0] (creds): mount option username"),
+    ({"node": {"credentialsRotation": {"secretNamespaces": ["Team_A"]}}}, "secretNamespaces"),
 ]
 
 
@@ -784,6 +802,13 @@ def mutations():
                      "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "x"},
                      "subjects": [{"kind": "ServiceAccount", "name": "smb3-csi-node-sa", "namespace": "kube-system"}]})
 
+    def m_node_pvs(docs):
+        docs.append({"kind": "ClusterRole", "apiVersion": "rbac.authorization.k8s.io/v1", "metadata": {"name": "y"},
+                     "rules": [{"apiGroups": [""], "resources": ["persistentvolumes"], "verbs": ["get", "list"]}]})
+        docs.append({"kind": "ClusterRoleBinding", "apiVersion": "rbac.authorization.k8s.io/v1", "metadata": {"name": "y"},
+                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "y"},
+                     "subjects": [{"kind": "ServiceAccount", "name": "smb3-csi-node-sa", "namespace": "kube-system"}]})
+
     def m_no_metadata(docs):
         c = container(deploy(docs), "csi-provisioner")
         c["args"] = [a for a in c["args"] if not a.startswith("--extra-create-metadata")]
@@ -837,6 +862,7 @@ def mutations():
         ("wildcard RBAC", m_wildcard),
         ("resizer cannot patch claim status", m_missing_verb),
         ("node can read Secrets without inline volumes", m_node_secrets),
+        ("node can list PersistentVolumes without password rotation", m_node_pvs),
         ("provisioner without --extra-create-metadata", m_no_metadata),
         ("Ephemeral mode without inline volumes", m_ephemeral),
         ("liveness probe port does not reach the sidecar", m_health_port),

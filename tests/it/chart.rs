@@ -134,7 +134,16 @@ fn chart_renders_valid_manifests_with_the_invariants_for_every_values_case() {
     let tools = tools!();
     let report = tools.check("matrix");
     // One line per case; the cases must all have run.
-    let cases = ["defaults", "inline-on", "inline-off", "kubelet-dir", "storage-class", "custom-images"];
+    let cases = [
+        "defaults",
+        "inline-on",
+        "inline-off",
+        "rotation-namespaces",
+        "rotation-cluster",
+        "kubelet-dir",
+        "storage-class",
+        "custom-images",
+    ];
     for case in
         cases.iter().chain(&["own-registrar", "everything", "control-plane", "pinned-sidecars", "csi-driver-smb"])
     {
@@ -167,14 +176,14 @@ fn chart_takes_a_csi_driver_smb_values_file_and_warns_about_what_it_ignores() {
 fn chart_refuses_bad_values_with_a_message_naming_them() {
     let tools = tools!();
     let report = tools.check("bad-values");
-    assert_eq!(report.matches("ok refused").count(), 18, "{report}");
+    assert_eq!(report.matches("ok refused").count(), 19, "{report}");
 }
 
 #[test]
 fn chart_checks_catch_broken_manifests() {
     let tools = tools!();
     let report = tools.check("selftest");
-    assert!(report.matches("ok caught").count() >= 24, "{report}");
+    assert!(report.matches("ok caught").count() >= 25, "{report}");
 }
 
 #[test]
