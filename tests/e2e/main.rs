@@ -8,10 +8,12 @@
 //! - `harness` (ignored; run.sh starts the compiled test binary with `--ignored --exact harness`):
 //!   starts the private Samba from the test kit, writes its coordinates to
 //!   `$E2E_STATE/samba.env`, then runs the provisioner until `$E2E_STATE/run/harness.stop`
-//!   appears (or the process is killed, which also stops Samba through the kit's watchdog).
+//!   appears (or the process is killed, which also stops Samba through the kit's watchdog). Meanwhile it
+//!   acts on fault requests from run.sh ([`control`]: restart Samba, change the user's password).
 //!
 //! The remaining tests check the provisioner's pure parts and run everywhere.
 
+mod control;
 mod provisioner;
 
 use std::path::PathBuf;
@@ -23,7 +25,7 @@ use smb3_testkit::samba::{Samba, SambaProfile};
 #[ignore = "run by tests/e2e/k8s/run.sh against a live cluster"]
 fn harness() {
     let state = PathBuf::from(std::env::var("E2E_STATE").expect("E2E_STATE is set by run.sh"));
-    let samba = Samba::start(SambaProfile::EncryptRequired).expect("starting the private Samba");
+    let mut samba = Samba::start(SambaProfile::EncryptRequired).expect("starting the private Samba");
     let env = format!(
         "SMB_HOST={}\nSMB_PORT={}\nSMB_USER={}\nSMB_PASSWORD={}\nSMB_SHARE={}\nSMB_SHARE_PATH={}\n",
         samba.host(),
@@ -46,16 +48,23 @@ fn harness() {
 
     let config = provisioner::Config::from_env().expect("provisioner configuration");
     let stop_file = state.join("run/harness.stop");
+    let control = control::Channel::new(&state.join("run"));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
+        // Fault requests are looked at every 100 ms; the provisioner reconciles every 700 ms.
+        let mut last_reconcile: Option<std::time::Instant> = None;
         loop {
             if stop_file.exists() {
                 break;
             }
-            if let Err(e) = provisioner::reconcile_once(&config).await {
-                eprintln!("provisioner: {e}");
+            tokio::task::block_in_place(|| control.serve_once(&mut samba));
+            if last_reconcile.is_none_or(|t| t.elapsed() >= Duration::from_millis(700)) {
+                if let Err(e) = provisioner::reconcile_once(&config).await {
+                    eprintln!("provisioner: {e}");
+                }
+                last_reconcile = Some(std::time::Instant::now());
             }
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
     let _ = std::fs::remove_file(&env_path);

@@ -74,7 +74,7 @@ render() {
 }
 kc create namespace "$NS" --dry-run=client -o yaml | kc apply -f - >/dev/null
 render -s templates/csi-driver.yaml -s templates/serviceaccounts.yaml -s templates/rbac.yaml \
-  -s templates/storageclass.yaml >"$E2E_STATE/chart.yaml"
+  -s templates/storageclass.yaml --set "node.credentialsRotation.secretNamespaces={$NS}" >"$E2E_STATE/chart.yaml"
 kc apply -f "$E2E_STATE/chart.yaml" >/dev/null
 # Same class with onDelete=archive, for scenario 1.
 render -s templates/storageclass.yaml --set storageClass.name=smb3-archive,storageClass.onDelete=archive \
@@ -310,14 +310,119 @@ PV
   kc delete pvc static-e2e; kc delete pv static-e2e
 }
 
+# --- faults: the harness restarts Samba and changes the password on request (tests/e2e/control.rs) ---
+# samba_control REQUEST: "restart SECONDS" or "password NEW"; waits for the harness's reply, prints its duration (ms).
+samba_control() {
+  local request=$E2E_STATE/run/control.request reply=$E2E_STATE/run/control.reply answer
+  rm -f "$reply"
+  (umask 077; printf '%s\n' "$1" >"$request.tmp") && mv "$request.tmp" "$request"
+  wait_for "the harness's reply to ${1%% *}" 120 test -s "$reply" || fail "no reply from the harness to ${1%% *}"
+  answer=$(cat "$reply"); rm -f "$reply"
+  [[ $answer == ok* ]] || fail "harness: ${1%% *}: $answer"
+  echo "${answer#ok }"
+}
+# A pod appending numbered, fsync'd lines ("line N t=UPTIME", /proc/uptime in 1/100 s) to /data/log.txt
+# every 0.1 s until /data/stop appears; any failed write or fsync fails the pod.
+WRITER='i=0; : > /data/log.txt
+while [ ! -f /data/stop ] && [ $i -lt 3000 ]; do
+  i=$((i + 1)); read up _ < /proc/uptime
+  echo "line $i t=$up" >> /data/log.txt || { echo "write of line $i failed"; exit 1; }
+  sync /data/log.txt || { echo "fsync after line $i failed"; exit 1; }
+  sleep 0.1
+done
+echo "wrote $i lines"'
+# writer_lines PV: the number of lines of the writer's file on the share (smbclient, not through our client).
+writer_lines() { smbc "get $1/log.txt $E2E_STATE/writer.txt" >/dev/null && wc -l <"$E2E_STATE/writer.txt"; }
+# check_writer POD PV NAME: the pod succeeded without a restart, the share has lines 1..N each once in order
+# (N as the pod reported), and the longest gap between consecutive timestamps is the pause the pod saw.
+check_writer() {
+  local pod=$1 pv=$2 name=$3 wrote restarts
+  wait_pod "$pod" 120 | tee "$E2E_STATE/$pod.out" || fail "the writer pod failed"
+  restarts=$(kc get pod "$pod" -o jsonpath='{.status.containerStatuses[0].restartCount}')
+  [[ $restarts == 0 ]] || fail "the writer restarted $restarts times"
+  wrote=$(grep -oE 'wrote [0-9]+ lines' "$E2E_STATE/$pod.out" | grep -oE '[0-9]+')
+  [[ -n $wrote ]] || fail "the pod did not say how many lines it wrote"
+  smbc "get $pv/log.txt $E2E_STATE/$pod.txt" >/dev/null || fail "log.txt not on the share under $pv/"
+  awk -v n="$wrote" '
+    { if ($1 != "line" || $2 != NR || $3 !~ /^t=[0-9.]+$/) { printf "line %d of the file is %s\n", NR, $0; bad = 1; exit 1 } }
+    END { if (!bad && NR != n) { printf "%d lines on the share, the pod wrote %d\n", NR, n; exit 1 } }' \
+    "$E2E_STATE/$pod.txt" || fail "the file on the share is not lines 1..$wrote once each, in order"
+  local pause
+  pause=$(awk '{ t = substr($3, 3) + 0; if (NR > 1 && t - prev > max) max = t - prev; prev = t } END { printf "%.2f", max }' \
+    "$E2E_STATE/$pod.txt")
+  echo "PAUSE $name: $wrote lines intact on the share, restartCount 0, longest gap between lines ${pause}s"
+  echo "$name: longest gap between the pod's lines ${pause}s ($wrote lines, no error, no restart)" >>"$E2E_STATE/logs/pauses"
+}
+# start_writer CLAIM POD: a claim and the writer pod on it, once it has written a few lines; sets WRITER_PV.
+writer_at_least() { [[ $(writer_lines "$1" 2>/dev/null || echo 0) -ge $2 ]]; }
+start_writer() {
+  pvc_yaml "$1" smb3 ReadWriteOnce | kc apply -f -
+  wait_bound "$1"
+  WRITER_PV=$(kc get pvc "$1" -o jsonpath='{.spec.volumeName}')
+  pod_yaml "$2" "$WRITER" "    persistentVolumeClaim: {claimName: $1}" | kc apply -f -
+  wait_for "$2 writing" 90 writer_at_least "$WRITER_PV" 10 || fail "$2 did not start writing: $(pod_phase "$2")"
+}
+stop_writer() { # PV: creates the stop file on the share, which ends the writer's loop
+  : >"$E2E_STATE/empty"
+  smbc "put $E2E_STATE/empty $1/stop" >/dev/null || fail "cannot create $1/stop on the share"
+}
+node_log_since() { tail -c +"$(($1 + 1))" "$E2E_STATE/logs/smb3-csi-node.log"; }
+log_size() { stat -c %s "$E2E_STATE/logs/smb3-csi-node.log"; }
+
+test_samba_restart() {
+  start_writer restart-pvc restart-writer
+  local pv=$WRITER_PV from
+  from=$(log_size)
+  local took; took=$(samba_control "restart 4")
+  echo "Samba stopped, 4 s down, started again on port $SMB_PORT (${took} ms)"
+  sleep 3
+  stop_writer "$pv"
+  check_writer restart-writer "$pv" samba-restart
+  node_log_since "$from" | grep -E "SMB connection (lost|re-established)" | tail -3
+  node_log_since "$from" | grep -q "SMB connection re-established" || fail "the node log shows no reconnect"
+  delete_pod restart-writer
+  kc delete pvc restart-pvc --wait=false
+}
+
+test_password_rotation() {
+  start_writer rotate-pvc rotate-writer
+  local pv=$WRITER_PV from new
+  from=$(log_size)
+  new="Rot-$(head -c 9 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')9"
+  samba_control "password $new" >/dev/null
+  # The Secret named by the PV's nodeStageSecretRef (the StorageClass's), as an operator would rotate it.
+  local ref; ref=$(kc get pv "$pv" -o jsonpath='{.spec.csi.nodeStageSecretRef.namespace}/{.spec.csi.nodeStageSecretRef.name}')
+  [[ $ref == "$NS/smb-creds" ]] || fail "unexpected nodeStageSecretRef $ref"
+  kc -n "$NS" create secret generic smb-creds --from-literal=username="$SMB_USER" --from-literal=password="$new" \
+    --dry-run=client -o yaml | kc apply -f -
+  SMB_PASSWORD=$new
+  (umask 077; printf 'username = %s\npassword = %s\ndomain = WORKGROUP\n' "$SMB_USER" "$SMB_PASSWORD" >"$AUTH")
+  echo "password changed on Samba and in Secret $ref; the session stays up until the server restarts"
+  local took; took=$(samba_control "restart 2")
+  echo "Samba restarted (${took} ms): the node must log on again with the rotated password"
+  sleep 3
+  stop_writer "$pv"
+  check_writer rotate-writer "$pv" password-rotation
+  node_log_since "$from" | grep -E "re-read the volume's Secret|credentials rejected|re-established" | tail -4
+  node_log_since "$from" | grep "re-read the volume's Secret" | grep -q "changed=true" \
+    || fail "the node log does not show the Secret re-read with a changed password"
+  node_log_since "$from" | grep -q "SMB connection re-established" || fail "the node log shows no reconnect"
+  delete_pod rotate-writer
+  kc delete pvc rotate-pvc --wait=false
+}
+
 run_test registration test_registration
 run_test dynamic-pvc test_dynamic_pvc
 run_test rwx-two-pods test_rwx_two_pods
 run_test inline-ephemeral-secret test_inline_ephemeral_secret
 run_test fsgroup-readonly test_fsgroup_readonly
 run_test static-pv-subdir test_static_pv
+run_test samba-restart test_samba_restart
+# Last: it rotates the password every later step would use.
+run_test password-rotation test_password_rotation
 
 echo
 printf '%s\n' "${RESULTS[@]}"
+[[ -s $E2E_STATE/logs/pauses ]] && { echo "pauses seen by the pods:"; sed 's/^/  /' "$E2E_STATE/logs/pauses"; }
 echo "$PASSED passed, $FAILED failed"
 (( FAILED == 0 ))
