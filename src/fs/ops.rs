@@ -465,13 +465,20 @@ impl SmbFs {
     }
 
     /// Queued writes, then an SMB flush of the file.
+    ///
+    /// A handle opened read-only cannot be flushed (MS-SMB2 3.3.5.11: FLUSH needs write access, Samba answers
+    /// ACCESS_DENIED) and wrote nothing itself; the inode's write-behind it shares is drained above, so fsync(2)
+    /// of a read descriptor (busybox `sync FILE`) succeeds as on a local disk.
     pub async fn fsync(&self, fh: u64) -> Result<(), Errno> {
         let f = self.handles.file(fh)?;
         f.queue.drain().await;
         if let Some(e) = f.queue.take_error() {
             return Err(e);
         }
-        f.file().flush().await.map_err(|e| errno(&e, "fsync", f.file().path()))
+        match f.file().flush().await {
+            Err(e) if e.status() == Some(smb::NtStatus::ACCESS_DENIED) => Ok(()),
+            r => r.map_err(|e| errno(&e, "fsync", f.file().path())),
+        }
     }
 
     /// A directory handle; the listing is taken by the first read.

@@ -138,6 +138,8 @@ async fn create_write_read_back_and_attributes() {
     assert_eq!((a.size, a.perm, a.uid), (10, 0o640, 1000));
     let fh = fs.open(attr.ino, OFlag::O_RDONLY.bits()).await.unwrap();
     assert!(fs.read(fh, 0, 100).await.unwrap() == data[..10]);
+    // fsync(2) of a read-only descriptor (busybox `sync FILE`) succeeds although the server refuses FLUSH on it.
+    fs.fsync(fh).await.expect("fsync of a read-only handle");
     fs.release(fh).await;
 
     // A lookup finds the same inode; opening a directory as a file is EISDIR.
