@@ -773,15 +773,52 @@ async fn volumes_with_the_same_credentials_share_one_session() {
     plugin.stop().await;
 }
 
+/// What the fake API server serves: Secrets by (namespace, name), changeable while it runs, and PVs of our
+/// driver as (PV name, volume handle, nodeStageSecretRef namespace, name). It counts the requests per path.
+#[derive(Default)]
+struct FakeApi {
+    secrets: std::sync::Mutex<HashMap<(String, String), HashMap<String, String>>>,
+    pvs: Vec<(String, String, String, String)>,
+    requests: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+impl FakeApi {
+    fn requests_to(&self, path: &str) -> usize {
+        self.requests.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    /// `GET /api/v1/persistentvolumes`: a PersistentVolumeList with one PV of another driver first (it has a
+    /// volume handle of ours, so only the driver tells them apart).
+    fn pv_list(&self) -> String {
+        let mut items = vec![format!(
+            "{{\"metadata\":{{\"name\":\"theirs\"}},\"spec\":{{\"csi\":{{\"driver\":\"smb.csi.k8s.io\",\
+             \"volumeHandle\":{:?},\"nodeStageSecretRef\":{{\"name\":\"wrong\",\"namespace\":\"wrong\"}}}}}}}}",
+            self.pvs.first().map(|p| p.1.as_str()).unwrap_or("none")
+        )];
+        for (name, handle, ns, secret) in &self.pvs {
+            items.push(format!(
+                "{{\"metadata\":{{\"name\":{name:?}}},\"spec\":{{\"csi\":{{\"driver\":{DRIVER:?},\
+                 \"volumeHandle\":{handle:?},\"nodeStageSecretRef\":{{\"name\":{secret:?},\"namespace\":{ns:?}}}}}}}}}"
+            ));
+        }
+        format!(
+            "{{\"kind\":\"PersistentVolumeList\",\"apiVersion\":\"v1\",\"metadata\":{{\"resourceVersion\":\"1\"}},\
+             \"items\":[{}]}}",
+            items.join(",")
+        )
+    }
+}
+
 /// A fake Kubernetes API server: answers GET /api/v1/namespaces/<ns>/secrets/<name> with the real Secret JSON
-/// (base64 `data`) for the secrets it knows, and a 404 Status for the rest.
-async fn fake_api_server(secrets: HashMap<(String, String), HashMap<String, String>>) -> (u16, JoinHandle<()>) {
+/// (base64 `data`) for the secrets it knows, GET /api/v1/persistentvolumes with its PVs, and a 404 Status for
+/// the rest.
+async fn fake_api_server(api: Arc<FakeApi>) -> (u16, JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let task = tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else { return };
-            let secrets = secrets.clone();
+            let api = api.clone();
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -793,14 +830,20 @@ async fn fake_api_server(secrets: HashMap<(String, String), HashMap<String, Stri
                 }
                 let text = String::from_utf8_lossy(&request);
                 let path = text.split_whitespace().nth(1).unwrap_or("").split('?').next().unwrap_or("").to_string();
+                *api.requests.lock().unwrap().entry(path.clone()).or_default() += 1;
                 let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
                 let found = match parts[..] {
-                    ["api", "v1", "namespaces", ns, "secrets", name] => {
-                        secrets.get(&(ns.to_string(), name.to_string())).map(|data| (ns, name, data))
-                    }
+                    ["api", "v1", "namespaces", ns, "secrets", name] => api
+                        .secrets
+                        .lock()
+                        .unwrap()
+                        .get(&(ns.to_string(), name.to_string()))
+                        .cloned()
+                        .map(|data| (ns, name, data)),
                     _ => None,
                 };
                 let (status, body) = match found {
+                    _ if parts[..] == ["api", "v1", "persistentvolumes"] => ("200 OK", api.pv_list()),
                     Some((ns, name, data)) => {
                         let data: Vec<String> =
                             data.iter().map(|(k, v)| format!("\"{k}\":\"{}\"", base64(v.as_bytes()))).collect();
@@ -866,18 +909,13 @@ async fn inline_volume_reads_its_secret_from_the_api_server() {
         ("username".to_string(), samba.user().to_string()),
         ("password".to_string(), format!("{}\n", samba.password().expose())),
     ]);
-    let (port, api) = fake_api_server(HashMap::from([(("team-a".to_string(), "smbcreds".to_string()), creds)])).await;
+    let fake = FakeApi {
+        secrets: std::sync::Mutex::new(HashMap::from([(("team-a".to_string(), "smbcreds".to_string()), creds)])),
+        ..Default::default()
+    };
+    let (port, api) = fake_api_server(Arc::new(fake)).await;
     let config_dir = tempfile::tempdir().unwrap();
-    let kubeconfig = config_dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: node\ncurrent-context: fake\n\
-             users:\n- name: node\n  user:\n    token: not-a-real-token\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = fake_kubeconfig(config_dir.path(), port);
     let mut plugin = NodePlugin::start(Some(kubeconfig)).await;
     let dir = format!("node-inline/v-{:08x}", rand::random::<u32>());
     make_dir(samba, &dir);
@@ -946,6 +984,82 @@ async fn inline_volume_reads_its_secret_from_the_api_server() {
     }
     assert_eq!(state(&target), MountState::NotMounted);
     assert!(!target.exists());
+    plugin.stop().await;
+    api.abort();
+}
+
+/// A kubeconfig in `dir` for the fake API server on `port`.
+fn fake_kubeconfig(dir: &Path, port: u16) -> PathBuf {
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: node\ncurrent-context: fake\n\
+             users:\n- name: node\n  user:\n    token: not-a-real-token\n"
+        ),
+    )
+    .unwrap();
+    kubeconfig
+}
+
+/// Password rotation through the API: a staged volume's session is refused after the password changed on
+/// the server; the node finds the volume's PV (by driver and handle, next to another driver's PV with the
+/// same handle), reads the Secret its nodeStageSecretRef names, and I/O through the mount carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn staged_volume_reconnects_with_the_rotated_secret_its_pv_names() {
+    if samba().is_none() {
+        return;
+    }
+    let mut own = match Samba::start(SambaProfile::EncryptRequired) {
+        Ok(s) => s,
+        Err(e) if e.is_unavailable() => return eprintln!("skipped: {e}"),
+        Err(e) => panic!("starting Samba: {e}"),
+    };
+    let vol = TestVolume::provisioned(&own, "rotation");
+    let secret = ("team-a".to_string(), "smb-creds".to_string());
+    let fake = Arc::new(FakeApi {
+        secrets: std::sync::Mutex::new(HashMap::from([(secret.clone(), secrets(&own))])),
+        pvs: vec![(vol.pv.clone(), vol.volume_id.clone(), secret.0.clone(), secret.1.clone())],
+        ..Default::default()
+    });
+    let (port, api) = fake_api_server(fake.clone()).await;
+    let config_dir = tempfile::tempdir().unwrap();
+    let mut plugin = NodePlugin::start(Some(fake_kubeconfig(config_dir.path(), port))).await;
+    let staging = plugin.staging_path(&vol.volume_id);
+    plugin.node.node_stage_volume(stage_request(&own, &vol, &staging, rwx(&[]))).await.unwrap();
+    let file = staging.join("rotated.txt");
+    let f = file.clone();
+    blocking(move || std::fs::write(f, b"before;")).await.unwrap();
+    assert_eq!(fake.requests_to("/api/v1/persistentvolumes"), 0, "nothing is read while the password works");
+
+    let new = smb3::Secret::new(format!("R0tated-{:08x}", rand::random::<u32>()));
+    own.change_password(new.clone()).unwrap();
+    fake.secrets.lock().unwrap().get_mut(&secret).unwrap().insert("password".into(), new.expose().to_string());
+    own.restart(Duration::from_millis(500)).unwrap();
+    let f = file.clone();
+    let started = std::time::Instant::now();
+    blocking(move || {
+        use std::io::Write;
+        let mut out = std::fs::OpenOptions::new().append(true).open(&f)?;
+        out.write_all(b"after")?;
+        out.sync_all()
+    })
+    .await
+    .expect("I/O carries on with the rotated password");
+    eprintln!("PAUSES node password rotation: append blocked {:?} across the reconnect", started.elapsed());
+    assert_eq!(std::fs::read(own.share_path().join(&vol.dir).join("rotated.txt")).unwrap(), b"before;after");
+    assert_eq!(fake.requests_to("/api/v1/persistentvolumes"), 1, "the PV's Secret reference is looked up once");
+    assert!(fake.requests_to("/api/v1/namespaces/team-a/secrets/smb-creds") >= 1, "the Secret was read again");
+    assert_eq!(fake.requests_to("/api/v1/namespaces/wrong/secrets/wrong"), 0, "another driver's PV was taken");
+    plugin
+        .node
+        .node_unstage_volume(NodeUnstageVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .unwrap();
     plugin.stop().await;
     api.abort();
 }
