@@ -321,13 +321,14 @@ samba_control() {
   [[ $answer == ok* ]] || fail "harness: ${1%% *}: $answer"
   echo "${answer#ok }"
 }
-# A pod appending numbered, fsync'd lines ("line N t=UPTIME", /proc/uptime in 1/100 s) to /data/log.txt
-# every 0.1 s until /data/stop appears; any failed write or fsync fails the pod.
+# A pod appending numbered lines ("line N t=UPTIME", /proc/uptime in 1/100 s) to /data/log.txt every 0.1 s
+# until /data/stop appears, each written and fsync'd through its own descriptor (dd oflag=append
+# conv=fsync); any failed open, write or fsync fails the pod.
 WRITER='i=0; : > /data/log.txt
 while [ ! -f /data/stop ] && [ $i -lt 3000 ]; do
   i=$((i + 1)); read up _ < /proc/uptime
-  echo "line $i t=$up" >> /data/log.txt || { echo "write of line $i failed"; exit 1; }
-  sync /data/log.txt || { echo "fsync after line $i failed"; exit 1; }
+  out=$(echo "line $i t=$up" | dd of=/data/log.txt oflag=append conv=notrunc,fsync 2>&1) \
+    || { echo "writing line $i failed: $out"; exit 1; }
   sleep 0.1
 done
 echo "wrote $i lines"'
@@ -337,7 +338,7 @@ writer_lines() { smbc "get $1/log.txt $E2E_STATE/writer.txt" >/dev/null && wc -l
 # (N as the pod reported), and the longest gap between consecutive timestamps is the pause the pod saw.
 check_writer() {
   local pod=$1 pv=$2 name=$3 wrote restarts
-  wait_pod "$pod" 120 | tee "$E2E_STATE/$pod.out" || fail "the writer pod failed"
+  wait_pod "$pod" default 120 | tee "$E2E_STATE/$pod.out" || fail "the writer pod failed"
   restarts=$(kc get pod "$pod" -o jsonpath='{.status.containerStatuses[0].restartCount}')
   [[ $restarts == 0 ]] || fail "the writer restarted $restarts times"
   wrote=$(grep -oE 'wrote [0-9]+ lines' "$E2E_STATE/$pod.out" | grep -oE '[0-9]+')
@@ -360,13 +361,15 @@ start_writer() {
   wait_bound "$1"
   WRITER_PV=$(kc get pvc "$1" -o jsonpath='{.spec.volumeName}')
   pod_yaml "$2" "$WRITER" "    persistentVolumeClaim: {claimName: $1}" | kc apply -f -
-  wait_for "$2 writing" 90 writer_at_least "$WRITER_PV" 10 || fail "$2 did not start writing: $(pod_phase "$2")"
+  wait_for "$2 writing" 90 writer_at_least "$WRITER_PV" 10 \
+    || fail "$2 did not start writing: $(pod_phase "$2"): $(kc get pod "$2" -o jsonpath='{.status.containerStatuses[0].state.terminated.message}')"
 }
 stop_writer() { # PV: creates the stop file on the share, which ends the writer's loop
   : >"$E2E_STATE/empty"
   smbc "put $E2E_STATE/empty $1/stop" >/dev/null || fail "cannot create $1/stop on the share"
 }
-node_log_since() { tail -c +"$(($1 + 1))" "$E2E_STATE/logs/smb3-csi-node.log"; }
+# node_log_since BYTES: the node plugin's log after its first BYTES, without colour codes.
+node_log_since() { tail -c +"$(($1 + 1))" "$E2E_STATE/logs/smb3-csi-node.log" | sed 's/\x1b\[[0-9;]*m//g'; }
 log_size() { stat -c %s "$E2E_STATE/logs/smb3-csi-node.log"; }
 
 test_samba_restart() {
