@@ -122,7 +122,8 @@ struct Inner {
     /// Paths with a stage, unstage, publish or unpublish in progress.
     busy: InFlight<PathBuf>,
     /// The newest credentials a CSI call brought per (server, port, user): every session of that user on
-    /// that server reconnects with them. One entry per server and user the node ever mounted for.
+    /// that server reconnects with them, and re-reads its volumes' Secrets when the server refuses them. One
+    /// entry per server and user the node ever mounted for.
     credentials: Mutex<HashMap<CredentialsKey, Arc<NodeCredentials>>>,
 }
 
@@ -139,7 +140,8 @@ impl NodeService {
     /// use smb3_csi::csi::node::{NodeConfig, NodeService};
     /// use smb3::{ClientOptions, SessionPool};
     /// let pool = SessionPool::new(ClientOptions::default(), Duration::from_secs(300));
-    /// let node = NodeService::new(NodeConfig { node_id: "node-1".into(), kubeconfig: None, driver_name: "smb3.csi.dev".into() }, pool);
+    /// let config = NodeConfig { node_id: "node-1".into(), kubeconfig: None, driver_name: "smb3.csi.dev".into() };
+    /// let node = NodeService::new(config, pool);
     /// # }
     /// ```
     pub fn new(config: NodeConfig, pool: SessionPool) -> Self {
