@@ -21,4 +21,5 @@ mod reconnect;
 mod reliability;
 mod smb_cli;
 mod smb_client;
+mod takeover;
 mod testkit;

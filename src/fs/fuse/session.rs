@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, Weak};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::Notify;
 
 use super::dispatch::{self, MAX_IO};
@@ -162,10 +163,11 @@ impl Session {
     }
 
     /// One request (one read(2)); EAGAIN waits for readiness, ENOENT (a request interrupted before it was
-    /// read) and EINTR read again.
+    /// read) and EINTR read again. An aborted or unmounted connection polls as EPOLLERR only (not readable),
+    /// so error readiness wakes the read too, which then fails with ENODEV.
     async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
-            let mut ready = self.dev.readable().await?;
+            let mut ready = self.dev.ready(Interest::READABLE | Interest::ERROR).await?;
             match ready.try_io(|dev| (&*dev.get_ref()).read(buf)) {
                 Ok(Ok(n)) => return Ok(n),
                 Ok(Err(e)) if is(&e, Errno::ENOENT) || e.kind() == std::io::ErrorKind::Interrupted => continue,
