@@ -169,6 +169,15 @@ impl FuseMount {
     ) -> Result<FuseMount, MountError> {
         let Target { rt, root, source } = target(&tree, subdir)?;
         let mountpoint = table::normalize(mountpoint)?;
+        match table::mount_at(&mountpoint)? {
+            Some(m) if m.fstype == FSTYPE => {}
+            other => {
+                return Err(MountError::Adopt {
+                    path: mountpoint,
+                    why: format!("no {FSTYPE} mount there in /proc/self/mountinfo (found {other:?})"),
+                })
+            }
+        }
         let restored = {
             let (tree, cfg, rt2, dir) = (tree.clone(), FsConfig::from(opts), rt.clone(), state_dir.to_path_buf());
             wait_on(&rt, async move { SmbFs::restore(tree, &root, cfg, rt2, &dir).await })
@@ -196,21 +205,8 @@ impl FuseMount {
                 "takeover: FUSE_NOTIFY_RESEND refused (kernel before 6.9?): requests the previous server had read are lost"
             ),
         }
-        let mount = FuseMount { mountpoint, source, tree, rt, session, task: Some(task), released: false };
-        match table::mount_at(&mount.mountpoint)? {
-            Some(m) if m.fstype == FSTYPE => {
-                tracing::info!(source = %mount.source, mountpoint = %mount.mountpoint.display(), "adopted");
-                Ok(mount)
-            }
-            other => {
-                let mut mount = mount;
-                mount.released = true;
-                Err(MountError::Adopt {
-                    path: mount.mountpoint.clone(),
-                    why: format!("no {FSTYPE} mount there in /proc/self/mountinfo (found {other:?})"),
-                })
-            }
-        }
+        tracing::info!(source = %source, mountpoint = %mountpoint.display(), "adopted");
+        Ok(FuseMount { mountpoint, source, tree, rt, session, task: Some(task), released: false })
     }
 
     /// The /dev/fuse connection (dup it with `try_clone_to_owned` to hand the mount to another process).

@@ -85,7 +85,7 @@ impl Env {
     }
 }
 
-/// A reader of one file and a writer of another through the mount, one chunk at a time with a pause between
+/// A reader of one file and a writer of another through the mount, one chunk at a time with `pace` between
 /// chunks, so that both are mid-file when the server goes away. Each records the longest wait for a chunk.
 struct Load {
     reader: JoinHandle<std::io::Result<(String, Duration)>>,
@@ -93,7 +93,7 @@ struct Load {
     progress: Arc<AtomicU64>,
 }
 
-fn start_load(mp: &Path, data: Arc<Vec<u8>>) -> Load {
+fn start_load(mp: &Path, data: Arc<Vec<u8>>, pace: Duration) -> Load {
     let progress = Arc::new(AtomicU64::new(0));
     let (src, p) = (mp.join("big"), progress.clone());
     let reader = std::thread::spawn(move || {
@@ -116,7 +116,7 @@ fn start_load(mp: &Path, data: Arc<Vec<u8>>) -> Load {
             }
             h.update(&buf[..filled]);
             p.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(25));
+            std::thread::sleep(pace);
         }
         Ok((hex::encode(h.finalize()), longest))
     });
@@ -129,7 +129,7 @@ fn start_load(mp: &Path, data: Arc<Vec<u8>>) -> Load {
             f.write_all(chunk)?;
             longest = longest.max(t.elapsed());
             p.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(25));
+            std::thread::sleep(pace);
         }
         f.sync_all()?;
         Ok(longest)
@@ -176,6 +176,18 @@ fn dup_fuse_fd(pid: u32) -> OwnedFd {
         .expect("pidfd_getfd")
 }
 
+/// Requests the kernel holds for the connection of `mp` (queued or read by a server and not yet answered),
+/// from fusectl (mounted here if it is not yet).
+fn connection_waiting(mp: &Path) -> Option<u64> {
+    let connections = Path::new("/sys/fs/fuse/connections");
+    if fs::read_dir(connections).map(|mut d| d.next().is_none()).unwrap_or(true) {
+        let _ = Command::new("mount").args(["-t", "fusectl", "fusectl"]).arg(connections).status();
+    }
+    let device = mount::mount_at(mp).ok()??.device;
+    let minor = device.split(':').nth(1)?;
+    fs::read_to_string(connections.join(minor).join("waiting")).ok()?.trim().parse().ok()
+}
+
 fn wait_mounted(mp: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !matches!(mount::mount_state(mp).unwrap(), MountState::Mounted { .. }) {
@@ -210,11 +222,13 @@ fn a_successor_adopts_the_mount_of_a_sigkilled_server_without_errors_or_lost_dat
     wait_mounted(mp.path());
     let device = dup_fuse_fd(child.id());
 
-    let load = start_load(mp.path(), written.clone());
+    // No pause between chunks: the server is busy with a request of each when it is killed.
+    let load = start_load(mp.path(), written.clone(), Duration::ZERO);
     load.wait_progress(10);
     child.kill().unwrap(); // SIGKILL: nothing flushed, answered or unmounted
     let killed = Instant::now();
     child.wait().unwrap();
+    let waiting = connection_waiting(mp.path());
     assert!(FuseMount::connection_alive(mp.path()).unwrap(), "our dup keeps the connection alive");
     let journal = fs::read(state_dir.join(smb3_csi::fs::journal::JOURNAL_FILE)).unwrap();
     let password = e.samba.password().expose().as_bytes();
@@ -226,8 +240,8 @@ fn a_successor_adopts_the_mount_of_a_sigkilled_server_without_errors_or_lost_dat
     let adopted = killed.elapsed();
     let (hash, read_wait, write_wait) = load.finish();
     eprintln!(
-        "takeover after SIGKILL: adopted {adopted:?} after the kill; longest wait seen by the reader {read_wait:?}, \
-         by the writer {write_wait:?}"
+        "takeover after SIGKILL: {waiting:?} requests waiting in the kernel after the kill; adopted {adopted:?} \
+         after the kill; longest wait seen by the reader {read_wait:?}, by the writer {write_wait:?}"
     );
     assert_eq!(hash, sha256(&big), "the reader saw other bytes");
     assert_eq!(e.smbclient_sha256("out"), sha256(&written), "the writer's file differs on the server");
@@ -253,7 +267,7 @@ fn a_graceful_detach_hands_the_mount_over_while_io_runs() {
     let _guard = e.rt.enter();
     let opts = MountOptions::default();
     let first = FuseMount::mount_with_state(e.tree.clone(), &e.dir, mp.path(), &opts, Some(state.path())).unwrap();
-    let load = start_load(mp.path(), written.clone());
+    let load = start_load(mp.path(), written.clone(), Duration::from_millis(25));
     load.wait_progress(10);
 
     let device = first.device().try_clone_to_owned().unwrap();
