@@ -168,7 +168,7 @@ impl Session {
     async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
             let mut ready = self.dev.ready(Interest::READABLE | Interest::ERROR).await?;
-            match ready.try_io(|dev| (&*dev.get_ref()).read(buf)) {
+            match ready.try_io(|dev| dev.get_ref().read(buf)) {
                 Ok(Ok(n)) => return Ok(n),
                 Ok(Err(e)) if is(&e, Errno::ENOENT) || e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Ok(Err(e)) => return Err(e),
@@ -181,7 +181,7 @@ impl Session {
     fn write_all(&self, parts: &[&[u8]]) -> std::io::Result<()> {
         let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        let n = (&*self.dev.get_ref()).write_vectored(&slices)?;
+        let n = self.dev.get_ref().write_vectored(&slices)?;
         if n != total {
             return Err(std::io::Error::other(format!("short write to /dev/fuse: {n} of {total} bytes")));
         }
