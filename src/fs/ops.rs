@@ -8,6 +8,9 @@
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// The takeover journal, shared by the filesystem and the writes it queued.
+type SharedJournal = Arc<Mutex<Journal>>;
 use std::time::{Duration, SystemTime};
 
 use nix::fcntl::OFlag;
@@ -16,8 +19,10 @@ use tokio::runtime::Handle;
 
 use super::attr::{dir_placeholder, file_attr, Attr, FileKind};
 use super::errno::{errno, Errno};
+use super::fuse::wire::InitOut;
 use super::handles::{Handles, OpenFile};
 use super::inodes::{Inodes, ROOT_INO};
+use super::journal::{Journal, JournalError, Record, Snapshot};
 use super::writeback::Ticket;
 use super::FsConfig;
 
@@ -76,7 +81,9 @@ pub struct WriteBehind {
     file: Arc<OpenFile>,
     ticket: Ticket,
     offset: u64,
-    data: Vec<u8>,
+    data: Arc<Vec<u8>>,
+    /// With a takeover journal: the write's number there, marked done before its range is freed.
+    journaled: Option<(SharedJournal, u64)>,
 }
 
 impl WriteBehind {
@@ -89,10 +96,16 @@ impl WriteBehind {
         self.data.is_empty()
     }
 
-    /// Sends the write to the server and records its outcome in the queue.
+    /// Sends the write to the server and records its outcome in the queue (and the journal: done before the
+    /// range is freed, so no later overlapping write can be overtaken by a resend of this one).
     pub async fn complete(self) {
         let f = self.file.file();
         let result = f.write_at(self.offset, &self.data).await.map_err(|e| errno(&e, "write", f.path()));
+        if let Some((journal, seq)) = &self.journaled {
+            if let Err(e) = journal.lock().unwrap().append(Record::WriteDone { seq: *seq }) {
+                tracing::warn!(error = %e, "takeover journal not written");
+            }
+        }
         self.ticket.finish(result);
     }
 }
@@ -108,6 +121,9 @@ pub struct SmbFs {
     root_group: AtomicU64,
     /// The last answer of the server to statfs, for [`SmbFs::statfs`] while the connection is down.
     last_statfs: Mutex<Option<StatFs>>,
+    /// The takeover journal (see `journal`): every change of the node and handle tables the kernel sees.
+    /// Taken after the `inodes` lock when both are held, so the journal's order is the tables' order.
+    journal: Option<SharedJournal>,
 }
 
 /// SMB access for open(2) flags; a read-only mount refuses writing and truncating opens.
@@ -142,6 +158,147 @@ impl SmbFs {
             inodes: Mutex::new(Inodes::new(&root)),
             root_group: AtomicU64::new(NO_GROUP),
             last_statfs: Mutex::new(None),
+            journal: None,
+        }
+    }
+
+    /// A filesystem that keeps a takeover journal in `state_dir` (a new one: any earlier journal there is
+    /// replaced), so that a successor process can serve its FUSE connection ([`SmbFs::restore`]).
+    pub fn with_journal(
+        tree: Tree,
+        root: &str,
+        cfg: FsConfig,
+        rt: Handle,
+        state_dir: &std::path::Path,
+    ) -> Result<SmbFs, JournalError> {
+        let mut fs = SmbFs::new(tree, root, cfg, rt);
+        let root = fs.inodes.lock().unwrap().path(ROOT_INO).unwrap_or_default().to_string();
+        let mut snapshot = Snapshot::default();
+        snapshot.apply(&Record::Root { path: root });
+        fs.journal = Some(Arc::new(Mutex::new(Journal::create(state_dir, snapshot)?)));
+        Ok(fs)
+    }
+
+    /// The filesystem a predecessor served, from its journal in `state_dir`: the same node ids (paths and
+    /// lookup counts) and handle numbers, each open file opened again by path with its access (a file that
+    /// cannot be opened again, e.g. unlinked while open, answers EBADF to its handle). The journal is
+    /// compacted and continued. Writes the predecessor acknowledged but had not sent are sent first, in their
+    /// order. Returns the filesystem and the INIT parameters the connection was set up with.
+    pub async fn restore(
+        tree: Tree,
+        root: &str,
+        cfg: FsConfig,
+        rt: Handle,
+        state_dir: &std::path::Path,
+    ) -> Result<(SmbFs, Option<InitOut>), JournalError> {
+        let (mut snapshot, torn) = Journal::load(state_dir)?;
+        if torn > 0 {
+            tracing::info!(bytes = torn, "takeover journal: ignored a torn last record");
+        }
+        let mut fs = SmbFs::new(tree, root, cfg, rt);
+        let root = fs.inodes.lock().unwrap().path(ROOT_INO).unwrap_or_default().to_string();
+        if snapshot.root.as_deref() != Some(root.as_str()) {
+            tracing::warn!(journal = ?snapshot.root, root, "takeover journal was written for another root");
+        }
+        *fs.inodes.get_mut().unwrap() =
+            Inodes::restore(&root, snapshot.nodes.iter().map(|(ino, n)| (*ino, n.path.as_str(), n.lookups)));
+        if let Some(gid) = snapshot.root_group {
+            fs.root_group.store(u64::from(gid), Ordering::Relaxed);
+        }
+        fs.handles.continue_from(snapshot.next_fh.max(1));
+        let mut lost = Vec::new();
+        let mut reopened = std::collections::HashMap::new();
+        for (&fh, f) in &snapshot.files {
+            let Some(path) = snapshot.nodes.get(&f.ino).map(|n| n.path.clone()) else {
+                lost.push(fh);
+                continue;
+            };
+            // Reopened as it was opened, but never truncated or created again.
+            let flags = f.flags & !(OFlag::O_TRUNC | OFlag::O_CREAT | OFlag::O_EXCL).bits();
+            let opened = match open_options(flags, fs.cfg.read_only) {
+                Ok(opts) => fs.tree.open(&path, opts).await.map_err(|e| errno(&e, "reopen", &path)),
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok(file) => {
+                    fs.handles.insert_file(fh, f.ino, file);
+                    reopened.insert(fh, ());
+                }
+                Err(e) => {
+                    tracing::warn!(fh, path = %format!("/{path}"), error = %e, "takeover: open file could not be reopened");
+                    lost.push(fh);
+                }
+            }
+        }
+        for &fh in snapshot.dirs.keys() {
+            fs.handles.insert_dir(fh);
+        }
+        for fh in lost {
+            snapshot.apply(&Record::Released { fh });
+        }
+        fs.resend_writes(&snapshot, &reopened).await;
+        snapshot.pending.clear();
+        let init = snapshot.init;
+        fs.journal = Some(Arc::new(Mutex::new(Journal::create(state_dir, snapshot)?)));
+        Ok((fs, init))
+    }
+
+    /// Sends the writes a predecessor acknowledged and had not sent, in their order: through the reopened
+    /// handle, or (handle released or lost) through a new handle of the node's path. A failure is logged:
+    /// the application that wrote them was told they succeeded and cannot be told otherwise.
+    async fn resend_writes(&self, snapshot: &Snapshot, reopened: &std::collections::HashMap<u64, ()>) {
+        if snapshot.pending.is_empty() {
+            return;
+        }
+        tracing::info!(writes = snapshot.pending.len(), "takeover: sending the writes the previous server had queued");
+        for w in snapshot.pending.values() {
+            let sent = match reopened.get(&w.fh).and_then(|()| self.handles.file(w.fh).ok()) {
+                Some(f) => f.file().write_at(w.offset, &w.data).await.map_err(|e| e.to_string()),
+                None => match snapshot.nodes.get(&w.ino) {
+                    Some(node) => match self.tree.open(&node.path, OpenOptions::new().write(true)).await {
+                        Ok(f) => {
+                            let r = f.write_at(w.offset, &w.data).await;
+                            let _ = f.close().await;
+                            r.map_err(|e| e.to_string())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    },
+                    None => Err("its node is unknown".to_string()),
+                },
+            };
+            if let Err(e) = sent {
+                tracing::error!(fh = w.fh, ino = w.ino, offset = w.offset, error = %e, "takeover: a queued write was lost");
+            }
+        }
+    }
+
+    /// Appends to the takeover journal, if any. A failure is logged: serving goes on (only a takeover would
+    /// miss the change).
+    fn record(&self, r: Record) {
+        if let Some(j) = &self.journal {
+            if let Err(e) = j.lock().unwrap().append(r) {
+                tracing::warn!(error = %e, "takeover journal not written");
+            }
+        }
+    }
+
+    /// Records the INIT parameters the kernel and this server agreed on.
+    pub fn record_init(&self, init: InitOut) {
+        self.record(Record::Init(init));
+    }
+
+    /// Waits for every queued write of every open file (a graceful handover).
+    pub async fn drain_writes(&self) {
+        for q in self.handles.queues() {
+            q.drain().await;
+        }
+    }
+
+    /// A graceful handover: the journal is synced and no longer written (the successor owns it).
+    pub fn close_journal(&self) -> Result<(), JournalError> {
+        match &self.journal {
+            Some(j) => j.lock().unwrap().close(),
+            None => Ok(()),
         }
     }
 
@@ -177,6 +334,7 @@ impl SmbFs {
             return false;
         }
         self.root_group.store(u64::from(gid), Ordering::Relaxed);
+        self.record(Record::RootGroup { gid });
         true
     }
 
@@ -206,7 +364,10 @@ impl SmbFs {
 
     /// Registers one kernel reference to `path` and returns its attributes.
     fn entry(&self, path: &str, m: &Metadata) -> Attr {
-        let ino = self.inodes.lock().unwrap().remember(path, m.file_id);
+        let mut inodes = self.inodes.lock().unwrap();
+        let ino = inodes.remember(path, m.file_id);
+        self.record(Record::Lookup { ino, path: path.to_string() });
+        drop(inodes);
         self.attr(ino, m)
     }
 
@@ -238,7 +399,9 @@ impl SmbFs {
 
     /// The kernel dropped `n` references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
-        self.inodes.lock().unwrap().forget(ino, n);
+        let mut inodes = self.inodes.lock().unwrap();
+        inodes.forget(ino, n);
+        self.record(Record::Forget { ino, n });
     }
 
     /// Current attributes, after the inode's queued writes. Through an open handle when there is one (the kernel
@@ -376,7 +539,9 @@ impl SmbFs {
         let to = self.child(newparent, newname)?;
         let replace = flags & RENAME_NOREPLACE == 0;
         self.tree.rename(&from, &to, replace).await.map_err(|e| errno(&e, "rename", &from))?;
-        self.inodes.lock().unwrap().renamed(&from, &to);
+        let mut inodes = self.inodes.lock().unwrap();
+        inodes.renamed(&from, &to);
+        self.record(Record::Renamed { from, to });
         Ok(())
     }
 
@@ -407,7 +572,9 @@ impl SmbFs {
             let _ = f.close().await;
             return Err(Errno::EISDIR);
         }
-        Ok(self.handles.add_file(ino, f))
+        let fh = self.handles.add_file(ino, f);
+        self.record(Record::FileOpened { fh, ino, flags });
+        Ok(fh)
     }
 
     /// Creates (or, without O_EXCL, opens) `name` in `parent` and opens it; takes one reference to the inode.
@@ -426,6 +593,7 @@ impl SmbFs {
         };
         let attr = self.entry(&path, &m);
         let fh = self.handles.add_file(attr.ino, f);
+        self.record(Record::FileOpened { fh, ino: attr.ino, flags });
         Ok((attr, fh))
     }
 
@@ -444,7 +612,17 @@ impl SmbFs {
             return Err(e);
         }
         let ticket = file.queue.enqueue(offset, data.len() as u64).await;
-        Ok(WriteBehind { file, ticket, offset, data })
+        let data = Arc::new(data);
+        let journaled = self.journal.as_ref().map(|j| {
+            let mut journal = j.lock().unwrap();
+            let seq = journal.next_write();
+            let queued = Record::WriteQueued { seq, fh, ino: file.ino, offset, data: data.clone() };
+            if let Err(e) = journal.append(queued) {
+                tracing::warn!(error = %e, "takeover journal not written");
+            }
+            (j.clone(), seq)
+        });
+        Ok(WriteBehind { file, ticket, offset, data, journaled })
     }
 
     /// close(2): every queued write must have reached the server, and its failure is reported here.
@@ -457,6 +635,7 @@ impl SmbFs {
     /// The last close of a handle: the SMB handle closes after its queued writes.
     pub async fn release(&self, fh: u64) {
         let f = self.handles.remove_file(fh);
+        self.record(Record::Released { fh });
         if let Some(f) = &f {
             f.queue.drain().await;
         }
@@ -484,11 +663,14 @@ impl SmbFs {
     /// A directory handle; the listing is taken by the first read.
     pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
         self.path(ino)?;
-        Ok(self.handles.add_dir())
+        let fh = self.handles.add_dir();
+        self.record(Record::DirOpened { fh, ino });
+        Ok(fh)
     }
 
     pub fn releasedir(&self, fh: u64) {
         self.handles.remove_dir(fh);
+        self.record(Record::Released { fh });
     }
 
     /// Directory changes are made on the server as they happen: nothing to sync.
@@ -570,6 +752,8 @@ impl SmbFs {
                     let full = add(DirItem { ino: child_ino, offset: n + 1, kind: attr.kind, name: &e.name }, &attr);
                     if full {
                         inodes.forget(child_ino, 1);
+                    } else {
+                        self.record(Record::Lookup { ino: child_ino, path: child });
                     }
                     full
                 }
