@@ -4,6 +4,7 @@
 //! private Samba through `smb3-testkit`, FUSE mounts, the driver binary);
 //! tests that share a process share the test kit's Samba instances.
 
+mod ad_dc;
 mod architecture;
 mod chart;
 mod common;
