@@ -14,6 +14,7 @@ mod fs_ops;
 mod fuse;
 mod grpc_clients;
 mod identity;
+mod kerberos;
 mod metrics;
 mod mount_cli;
 mod node;
