@@ -4,7 +4,9 @@
 # `apt-get update` once first. Run as root (sudo).
 set -euo pipefail
 
-PACKAGES=(samba smbclient fuse3 ca-certificates python3 python3-venv)
+# samba-ad-dc and friends: the Kerberos test bed (an AD DC with its KDC on loopback); krb5-user: kinit.
+PACKAGES=(samba smbclient fuse3 ca-certificates python3 python3-venv
+  samba-ad-dc samba-ad-provision samba-dsdb-modules winbind krb5-user)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -4,6 +4,7 @@
 //! private Samba through `smb3-testkit`, FUSE mounts, the driver binary);
 //! tests that share a process share the test kit's Samba instances.
 
+mod ad_dc;
 mod architecture;
 mod chart;
 mod common;
@@ -13,6 +14,7 @@ mod fs_ops;
 mod fuse;
 mod grpc_clients;
 mod identity;
+mod kerberos;
 mod metrics;
 mod mount_cli;
 mod node;

@@ -1,4 +1,5 @@
-//! Test kit: a private Samba server and a corrupting TCP proxy.
+//! Test kit: a private Samba server, a private AD domain controller with its
+//! KDC (Kerberos), and a corrupting TCP proxy.
 //!
 //! It lives in the library (not under `tests/`) because both the integration
 //! tests and the `smb3-csi demo` command start the same private Samba.
@@ -15,9 +16,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ad_dc;
 pub mod proxy;
 pub mod samba;
 
+pub use ad_dc::AdDc;
 pub use proxy::CorruptingProxy;
 pub use samba::{live_processes_using, Samba, SambaError, SambaProfile};
 

@@ -126,6 +126,8 @@ pub enum SambaError {
     },
     #[error("smbd ({profile:?}) did not start: {why}\n--- smbd log tail ---\n{log_tail}")]
     StartFailed { profile: SambaProfile, why: String, log_tail: String },
+    #[error("the private AD DC did not start: {why}\n--- samba log tail ---\n{log_tail}")]
+    DcStartFailed { why: String, log_tail: String },
     #[error("`{command}` failed ({status}):\n{output}")]
     CommandFailed { command: String, status: String, output: String },
     #[error("`{command}` did not finish within {timeout:?}")]
@@ -137,7 +139,7 @@ impl SambaError {
         matches!(self, SambaError::Unavailable(_))
     }
 
-    fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         SambaError::Io { context: context.into(), source }
     }
 }
@@ -818,7 +820,7 @@ fn samba_log_level() -> String {
 
 /// A fresh 0755 directory under /tmp (or `SMB3_TESTKIT_TMPDIR`), never under
 /// /root: the share's unix user must be able to traverse it.
-fn make_instance_dir() -> Result<PathBuf, SambaError> {
+pub(crate) fn make_instance_dir() -> Result<PathBuf, SambaError> {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let base = std::env::var_os("SMB3_TESTKIT_TMPDIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
     loop {
@@ -942,7 +944,7 @@ fn read_pid_file(path: &Path) -> Option<u32> {
 }
 
 /// Looks in PATH and the sbin directories, which a non-login PATH may lack.
-fn find_program(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
@@ -950,7 +952,7 @@ fn find_program(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
-fn tail_file(path: &Path, lines: usize) -> String {
+pub(crate) fn tail_file(path: &Path, lines: usize) -> String {
     const MAX_TAIL_BYTES: u64 = 256 * 1024;
     let Ok(mut file) = File::open(path) else { return format!("(no log at {})", path.display()) };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -962,7 +964,7 @@ fn tail_file(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub(crate) fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
@@ -976,7 +978,7 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus>
 /// Runs a command with optional stdin and a timeout; a non-zero exit is
 /// `CommandFailed` with stdout and stderr. `shown` is how errors name the
 /// command (never containing a secret).
-fn run(
+pub(crate) fn run(
     mut cmd: Command,
     input: Option<&[u8]>,
     timeout: Duration,

@@ -1,6 +1,9 @@
-//! NTLMv2 (MS-NLMP) wrapped in SPNEGO (RFC 4178, MS-SPNG).
+//! NTLMv2 (MS-NLMP) wrapped in SPNEGO (RFC 4178, MS-SPNG), and the pieces of
+//! Kerberos logon built so far (the MIT ccache codec, the AS exchange; see docs/kerberos.md).
 
+pub mod ccache;
 pub mod der;
+pub mod kdc;
 pub mod ntlm;
 pub mod spnego;
 

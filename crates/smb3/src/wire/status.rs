@@ -97,6 +97,8 @@ statuses! {
     TOO_MANY_OPENED_FILES = 0xC000_011F, "STATUS_TOO_MANY_OPENED_FILES";
     NETWORK_NAME_NOT_FOUND = 0xC000_00BE, "STATUS_BAD_NETWORK_PATH";
     USER_MAPPED_FILE = 0xC000_0243, "STATUS_USER_MAPPED_FILE";
+    // A server (e.g. a domain controller with `ntlm auth = disabled`) refusing NTLM: use Kerberos.
+    NTLM_BLOCKED = 0xC000_0418, "STATUS_NTLM_BLOCKED";
 }
 
 impl NtStatus {
