@@ -5,10 +5,11 @@
 //!   `Result<_, Errno>`, with what they need beside them: [`FsConfig`] (`config`: what the mount presents),
 //!   attributes (`attr`), errno mapping (`errno`), the inode table (`inodes`), the open-handle table
 //!   (`handles`) and write-behind (`writeback`). None of it depends on FUSE or on `mount`.
-//! - [`FuseAdapter`] (`fuse_adapter`): `fuser::Filesystem` over [`SmbFs`]. Every kernel request is answered
-//!   from a task on the tokio runtime that owns the SMB connection: the fuser thread only decodes the request,
-//!   moves its `Reply` into a task and goes back to the kernel, so many requests (readahead, parallel `cp`,
-//!   two processes) are in flight on the one SMB connection at once.
+//! - [`fuse`]: our own FUSE server over [`SmbFs`] (kernel ABI codecs, the request loop, the dispatch). Every
+//!   kernel request is answered from a task on the tokio runtime that owns the SMB connection, so many
+//!   requests (readahead, parallel `cp`, two processes) are in flight on the one SMB connection at once.
+//!   With a state directory, [`SmbFs`] keeps a takeover journal (`journal`) so that another process can serve
+//!   the same kernel connection after this one stops or dies.
 //!
 //! Semantics, where SMB and POSIX differ:
 //! - **Inodes** are the server's file ids (stable across mounts and nodes).
@@ -36,15 +37,16 @@
 mod attr;
 mod config;
 mod errno;
-mod fuse_adapter;
+pub mod fuse;
 mod handles;
 mod inodes;
+pub mod journal;
 mod ops;
 mod writeback;
 
 pub use attr::{Attr, FileKind};
 pub use config::{CacheMode, FsConfig};
 pub use errno::Errno;
-pub use fuse_adapter::{FuseAdapter, MAX_IO};
+pub use fuse::{Notifier, MAX_IO};
 pub use inodes::ROOT_INO;
 pub use ops::{DirItem, SetAttr, SetTime, SmbFs, StatFs, WriteBehind, NAME_MAX, RENAME_NOREPLACE};

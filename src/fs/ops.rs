@@ -17,7 +17,9 @@ use tokio::runtime::Handle;
 use super::attr::{dir_placeholder, file_attr, Attr, FileKind};
 use super::errno::{errno, Errno};
 use super::handles::{Handles, OpenFile};
+use super::fuse::wire::InitOut;
 use super::inodes::{Inodes, ROOT_INO};
+use super::journal::{Journal, JournalError, Record, Snapshot};
 use super::writeback::Ticket;
 use super::FsConfig;
 
@@ -95,6 +97,15 @@ impl WriteBehind {
         let result = f.write_at(self.offset, &self.data).await.map_err(|e| errno(&e, "write", f.path()));
         self.ticket.finish(result);
     }
+
+    /// Sends the write to the server and returns its outcome (for a write acknowledged only once the server
+    /// has it: see [`SmbFs::acknowledges_writes_early`]).
+    pub async fn send(self) -> Result<usize, Errno> {
+        let f = self.file.file();
+        let result = f.write_at(self.offset, &self.data).await.map_err(|e| errno(&e, "write", f.path()));
+        self.ticket.finish(Ok(()));
+        result.map(|()| self.data.len())
+    }
 }
 
 /// The filesystem: share path `root` of an SMB tree, served as the root directory (inode [`ROOT_INO`]).
@@ -108,6 +119,9 @@ pub struct SmbFs {
     root_group: AtomicU64,
     /// The last answer of the server to statfs, for [`SmbFs::statfs`] while the connection is down.
     last_statfs: Mutex<Option<StatFs>>,
+    /// The takeover journal (see `journal`): every change of the node and handle tables the kernel sees.
+    /// Taken after the `inodes` lock when both are held, so the journal's order is the tables' order.
+    journal: Option<Mutex<Journal>>,
 }
 
 /// SMB access for open(2) flags; a read-only mount refuses writing and truncating opens.
@@ -142,6 +156,118 @@ impl SmbFs {
             inodes: Mutex::new(Inodes::new(&root)),
             root_group: AtomicU64::new(NO_GROUP),
             last_statfs: Mutex::new(None),
+            journal: None,
+        }
+    }
+
+    /// A filesystem that keeps a takeover journal in `state_dir` (a new one: any earlier journal there is
+    /// replaced), so that a successor process can serve its FUSE connection ([`SmbFs::restore`]).
+    pub fn with_journal(
+        tree: Tree,
+        root: &str,
+        cfg: FsConfig,
+        rt: Handle,
+        state_dir: &std::path::Path,
+    ) -> Result<SmbFs, JournalError> {
+        let mut fs = SmbFs::new(tree, root, cfg, rt);
+        let root = fs.inodes.lock().unwrap().path(ROOT_INO).unwrap_or_default().to_string();
+        let mut snapshot = Snapshot::default();
+        snapshot.apply(&Record::Root { path: root });
+        fs.journal = Some(Mutex::new(Journal::create(state_dir, snapshot)?));
+        Ok(fs)
+    }
+
+    /// The filesystem a predecessor served, from its journal in `state_dir`: the same node ids (paths and
+    /// lookup counts) and handle numbers, each open file opened again by path with its access (a file that
+    /// cannot be opened again, e.g. unlinked while open, answers EBADF to its handle). The journal is
+    /// compacted and continued. Returns the filesystem and the INIT parameters the connection was set up with.
+    pub async fn restore(
+        tree: Tree,
+        root: &str,
+        cfg: FsConfig,
+        rt: Handle,
+        state_dir: &std::path::Path,
+    ) -> Result<(SmbFs, Option<InitOut>), JournalError> {
+        let (mut snapshot, torn) = Journal::load(state_dir)?;
+        if torn > 0 {
+            tracing::info!(bytes = torn, "takeover journal: ignored a torn last record");
+        }
+        let mut fs = SmbFs::new(tree, root, cfg, rt);
+        let root = fs.inodes.lock().unwrap().path(ROOT_INO).unwrap_or_default().to_string();
+        if snapshot.root.as_deref() != Some(root.as_str()) {
+            tracing::warn!(journal = ?snapshot.root, root, "takeover journal was written for another root");
+        }
+        *fs.inodes.get_mut().unwrap() =
+            Inodes::restore(&root, snapshot.nodes.iter().map(|(ino, n)| (*ino, n.path.as_str(), n.lookups)));
+        if let Some(gid) = snapshot.root_group {
+            fs.root_group.store(u64::from(gid), Ordering::Relaxed);
+        }
+        fs.handles.continue_from(snapshot.next_fh.max(1));
+        let mut lost = Vec::new();
+        for (&fh, f) in &snapshot.files {
+            let Some(path) = snapshot.nodes.get(&f.ino).map(|n| n.path.clone()) else {
+                lost.push(fh);
+                continue;
+            };
+            // Reopened as it was opened, but never truncated or created again.
+            let flags = f.flags & !(OFlag::O_TRUNC | OFlag::O_CREAT | OFlag::O_EXCL).bits();
+            let opened = match open_options(flags, fs.cfg.read_only) {
+                Ok(opts) => fs.tree.open(&path, opts).await.map_err(|e| errno(&e, "reopen", &path)),
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok(file) => fs.handles.insert_file(fh, f.ino, file),
+                Err(e) => {
+                    tracing::warn!(fh, path = %format!("/{path}"), error = %e, "takeover: open file could not be reopened");
+                    lost.push(fh);
+                }
+            }
+        }
+        for &fh in snapshot.dirs.keys() {
+            fs.handles.insert_dir(fh);
+        }
+        for fh in lost {
+            snapshot.apply(&Record::Released { fh });
+        }
+        let init = snapshot.init;
+        fs.journal = Some(Mutex::new(Journal::create(state_dir, snapshot)?));
+        Ok((fs, init))
+    }
+
+    /// Whether a write may be acknowledged once queued (write-behind). Not with a takeover journal: a
+    /// process killed with acknowledged writes still queued would lose them, so there a write is answered
+    /// once the server has it.
+    pub fn acknowledges_writes_early(&self) -> bool {
+        self.journal.is_none()
+    }
+
+    /// Appends to the takeover journal, if any. A failure is logged: serving goes on (only a takeover would
+    /// miss the change).
+    fn record(&self, r: Record) {
+        if let Some(j) = &self.journal {
+            if let Err(e) = j.lock().unwrap().append(r) {
+                tracing::warn!(error = %e, "takeover journal not written");
+            }
+        }
+    }
+
+    /// Records the INIT parameters the kernel and this server agreed on.
+    pub fn record_init(&self, init: InitOut) {
+        self.record(Record::Init(init));
+    }
+
+    /// Waits for every queued write of every open file (a graceful handover).
+    pub async fn drain_writes(&self) {
+        for q in self.handles.queues() {
+            q.drain().await;
+        }
+    }
+
+    /// A graceful handover: the journal is synced and no longer written (the successor owns it).
+    pub fn close_journal(&self) -> Result<(), JournalError> {
+        match &self.journal {
+            Some(j) => j.lock().unwrap().close(),
+            None => Ok(()),
         }
     }
 
@@ -177,6 +303,7 @@ impl SmbFs {
             return false;
         }
         self.root_group.store(u64::from(gid), Ordering::Relaxed);
+        self.record(Record::RootGroup { gid });
         true
     }
 
@@ -206,7 +333,10 @@ impl SmbFs {
 
     /// Registers one kernel reference to `path` and returns its attributes.
     fn entry(&self, path: &str, m: &Metadata) -> Attr {
-        let ino = self.inodes.lock().unwrap().remember(path, m.file_id);
+        let mut inodes = self.inodes.lock().unwrap();
+        let ino = inodes.remember(path, m.file_id);
+        self.record(Record::Lookup { ino, path: path.to_string() });
+        drop(inodes);
         self.attr(ino, m)
     }
 
@@ -238,7 +368,9 @@ impl SmbFs {
 
     /// The kernel dropped `n` references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
-        self.inodes.lock().unwrap().forget(ino, n);
+        let mut inodes = self.inodes.lock().unwrap();
+        inodes.forget(ino, n);
+        self.record(Record::Forget { ino, n });
     }
 
     /// Current attributes, after the inode's queued writes. Through an open handle when there is one (the kernel
@@ -376,7 +508,9 @@ impl SmbFs {
         let to = self.child(newparent, newname)?;
         let replace = flags & RENAME_NOREPLACE == 0;
         self.tree.rename(&from, &to, replace).await.map_err(|e| errno(&e, "rename", &from))?;
-        self.inodes.lock().unwrap().renamed(&from, &to);
+        let mut inodes = self.inodes.lock().unwrap();
+        inodes.renamed(&from, &to);
+        self.record(Record::Renamed { from, to });
         Ok(())
     }
 
@@ -407,7 +541,9 @@ impl SmbFs {
             let _ = f.close().await;
             return Err(Errno::EISDIR);
         }
-        Ok(self.handles.add_file(ino, f))
+        let fh = self.handles.add_file(ino, f);
+        self.record(Record::FileOpened { fh, ino, flags });
+        Ok(fh)
     }
 
     /// Creates (or, without O_EXCL, opens) `name` in `parent` and opens it; takes one reference to the inode.
@@ -426,6 +562,7 @@ impl SmbFs {
         };
         let attr = self.entry(&path, &m);
         let fh = self.handles.add_file(attr.ino, f);
+        self.record(Record::FileOpened { fh, ino: attr.ino, flags });
         Ok((attr, fh))
     }
 
@@ -457,6 +594,7 @@ impl SmbFs {
     /// The last close of a handle: the SMB handle closes after its queued writes.
     pub async fn release(&self, fh: u64) {
         let f = self.handles.remove_file(fh);
+        self.record(Record::Released { fh });
         if let Some(f) = &f {
             f.queue.drain().await;
         }
@@ -477,11 +615,14 @@ impl SmbFs {
     /// A directory handle; the listing is taken by the first read.
     pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
         self.path(ino)?;
-        Ok(self.handles.add_dir())
+        let fh = self.handles.add_dir();
+        self.record(Record::DirOpened { fh, ino });
+        Ok(fh)
     }
 
     pub fn releasedir(&self, fh: u64) {
         self.handles.remove_dir(fh);
+        self.record(Record::Released { fh });
     }
 
     /// Directory changes are made on the server as they happen: nothing to sync.
@@ -563,6 +704,8 @@ impl SmbFs {
                     let full = add(DirItem { ino: child_ino, offset: n + 1, kind: attr.kind, name: &e.name }, &attr);
                     if full {
                         inodes.forget(child_ino, 1);
+                    } else {
+                        self.record(Record::Lookup { ino: child_ino, path: child });
                     }
                     full
                 }
