@@ -62,6 +62,11 @@ impl Channel {
         Ok(Channel { stream })
     }
 
+    /// Changes how long a read waits (a handover waits for the old plugin to drain and detach).
+    pub fn set_read_timeout(&self, timeout: Duration) -> Result<(), ChannelError> {
+        self.stream.set_read_timeout(Some(timeout)).map_err(io("setting the read timeout"))
+    }
+
     /// Refuses a peer that is not root (SO_PEERCRED): only the node plugin may hand descriptors in or out.
     pub fn require_root_peer(&self) -> Result<(), ChannelError> {
         let cred = nix::sys::socket::getsockopt(&self.stream, nix::sys::socket::sockopt::PeerCredentials)

@@ -13,6 +13,7 @@
 pub mod channel;
 pub mod client;
 pub mod codec;
+pub mod handover;
 pub mod server;
 
 pub use channel::{Channel, ChannelError};
