@@ -404,7 +404,7 @@ impl NodeService {
     /// `Ok(true)`: nothing to do.
     async fn reuse_or_clean(&self, path: &Path, volume_id: &str, fingerprint: &str) -> Result<bool, Status> {
         if let Some(staged) = self.registered(path) {
-            let state = mount_state(path)?;
+            let state = mount_state(path).await?;
             let alive = staged.mount.is_healthy() && matches!(state, MountState::Mounted { .. });
             if alive {
                 if staged.volume_id != volume_id {
@@ -426,7 +426,7 @@ impl NodeService {
             self.tear_down(path).await?;
             return Ok(false);
         }
-        match mount_state(path)? {
+        match mount_state(path).await? {
             MountState::NotMounted => Ok(false),
             MountState::Dead => {
                 tracing::warn!(path = %path.display(), "a dead mount is left at this path: cleaning it up");
@@ -576,8 +576,20 @@ fn fingerprint(options: &MountOptions) -> String {
     format!("{options:?}")
 }
 
-fn mount_state(path: &Path) -> Result<MountState, Status> {
-    mount::mount_state(path).map_err(|e| Status::internal(format!("inspecting {}: {e}", path.display())))
+/// Runs a file system call on a path that may be one of our FUSE mounts off the runtime's workers: the FUSE
+/// server answering it runs on this same runtime, and a worker blocked in the kernel could hold the very
+/// task that would answer.
+async fn off_runtime<T: Send + 'static>(path: &Path, call: impl FnOnce(&Path) -> T + Send + 'static) -> Result<T, Status> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || call(&owned))
+        .await
+        .map_err(|e| Status::internal(format!("file system task for {}: {e}", path.display())))
+}
+
+async fn mount_state(path: &Path) -> Result<MountState, Status> {
+    off_runtime(path, |p| mount::mount_state(p))
+        .await?
+        .map_err(|e| Status::internal(format!("inspecting {}: {e}", path.display())))
 }
 
 /// Removes an (unmounted) mount point; a leftover that cannot go is logged, never an error the kubelet would
@@ -841,11 +853,12 @@ impl Node for NodeService {
                 req.volume_id
             )));
         }
-        match mount_state(target)? {
+        match mount_state(target).await? {
             MountState::Mounted { .. } => {
                 let published = self.inner.published.lock().unwrap().get(target).cloned();
                 if published.as_deref() == Some(staging) {
-                    let is_ro = nix::sys::statvfs::statvfs(target)
+                    let is_ro = off_runtime(target, |t| nix::sys::statvfs::statvfs(t))
+                        .await?
                         .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
                         .unwrap_or(read_only);
                     if is_ro != read_only {
@@ -871,7 +884,10 @@ impl Node for NodeService {
         }
         std::fs::create_dir_all(target)
             .map_err(|e| Status::internal(format!("creating the target {}: {e}", target.display())))?;
-        mount::bind_mount(staging, target, read_only).map_err(|e| Status::internal(e.to_string()))?;
+        let source = staging.to_path_buf();
+        off_runtime(target, move |t| mount::bind_mount(&source, t, read_only))
+            .await?
+            .map_err(|e| Status::internal(e.to_string()))?;
         self.inner.published.lock().unwrap().insert(target.to_path_buf(), staging.to_path_buf());
         if let Some(survival) = &self.inner.survival {
             let record = PublishRecord {
@@ -933,14 +949,17 @@ impl Node for NodeService {
             staged.soft,
             SystemTime::now(),
         );
-        if disconnected.is_none() && !volume_path.exists() && !matches!(mount_state(volume_path)?, MountState::Dead) {
+        if disconnected.is_none()
+            && !off_runtime(volume_path, |p| p.exists()).await?
+            && !matches!(mount_state(volume_path).await?, MountState::Dead)
+        {
             return Err(Status::not_found(format!("volume_path {} does not exist", volume_path.display())));
         }
 
         let mut usage = Vec::new();
         let condition = if let Some(condition) = disconnected {
             condition
-        } else if !staged.mount.is_session_running() || matches!(mount_state(volume_path)?, MountState::Dead) {
+        } else if !staged.mount.is_session_running() || matches!(mount_state(volume_path).await?, MountState::Dead) {
             VolumeCondition {
                 abnormal: true,
                 message: format!("the FUSE mount at {} no longer answers", volume_path.display()),

@@ -62,6 +62,15 @@ impl StageRecord {
     }
 }
 
+/// Runs mount-table work on `path` off the runtime's workers (the FUSE servers run on them).
+async fn blocking_fs(
+    path: &Path,
+    work: impl FnOnce(&Path) -> Result<(), String> + Send + 'static,
+) -> Result<(), String> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || work(&owned)).await.map_err(|e| e.to_string())?
+}
+
 /// Runs a blocking keeper request off the runtime's workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("keeper task failed: {e}")))
@@ -194,7 +203,7 @@ impl NodeService {
                     Err(e) => {
                         tracing::warn!(staging = %staging.display(), error = %e.message(), "adoption failed: cleaning up and staging again");
                         self.release(staging).await;
-                        clean(staging, table);
+                        clean(staging, table).await;
                         self.restage(record, secrets, Action::CleanAndRestage).await
                     }
                 }
@@ -202,7 +211,7 @@ impl NodeService {
             Action::CleanAndRestage | Action::CleanAndForget => {
                 drop(device);
                 self.release(staging).await;
-                clean(staging, table);
+                clean(staging, table).await;
                 if action == Action::CleanAndRestage {
                     return self.restage(record, secrets, action).await;
                 }
@@ -278,12 +287,16 @@ impl NodeService {
                 self.inner.published.lock().unwrap().insert(target.to_path_buf(), publish.staging_path.clone());
             }
             PublishAction::Rebind => {
-                if let Err(e) = mount::unmount(target) {
-                    tracing::warn!(target = %target.display(), error = %e, "unmounting a stale publish");
-                }
-                let bound = std::fs::create_dir_all(target)
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| mount::bind_mount(&publish.staging_path, target, publish.read_only).map_err(|e| e.to_string()));
+                let (staging, read_only) = (publish.staging_path.clone(), publish.read_only);
+                let bound = blocking_fs(target, move |target| {
+                    if let Err(e) = mount::unmount(target) {
+                        tracing::warn!(target = %target.display(), error = %e, "unmounting a stale publish");
+                    }
+                    std::fs::create_dir_all(target)
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| mount::bind_mount(&staging, target, read_only).map_err(|e| e.to_string()))
+                })
+                .await;
                 match bound {
                     Ok(()) => {
                         self.inner.published.lock().unwrap().insert(target.to_path_buf(), publish.staging_path.clone());
@@ -295,11 +308,16 @@ impl NodeService {
                 }
             }
             PublishAction::Drop => {
-                if mount::mount_at(target).ok().flatten().is_some_and(|m| m.fstype == FSTYPE) {
-                    if let Err(e) = mount::unmount(target) {
-                        tracing::warn!(target = %target.display(), error = %e, "unmounting a stale publish");
+                blocking_fs(target, |target| {
+                    if mount::mount_at(target).ok().flatten().is_some_and(|m| m.fstype == FSTYPE) {
+                        if let Err(e) = mount::unmount(target) {
+                            tracing::warn!(target = %target.display(), error = %e, "unmounting a stale publish");
+                        }
                     }
-                }
+                    Ok(())
+                })
+                .await
+                .ok();
                 if let Err(e) = survival.state.remove_publish(target) {
                     tracing::warn!(error = %e, "could not remove the publish record");
                 }
@@ -403,21 +421,25 @@ fn mount_entry<'a>(table: &'a [MountInfo], path: &Path) -> Option<&'a MountInfo>
 
 /// Unmounts a dead (or unservable) staging mount and every bind mount of the same filesystem (its
 /// publishes), from the mount table as read before anything was touched.
-fn clean(staging: &Path, table: &[MountInfo]) {
+async fn clean(staging: &Path, table: &[MountInfo]) {
     let Some(device) = mount_entry(table, staging).map(|m| m.device.clone()) else { return };
-    let mut points: Vec<&Path> = table
+    let mut points: Vec<PathBuf> = table
         .iter()
         .filter(|m| m.device == device && m.fstype == FSTYPE)
-        .map(|m| m.mount_point.as_path())
+        .map(|m| m.mount_point.clone())
         .collect();
     points.sort();
     points.dedup();
-    for point in points {
-        match mount::unmount(point) {
-            Ok(()) => tracing::info!(path = %point.display(), "stale mount removed"),
-            Err(e) => tracing::warn!(path = %point.display(), error = %e, "removing a stale mount"),
+    let _ = blocking_fs(staging, move |_| {
+        for point in points {
+            match mount::unmount(&point) {
+                Ok(()) => tracing::info!(path = %point.display(), "stale mount removed"),
+                Err(e) => tracing::warn!(path = %point.display(), error = %e, "removing a stale mount"),
+            }
         }
-    }
+        Ok(())
+    })
+    .await;
 }
 
 fn remove_dir(path: &Path) {
