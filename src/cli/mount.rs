@@ -80,9 +80,9 @@ pub async fn run(args: MountArgs) -> Result<(), String> {
     let mount = tokio::task::spawn_blocking(move || {
         FuseMount::mount_with_state(tree, &subdir, &mountpoint, &opts, state_dir.as_deref())
     })
-        .await
-        .map_err(|e| format!("mount thread: {e}"))?
-        .map_err(|e| e.to_string())?;
+    .await
+    .map_err(|e| format!("mount thread: {e}"))?
+    .map_err(|e| e.to_string())?;
     eprintln!("smb3-csi: {} mounted on {}", mount.source(), mount.mountpoint().display());
 
     let mut term = signal(SignalKind::terminate()).map_err(|e| format!("installing SIGTERM handler: {e}"))?;

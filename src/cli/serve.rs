@@ -19,8 +19,8 @@ use clap::{Args, ValueEnum};
 
 use smb3::{ClientOptions, EncryptionPolicy, ObserverHandle, SessionPool};
 use smb3_csi::csi::node::{KeeperConfig, KeeperSpawn, NodeConfig, NodeService, RestartConfig, StateError};
-use smb3_csi::keeper::handover::{self, HandoverListener};
 use smb3_csi::csi::{serve, ControllerService, Endpoint, IdentityService, Services};
+use smb3_csi::keeper::handover::{self, HandoverListener};
 use smb3_csi::metrics::{Metrics, MetricsAddress, MetricsServer};
 
 /// Which CSI services this process serves.

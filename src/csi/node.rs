@@ -44,9 +44,9 @@ pub use recover::RecoveryReport;
 pub use state::{KeeperRecord, PublishRecord, StageRecord, StateDir, StateError};
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -371,7 +371,7 @@ impl NodeService {
             }
         })
         .await
-            .map_err(|e| Status::internal(format!("mount task failed: {e}")))?;
+        .map_err(|e| Status::internal(format!("mount task failed: {e}")))?;
         let mount = mounted.map_err(|e| match &e {
             MountError::Smb { source, .. } if is_not_found(source) => {
                 Status::not_found(format!("the volume's directory {shown} does not exist on the server"))
@@ -579,7 +579,10 @@ fn fingerprint(options: &MountOptions) -> String {
 /// Runs a file system call on a path that may be one of our FUSE mounts off the runtime's workers: the FUSE
 /// server answering it runs on this same runtime, and a worker blocked in the kernel could hold the very
 /// task that would answer.
-async fn off_runtime<T: Send + 'static>(path: &Path, call: impl FnOnce(&Path) -> T + Send + 'static) -> Result<T, Status> {
+async fn off_runtime<T: Send + 'static>(
+    path: &Path,
+    call: impl FnOnce(&Path) -> T + Send + 'static,
+) -> Result<T, Status> {
     let owned = path.to_path_buf();
     tokio::task::spawn_blocking(move || call(&owned))
         .await

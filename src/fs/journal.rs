@@ -303,7 +303,8 @@ fn decode_body(body: &[u8]) -> Option<Record> {
     let r = match t {
         tag::ROOT => Record::Root { path: f.str()? },
         tag::INIT => {
-            let (major, minor, max_readahead, max_write, time_gran) = (f.u32()?, f.u32()?, f.u32()?, f.u32()?, f.u32()?);
+            let (major, minor, max_readahead, max_write, time_gran) =
+                (f.u32()?, f.u32()?, f.u32()?, f.u32()?, f.u32()?);
             let flags = f.u64()?;
             let (max_background, congestion_threshold, max_pages) = (f.u16()?, f.u16()?, f.u16()?);
             Record::Init(InitOut {

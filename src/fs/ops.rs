@@ -16,8 +16,8 @@ use tokio::runtime::Handle;
 
 use super::attr::{dir_placeholder, file_attr, Attr, FileKind};
 use super::errno::{errno, Errno};
-use super::handles::{Handles, OpenFile};
 use super::fuse::wire::InitOut;
+use super::handles::{Handles, OpenFile};
 use super::inodes::{Inodes, ROOT_INO};
 use super::journal::{Journal, JournalError, Record, Snapshot};
 use super::writeback::Ticket;

@@ -188,10 +188,8 @@ pub fn decode_header(bytes: &[u8; HEADER_LEN]) -> Result<Header, CodecError> {
         return Err(CodecError::Version(bytes[2]));
     }
     let kind = bytes[3];
-    if !matches!(
-        kind,
-        REGISTER | FORGET | FETCH | PING | ENTRY | END | DONE | PONG | FAILED | HAND_OVER | HANDED_OVER
-    ) {
+    if !matches!(kind, REGISTER | FORGET | FETCH | PING | ENTRY | END | DONE | PONG | FAILED | HAND_OVER | HANDED_OVER)
+    {
         return Err(CodecError::UnknownKind(kind));
     }
     let body_len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
@@ -226,9 +224,10 @@ pub fn decode_body(header: Header, body: &[u8]) -> Result<Message, CodecError> {
 
 /// Decodes one whole frame (header and body, nothing after it).
 pub fn decode(frame: &[u8]) -> Result<Message, CodecError> {
-    let head: &[u8; HEADER_LEN] = frame.get(..HEADER_LEN).and_then(|h| h.try_into().ok()).ok_or(
-        CodecError::Truncated { what: "header", need: HEADER_LEN, have: frame.len() },
-    )?;
+    let head: &[u8; HEADER_LEN] = frame
+        .get(..HEADER_LEN)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(CodecError::Truncated { what: "header", need: HEADER_LEN, have: frame.len() })?;
     let header = decode_header(head)?;
     let body = &frame[HEADER_LEN..];
     if body.len() < header.body_len {

@@ -103,12 +103,7 @@ impl HandoverListener {
     }
 }
 
-fn serve(
-    listener: UnixListener,
-    asked: oneshot::Sender<()>,
-    answer: mpsc::Receiver<u32>,
-    answered: mpsc::Sender<()>,
-) {
+fn serve(listener: UnixListener, asked: oneshot::Sender<()>, answer: mpsc::Receiver<u32>, answered: mpsc::Sender<()>) {
     let mut asked = Some(asked);
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };

@@ -81,10 +81,10 @@ pub fn run(options: &KeeperOptions, stop: &AtomicBool) -> Result<(), KeeperError
                 let book = book.clone();
                 book.connections.fetch_add(1, Ordering::SeqCst);
                 let spawned = std::thread::Builder::new().name("keeper-conn".into()).spawn(move || {
-                    if let Err(e) = stream.set_nonblocking(false).map_err(|source| ChannelError::Io {
-                        op: "making the connection blocking",
-                        source,
-                    }) {
+                    if let Err(e) = stream
+                        .set_nonblocking(false)
+                        .map_err(|source| ChannelError::Io { op: "making the connection blocking", source })
+                    {
                         tracing::warn!(error = %e, "keeper connection");
                     } else if let Err(e) = Channel::new(stream).and_then(|c| serve_connection(c, &book)) {
                         tracing::warn!(error = %e, "keeper connection ended with an error");
@@ -152,10 +152,10 @@ fn serve_connection(mut channel: Channel, book: &Book) -> Result<(), ChannelErro
                     let mounts = book.mounts.lock().unwrap();
                     let mut out = Vec::with_capacity(mounts.len());
                     for (key, held) in mounts.iter() {
-                        let device = held.device.try_clone().map_err(|source| ChannelError::Io {
-                            op: "duplicating a held descriptor",
-                            source,
-                        })?;
+                        let device = held
+                            .device
+                            .try_clone()
+                            .map_err(|source| ChannelError::Io { op: "duplicating a held descriptor", source })?;
                         out.push((key.clone(), held.record.clone(), device));
                     }
                     out

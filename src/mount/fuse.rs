@@ -123,7 +123,9 @@ impl FuseMount {
 
         let cfg = FsConfig::from(opts);
         let fs = match state_dir {
-            Some(dir) => SmbFs::with_journal(tree.clone(), &root, cfg, rt.clone(), dir).map_err(MountError::Takeover)?,
+            Some(dir) => {
+                SmbFs::with_journal(tree.clone(), &root, cfg, rt.clone(), dir).map_err(MountError::Takeover)?
+            }
             None => SmbFs::new(tree.clone(), &root, cfg, rt.clone()),
         };
         let dev = mount_fuse(&source, &mountpoint, opts)?;
@@ -178,11 +180,15 @@ impl FuseMount {
                 why: "the journal has no INIT: the connection was never initialised".into(),
             });
         };
-        let session = Session::new(Arc::new(fs), device, Some(init))
-            .map_err(|source| MountError::Io { op: format!("serving /dev/fuse for {}", mountpoint.display()), source })?;
+        let session = Session::new(Arc::new(fs), device, Some(init)).map_err(|source| MountError::Io {
+            op: format!("serving /dev/fuse for {}", mountpoint.display()),
+            source,
+        })?;
         let task = rt.spawn(session.clone().run());
         match session.resend() {
-            Ok(()) => tracing::info!(mountpoint = %mountpoint.display(), "takeover: kernel asked to resend pending requests"),
+            Ok(()) => {
+                tracing::info!(mountpoint = %mountpoint.display(), "takeover: kernel asked to resend pending requests")
+            }
             Err(e) => tracing::warn!(
                 mountpoint = %mountpoint.display(),
                 kernel_minor = init.minor,

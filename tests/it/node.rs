@@ -179,7 +179,12 @@ pub(crate) fn rwx(flags: &[&str]) -> VolumeCapability {
     capability(flags, "", volume_capability::access_mode::Mode::MultiNodeMultiWriter)
 }
 
-pub(crate) fn stage_request(samba: &Samba, vol: &TestVolume, staging: &Path, cap: VolumeCapability) -> NodeStageVolumeRequest {
+pub(crate) fn stage_request(
+    samba: &Samba,
+    vol: &TestVolume,
+    staging: &Path,
+    cap: VolumeCapability,
+) -> NodeStageVolumeRequest {
     NodeStageVolumeRequest {
         volume_id: vol.volume_id.clone(),
         publish_context: HashMap::new(),

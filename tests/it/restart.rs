@@ -5,11 +5,9 @@
 //! Needs root, /dev/fuse and Samba; outside CI a missing piece skips, under CI=true it fails.
 
 use std::fs;
-use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -66,7 +64,13 @@ impl Node {
             .unwrap()
     }
 
-    async fn client(&self) -> NodeClient<Channel> {
+    /// A client once the plugin `tag` serves CSI (after its recovery); its log in the panic otherwise.
+    async fn client(&self, tag: &str) -> NodeClient<Channel> {
+        let deadline = Instant::now() + Duration::from_secs(150);
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            assert!(Instant::now() < deadline, "plugin {tag} never served CSI; its log:\n{}", self.log(tag));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         NodeClient::new(connect(&self.socket()).await)
     }
 
@@ -90,7 +94,12 @@ impl Node {
 
     /// Mounts under this root in /proc/self/mountinfo.
     fn mounts_left(&self) -> Vec<PathBuf> {
-        mount::mounts().unwrap().into_iter().map(|m| m.mount_point).filter(|p| p.starts_with(self.root.path())).collect()
+        mount::mounts()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|p| p.starts_with(self.root.path()))
+            .collect()
     }
 
     fn keeper_pid(&self) -> Option<u32> {
@@ -141,56 +150,72 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 const CHUNK: usize = 64 * 1024;
 const STEP: Duration = Duration::from_millis(15);
 
-/// What a loop saw: the bytes, the longest single operation (the pause), and the first error.
-struct LoopResult {
-    bytes: Vec<u8>,
-    longest: Duration,
+/// Copies `src` to `dst` in chunks with a short sleep between them, timing every read (`read`) or write and
+/// the final fsync (`write`), and prints the longest in seconds. Run as a child process: a process holding
+/// files of a FUSE mount whose server is down cannot start the successor (the new process would block in
+/// exec closing its inherited copies, each close a FLUSH waiting for that very server).
+const COPY_LOOP: &str = r#"
+import os, sys, time
+mode, src, dst, chunk, step = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+longest = 0.0
+with open(src, "rb", buffering=0) as i, open(dst, "wb", buffering=0) as o:
+    while True:
+        t = time.monotonic(); b = i.read(chunk)
+        if mode == "read": longest = max(longest, time.monotonic() - t)
+        if not b: break
+        t = time.monotonic(); o.write(b)
+        if mode == "write": longest = max(longest, time.monotonic() - t)
+        time.sleep(step)
+    t = time.monotonic(); os.fsync(o.fileno())
+    if mode == "write": longest = max(longest, time.monotonic() - t)
+print(longest)
+"#;
+
+/// A copy loop running as a child process.
+struct CopyLoop {
+    child: Child,
+    expected: Vec<u8>,
+    out: PathBuf,
 }
 
-/// Reads `path` (held open throughout) in chunks, a short sleep between them.
-fn reader(path: PathBuf) -> JoinHandle<std::io::Result<LoopResult>> {
-    std::thread::spawn(move || {
-        let mut file = fs::File::open(&path)?;
-        let (mut bytes, mut longest) = (Vec::new(), Duration::ZERO);
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let started = Instant::now();
-            let n = file.read(&mut buf)?;
-            longest = longest.max(started.elapsed());
-            if n == 0 {
-                return Ok(LoopResult { bytes, longest });
-            }
-            bytes.extend_from_slice(&buf[..n]);
-            std::thread::sleep(STEP);
-        }
-    })
-}
+impl CopyLoop {
+    fn start(mode: &str, src: &std::path::Path, dst: &std::path::Path, expected: Vec<u8>, out: PathBuf) -> CopyLoop {
+        let child = Command::new("python3")
+            .args(["-c", COPY_LOOP, mode])
+            .arg(src)
+            .arg(dst)
+            .args([CHUNK.to_string(), format!("{}", STEP.as_secs_f64())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        CopyLoop { child, expected, out }
+    }
 
-/// Writes `data` to `path` (created, held open) in chunks, a short sleep between them, then fsyncs.
-fn writer(path: PathBuf, data: Vec<u8>) -> JoinHandle<std::io::Result<LoopResult>> {
-    std::thread::spawn(move || {
-        let mut file = fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
-        let mut longest = Duration::ZERO;
-        for chunk in data.chunks(CHUNK) {
-            let started = Instant::now();
-            file.write_all(chunk)?;
-            longest = longest.max(started.elapsed());
-            std::thread::sleep(STEP);
-        }
-        let started = Instant::now();
-        file.sync_all()?;
-        longest = longest.max(started.elapsed());
-        Ok(LoopResult { bytes: data, longest })
-    })
+    /// Waits for the loop: no error, the right bytes where they belong; returns the longest operation.
+    fn finish(self) -> Duration {
+        let out = self.child.wait_with_output().unwrap();
+        assert!(out.status.success(), "copy loop failed: {}", String::from_utf8_lossy(&out.stderr));
+        let got = fs::read(&self.out).unwrap();
+        assert!(
+            got == self.expected,
+            "{} holds {} bytes, not the {} expected",
+            self.out.display(),
+            got.len(),
+            self.expected.len()
+        );
+        Duration::from_secs_f64(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
+    }
 }
 
 /// Two staged and published volumes with a reader and a writer running on them.
 struct Workload {
     reading: TestVolume,
     writing: TestVolume,
-    source: Vec<u8>,
-    reader: JoinHandle<std::io::Result<LoopResult>>,
-    writer: JoinHandle<std::io::Result<LoopResult>>,
+    reader: CopyLoop,
+    writer: CopyLoop,
+    _local: tempfile::TempDir,
 }
 
 async fn stage_and_publish(node: &Node, client: &mut NodeClient<Channel>, samba: &Samba, vol: &TestVolume, pod: &str) {
@@ -207,24 +232,31 @@ async fn start_workload(node: &Node, client: &mut NodeClient<Channel>, samba: &S
     share_file(samba, &format!("{}/big.bin", reading.dir), &source);
     stage_and_publish(node, client, samba, &reading, "pod-r").await;
     stage_and_publish(node, client, samba, &writing, "pod-w").await;
-    let reader = reader(node.target("pod-r", &reading.pv).join("big.bin"));
-    let writer = writer(node.target("pod-w", &writing.pv).join("out.bin"), pattern(160 * CHUNK, 99));
-    // Both loops are well under way (and hold their files open) before anything happens to the plugin.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    Workload { reading, writing, source, reader, writer }
+    let local = tempfile::tempdir().unwrap();
+    let read_copy = local.path().join("read.bin");
+    let reader = CopyLoop::start(
+        "read",
+        &node.target("pod-r", &reading.pv).join("big.bin"),
+        &read_copy,
+        source.clone(),
+        read_copy.clone(),
+    );
+    let written = pattern(160 * CHUNK, 99);
+    let write_source = local.path().join("write.bin");
+    fs::write(&write_source, &written).unwrap();
+    let on_share = samba.share_path().join(&writing.dir).join("out.bin");
+    let writer =
+        CopyLoop::start("write", &write_source, &node.target("pod-w", &writing.pv).join("out.bin"), written, on_share);
+    Workload { reading, writing, reader, writer, _local: local }
 }
 
 /// Both loops finish without an error and with the right bytes; returns the volumes and the longest pause
 /// the reader and the writer saw.
-async fn finish_workload(samba: &Samba, w: Workload) -> ([TestVolume; 2], Duration, Duration) {
-    let read = tokio::task::spawn_blocking(move || w.reader.join().unwrap()).await.unwrap();
-    let read = read.expect("the reader saw an error");
-    assert!(read.bytes == w.source, "the reader's bytes differ ({} of {})", read.bytes.len(), w.source.len());
-    let written = tokio::task::spawn_blocking(move || w.writer.join().unwrap()).await.unwrap();
-    let written = written.expect("the writer saw an error");
-    let on_share = fs::read(samba.share_path().join(&w.writing.dir).join("out.bin")).unwrap();
-    assert!(on_share == written.bytes, "the share holds {} bytes, not what was written", on_share.len());
-    ([w.reading, w.writing], read.longest, written.longest)
+async fn finish_workload(w: Workload) -> ([TestVolume; 2], Duration, Duration) {
+    let (reader, writer) = (w.reader, w.writer);
+    let read = tokio::task::spawn_blocking(move || reader.finish()).await.unwrap();
+    let written = tokio::task::spawn_blocking(move || writer.finish()).await.unwrap();
+    ([w.reading, w.writing], read, written)
 }
 
 /// After a restart: a new publish of a staged volume, stats, then everything unpublished and unstaged,
@@ -269,7 +301,7 @@ async fn volumes_in_use_survive_a_sigkill_of_the_plugin() {
     let Some(samba) = samba() else { return };
     let node = Node::new();
     let mut first = node.spawn("first");
-    let mut client = node.client().await;
+    let mut client = node.client("first").await;
     let work = start_workload(&node, &mut client, samba, "crash").await;
     let held = smb3_csi::keeper::client::ping(&node.keeper_socket()).map(|s| s.mounts);
     assert_eq!(held.ok(), Some(2), "{}", node.log("first"));
@@ -278,9 +310,9 @@ async fn volumes_in_use_survive_a_sigkill_of_the_plugin() {
     signal(&first, Signal::SIGKILL);
     wait_exit(&mut first, Duration::from_secs(10));
     let mut second = node.spawn("second");
-    let mut client = node.client().await;
+    let mut client = node.client("second").await;
     let serving_again = killed.elapsed();
-    let (vols, read_pause, write_pause) = finish_workload(samba, work).await;
+    let (vols, read_pause, write_pause) = finish_workload(work).await;
     eprintln!(
         "SIGKILL: CSI served again after {serving_again:?}; longest read {read_pause:?}, longest write {write_pause:?}"
     );
@@ -296,7 +328,7 @@ async fn a_new_process_takes_the_volumes_over_from_a_running_one() {
     let Some(samba) = samba() else { return };
     let node = Node::new();
     let mut old = node.spawn("old");
-    let mut client = node.client().await;
+    let mut client = node.client("old").await;
     let work = start_workload(&node, &mut client, samba, "upgrade").await;
 
     // "Start the new binary, then stop the old": the new one asks the old one to hand over.
@@ -306,9 +338,9 @@ async fn a_new_process_takes_the_volumes_over_from_a_running_one() {
     let old_log = node.log("old");
     assert!(status.success(), "{status}: {old_log}");
     assert!(old_log.contains("handing over"), "{old_log}");
-    let mut client = node.client().await;
+    let mut client = node.client("new").await;
     let serving_again = started.elapsed();
-    let (vols, read_pause, write_pause) = finish_workload(samba, work).await;
+    let (vols, read_pause, write_pause) = finish_workload(work).await;
     eprintln!(
         "handover: CSI served by the new process after {serving_again:?}; longest read {read_pause:?}, longest write {write_pause:?}"
     );
@@ -325,7 +357,7 @@ async fn a_connection_that_died_with_its_holders_is_cleaned_up() {
     let Some(samba) = samba() else { return };
     let node = Node::new();
     let mut first = node.spawn("first");
-    let mut client = node.client().await;
+    let mut client = node.client("first").await;
     let vol = TestVolume::provisioned(samba, "dead");
     stage_and_publish(&node, &mut client, samba, &vol, "pod-d").await;
     let staging = node.staging(&vol.volume_id);
@@ -342,7 +374,7 @@ async fn a_connection_that_died_with_its_holders_is_cleaned_up() {
     }
 
     let mut second = node.spawn("second");
-    let mut client = node.client().await;
+    let mut client = node.client("second").await;
     assert_eq!(node.mounts_left(), Vec::<PathBuf>::new(), "stale mounts left: {}", node.log("second"));
     // Without its secret it cannot be staged again: the node does not claim it any more.
     let stats = client
@@ -361,7 +393,8 @@ async fn a_connection_that_died_with_its_holders_is_cleaned_up() {
     let probe = target.join("after.txt");
     tokio::task::spawn_blocking(move || fs::write(probe, b"ok").unwrap()).await.unwrap();
     assert_eq!(fs::read(samba.share_path().join(&vol.dir).join("after.txt")).unwrap(), b"ok");
-    let req = NodeUnpublishVolumeRequest { volume_id: vol.volume_id.clone(), target_path: target.display().to_string() };
+    let req =
+        NodeUnpublishVolumeRequest { volume_id: vol.volume_id.clone(), target_path: target.display().to_string() };
     client.node_unpublish_volume(req).await.unwrap();
     let staging_target_path = staging.display().to_string();
     let req = NodeUnstageVolumeRequest { volume_id: vol.volume_id.clone(), staging_target_path };

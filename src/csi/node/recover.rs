@@ -10,7 +10,7 @@ use tonic::Request;
 
 use super::reconcile::{decide, decide_publish, Action, MountSeen, Observed, PublishAction};
 use super::state::{KeeperRecord, PublishRecord, StageRecord};
-use super::{stage_plan, Attach, AsFd, KeeperConfig, NodeService, OwnedFd, Staged, Status, FSTYPE};
+use super::{stage_plan, AsFd, Attach, KeeperConfig, NodeService, OwnedFd, Staged, Status, FSTYPE};
 use crate::csi::proto::node_server::Node;
 use crate::csi::proto::{volume_capability, NodeStageVolumeRequest, VolumeCapability};
 use crate::keeper::{client, HeldMount};
@@ -28,10 +28,11 @@ pub struct RecoveryReport {
 impl StageRecord {
     /// The non-secret part of a NodeStageVolume request.
     pub fn from_request(req: &NodeStageVolumeRequest) -> StageRecord {
-        let (mount_flags, volume_mount_group) = match req.volume_capability.as_ref().and_then(|c| c.access_type.as_ref()) {
-            Some(volume_capability::AccessType::Mount(m)) => (m.mount_flags.clone(), m.volume_mount_group.clone()),
-            _ => (Vec::new(), String::new()),
-        };
+        let (mount_flags, volume_mount_group) =
+            match req.volume_capability.as_ref().and_then(|c| c.access_type.as_ref()) {
+                Some(volume_capability::AccessType::Mount(m)) => (m.mount_flags.clone(), m.volume_mount_group.clone()),
+                _ => (Vec::new(), String::new()),
+            };
         StageRecord {
             volume_id: req.volume_id.clone(),
             staging_path: PathBuf::from(&req.staging_target_path),
@@ -102,7 +103,9 @@ impl NodeService {
         .await;
         match registered {
             Ok(Ok(())) => tracing::debug!(staging = %staging.display(), "mount registered with the keeper"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "the keeper does not hold this mount: it will not survive a restart"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the keeper does not hold this mount: it will not survive a restart")
+            }
             Err(e) => tracing::warn!(error = %e.message(), "registering with the keeper"),
         }
     }
@@ -162,7 +165,8 @@ impl NodeService {
                 Some(m) if m.fstype == FSTYPE => MountSeen::Ours,
                 Some(_) => MountSeen::Foreign,
             };
-            let observed = Observed { keeper_holds_device: device.is_some(), credentials: !secret.is_empty(), mount: seen };
+            let observed =
+                Observed { keeper_holds_device: device.is_some(), credentials: !secret.is_empty(), mount: seen };
             let action = decide(observed);
             tracing::info!(staging = %staging.display(), volume_id = %record.volume_id, ?observed, ?action, "recovering a staged volume");
             let done = self.carry_out(action, &record, secret, device, &table).await;
@@ -247,7 +251,12 @@ impl NodeService {
 
     /// Serves a live connection again: a session from the pool with the recorded secret, the journal
     /// replayed, then registered like a fresh stage (the keeper keeps its copy).
-    async fn adopt(&self, record: &StageRecord, secrets: HashMap<String, String>, device: OwnedFd) -> Result<(), Status> {
+    async fn adopt(
+        &self,
+        record: &StageRecord,
+        secrets: HashMap<String, String>,
+        device: OwnedFd,
+    ) -> Result<(), Status> {
         let survival = self.inner.survival.as_ref().expect("recover checked survival");
         let req = record.to_request(secrets);
         let (staging, plan) = stage_plan(&req)?;
@@ -423,11 +432,8 @@ fn mount_entry<'a>(table: &'a [MountInfo], path: &Path) -> Option<&'a MountInfo>
 /// publishes), from the mount table as read before anything was touched.
 async fn clean(staging: &Path, table: &[MountInfo]) {
     let Some(device) = mount_entry(table, staging).map(|m| m.device.clone()) else { return };
-    let mut points: Vec<PathBuf> = table
-        .iter()
-        .filter(|m| m.device == device && m.fstype == FSTYPE)
-        .map(|m| m.mount_point.clone())
-        .collect();
+    let mut points: Vec<PathBuf> =
+        table.iter().filter(|m| m.device == device && m.fstype == FSTYPE).map(|m| m.mount_point.clone()).collect();
     points.sort();
     points.dedup();
     let _ = blocking_fs(staging, move |_| {

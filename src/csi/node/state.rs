@@ -87,11 +87,11 @@ impl StateDir {
     pub fn open(root: &Path) -> Result<StateDir, StateError> {
         for sub in [STAGED, PUBLISHED, FUSE] {
             let dir = root.join(sub);
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|source| StateError { op: "creating", path: dir, source })?;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|source| StateError {
+                op: "creating",
+                path: dir,
+                source,
+            })?;
         }
         Ok(StateDir { root: root.to_path_buf() })
     }
@@ -172,7 +172,9 @@ impl StateDir {
             }
             match std::fs::read(&path).map(|b| serde_json::from_slice::<T>(&b)) {
                 Ok(Ok(record)) => records.push(record),
-                Ok(Err(e)) => tracing::warn!(path = %path.display(), error = %e, "unreadable node state record skipped"),
+                Ok(Err(e)) => {
+                    tracing::warn!(path = %path.display(), error = %e, "unreadable node state record skipped")
+                }
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "unreadable node state record skipped"),
             }
         }
@@ -251,10 +253,8 @@ mod tests {
 
     #[test]
     fn keeper_records_carry_secrets_but_never_show_them() {
-        let record = KeeperRecord {
-            stage: stage("/s"),
-            secrets: HashMap::from([("password".into(), "hunter2".into())]),
-        };
+        let record =
+            KeeperRecord { stage: stage("/s"), secrets: HashMap::from([("password".into(), "hunter2".into())]) };
         assert!(!format!("{record:?}").contains("hunter2"));
         assert_eq!(KeeperRecord::from_bytes(&record.to_bytes()), Some(record));
         assert_eq!(KeeperRecord::from_bytes(b"not json"), None);

@@ -249,40 +249,126 @@ pub struct LkIn {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Init(InitIn),
-    Lookup { name: OsString },
-    Forget { nlookup: u64 },
-    BatchForget { nodes: Vec<(u64, u64)> },
-    Getattr { fh: Option<u64> },
+    Lookup {
+        name: OsString,
+    },
+    Forget {
+        nlookup: u64,
+    },
+    BatchForget {
+        nodes: Vec<(u64, u64)>,
+    },
+    Getattr {
+        fh: Option<u64>,
+    },
     Setattr(SetattrIn),
     Readlink,
-    Symlink { name: OsString, target: OsString },
-    Mknod { name: OsString, mode: u32, rdev: u32, umask: u32 },
-    Mkdir { name: OsString, mode: u32, umask: u32 },
-    Unlink { name: OsString },
-    Rmdir { name: OsString },
-    Rename { newdir: u64, name: OsString, newname: OsString, flags: u32 },
-    Link { oldnodeid: u64, newname: OsString },
-    Open { flags: u32 },
-    Read { fh: u64, offset: u64, size: u32 },
-    Write { fh: u64, offset: u64, data: Vec<u8>, write_flags: u32 },
+    Symlink {
+        name: OsString,
+        target: OsString,
+    },
+    Mknod {
+        name: OsString,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    },
+    Mkdir {
+        name: OsString,
+        mode: u32,
+        umask: u32,
+    },
+    Unlink {
+        name: OsString,
+    },
+    Rmdir {
+        name: OsString,
+    },
+    Rename {
+        newdir: u64,
+        name: OsString,
+        newname: OsString,
+        flags: u32,
+    },
+    Link {
+        oldnodeid: u64,
+        newname: OsString,
+    },
+    Open {
+        flags: u32,
+    },
+    Read {
+        fh: u64,
+        offset: u64,
+        size: u32,
+    },
+    Write {
+        fh: u64,
+        offset: u64,
+        data: Vec<u8>,
+        write_flags: u32,
+    },
     Statfs,
-    Release { fh: u64, flags: u32 },
-    Fsync { fh: u64, datasync: bool },
-    Flush { fh: u64, lock_owner: u64 },
-    Opendir { flags: u32 },
-    Readdir { fh: u64, offset: u64, size: u32, plus: bool },
-    Releasedir { fh: u64 },
-    Fsyncdir { fh: u64 },
+    Release {
+        fh: u64,
+        flags: u32,
+    },
+    Fsync {
+        fh: u64,
+        datasync: bool,
+    },
+    Flush {
+        fh: u64,
+        lock_owner: u64,
+    },
+    Opendir {
+        flags: u32,
+    },
+    Readdir {
+        fh: u64,
+        offset: u64,
+        size: u32,
+        plus: bool,
+    },
+    Releasedir {
+        fh: u64,
+    },
+    Fsyncdir {
+        fh: u64,
+    },
     Getlk(LkIn),
-    Setlk { lk: LkIn, sleep: bool },
-    Access { mask: u32 },
-    Create { name: OsString, flags: u32, mode: u32, umask: u32 },
-    Interrupt { unique: u64 },
+    Setlk {
+        lk: LkIn,
+        sleep: bool,
+    },
+    Access {
+        mask: u32,
+    },
+    Create {
+        name: OsString,
+        flags: u32,
+        mode: u32,
+        umask: u32,
+    },
+    Interrupt {
+        unique: u64,
+    },
     Destroy,
-    Fallocate { fh: u64, offset: u64, length: u64, mode: u32 },
-    Lseek { fh: u64, offset: u64, whence: u32 },
+    Fallocate {
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: u32,
+    },
+    Lseek {
+        fh: u64,
+        offset: u64,
+        whence: u32,
+    },
     /// Any opcode we do not serve: answered ENOSYS.
-    Unknown { opcode: u32 },
+    Unknown {
+        opcode: u32,
+    },
 }
 
 impl Request {
@@ -377,7 +463,8 @@ pub fn decode_body(op: u32, body: &[u8]) -> Result<Request, WireError> {
             c.what = "SETATTR";
             let valid = c.u32()?;
             let _padding = c.u32()?;
-            let (fh, size, _lock_owner, atime, mtime, _ctime) = (c.u64()?, c.u64()?, c.u64()?, c.u64()?, c.u64()?, c.u64()?);
+            let (fh, size, _lock_owner, atime, mtime, _ctime) =
+                (c.u64()?, c.u64()?, c.u64()?, c.u64()?, c.u64()?, c.u64()?);
             let (atimensec, mtimensec, _ctimensec, mode, _unused4, uid, gid) =
                 (c.u32()?, c.u32()?, c.u32()?, c.u32()?, c.u32()?, c.u32()?, c.u32()?);
             let has = |bit: u32| valid & bit != 0;
