@@ -590,7 +590,7 @@ async fn off_runtime<T: Send + 'static>(
 }
 
 async fn mount_state(path: &Path) -> Result<MountState, Status> {
-    off_runtime(path, |p| mount::mount_state(p))
+    off_runtime(path, mount::mount_state)
         .await?
         .map_err(|e| Status::internal(format!("inspecting {}: {e}", path.display())))
 }
@@ -860,7 +860,7 @@ impl Node for NodeService {
             MountState::Mounted { .. } => {
                 let published = self.inner.published.lock().unwrap().get(target).cloned();
                 if published.as_deref() == Some(staging) {
-                    let is_ro = off_runtime(target, |t| nix::sys::statvfs::statvfs(t))
+                    let is_ro = off_runtime(target, nix::sys::statvfs::statvfs)
                         .await?
                         .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
                         .unwrap_or(read_only);

@@ -197,13 +197,13 @@ impl NodeService {
         device: Option<OwnedFd>,
         table: &[MountInfo],
     ) -> Action {
-        let survival = self.inner.survival.as_ref().expect("recover checked survival");
+        let Some(survival) = self.inner.survival.as_ref() else { return action };
         let staging = record.staging_path.as_path();
         match action {
             Action::Adopt => {
-                let device = device.expect("Adopt is decided only with a held descriptor");
+                let Some(device) = device else { return self.restage(record, secrets, Action::Restage).await };
                 match self.adopt(record, secrets.clone(), device).await {
-                    Ok(()) => return Action::Adopt,
+                    Ok(()) => Action::Adopt,
                     Err(e) => {
                         tracing::warn!(staging = %staging.display(), error = %e.message(), "adoption failed: cleaning up and staging again");
                         self.release(staging).await;
@@ -257,7 +257,7 @@ impl NodeService {
         secrets: HashMap<String, String>,
         device: OwnedFd,
     ) -> Result<(), Status> {
-        let survival = self.inner.survival.as_ref().expect("recover checked survival");
+        let survival = self.inner.survival.as_ref().ok_or_else(|| Status::internal("no restart survival"))?;
         let req = record.to_request(secrets);
         let (staging, plan) = stage_plan(&req)?;
         let (host, port) = super::server_of(&plan.share, &plan.options);
@@ -289,7 +289,7 @@ impl NodeService {
     }
 
     async fn carry_out_publish(&self, action: PublishAction, publish: &PublishRecord) {
-        let survival = self.inner.survival.as_ref().expect("recover checked survival");
+        let Some(survival) = self.inner.survival.as_ref() else { return };
         let target = publish.target_path.as_path();
         match action {
             PublishAction::Keep => {

@@ -226,7 +226,7 @@ mod tests {
             read_only: true,
         };
         state.save_publish(&publish).unwrap();
-        assert_eq!(state.publishes().unwrap(), [publish.clone()]);
+        assert_eq!(state.publishes().unwrap(), std::slice::from_ref(&publish));
         for entry in std::fs::read_dir(state.root().join(STAGED)).unwrap() {
             let mode = entry.unwrap().metadata().unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
