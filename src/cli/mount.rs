@@ -32,8 +32,8 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 60)]
     timeout: u64,
     /// Keep the FUSE takeover journal in DIR (node ids and open handles the kernel knows), so that another
-    /// process holding a dup of the /dev/fuse connection can serve the mount if this one dies. Writes are
-    /// then answered once the server has them.
+    /// process holding a dup of the /dev/fuse connection can serve the mount if this one dies (queued writes
+    /// are kept there with their data until the server has them).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// //HOST[:PORT]/SHARE[/PATH]

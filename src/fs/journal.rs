@@ -9,21 +9,29 @@
 //! and asks again after FUSE_NOTIFY_RESEND. Forgetting too little is safe (a node is kept a while longer);
 //! the journal only ever errs that way.
 //!
-//! The journal holds the negotiated INIT parameters, share paths, node ids and handle numbers with their
-//! open flags: no credentials. When it grows past [`COMPACT_BYTES`] it is rewritten from the live
-//! [`Snapshot`] (temporary file + rename, so a crash leaves either the old or the new one).
+//! Writes the kernel was told are done but that are still queued for the server (write-behind) are in the
+//! journal too, with their data, until the server has them: a successor sends them again, in order, before
+//! it serves anything, so a SIGKILL loses no acknowledged write. Sending one twice is harmless: a later
+//! write overlapping it waits until it is marked done (see `writeback`).
+//!
+//! The journal holds the negotiated INIT parameters, share paths, node ids, handle numbers with their open
+//! flags and queued write data: no credentials. When it grows past [`COMPACT_BYTES`] it is rewritten from
+//! the live [`Snapshot`] (temporary file + rename, so a process killed meanwhile leaves the old or the new
+//! one). Nothing is fsynced: the journal has to outlive the process, not the machine (a reboot ends the
+//! FUSE connection it describes anyway).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::fuse::wire::InitOut;
 
 /// The journal's file name inside the state directory.
 pub const JOURNAL_FILE: &str = "fuse-journal";
 /// Rewrite the journal from the snapshot when it grows past this many bytes.
-pub const COMPACT_BYTES: u64 = 4 << 20;
+pub const COMPACT_BYTES: u64 = 64 << 20;
 
 /// Record tags.
 mod tag {
@@ -38,6 +46,8 @@ mod tag {
     pub const ROOT_GROUP: u8 = 9;
     pub const NODE: u8 = 10;
     pub const NEXT_FH: u8 = 11;
+    pub const WRITE_QUEUED: u8 = 12;
+    pub const WRITE_DONE: u8 = 13;
 }
 
 /// One change of the kernel-visible state.
@@ -65,6 +75,11 @@ pub enum Record {
     Node { ino: u64, path: String, lookups: u64 },
     /// Handle numbers continue at least from here.
     NextFh { fh: u64 },
+    /// A write acknowledged to the kernel and queued for the server (number `seq`), through handle `fh` of
+    /// node `ino`.
+    WriteQueued { seq: u64, fh: u64, ino: u64, offset: u64, data: Arc<Vec<u8>> },
+    /// Queued write `seq` reached the server (or failed there, reported to the application).
+    WriteDone { seq: u64 },
 }
 
 /// Why a journal could not be used.
@@ -95,6 +110,15 @@ pub struct FileState {
     pub flags: i32,
 }
 
+/// A write the server may not have yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingWrite {
+    pub fh: u64,
+    pub ino: u64,
+    pub offset: u64,
+    pub data: Arc<Vec<u8>>,
+}
+
 /// Everything the journal says, replayed: what a successor restores.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -106,6 +130,10 @@ pub struct Snapshot {
     pub root_group: Option<u32>,
     /// Lowest handle number never handed out.
     pub next_fh: u64,
+    /// Queued writes not yet done, by number (the order they must be sent in).
+    pub pending: BTreeMap<u64, PendingWrite>,
+    /// Lowest write number never handed out.
+    pub next_seq: u64,
 }
 
 impl Snapshot {
@@ -160,6 +188,14 @@ impl Snapshot {
             }
             Record::RootGroup { gid } => self.root_group = Some(*gid),
             Record::NextFh { fh } => self.next_fh = self.next_fh.max(*fh),
+            Record::WriteQueued { seq, fh, ino, offset, data } => {
+                let w = PendingWrite { fh: *fh, ino: *ino, offset: *offset, data: data.clone() };
+                self.pending.insert(*seq, w);
+                self.next_seq = self.next_seq.max(seq + 1);
+            }
+            Record::WriteDone { seq } => {
+                self.pending.remove(seq);
+            }
         }
     }
 
@@ -187,13 +223,27 @@ impl Snapshot {
             out.push(Record::RootGroup { gid });
         }
         out.push(Record::NextFh { fh: self.next_fh });
+        for (seq, w) in &self.pending {
+            out.push(Record::WriteQueued { seq: *seq, fh: w.fh, ino: w.ino, offset: w.offset, data: w.data.clone() });
+        }
         out
     }
 }
 
-/// FNV-1a: catches a torn or overwritten record (not an adversary: the state directory is root's).
+/// FNV-1a over 64-bit words (fast enough for 1 MiB of write data): catches a torn or overwritten record
+/// (not an adversary: the state directory is root's).
 fn checksum(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    let mut words = bytes.chunks_exact(8);
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        h = (h ^ u64::from_le_bytes(a)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    for &b in words.remainder() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h ^ (h >> 32)) as u32
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -259,6 +309,16 @@ pub fn encode(r: &Record, out: &mut Vec<u8>) {
         Record::NextFh { fh } => {
             body.push(tag::NEXT_FH);
             u64s(&mut body, &[*fh]);
+        }
+        Record::WriteQueued { seq, fh, ino, offset, data } => {
+            body.reserve(data.len() + 40);
+            body.push(tag::WRITE_QUEUED);
+            u64s(&mut body, &[*seq, *fh, *ino, *offset, data.len() as u64]);
+            body.extend_from_slice(data);
+        }
+        Record::WriteDone { seq } => {
+            body.push(tag::WRITE_DONE);
+            u64s(&mut body, &[*seq]);
         }
     }
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -331,6 +391,12 @@ fn decode_body(body: &[u8]) -> Option<Record> {
             Record::Node { ino, lookups, path: f.str()? }
         }
         tag::NEXT_FH => Record::NextFh { fh: f.u64()? },
+        tag::WRITE_QUEUED => {
+            let (seq, fh, ino, offset, len) = (f.u64()?, f.u64()?, f.u64()?, f.u64()?, f.u64()?);
+            let data = Arc::new(f.take(usize::try_from(len).ok()?)?.to_vec());
+            Record::WriteQueued { seq, fh, ino, offset, data }
+        }
+        tag::WRITE_DONE => Record::WriteDone { seq: f.u64()? },
         _ => return None,
     };
     f.0.is_empty().then_some(r)
@@ -411,6 +477,13 @@ impl Journal {
         &self.snapshot
     }
 
+    /// A number for the next queued write.
+    pub fn next_write(&mut self) -> u64 {
+        let seq = self.snapshot.next_seq;
+        self.snapshot.next_seq += 1;
+        seq
+    }
+
     /// Appends one record (one write(2)); compacts when the file has grown past [`COMPACT_BYTES`].
     pub fn append(&mut self, r: Record) -> Result<(), JournalError> {
         if self.closed {
@@ -427,7 +500,7 @@ impl Journal {
         Ok(())
     }
 
-    /// Rewrites the journal from the snapshot: a temporary file, fsync, rename over the old one.
+    /// Rewrites the journal from the snapshot: a temporary file renamed over the old one.
     pub fn compact(&mut self) -> Result<(), JournalError> {
         let tmp = self.path.with_extension("new");
         let mut buf = Vec::new();
@@ -435,7 +508,7 @@ impl Journal {
             encode(&r, &mut buf);
         }
         let mut f = File::create(&tmp).map_err(io_err("creating", &tmp))?;
-        f.write_all(&buf).and_then(|_| f.sync_all()).map_err(io_err("writing", &tmp))?;
+        f.write_all(&buf).map_err(io_err("writing", &tmp))?;
         std::fs::rename(&tmp, &self.path).map_err(io_err("renaming", &self.path))?;
         self.file = f;
         self.written = buf.len() as u64;
@@ -482,6 +555,9 @@ mod tests {
             Record::Renamed { from: "vols/a/d".into(), to: "vols/a/e".into() },
             Record::Released { fh: 2 },
             Record::RootGroup { gid: 4321 },
+            Record::WriteQueued { seq: 0, fh: 1, ino: 11, offset: 0, data: Arc::new(b"first".to_vec()) },
+            Record::WriteQueued { seq: 1, fh: 1, ino: 11, offset: 5, data: Arc::new(b"second".to_vec()) },
+            Record::WriteDone { seq: 0 },
             Record::Forget { ino: 11, n: 1 },
         ]
     }
@@ -510,6 +586,9 @@ mod tests {
         assert_eq!(s.files.get(&1), Some(&FileState { ino: 11, flags: 2 }));
         assert!(s.dirs.is_empty());
         assert_eq!((s.root_group, s.next_fh), (Some(4321), 3));
+        // Write 0 is done, write 1 is still queued (it goes again after a takeover); numbers continue at 2.
+        assert_eq!(s.pending.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!((s.pending[&1].offset, s.pending[&1].data.as_slice(), s.next_seq), (5, &b"second"[..], 2));
         // The compacted form rebuilds the same snapshot.
         assert_eq!(replay(&s.records()), s);
     }

@@ -8,6 +8,9 @@
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// The takeover journal, shared by the filesystem and the writes it queued.
+type SharedJournal = Arc<Mutex<Journal>>;
 use std::time::{Duration, SystemTime};
 
 use nix::fcntl::OFlag;
@@ -78,7 +81,9 @@ pub struct WriteBehind {
     file: Arc<OpenFile>,
     ticket: Ticket,
     offset: u64,
-    data: Vec<u8>,
+    data: Arc<Vec<u8>>,
+    /// With a takeover journal: the write's number there, marked done before its range is freed.
+    journaled: Option<(SharedJournal, u64)>,
 }
 
 impl WriteBehind {
@@ -91,20 +96,17 @@ impl WriteBehind {
         self.data.is_empty()
     }
 
-    /// Sends the write to the server and records its outcome in the queue.
+    /// Sends the write to the server and records its outcome in the queue (and the journal: done before the
+    /// range is freed, so no later overlapping write can be overtaken by a resend of this one).
     pub async fn complete(self) {
         let f = self.file.file();
         let result = f.write_at(self.offset, &self.data).await.map_err(|e| errno(&e, "write", f.path()));
+        if let Some((journal, seq)) = &self.journaled {
+            if let Err(e) = journal.lock().unwrap().append(Record::WriteDone { seq: *seq }) {
+                tracing::warn!(error = %e, "takeover journal not written");
+            }
+        }
         self.ticket.finish(result);
-    }
-
-    /// Sends the write to the server and returns its outcome (for a write acknowledged only once the server
-    /// has it: see [`SmbFs::acknowledges_writes_early`]).
-    pub async fn send(self) -> Result<usize, Errno> {
-        let f = self.file.file();
-        let result = f.write_at(self.offset, &self.data).await.map_err(|e| errno(&e, "write", f.path()));
-        self.ticket.finish(Ok(()));
-        result.map(|()| self.data.len())
     }
 }
 
@@ -121,7 +123,7 @@ pub struct SmbFs {
     last_statfs: Mutex<Option<StatFs>>,
     /// The takeover journal (see `journal`): every change of the node and handle tables the kernel sees.
     /// Taken after the `inodes` lock when both are held, so the journal's order is the tables' order.
-    journal: Option<Mutex<Journal>>,
+    journal: Option<SharedJournal>,
 }
 
 /// SMB access for open(2) flags; a read-only mount refuses writing and truncating opens.
@@ -173,14 +175,15 @@ impl SmbFs {
         let root = fs.inodes.lock().unwrap().path(ROOT_INO).unwrap_or_default().to_string();
         let mut snapshot = Snapshot::default();
         snapshot.apply(&Record::Root { path: root });
-        fs.journal = Some(Mutex::new(Journal::create(state_dir, snapshot)?));
+        fs.journal = Some(Arc::new(Mutex::new(Journal::create(state_dir, snapshot)?)));
         Ok(fs)
     }
 
     /// The filesystem a predecessor served, from its journal in `state_dir`: the same node ids (paths and
     /// lookup counts) and handle numbers, each open file opened again by path with its access (a file that
     /// cannot be opened again, e.g. unlinked while open, answers EBADF to its handle). The journal is
-    /// compacted and continued. Returns the filesystem and the INIT parameters the connection was set up with.
+    /// compacted and continued. Writes the predecessor acknowledged but had not sent are sent first, in their
+    /// order. Returns the filesystem and the INIT parameters the connection was set up with.
     pub async fn restore(
         tree: Tree,
         root: &str,
@@ -204,6 +207,7 @@ impl SmbFs {
         }
         fs.handles.continue_from(snapshot.next_fh.max(1));
         let mut lost = Vec::new();
+        let mut reopened = std::collections::HashMap::new();
         for (&fh, f) in &snapshot.files {
             let Some(path) = snapshot.nodes.get(&f.ino).map(|n| n.path.clone()) else {
                 lost.push(fh);
@@ -216,7 +220,10 @@ impl SmbFs {
                 Err(e) => Err(e),
             };
             match opened {
-                Ok(file) => fs.handles.insert_file(fh, f.ino, file),
+                Ok(file) => {
+                    fs.handles.insert_file(fh, f.ino, file);
+                    reopened.insert(fh, ());
+                }
                 Err(e) => {
                     tracing::warn!(fh, path = %format!("/{path}"), error = %e, "takeover: open file could not be reopened");
                     lost.push(fh);
@@ -229,16 +236,40 @@ impl SmbFs {
         for fh in lost {
             snapshot.apply(&Record::Released { fh });
         }
+        fs.resend_writes(&snapshot, &reopened).await;
+        snapshot.pending.clear();
         let init = snapshot.init;
-        fs.journal = Some(Mutex::new(Journal::create(state_dir, snapshot)?));
+        fs.journal = Some(Arc::new(Mutex::new(Journal::create(state_dir, snapshot)?)));
         Ok((fs, init))
     }
 
-    /// Whether a write may be acknowledged once queued (write-behind). Not with a takeover journal: a
-    /// process killed with acknowledged writes still queued would lose them, so there a write is answered
-    /// once the server has it.
-    pub fn acknowledges_writes_early(&self) -> bool {
-        self.journal.is_none()
+    /// Sends the writes a predecessor acknowledged and had not sent, in their order: through the reopened
+    /// handle, or (handle released or lost) through a new handle of the node's path. A failure is logged:
+    /// the application that wrote them was told they succeeded and cannot be told otherwise.
+    async fn resend_writes(&self, snapshot: &Snapshot, reopened: &std::collections::HashMap<u64, ()>) {
+        if snapshot.pending.is_empty() {
+            return;
+        }
+        tracing::info!(writes = snapshot.pending.len(), "takeover: sending the writes the previous server had queued");
+        for w in snapshot.pending.values() {
+            let sent = match reopened.get(&w.fh).and_then(|()| self.handles.file(w.fh).ok()) {
+                Some(f) => f.file().write_at(w.offset, &w.data).await.map_err(|e| e.to_string()),
+                None => match snapshot.nodes.get(&w.ino) {
+                    Some(node) => match self.tree.open(&node.path, OpenOptions::new().write(true)).await {
+                        Ok(f) => {
+                            let r = f.write_at(w.offset, &w.data).await;
+                            let _ = f.close().await;
+                            r.map_err(|e| e.to_string())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    },
+                    None => Err("its node is unknown".to_string()),
+                },
+            };
+            if let Err(e) = sent {
+                tracing::error!(fh = w.fh, ino = w.ino, offset = w.offset, error = %e, "takeover: a queued write was lost");
+            }
+        }
     }
 
     /// Appends to the takeover journal, if any. A failure is logged: serving goes on (only a takeover would
@@ -581,7 +612,17 @@ impl SmbFs {
             return Err(e);
         }
         let ticket = file.queue.enqueue(offset, data.len() as u64).await;
-        Ok(WriteBehind { file, ticket, offset, data })
+        let data = Arc::new(data);
+        let journaled = self.journal.as_ref().map(|j| {
+            let mut journal = j.lock().unwrap();
+            let seq = journal.next_write();
+            let queued = Record::WriteQueued { seq, fh, ino: file.ino, offset, data: data.clone() };
+            if let Err(e) = journal.append(queued) {
+                tracing::warn!(error = %e, "takeover journal not written");
+            }
+            (j.clone(), seq)
+        });
+        Ok(WriteBehind { file, ticket, offset, data, journaled })
     }
 
     /// close(2): every queued write must have reached the server, and its failure is reported here.

@@ -89,15 +89,16 @@ impl FuseMount {
     /// see [`FuseMount::mount_with_state`].
     ///
     /// Blocking. Call it from a thread on which a tokio multi-thread runtime is entered (a `spawn_blocking`
-    /// closure, a test thread inside `Runtime::enter`): the SMB calls and the FUSE request loop run on it.
+    /// closure, a test thread inside `Runtime::enter`): the SMB calls run on it (the FUSE request loop reads
+    /// on a thread of its own and hands each request to that runtime).
     pub fn mount(tree: Tree, subdir: &str, mountpoint: &Path, opts: &MountOptions) -> Result<FuseMount, MountError> {
         FuseMount::mount_with_state(tree, subdir, mountpoint, opts, None)
     }
 
     /// [`FuseMount::mount`], keeping the takeover journal in `state_dir` (created if missing; one directory per
     /// mount) so that another process can [`FuseMount::adopt`] the connection later, even after this one is
-    /// killed. With a journal, writes are answered once the server has them (no write-behind: a killed
-    /// process must not lose writes it acknowledged). `None`: no journal (e.g. `smb3-csi mount` by hand).
+    /// killed (writes acknowledged but still queued for the server are in the journal with their data, and a
+    /// successor sends them). `None`: no journal (e.g. `smb3-csi mount` by hand).
     pub fn mount_with_state(
         tree: Tree,
         subdir: &str,
@@ -133,7 +134,7 @@ impl FuseMount {
             let _ = table::unmount(&mountpoint);
             MountError::Io { op: format!("serving /dev/fuse for {}", mountpoint.display()), source }
         })?;
-        let task = rt.spawn(session.clone().run());
+        let task = session.start();
         let mount = FuseMount { mountpoint, source, tree, rt, session, task: Some(task), released: false };
         match table::mount_at(&mount.mountpoint)? {
             Some(m) if m.fstype == FSTYPE => {
@@ -169,6 +170,15 @@ impl FuseMount {
     ) -> Result<FuseMount, MountError> {
         let Target { rt, root, source } = target(&tree, subdir)?;
         let mountpoint = table::normalize(mountpoint)?;
+        match table::mount_at(&mountpoint)? {
+            Some(m) if m.fstype == FSTYPE => {}
+            other => {
+                return Err(MountError::Adopt {
+                    path: mountpoint,
+                    why: format!("no {FSTYPE} mount there in /proc/self/mountinfo (found {other:?})"),
+                })
+            }
+        }
         let restored = {
             let (tree, cfg, rt2, dir) = (tree.clone(), FsConfig::from(opts), rt.clone(), state_dir.to_path_buf());
             wait_on(&rt, async move { SmbFs::restore(tree, &root, cfg, rt2, &dir).await })
@@ -184,7 +194,7 @@ impl FuseMount {
             op: format!("serving /dev/fuse for {}", mountpoint.display()),
             source,
         })?;
-        let task = rt.spawn(session.clone().run());
+        let task = session.start();
         match session.resend() {
             Ok(()) => {
                 tracing::info!(mountpoint = %mountpoint.display(), "takeover: kernel asked to resend pending requests")
@@ -196,21 +206,8 @@ impl FuseMount {
                 "takeover: FUSE_NOTIFY_RESEND refused (kernel before 6.9?): requests the previous server had read are lost"
             ),
         }
-        let mount = FuseMount { mountpoint, source, tree, rt, session, task: Some(task), released: false };
-        match table::mount_at(&mount.mountpoint)? {
-            Some(m) if m.fstype == FSTYPE => {
-                tracing::info!(source = %mount.source, mountpoint = %mount.mountpoint.display(), "adopted");
-                Ok(mount)
-            }
-            other => {
-                let mut mount = mount;
-                mount.released = true;
-                Err(MountError::Adopt {
-                    path: mount.mountpoint.clone(),
-                    why: format!("no {FSTYPE} mount there in /proc/self/mountinfo (found {other:?})"),
-                })
-            }
-        }
+        tracing::info!(source = %source, mountpoint = %mountpoint.display(), "adopted");
+        Ok(FuseMount { mountpoint, source, tree, rt, session, task: Some(task), released: false })
     }
 
     /// The /dev/fuse connection (dup it with `try_clone_to_owned` to hand the mount to another process).

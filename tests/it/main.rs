@@ -1,5 +1,5 @@
 //! The integration tests, one binary with a module per area: linking tonic,
-//! kube and fuser once instead of once per file is most of what a cold
+//! kube and the rest once instead of once per file is most of what a cold
 //! `scripts/test.sh` used to spend. Each module starts what it needs (a
 //! private Samba through `smb3-testkit`, FUSE mounts, the driver binary);
 //! tests that share a process share the test kit's Samba instances.
@@ -22,4 +22,5 @@ mod reliability;
 mod restart;
 mod smb_cli;
 mod smb_client;
+mod takeover;
 mod testkit;

@@ -1,7 +1,12 @@
-//! The request loop of one FUSE connection, on the tokio runtime that owns the SMB connection: no thread per
-//! mount. /dev/fuse is non-blocking and read through [`AsyncFd`]; each read(2) returns exactly one request,
-//! which is decoded and served by a task; each reply is one write(2) (header and payload gathered with
-//! writev, so a 1 MiB read is not copied again).
+//! The request loop of one FUSE connection. /dev/fuse is non-blocking and read through [`AsyncFd`]; each
+//! read(2) returns exactly one request, which is decoded and served by a task on the runtime that owns the
+//! SMB connection; each reply is one write(2) (header and payload gathered with writev, so a 1 MiB read is
+//! not copied again).
+//!
+//! The loops of every mount run on one thread of their own ([`loop_runtime`]), not on the SMB runtime and not
+//! one thread per mount: code on the SMB runtime that makes a blocking call on a mount (a statfs of a mount
+//! point by a health check, a test's `fs::write` inside `block_on`) parks a worker until the answer comes,
+//! and a loop queued behind that worker would never read the request: a deadlock.
 //!
 //! Order: the kernel's order matters only for writes (write-behind queues them per inode), so a WRITE is
 //! queued by the loop itself before it reads the next request; everything else runs concurrently.
@@ -21,7 +26,10 @@ use std::sync::{Arc, Mutex, Weak};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::Notify;
+
+use std::sync::OnceLock;
 
 use super::dispatch::{self, MAX_IO};
 use super::wire::{self, InHeader, InitOut, Request};
@@ -30,6 +38,25 @@ use crate::fs::ops::SmbFs;
 /// One read(2) must be able to take the largest request: a WRITE of max_write plus its headers (the kernel
 /// refuses smaller buffers with EINVAL).
 const BUFFER_LEN: usize = MAX_IO as usize + 64 * 1024;
+
+/// The runtime of every session's request loop: a current-thread runtime driven by one thread for the
+/// process, started on first use. Its loops only read, decode, queue writes and hand requests over.
+pub fn loop_runtime() -> &'static tokio::runtime::Handle {
+    static LOOPS: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+    LOOPS.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("smb3-csi-fuse")
+            .build()
+            .expect("building the FUSE loop runtime");
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("smb3-csi-fuse".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .expect("starting the FUSE loop thread");
+        handle
+    })
+}
 
 /// A FUSE connection served by [`SmbFs`].
 pub struct Session {
@@ -66,9 +93,10 @@ fn is(e: &std::io::Error, errno: Errno) -> bool {
 
 impl Session {
     /// A session on `dev` (an open /dev/fuse). `init`: the parameters of a connection already initialised by
-    /// another process (no INIT will come); `None` for a fresh mount, whose first request is INIT. Must be
-    /// called inside the runtime (the fd is registered with its reactor).
+    /// another process (no INIT will come); `None` for a fresh mount, whose first request is INIT. The fd is
+    /// registered with [`loop_runtime`]; [`Session::start`] runs the loop there.
     pub fn new(fs: Arc<SmbFs>, dev: OwnedFd, init: Option<InitOut>) -> std::io::Result<Arc<Session>> {
+        let _loops = loop_runtime().enter();
         let flags = fcntl(dev.as_raw_fd(), FcntlArg::F_GETFL)?;
         let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
         fcntl(dev.as_raw_fd(), FcntlArg::F_SETFL(flags))?;
@@ -119,6 +147,11 @@ impl Session {
         self.write_all(&[&wire::notify_resend()])
     }
 
+    /// Runs [`Session::run`] on [`loop_runtime`].
+    pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        loop_runtime().spawn(self.clone().run())
+    }
+
     /// Serves requests until the kernel connection ends or [`Session::stop`] is called.
     pub async fn run(self: Arc<Self>) -> std::io::Result<()> {
         let mut buf = vec![0u8; BUFFER_LEN];
@@ -162,11 +195,12 @@ impl Session {
     }
 
     /// One request (one read(2)); EAGAIN waits for readiness, ENOENT (a request interrupted before it was
-    /// read) and EINTR read again.
+    /// read) and EINTR read again. An aborted or unmounted connection polls as EPOLLERR only (not readable),
+    /// so error readiness wakes the read too, which then fails with ENODEV.
     async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
-            let mut ready = self.dev.readable().await?;
-            match ready.try_io(|dev| (&*dev.get_ref()).read(buf)) {
+            let mut ready = self.dev.ready(Interest::READABLE | Interest::ERROR).await?;
+            match ready.try_io(|dev| dev.get_ref().read(buf)) {
                 Ok(Ok(n)) => return Ok(n),
                 Ok(Err(e)) if is(&e, Errno::ENOENT) || e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Ok(Err(e)) => return Err(e),
@@ -179,7 +213,7 @@ impl Session {
     fn write_all(&self, parts: &[&[u8]]) -> std::io::Result<()> {
         let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        let n = (&*self.dev.get_ref()).write_vectored(&slices)?;
+        let n = self.dev.get_ref().write_vectored(&slices)?;
         if n != total {
             return Err(std::io::Error::other(format!("short write to /dev/fuse: {n} of {total} bytes")));
         }
@@ -228,7 +262,7 @@ impl Session {
             Request::Write { fh, offset, data, .. } => self.write(&h, fh, offset, data).await,
             req => {
                 let guard = InFlight::new(self);
-                tokio::spawn(async move {
+                self.fs.runtime().spawn(async move {
                     let s = &guard.0;
                     let r = dispatch::dispatch(&s.fs, &h, req).await;
                     s.reply(h.unique, r);
@@ -237,26 +271,19 @@ impl Session {
         }
     }
 
-    /// Queued here, in the kernel's order; answered at once (write-behind) or once the server has the data.
+    /// Queued here, in the kernel's order (and in the takeover journal), answered at once, sent by a task
+    /// (write-behind). The in-flight count covers the send, so a graceful stop waits for it.
     async fn write(self: &Arc<Self>, h: &InHeader, fh: u64, offset: u64, data: Vec<u8>) {
         let guard = InFlight::new(self);
         let queued = match self.fs.write(fh, offset, data).await {
             Ok(w) => w,
             Err(e) => return self.reply(h.unique, Err(e)),
         };
-        let unique = h.unique;
-        if self.fs.acknowledges_writes_early() {
-            self.reply(unique, Ok(wire::write_out(queued.len() as u32)));
-            tokio::spawn(async move {
-                queued.complete().await;
-                drop(guard);
-            });
-        } else {
-            tokio::spawn(async move {
-                let r = queued.send().await.map(|n| wire::write_out(n as u32));
-                guard.0.reply(unique, r);
-            });
-        }
+        self.reply(h.unique, Ok(wire::write_out(queued.len() as u32)));
+        self.fs.runtime().spawn(async move {
+            queued.complete().await;
+            drop(guard);
+        });
     }
 
     fn init_reply(&self, h: &InHeader, offer: &wire::InitIn) {
