@@ -5,6 +5,7 @@
 pub mod csi;
 pub mod fs;
 pub mod k8s;
+pub mod keeper;
 pub mod metrics;
 pub mod mount;
 pub mod registrar;

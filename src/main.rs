@@ -45,6 +45,8 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// Register the node plugin with the kubelet (plugin registration API v1).
     Registrar(cli::registrar::RegistrarArgs),
+    /// Hold the node's live FUSE connections across node plugin restarts and upgrades.
+    Keeper(cli::keeper::KeeperArgs),
 }
 
 impl Cli {
@@ -80,6 +82,7 @@ fn main() -> std::process::ExitCode {
             Command::Registrar(args) => cli::registrar::run(args).await,
             Command::All(args) => cli::serve::run(cli::serve::Role::All, args).await.map_err(|e| e.to_string()),
             Command::Mount(args) => cli::mount::run(args).await,
+            Command::Keeper(args) => cli::keeper::run(args).await,
             #[cfg(feature = "demo")]
             Command::Demo(args) => cli::demo::run(args).await,
         }

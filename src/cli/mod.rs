@@ -2,6 +2,7 @@
 
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod keeper;
 pub mod mount;
 pub mod registrar;
 pub mod serve;

@@ -10,15 +10,17 @@
 //! With `--metrics-address`, Prometheus metrics are served on `/metrics`
 //! (and a liveness answer on `/healthz`) over plain HTTP at that address.
 
-use std::sync::atomic::AtomicBool;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
 use smb3::{ClientOptions, EncryptionPolicy, ObserverHandle, SessionPool};
-use smb3_csi::csi::node::{NodeConfig, NodeService};
+use smb3_csi::csi::node::{KeeperConfig, KeeperSpawn, NodeConfig, NodeService, RestartConfig, StateError};
 use smb3_csi::csi::{serve, ControllerService, Endpoint, IdentityService, Services};
+use smb3_csi::keeper::handover::{self, HandoverListener};
 use smb3_csi::metrics::{Metrics, MetricsAddress, MetricsServer};
 
 /// Which CSI services this process serves.
@@ -68,6 +70,28 @@ pub struct ServeArgs {
     /// by the PVs of staged volumes (default: in-cluster config).
     #[arg(long)]
     kubeconfig: Option<std::path::PathBuf>,
+    /// Node roles: where stages and publishes are recorded (no secrets) so a restarted or upgraded plugin
+    /// knows them. Default: `state` next to the CSI socket (the kubelet's plugin directory).
+    #[arg(long, env = "STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Node roles: the keeper holding the mounts' FUSE connections across restarts.
+    /// Default: `<state-dir>/keeper/keeper.sock`.
+    #[arg(long, env = "KEEPER_SOCKET")]
+    keeper_socket: Option<PathBuf>,
+    /// Start a keeper (`smb3-csi keeper`, in its own process group) when none answers. The chart runs it
+    /// as its own container instead and sets this to false.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    keeper_spawn: bool,
+    /// A keeper started by the plugin exits after this many seconds holding no mount.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    keeper_idle_secs: u64,
+    /// Node roles: keep no state and no keeper (mounts end with the process, as before).
+    #[arg(long)]
+    no_restart_survival: bool,
+    /// After handing its mounts to a newer process, wait for SIGTERM instead of exiting (a container that
+    /// exits is restarted, and would take the mounts back).
+    #[arg(long)]
+    linger_after_handover: bool,
 }
 
 /// Read by the parsing tests of `main.rs`.
@@ -116,36 +140,75 @@ pub enum ServeCliError {
     },
     #[error(transparent)]
     Serve(#[from] smb3_csi::csi::ServeError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("taking over from the running plugin: {0}")]
+    Handover(#[from] handover::HandoverError),
 }
 
-/// Builds the services for `role`. Adding the Node service is one
-/// `with_node` line in the `serves_node` branch.
-fn services(role: Role, args: &ServeArgs, ready: Arc<AtomicBool>) -> Result<Services, ServeCliError> {
+/// Builds the services for `role` (and hands back the Node service, which outlives serving).
+fn services(
+    role: Role,
+    args: &ServeArgs,
+    ready: Arc<AtomicBool>,
+    restart: Option<RestartConfig>,
+) -> Result<(Services, Option<NodeService>), ServeCliError> {
     let identity = IdentityService::new(&args.driver_name, role.serves_controller(), ready)?;
     let mut services = Services::new().with_identity(identity);
     if role.serves_controller() {
         services = services.with_controller(ControllerService::new(session_pool(args)));
     }
+    let mut node = None;
     if role.serves_node() {
         let node_id = args.node_id.as_deref().filter(|id| !id.trim().is_empty());
         let node_id = node_id.ok_or(ServeCliError::MissingNodeId(role))?;
-        services = services.with_node(node_service(node_id, args));
+        let service = node_service(node_id, args, restart)?;
+        services = services.with_node(service.clone());
+        node = Some(service);
     }
-    Ok(services)
+    Ok((services, node))
 }
 
 /// The Node service with its own session pool (volumes of one node share sessions among themselves).
-fn node_service(node_id: &str, args: &ServeArgs) -> NodeService {
-    let node = NodeService::new(
-        NodeConfig {
-            node_id: node_id.to_string(),
-            kubeconfig: args.kubeconfig.clone(),
-            driver_name: args.driver_name.clone(),
-        },
-        session_pool(args),
-    );
+fn node_service(node_id: &str, args: &ServeArgs, restart: Option<RestartConfig>) -> Result<NodeService, StateError> {
+    let config = NodeConfig {
+        node_id: node_id.to_string(),
+        kubeconfig: args.kubeconfig.clone(),
+        driver_name: args.driver_name.clone(),
+    };
+    let node = match restart {
+        Some(restart) => NodeService::with_restart(config, session_pool(args), restart)?,
+        None => NodeService::new(config, session_pool(args)),
+    };
     node.spawn_connection_watch(CONNECTION_WATCH_EVERY);
-    node
+    Ok(node)
+}
+
+/// The handover socket in the state directory (one per node: old and new plugin share the directory).
+const HANDOVER_SOCKET: &str = "handover.sock";
+
+/// Restart survival for the node roles, from the flags (`None` with --no-restart-survival).
+fn restart_config(args: &ServeArgs, endpoint: &Endpoint) -> Option<RestartConfig> {
+    if args.no_restart_survival {
+        return None;
+    }
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
+        endpoint.socket_path().parent().map_or_else(|| PathBuf::from("state"), |dir| dir.join("state"))
+    });
+    let socket = args.keeper_socket.clone().unwrap_or_else(|| state_dir.join("keeper/keeper.sock"));
+    let spawn = match (args.keeper_spawn, std::env::current_exe()) {
+        (true, Ok(exe)) => Some(KeeperSpawn {
+            exe,
+            idle: Duration::from_secs(args.keeper_idle_secs),
+            log: state_dir.join("keeper.log"),
+        }),
+        (true, Err(e)) => {
+            tracing::warn!(error = %e, "cannot find this binary to start a keeper");
+            None
+        }
+        (false, _) => None,
+    };
+    Some(RestartConfig { state_dir, keeper: Some(KeeperConfig { socket, spawn }) })
 }
 
 /// How often the node looks at its volumes' SMB connections for the metrics (a look reads a few fields).
@@ -184,8 +247,43 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ServeCliEr
 pub async fn run(role: Role, args: ServeArgs) -> Result<(), ServeCliError> {
     let endpoint = Endpoint::parse(&args.endpoint)?;
     let ready = Arc::new(AtomicBool::new(true));
-    let services = services(role, &args, ready.clone())?;
-    let shutdown = shutdown_signal()?;
+    let restart = if role.serves_node() { restart_config(&args, &endpoint) } else { None };
+    // A running predecessor hands its mounts over before anything here binds a socket.
+    let handover_socket = restart.as_ref().map(|r| r.state_dir.join(HANDOVER_SOCKET));
+    if let Some(socket) = handover_socket.clone() {
+        if let Some(dir) = socket.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let started = std::time::Instant::now();
+        let answer = tokio::task::spawn_blocking(move || handover::request(&socket))
+            .await
+            .map_err(|e| handover::HandoverError::Io { socket: PathBuf::new(), source: std::io::Error::other(e) })?;
+        if let Some(mounts) = answer? {
+            tracing::info!(mounts, millis = started.elapsed().as_millis() as u64, "the previous plugin handed over");
+        }
+    }
+    let (services, node) = services(role, &args, ready.clone(), restart)?;
+    if let Some(node) = &node {
+        let report = node.recover().await;
+        tracing::info!(staged = ?report.staged, published = ?report.published, "recovered the node's volumes");
+    }
+    let mut listener = match &handover_socket {
+        Some(socket) => Some(HandoverListener::bind(socket)?),
+        None => None,
+    };
+    let handed_over = Arc::new(AtomicBool::new(false));
+    let signal = shutdown_signal()?;
+    let asked = listener.as_mut().map(|l| l.asked());
+    let flag = handed_over.clone();
+    let shutdown = async move {
+        match asked {
+            Some(asked) => tokio::select! {
+                _ = signal => {}
+                _ = asked => flag.store(true, Ordering::SeqCst),
+            },
+            None => signal.await,
+        }
+    };
     // Bound before serving CSI, so a taken port fails the start instead of going unnoticed.
     let metrics = match args.metrics_address {
         Some(address) => {
@@ -200,10 +298,21 @@ pub async fn run(role: Role, args: ServeArgs) -> Result<(), ServeCliError> {
     };
     tracing::info!(?role, driver = %args.driver_name, %endpoint, version = env!("CARGO_PKG_VERSION"), "starting");
     let result = serve(&endpoint, services, shutdown).await;
+    // Mounts outlive this process: detached, their connections stay with the keeper for the next one.
+    if let Some(node) = &node {
+        let detached = node.detach_all().await;
+        if let Some(listener) = listener {
+            listener.confirm(detached as u32);
+        }
+    }
     // Metrics stay scrapeable while in-flight RPCs drain, and stop with them.
     if let Some(metrics) = metrics {
         metrics.abort();
     }
     result?;
+    if handed_over.load(Ordering::SeqCst) && args.linger_after_handover {
+        tracing::info!("handed over to a newer plugin: waiting for SIGTERM");
+        shutdown_signal()?.await;
+    }
     Ok(())
 }

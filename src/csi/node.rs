@@ -31,8 +31,22 @@
 //!   `subDir` and `mountOptions`; the Secret is read from the pod's namespace through the Kubernetes API
 //!   ([`crate::k8s`]). A missing Secret is INVALID_ARGUMENT (the pod spec names something that is not there;
 //!   NOT_FOUND would claim the volume does not exist).
+//! - **Restarts and upgrades** ([`NodeService::with_restart`]): every stage and publish is recorded in a
+//!   state directory (no secrets), every staged mount's /dev/fuse descriptor and node-stage secret go to the
+//!   keeper ([`crate::keeper`]); a successor adopts the live mounts, re-stages or cleans up the rest
+//!   ([`NodeService::recover`]), and a stopping plugin detaches instead of unmounting
+//!   ([`NodeService::detach_all`]). See docs/restart-survival.md.
+
+mod reconcile;
+mod recover;
+mod state;
+
+pub use reconcile::{decide, decide_publish, Action, MountSeen, Observed, PublishAction};
+pub use recover::RecoveryReport;
+pub use state::{KeeperRecord, PublishRecord, StageRecord, StateDir, StateError};
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -82,6 +96,60 @@ pub struct NodeConfig {
     pub driver_name: String,
 }
 
+/// Restart survival: where the node records its volumes and which keeper holds their connections.
+#[derive(Clone, Debug)]
+pub struct RestartConfig {
+    /// The state directory (records of stages and publishes, FUSE takeover journals).
+    pub state_dir: PathBuf,
+    /// `None`: no keeper; mounts still end with the process, but the state lets a successor clean up and
+    /// re-stage nothing (it has no credentials).
+    pub keeper: Option<KeeperConfig>,
+}
+
+/// How the node reaches its keeper.
+#[derive(Clone, Debug)]
+pub struct KeeperConfig {
+    /// The keeper's socket.
+    pub socket: PathBuf,
+    /// Start a keeper when none answers (outside Kubernetes); `None`: another container runs it.
+    pub spawn: Option<KeeperSpawn>,
+}
+
+/// How a keeper is started by the plugin.
+#[derive(Clone, Debug)]
+pub struct KeeperSpawn {
+    /// The `smb3-csi` binary.
+    pub exe: PathBuf,
+    /// It exits after this long without mounts or messages.
+    pub idle: Duration,
+    /// Its output goes here.
+    pub log: PathBuf,
+}
+
+impl KeeperConfig {
+    /// Pings the keeper, starting one if allowed and none answers. Blocking.
+    fn ensure(&self) -> Result<crate::keeper::KeeperStatus, crate::keeper::ClientError> {
+        match &self.spawn {
+            Some(spawn) => crate::keeper::client::ensure_running(&self.socket, &spawn.exe, spawn.idle, &spawn.log),
+            None => crate::keeper::client::ping(&self.socket),
+        }
+    }
+}
+
+/// The node's restart machinery, when configured.
+struct Survival {
+    state: StateDir,
+    keeper: Option<KeeperConfig>,
+}
+
+/// How a mount comes to be.
+enum Attach {
+    /// mount(2) a new FUSE connection (with a takeover journal in that directory, if any).
+    Fresh { journal: Option<PathBuf> },
+    /// Serve an initialised connection taken over from an earlier process.
+    Adopt { device: OwnedFd, journal: PathBuf },
+}
+
 /// A live FUSE mount the node owns.
 struct Staged {
     volume_id: String,
@@ -125,6 +193,8 @@ struct Inner {
     /// that server reconnects with them, and re-reads its volumes' Secrets when the server refuses them. One
     /// entry per server and user the node ever mounted for.
     credentials: Mutex<HashMap<CredentialsKey, Arc<NodeCredentials>>>,
+    /// Restart survival (state records, keeper), when configured.
+    survival: Option<Survival>,
 }
 
 /// Server (lower case), port and user (`DOMAIN\user`) of a credentials entry.
@@ -145,6 +215,18 @@ impl NodeService {
     /// # }
     /// ```
     pub fn new(config: NodeConfig, pool: SessionPool) -> Self {
+        Self::build(config, pool, None)
+    }
+
+    /// A node service whose volumes survive its restarts: stages and publishes are recorded in
+    /// `restart.state_dir`, staged mounts are registered with the keeper. Call [`NodeService::recover`]
+    /// before serving, and [`NodeService::detach_all`] when stopping.
+    pub fn with_restart(config: NodeConfig, pool: SessionPool, restart: RestartConfig) -> Result<Self, StateError> {
+        let state = StateDir::open(&restart.state_dir)?;
+        Ok(Self::build(config, pool, Some(Survival { state, keeper: restart.keeper })))
+    }
+
+    fn build(config: NodeConfig, pool: SessionPool, survival: Option<Survival>) -> Self {
         let secrets = Arc::new(SecretReader::new(config.kubeconfig));
         NodeService {
             inner: Arc::new(Inner {
@@ -156,6 +238,7 @@ impl NodeService {
                 published: Mutex::default(),
                 busy: InFlight::default(),
                 credentials: Mutex::default(),
+                survival,
             }),
         }
     }
@@ -252,9 +335,11 @@ impl NodeService {
     }
 
     /// Mounts the volume at `at` (a directory, created if missing) and registers it.
-    async fn mount_volume(&self, volume_id: &str, at: &Path, plan: MountPlan) -> Result<(), Status> {
-        std::fs::create_dir_all(at)
-            .map_err(|e| Status::internal(format!("creating the mount point {}: {e}", at.display())))?;
+    async fn mount_volume(&self, volume_id: &str, at: &Path, plan: MountPlan, attach: Attach) -> Result<(), Status> {
+        if matches!(attach, Attach::Fresh { .. }) {
+            std::fs::create_dir_all(at)
+                .map_err(|e| Status::internal(format!("creating the mount point {}: {e}", at.display())))?;
+        }
         let dir = plan.share.base_path().join(&plan.sub_dir).to_string();
         let mut target = ShareTarget { path: dir.clone(), ..plan.share.target() };
         // The `port` mount option overrides the share address's port.
@@ -292,9 +377,16 @@ impl NodeService {
         };
         let (mount_tree, mount_dir, mount_at, opts) =
             (tree.clone(), dir.clone(), at.to_path_buf(), plan.options.clone());
-        let mounted = tokio::task::spawn_blocking(move || FuseMount::mount(mount_tree, &mount_dir, &mount_at, &opts))
-            .await
-            .map_err(|e| Status::internal(format!("mount task failed: {e}")))?;
+        let mounted = tokio::task::spawn_blocking(move || match attach {
+            Attach::Fresh { journal } => {
+                FuseMount::mount_with_state(mount_tree, &mount_dir, &mount_at, &opts, journal.as_deref())
+            }
+            Attach::Adopt { device, journal } => {
+                FuseMount::adopt(mount_tree, &mount_dir, &mount_at, &opts, device, &journal)
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(format!("mount task failed: {e}")))?;
         let mount = mounted.map_err(|e| match &e {
             MountError::Smb { source, .. } if is_not_found(source) => {
                 Status::not_found(format!("the volume's directory {shown} does not exist on the server"))
@@ -329,7 +421,7 @@ impl NodeService {
     /// `Ok(true)`: nothing to do.
     async fn reuse_or_clean(&self, path: &Path, volume_id: &str, fingerprint: &str) -> Result<bool, Status> {
         if let Some(staged) = self.registered(path) {
-            let state = mount_state(path)?;
+            let state = mount_state(path).await?;
             let alive = staged.mount.is_healthy() && matches!(state, MountState::Mounted { .. });
             if alive {
                 if staged.volume_id != volume_id {
@@ -351,7 +443,7 @@ impl NodeService {
             self.tear_down(path).await?;
             return Ok(false);
         }
-        match mount_state(path)? {
+        match mount_state(path).await? {
             MountState::NotMounted => Ok(false),
             MountState::Dead => {
                 tracing::warn!(path = %path.display(), "a dead mount is left at this path: cleaning it up");
@@ -418,7 +510,7 @@ impl NodeService {
         let encryption = encryption_policy(&req.volume_id, ctx)?;
         let origin = SecretOrigin::Named(SecretRef { namespace: namespace.to_string(), name: secret_name.to_string() });
         let plan = MountPlan { share, sub_dir, encryption, options, creds, fingerprint, origin };
-        self.mount_volume(&req.volume_id, target, plan).await
+        self.mount_volume(&req.volume_id, target, plan, Attach::Fresh { journal: None }).await
     }
 }
 
@@ -506,8 +598,23 @@ fn fingerprint(options: &MountOptions) -> String {
     format!("{options:?}")
 }
 
-fn mount_state(path: &Path) -> Result<MountState, Status> {
-    mount::mount_state(path).map_err(|e| Status::internal(format!("inspecting {}: {e}", path.display())))
+/// Runs a file system call on a path that may be one of our FUSE mounts off the runtime's workers: the FUSE
+/// server answering it runs on this same runtime, and a worker blocked in the kernel could hold the very
+/// task that would answer.
+async fn off_runtime<T: Send + 'static>(
+    path: &Path,
+    call: impl FnOnce(&Path) -> T + Send + 'static,
+) -> Result<T, Status> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || call(&owned))
+        .await
+        .map_err(|e| Status::internal(format!("file system task for {}: {e}", path.display())))
+}
+
+async fn mount_state(path: &Path) -> Result<MountState, Status> {
+    off_runtime(path, mount::mount_state)
+        .await?
+        .map_err(|e| Status::internal(format!("inspecting {}: {e}", path.display())))
 }
 
 /// Removes an (unmounted) mount point; a leftover that cannot go is logged, never an error the kubelet would
@@ -665,6 +772,26 @@ fn stats_paths(req: &NodeGetVolumeStatsRequest) -> Result<(&Path, Option<&Path>)
     Ok((volume_path, check_path("staging_target_path", &req.staging_target_path).ok()))
 }
 
+/// NodeStageVolume's request checked and turned into a plan: the staging path and what to mount there.
+fn stage_plan(req: &NodeStageVolumeRequest) -> Result<(&Path, MountPlan), Status> {
+    check_id(&req.volume_id)?;
+    let staging = check_path("staging_target_path", &req.staging_target_path)?;
+    let capability = check_capability(req.volume_capability.as_ref())?;
+    let (share, sub_dir) = locate(&req.volume_id, &req.volume_context)?;
+    let encryption = encryption_policy(&req.volume_id, &req.volume_context)?;
+    let options = parse_options(&mount_flags(Some(capability)), Some(capability))?;
+    let creds = super::credentials_from_secrets(&req.secrets)?.ok_or_else(|| {
+        Status::invalid_argument(
+            "a node-stage secret is required: set csi.storage.k8s.io/node-stage-secret-name and \
+             -namespace in the StorageClass (or nodeStageSecretRef in the PV) to a Secret with username, \
+             password and optionally domain",
+        )
+    })?;
+    let fingerprint = fingerprint(&options);
+    let origin = SecretOrigin::StagedVolume;
+    Ok((staging, MountPlan { share, sub_dir, encryption, options, creds, fingerprint, origin }))
+}
+
 fn is_ephemeral(ctx: &HashMap<String, String>) -> bool {
     context_value(ctx, CONTEXT_EPHEMERAL).is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
@@ -676,30 +803,19 @@ impl Node for NodeService {
         request: Request<NodeStageVolumeRequest>,
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
         let req = request.into_inner();
-        check_id(&req.volume_id)?;
-        let staging = check_path("staging_target_path", &req.staging_target_path)?;
-        let capability = check_capability(req.volume_capability.as_ref())?;
-        let (share, sub_dir) = locate(&req.volume_id, &req.volume_context)?;
-        let encryption = encryption_policy(&req.volume_id, &req.volume_context)?;
-        let options = parse_options(&mount_flags(Some(capability)), Some(capability))?;
-        let creds = super::credentials_from_secrets(&req.secrets)?.ok_or_else(|| {
-            Status::invalid_argument(
-                "a node-stage secret is required: set csi.storage.k8s.io/node-stage-secret-name and \
-                 -namespace in the StorageClass (or nodeStageSecretRef in the PV) to a Secret with username, \
-                 password and optionally domain",
-            )
-        })?;
+        let (staging, plan) = stage_plan(&req)?;
         let _guard = self.lock(&[staging])?;
-        let (host, port) = server_of(&share, &options);
-        self.remember_credentials(&host, port, &creds);
-        let fingerprint = fingerprint(&options);
-        if self.reuse_or_clean(staging, &req.volume_id, &fingerprint).await? {
+        let (host, port) = server_of(&plan.share, &plan.options);
+        self.remember_credentials(&host, port, &plan.creds);
+        if self.reuse_or_clean(staging, &req.volume_id, &plan.fingerprint).await? {
             tracing::info!(staging = %staging.display(), "already staged and healthy");
+            // The newest secret goes to the keeper (a rotated password) and the record is current.
+            self.remember_stage(&req, staging).await;
             return Ok(Response::new(NodeStageVolumeResponse {}));
         }
-        let origin = SecretOrigin::StagedVolume;
-        let plan = MountPlan { share, sub_dir, encryption, options, creds, fingerprint, origin };
-        self.mount_volume(&req.volume_id, staging, plan).await?;
+        let journal = self.inner.survival.as_ref().map(|s| s.state.journal_dir(staging));
+        self.mount_volume(&req.volume_id, staging, plan, Attach::Fresh { journal }).await?;
+        self.remember_stage(&req, staging).await;
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
 
@@ -712,6 +828,7 @@ impl Node for NodeService {
         let staging = check_path("staging_target_path", &req.staging_target_path)?;
         let _guard = self.lock(&[staging])?;
         self.tear_down(staging).await?;
+        self.forget_stage(staging).await;
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
 
@@ -762,11 +879,12 @@ impl Node for NodeService {
                 req.volume_id
             )));
         }
-        match mount_state(target)? {
+        match mount_state(target).await? {
             MountState::Mounted { .. } => {
                 let published = self.inner.published.lock().unwrap().get(target).cloned();
                 if published.as_deref() == Some(staging) {
-                    let is_ro = nix::sys::statvfs::statvfs(target)
+                    let is_ro = off_runtime(target, nix::sys::statvfs::statvfs)
+                        .await?
                         .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
                         .unwrap_or(read_only);
                     if is_ro != read_only {
@@ -792,8 +910,22 @@ impl Node for NodeService {
         }
         std::fs::create_dir_all(target)
             .map_err(|e| Status::internal(format!("creating the target {}: {e}", target.display())))?;
-        mount::bind_mount(staging, target, read_only).map_err(|e| Status::internal(e.to_string()))?;
+        let source = staging.to_path_buf();
+        off_runtime(target, move |t| mount::bind_mount(&source, t, read_only))
+            .await?
+            .map_err(|e| Status::internal(e.to_string()))?;
         self.inner.published.lock().unwrap().insert(target.to_path_buf(), staging.to_path_buf());
+        if let Some(survival) = &self.inner.survival {
+            let record = PublishRecord {
+                volume_id: req.volume_id.clone(),
+                target_path: target.to_path_buf(),
+                staging_path: staging.to_path_buf(),
+                read_only,
+            };
+            if let Err(e) = survival.state.save_publish(&record) {
+                tracing::warn!(error = %e, "the publish is not recorded: a restarted plugin will not know it");
+            }
+        }
         tracing::info!(staging = %staging.display(), target = %target.display(), read_only, "published");
         Ok(Response::new(NodePublishVolumeResponse {}))
     }
@@ -808,6 +940,11 @@ impl Node for NodeService {
         let _guard = self.lock(&[target])?;
         self.inner.published.lock().unwrap().remove(target);
         self.tear_down(target).await?;
+        if let Some(survival) = &self.inner.survival {
+            if let Err(e) = survival.state.remove_publish(target) {
+                tracing::warn!(error = %e, "could not remove the publish record");
+            }
+        }
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
@@ -838,14 +975,17 @@ impl Node for NodeService {
             staged.soft,
             SystemTime::now(),
         );
-        if disconnected.is_none() && !volume_path.exists() && !matches!(mount_state(volume_path)?, MountState::Dead) {
+        if disconnected.is_none()
+            && !off_runtime(volume_path, |p| p.exists()).await?
+            && !matches!(mount_state(volume_path).await?, MountState::Dead)
+        {
             return Err(Status::not_found(format!("volume_path {} does not exist", volume_path.display())));
         }
 
         let mut usage = Vec::new();
         let condition = if let Some(condition) = disconnected {
             condition
-        } else if !staged.mount.is_session_running() || matches!(mount_state(volume_path)?, MountState::Dead) {
+        } else if !staged.mount.is_session_running() || matches!(mount_state(volume_path).await?, MountState::Dead) {
             VolumeCondition {
                 abnormal: true,
                 message: format!("the FUSE mount at {} no longer answers", volume_path.display()),

@@ -64,7 +64,7 @@ DRIVER_PARAMS = {"source", "subdir", "ondelete", "encryption"}
 DRIVER_FLAGS = {
     "controller": {"--endpoint", "--driver-name", "--metrics-address", "--log-level", "--log-format", "--smb-encryption"},
     "node": {"--endpoint", "--node-id", "--driver-name", "--metrics-address", "--log-level", "--log-format",
-             "--smb-encryption"},
+             "--smb-encryption", "--state-dir", "--keeper-socket", "--keeper-spawn", "--linger-after-handover"},
 }
 
 
@@ -412,6 +412,10 @@ def check(docs, case):
     fuse_vols = [v for v in ds["spec"]["template"]["spec"]["volumes"] if v.get("hostPath", {}).get("path") == "/dev/fuse"]
     expect(len(fuse_vols) == 1 and fuse_vols[0]["hostPath"].get("type") == "CharDevice", "/dev/fuse hostPath must be a CharDevice")
 
+    # Restart survival: a keeper container on the node plugin's socket directory, one socket per pod, the
+    # plugin pointed at it and not starting its own; surge updates where the cluster has them.
+    errors += check_restart_survival(ds, case)
+
     # Production settings: priorities, seccomp, a non-root controller, memory limits.
     errors += check_pods(deploy, ds, case)
 
@@ -423,6 +427,43 @@ def check(docs, case):
 
     # RBAC: effective permissions of each ServiceAccount == what the components call.
     errors += check_rbac(docs, case, deploy, ds)
+    return errors
+
+
+def check_restart_survival(ds, case):
+    errors = []
+
+    def expect(cond, msg):
+        if not cond:
+            errors.append(msg)
+
+    try:
+        keeper = container(ds, "keeper")
+        node = container(ds, "smb3-csi")
+    except AssertionError as e:
+        return [str(e)]
+    expect(keeper.get("args", [])[:1] == ["keeper"], f"keeper container args {keeper.get('args')}")
+    expect(keeper.get("image") == case["images"]["smb3-csi"], f"keeper image {keeper.get('image')}")
+    kf, nf = flags(keeper["args"][1:]), flags(node["args"][1:])
+    sock = kf.get("--socket", "")
+    expect(set(kf) <= {"--socket", "--idle-exit-secs", "--log-level", "--log-format"}, f"keeper flags {sorted(kf)}")
+    expect("$(POD_NAME)" in sock, f"keeper socket {sock!r} is not per pod (a surging pod needs its own)")
+    expect(nf.get("--keeper-socket") == sock, f"node --keeper-socket {nf.get('--keeper-socket')} != keeper {sock}")
+    expect(nf.get("--keeper-spawn") == "false", "the node plugin must not start its own keeper in the chart")
+    expect(nf.get("--linger-after-handover") is True, "the node plugin must linger after a handover (no restart loop)")
+    for ctr in (keeper, node):
+        env = {e["name"]: e for e in ctr.get("env", [])}
+        field = env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        expect(field == "metadata.name", f"{ctr['name']}: POD_NAME must come from metadata.name")
+    keeper_host = host_path_of(ds, keeper, sock.rsplit("/", 1)[0])
+    expect(keeper_host is not None and keeper_host == host_path_of(ds, node, sock.rsplit("/", 1)[0]),
+           f"keeper socket dir {keeper_host} is not the node plugin's, or not on the host")
+    state = nf.get("--state-dir", "")
+    expect(host_path_of(ds, node, state) is not None, f"node --state-dir {state!r} is not on the host")
+    expect(keeper.get("securityContext", {}).get("privileged") is not True, "the keeper needs no privilege")
+    rolling = ds["spec"].get("updateStrategy", {}).get("rollingUpdate", {})
+    expect(rolling.get("maxSurge") == 1 and rolling.get("maxUnavailable") == 0,
+           f"node updateStrategy {rolling}: want maxSurge 1, maxUnavailable 0 (the new pod takes the mounts over)")
     return errors
 
 
@@ -848,6 +889,18 @@ def mutations():
     def m_small_node_limit(docs):
         container(ds(docs), "smb3-csi")["resources"]["limits"]["memory"] = "200Mi"
 
+    def m_no_keeper(docs):
+        ds(docs)["spec"]["template"]["spec"]["containers"] = [
+            c for c in containers(ds(docs)) if c["name"] != "keeper"]
+
+    def m_shared_keeper_socket(docs):
+        for name in ("keeper", "smb3-csi"):
+            ctr = container(ds(docs), name)
+            ctr["args"] = [a.replace("$(POD_NAME)", "keeper") for a in ctr["args"]]
+
+    def m_no_surge(docs):
+        ds(docs)["spec"]["updateStrategy"]["rollingUpdate"] = {"maxUnavailable": 1}
+
     def m_new_sidecar_on_old(docs):
         container(deploy(docs), "csi-provisioner")["image"] = "registry.k8s.io/sig-storage/csi-provisioner:v6.3.0"
 
@@ -876,6 +929,9 @@ def mutations():
         ("node plugin without a memory limit", m_no_memory_limit),
         ("node plugin memory limit too small for its volumes", m_small_node_limit),
         ("csi-provisioner v6 on Kubernetes 1.28", m_new_sidecar_on_old),
+        ("node pod without a keeper", m_no_keeper),
+        ("one keeper socket for every pod", m_shared_keeper_socket),
+        ("node updates without surge", m_no_surge),
     ]
 
 

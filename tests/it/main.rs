@@ -21,6 +21,7 @@ mod node;
 mod proto;
 mod reconnect;
 mod reliability;
+mod restart;
 mod smb_cli;
 mod smb_client;
 mod takeover;

@@ -34,7 +34,7 @@ const DRIVER: &str = "smb3.csi.dev";
 const NODE_ID: &str = "node-a";
 
 /// Root, /dev/fuse and the shared Samba, or `None` (skip) outside CI.
-fn samba() -> Option<&'static Samba> {
+pub(crate) fn samba() -> Option<&'static Samba> {
     if !(Path::new("/dev/fuse").exists() && nix::unistd::geteuid().is_root()) {
         assert!(!running_in_ci(), "CI=true: /dev/fuse and root are required");
         eprintln!("skipped: needs root and /dev/fuse");
@@ -124,17 +124,17 @@ impl NodePlugin {
 }
 
 /// A volume on the test share: its directory created locally, owned by the share's user.
-struct TestVolume {
-    pv: String,
-    volume_id: String,
+pub(crate) struct TestVolume {
+    pub(crate) pv: String,
+    pub(crate) volume_id: String,
     /// Directory relative to the share root.
-    dir: String,
-    context: HashMap<String, String>,
+    pub(crate) dir: String,
+    pub(crate) context: HashMap<String, String>,
 }
 
 impl TestVolume {
     /// A volume as the controller provisions it: base `node-<test>`, subdir = the PV name.
-    fn provisioned(samba: &Samba, test: &str) -> TestVolume {
+    pub(crate) fn provisioned(samba: &Samba, test: &str) -> TestVolume {
         let pv = format!("pvc-{:08x}", rand::random::<u32>());
         let base = format!("node-{test}");
         let dir = format!("{base}/{pv}");
@@ -157,7 +157,7 @@ fn make_dir(samba: &Samba, rel: &str) {
     }
 }
 
-fn secrets(samba: &Samba) -> HashMap<String, String> {
+pub(crate) fn secrets(samba: &Samba) -> HashMap<String, String> {
     HashMap::from([
         ("username".to_string(), format!("{}\n", samba.user())),
         ("password".to_string(), samba.password().expose().to_string()),
@@ -176,11 +176,16 @@ fn capability(flags: &[&str], group: &str, mode: volume_capability::access_mode:
     }
 }
 
-fn rwx(flags: &[&str]) -> VolumeCapability {
+pub(crate) fn rwx(flags: &[&str]) -> VolumeCapability {
     capability(flags, "", volume_capability::access_mode::Mode::MultiNodeMultiWriter)
 }
 
-fn stage_request(samba: &Samba, vol: &TestVolume, staging: &Path, cap: VolumeCapability) -> NodeStageVolumeRequest {
+pub(crate) fn stage_request(
+    samba: &Samba,
+    vol: &TestVolume,
+    staging: &Path,
+    cap: VolumeCapability,
+) -> NodeStageVolumeRequest {
     NodeStageVolumeRequest {
         volume_id: vol.volume_id.clone(),
         publish_context: HashMap::new(),
@@ -192,7 +197,7 @@ fn stage_request(samba: &Samba, vol: &TestVolume, staging: &Path, cap: VolumeCap
 }
 
 /// NodePublishVolume as the kubelet sends it with podInfoOnMount.
-fn publish_request(
+pub(crate) fn publish_request(
     vol: &TestVolume,
     staging: &Path,
     target: &Path,
