@@ -99,6 +99,8 @@ mod tests {
             read_only: false,
             attr_ttl: Duration::from_secs(1),
             cache: CacheMode::Strict,
+            byte_range_locks: true,
+            mfsymlinks: false,
         };
         let m = Metadata {
             size: 5000,

@@ -39,6 +39,8 @@ mod errno;
 mod fuse_adapter;
 mod handles;
 mod inodes;
+mod lease;
+mod locks;
 mod ops;
 mod writeback;
 
@@ -47,4 +49,7 @@ pub use config::{CacheMode, FsConfig};
 pub use errno::Errno;
 pub use fuse_adapter::{FuseAdapter, MAX_IO};
 pub use inodes::ROOT_INO;
+pub use lease::Invalidator;
+pub use locks::{Conflict, LockOwner};
 pub use ops::{DirItem, SetAttr, SetTime, SmbFs, StatFs, WriteBehind, NAME_MAX, RENAME_NOREPLACE};
+pub use smb3::LockKind;

@@ -18,6 +18,8 @@ use super::attr::{dir_placeholder, file_attr, Attr, FileKind};
 use super::errno::{errno, Errno};
 use super::handles::{Handles, OpenFile};
 use super::inodes::{Inodes, ROOT_INO};
+use super::lease::{Invalidator, LeaseWatch};
+use super::locks::{Conflict, LockOwner, LockRequest, Locks};
 use super::writeback::Ticket;
 use super::FsConfig;
 
@@ -74,6 +76,9 @@ pub struct StatFs {
 /// a failure is reported by the next write, flush or fsync of the file.
 pub struct WriteBehind {
     file: Arc<OpenFile>,
+    locks: Arc<Locks>,
+    /// An O_APPEND write: at the server's end of file, not at `offset`.
+    append: bool,
     ticket: Ticket,
     offset: u64,
     data: Vec<u8>,
@@ -89,11 +94,23 @@ impl WriteBehind {
         self.data.is_empty()
     }
 
-    /// Sends the write to the server and records its outcome in the queue.
+    /// Sends the write to the server and records its outcome in the queue. A write the server refuses because
+    /// another handle of this node holds a lock on the range goes through that handle (see `fs::locks`).
     pub async fn complete(self) {
         let f = self.file.file();
-        let result = f.write_at(self.offset, &self.data).await.map_err(|e| errno(&e, "write", f.path()));
-        self.ticket.finish(result);
+        if self.append {
+            let result = f.append(&self.data).await.map_err(|e| errno(&e, "write", f.path()));
+            self.ticket.finish(result);
+            return;
+        }
+        let mut result = f.write_at(self.offset, &self.data).await;
+        if is_range_conflict(&result) {
+            let end = self.offset.saturating_add(self.data.len() as u64);
+            if let Some(holder) = self.locks.handle_covering(self.file.ino, &self.file, self.offset, end) {
+                result = holder.file().write_at(self.offset, &self.data).await;
+            }
+        }
+        self.ticket.finish(result.map_err(|e| errno(&e, "write", f.path())));
     }
 }
 
@@ -108,6 +125,17 @@ pub struct SmbFs {
     root_group: AtomicU64,
     /// The last answer of the server to statfs, for [`SmbFs::statfs`] while the connection is down.
     last_statfs: Mutex<Option<StatFs>>,
+    /// POSIX and flock locks (see `fs::locks`).
+    locks: Arc<Locks>,
+    /// Lease breaks: write-behind flushed and kernel caches invalidated before the acknowledgment (`fs::lease`).
+    leases: Arc<LeaseWatch>,
+    /// Handles opened with O_APPEND: their writes go to the server's end of file (see [`SmbFs::write`]).
+    appenders: Mutex<std::collections::HashSet<u64>>,
+}
+
+/// Whether an I/O failed because the range is locked by another open (SMB locks are mandatory).
+fn is_range_conflict<T>(r: &Result<T, smb::Error>) -> bool {
+    matches!(r, Err(e) if e.status() == Some(smb::NtStatus::FILE_LOCK_CONFLICT) || matches!(e, smb::Error::LockConflict { .. }))
 }
 
 /// SMB access for open(2) flags; a read-only mount refuses writing and truncating opens.
@@ -118,7 +146,7 @@ fn open_options(flags: i32, read_only_mount: bool) -> Result<OpenOptions, Errno>
     if read_only_mount && (write || truncate) {
         return Err(Errno::EROFS);
     }
-    // Appends arrive with the offset the kernel computed from the file size, so a plain write handle serves them.
+    // O_APPEND is honoured per write (see `SmbFs::write`): a plain write handle serves it.
     Ok(OpenOptions::new().read(mode == OFlag::O_RDONLY || mode == OFlag::O_RDWR).write(write).truncate(truncate))
 }
 
@@ -134,19 +162,42 @@ impl SmbFs {
     /// `rt` closes dropped SMB handles; it must be the runtime (or a handle of it) the tree's connection lives on.
     pub fn new(tree: Tree, root: &str, cfg: FsConfig, rt: Handle) -> SmbFs {
         let root = join_path("", root);
+        let leases = Arc::new(LeaseWatch::default());
+        tree.set_lease_break_handler(leases.clone());
         SmbFs {
             tree,
             handles: Handles::new(rt.clone()),
             rt,
-            cfg,
             inodes: Mutex::new(Inodes::new(&root)),
             root_group: AtomicU64::new(NO_GROUP),
             last_statfs: Mutex::new(None),
+            locks: Arc::new(Locks::new(cfg.byte_range_locks)),
+            appenders: Mutex::default(),
+            leases,
+            cfg,
         }
     }
 
     pub fn config(&self) -> &FsConfig {
         &self.cfg
+    }
+
+    /// What drops the kernel's caches of an inode when another node's change breaks our lease (see `fs::lease`).
+    pub fn set_invalidator(&self, invalidator: Arc<dyn Invalidator>) {
+        self.leases.set_invalidator(invalidator);
+    }
+
+    /// Registers an open SMB handle and its lease.
+    fn add_open(&self, ino: u64, f: smb::File, flags: i32) -> u64 {
+        let key = f.lease_key();
+        let fh = self.handles.add_file(ino, f);
+        if let Ok(open) = self.handles.file(fh) {
+            self.leases.opened(key, ino, &open.queue);
+        }
+        if flags & OFlag::O_APPEND.bits() != 0 {
+            self.appenders.lock().unwrap().insert(fh);
+        }
+        fh
     }
 
     /// The runtime the SMB calls run on.
@@ -407,7 +458,7 @@ impl SmbFs {
             let _ = f.close().await;
             return Err(Errno::EISDIR);
         }
-        Ok(self.handles.add_file(ino, f))
+        Ok(self.add_open(ino, f, flags))
     }
 
     /// Creates (or, without O_EXCL, opens) `name` in `parent` and opens it; takes one reference to the inode.
@@ -425,26 +476,78 @@ impl SmbFs {
             }
         };
         let attr = self.entry(&path, &m);
-        let fh = self.handles.add_file(attr.ino, f);
+        let fh = self.add_open(attr.ino, f, flags);
         Ok((attr, fh))
     }
 
-    /// Up to `size` bytes at `offset`, after any queued write of that range.
+    /// Up to `size` bytes at `offset`, after any queued write of that range. A read the server refuses because
+    /// another handle of this node holds a lock on the range goes through that handle (see `fs::locks`).
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
         let f = self.handles.file(fh)?;
-        f.queue.wait_range(offset, offset.saturating_add(u64::from(size))).await;
-        f.file().read_at(offset, size as usize).await.map_err(|e| errno(&e, "read", f.file().path()))
+        let end = offset.saturating_add(u64::from(size));
+        f.queue.wait_range(offset, end).await;
+        let mut result = f.file().read_at(offset, size as usize).await;
+        if is_range_conflict(&result) {
+            if let Some(holder) = self.locks.handle_covering(f.ino, &f, offset, end) {
+                result = holder.file().read_at(offset, size as usize).await;
+            }
+        }
+        result.map_err(|e| errno(&e, "read", f.file().path()))
+    }
+
+    /// F_SETLK/F_SETLKW (`owner` [`LockOwner::Posix`]) and flock ([`LockOwner::Flock`]) on open handle `fh`:
+    /// locks `[start, end]` (inclusive end, as FUSE sends it) as `kind`, or unlocks it (`None`). `wait`: block
+    /// until granted or `interrupted` resolves (EINTR); otherwise a conflict is EAGAIN. See `fs::locks`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn setlk(
+        &self,
+        ino: u64,
+        fh: u64,
+        owner: LockOwner,
+        pid: u32,
+        (start, end): (u64, u64),
+        kind: Option<smb::LockKind>,
+        wait: bool,
+        interrupted: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), Errno> {
+        let f = self.handles.file(fh)?;
+        if f.ino != ino || end < start {
+            return Err(Errno::EINVAL);
+        }
+        let req = LockRequest { owner, pid, start, end: end.saturating_add(1), kind };
+        self.locks.set(ino, fh, &f, req, wait, interrupted).await
+    }
+
+    /// F_GETLK: a lock that conflicts with locking `[start, end]` (inclusive) as `kind` by `owner`, or `None`.
+    pub async fn getlk(
+        &self,
+        ino: u64,
+        fh: u64,
+        owner: LockOwner,
+        (start, end): (u64, u64),
+        kind: smb::LockKind,
+    ) -> Result<Option<Conflict>, Errno> {
+        let f = self.handles.file(fh)?;
+        if end < start {
+            return Err(Errno::EINVAL);
+        }
+        let req = LockRequest { owner, pid: 0, start, end: end.saturating_add(1), kind: Some(kind) };
+        self.locks.get(ino, &f, req).await
     }
 
     /// Queues `data` at `offset` behind the inode's earlier writes (call in the kernel's order); a failure of
-    /// an earlier background write is returned instead.
+    /// an earlier background write is returned instead. On a handle opened with O_APPEND the data goes to the
+    /// server's end of file, wherever other nodes have moved it (the kernel's `offset` comes from a size that
+    /// may be stale); such writes are sent one after the other (the queue holds everything from `offset` on).
     pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> Result<WriteBehind, Errno> {
         let file = self.handles.file(fh)?;
         if let Some(e) = file.queue.take_error() {
             return Err(e);
         }
-        let ticket = file.queue.enqueue(offset, data.len() as u64).await;
-        Ok(WriteBehind { file, ticket, offset, data })
+        let append = self.appenders.lock().unwrap().contains(&fh);
+        let reserved = if append { u64::MAX - offset } else { data.len() as u64 };
+        let ticket = file.queue.enqueue(offset, reserved).await;
+        Ok(WriteBehind { file, locks: self.locks.clone(), append, ticket, offset, data })
     }
 
     /// close(2): every queued write must have reached the server, and its failure is reported here.
@@ -456,9 +559,13 @@ impl SmbFs {
 
     /// The last close of a handle: the SMB handle closes after its queued writes.
     pub async fn release(&self, fh: u64) {
+        self.appenders.lock().unwrap().remove(&fh);
         let f = self.handles.remove_file(fh);
         if let Some(f) = &f {
             f.queue.drain().await;
+            // Its SMB locks and its lease go with the SMB handle.
+            self.locks.release(f.ino, fh);
+            self.leases.closed(f.file().lease_key());
         }
         // Dropping the last reference closes the SMB handle (see `OpenFile`).
         drop(f);
