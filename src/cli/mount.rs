@@ -32,6 +32,11 @@ pub struct MountArgs {
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// Keep the FUSE takeover journal in DIR (node ids and open handles the kernel knows), so that another
+    /// process holding a dup of the /dev/fuse connection can serve the mount if this one dies. Writes are
+    /// then answered once the server has them.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// //HOST[:PORT]/SHARE[/PATH]
     source: String,
     /// An existing directory.
@@ -72,10 +77,13 @@ pub async fn run(args: MountArgs) -> Result<(), String> {
     let soft = opts.soft_timeout(&client_opts);
     let mountpoint = args.mountpoint.clone();
     let subdir = target.path.clone();
-    let mount = tokio::task::spawn_blocking(move || FuseMount::mount(tree, &subdir, &mountpoint, &opts))
-        .await
-        .map_err(|e| format!("mount thread: {e}"))?
-        .map_err(|e| e.to_string())?;
+    let state_dir = args.state_dir.clone();
+    let mount = tokio::task::spawn_blocking(move || {
+        FuseMount::mount_with_state(tree, &subdir, &mountpoint, &opts, state_dir.as_deref())
+    })
+    .await
+    .map_err(|e| format!("mount thread: {e}"))?
+    .map_err(|e| e.to_string())?;
     eprintln!("smb3-csi: {} mounted on {}", mount.source(), mount.mountpoint().display());
 
     let mut term = signal(SignalKind::terminate()).map_err(|e| format!("installing SIGTERM handler: {e}"))?;

@@ -58,6 +58,9 @@ pub(crate) fn errno(e: &smb::Error, op: &str, path: &str) -> Errno {
         },
         None => None,
     };
+    if let Some(m) = mapped {
+        tracing::debug!(op, path = %format!("/{path}"), error = %e, errno = %m, "SMB request failed");
+    }
     mapped.unwrap_or_else(|| {
         tracing::error!(op, path = %format!("/{path}"), error = %e, "SMB request failed: returning EIO");
         Errno::EIO

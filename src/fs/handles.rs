@@ -77,6 +77,18 @@ impl Handles {
     /// Registers an open `file` of inode `ino`; returns its handle number.
     pub fn add_file(&self, ino: u64, file: smb::File) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.insert_file(fh, ino, file);
+        fh
+    }
+
+    /// Handle numbers continue from `next` (or above, if already there): a successor never reuses a number
+    /// its predecessor handed out.
+    pub fn continue_from(&self, next: u64) {
+        self.next_fh.fetch_max(next, Ordering::Relaxed);
+    }
+
+    /// Registers an open `file` of inode `ino` under a given handle number (one the kernel already knows).
+    pub fn insert_file(&self, fh: u64, ino: u64, file: smb::File) {
         let queue = {
             let mut queues = self.queues.lock().unwrap();
             match queues.get(&ino).and_then(|w| w.upgrade()) {
@@ -93,7 +105,11 @@ impl Handles {
         };
         let open = OpenFile { file: Some(file), rt: self.rt.clone(), ino, queue };
         self.files.lock().unwrap().insert(fh, Arc::new(open));
-        fh
+    }
+
+    /// Every write-behind queue of an inode with open handles.
+    pub fn queues(&self) -> Vec<Arc<WriteQueue>> {
+        self.queues.lock().unwrap().values().filter_map(Weak::upgrade).collect()
     }
 
     /// Takes `fh` out of the table; the SMB handle closes when the last in-flight request lets go of it.
@@ -119,8 +135,13 @@ impl Handles {
     /// A new directory handle.
     pub fn add_dir(&self) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().unwrap().insert(fh, Arc::default());
+        self.insert_dir(fh);
         fh
+    }
+
+    /// A directory handle under a given number (one the kernel already knows); its listing is taken again.
+    pub fn insert_dir(&self, fh: u64) {
+        self.dirs.lock().unwrap().insert(fh, Arc::default());
     }
 
     pub fn dir(&self, fh: u64) -> Result<Arc<tokio::sync::Mutex<DirStream>>, Errno> {

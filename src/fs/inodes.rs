@@ -31,6 +31,22 @@ impl Inodes {
         Inodes { by_ino, by_path: HashMap::new(), next_synthetic: SYNTHETIC_BASE }
     }
 
+    /// The table a predecessor left (from the takeover journal): the same node ids, paths and lookup counts.
+    pub fn restore<'a>(root: &str, nodes: impl IntoIterator<Item = (u64, &'a str, u64)>) -> Inodes {
+        let mut t = Inodes::new(root);
+        for (ino, path, lookups) in nodes {
+            if ino == ROOT_INO {
+                continue;
+            }
+            t.by_ino.insert(ino, Node { path: path.to_string(), lookups });
+            t.by_path.insert(path.to_string(), ino);
+            if ino >= SYNTHETIC_BASE {
+                t.next_synthetic = t.next_synthetic.max(ino);
+            }
+        }
+        t
+    }
+
     pub fn path(&self, ino: u64) -> Option<&str> {
         self.by_ino.get(&ino).map(|n| n.path.as_str())
     }
@@ -146,5 +162,17 @@ mod tests {
         t.unlinked("e/f");
         assert_eq!(t.path(f), Some("e/f"));
         assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn a_restored_table_keeps_numbers_counts_and_the_synthetic_counter() {
+        let mut t = Inodes::restore("vol", [(1, "ignored", 5), (40, "vol/a", 2), (SYNTHETIC_BASE + 7, "vol/b", 1)]);
+        assert_eq!((t.path(1), t.path(40)), (Some("vol"), Some("vol/a")));
+        t.forget(40, 1);
+        assert_eq!(t.path(40), Some("vol/a"));
+        t.forget(40, 1);
+        assert_eq!(t.path(40), None);
+        assert_eq!(t.remember("vol/b", 0), SYNTHETIC_BASE + 7);
+        assert_eq!(t.remember("vol/c", 0), SYNTHETIC_BASE + 8);
     }
 }

@@ -23,10 +23,13 @@ pub trait Invalidator: Send + Sync {
     fn invalidate(&self, ino: u64);
 }
 
+/// Inode and write-behind queue of each open, by lease key.
+type OpenLeases = HashMap<[u8; 16], (u64, Weak<WriteQueue>)>;
+
 /// The opens of this filesystem by lease key, and what a break of each must do.
 #[derive(Default)]
 pub(crate) struct LeaseWatch {
-    opens: Mutex<HashMap<[u8; 16], (u64, Weak<WriteQueue>)>>,
+    opens: Mutex<OpenLeases>,
     invalidator: Mutex<Option<Arc<dyn Invalidator>>>,
 }
 
@@ -63,7 +66,8 @@ impl LeaseBreakHandler for LeaseWatch {
             if event.loses_read_caching() {
                 tracing::debug!(ino, path = %format!("/{}", event.path), "lease break: invalidating cached data");
                 if let Some(i) = invalidator {
-                    i.invalidate(ino);
+                    // A write to /dev/fuse that the kernel may hold up: off the runtime's threads.
+                    let _ = tokio::task::spawn_blocking(move || i.invalidate(ino)).await;
                 }
             }
         })

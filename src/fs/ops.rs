@@ -14,12 +14,15 @@ use nix::fcntl::OFlag;
 use smb3::{self as smb, join_path, DirEntry, Metadata, OpenOptions, Tree};
 use tokio::runtime::Handle;
 
-use super::attr::{dir_placeholder, file_attr, Attr, FileKind};
+use super::attr::{dir_placeholder, file_attr, symlink_attr, Attr, FileKind};
 use super::errno::{errno, Errno};
+use super::fuse::wire::InitOut;
 use super::handles::{Handles, OpenFile};
 use super::inodes::{Inodes, ROOT_INO};
+use super::journal::{Journal, JournalError, Record, Snapshot};
 use super::lease::{Invalidator, LeaseWatch};
 use super::locks::{Conflict, LockOwner, LockRequest, Locks};
+use super::mfsymlink;
 use super::writeback::Ticket;
 use super::FsConfig;
 
@@ -30,6 +33,9 @@ pub const NAME_MAX: usize = 255;
 pub const RENAME_NOREPLACE: u32 = 1;
 pub const RENAME_EXCHANGE: u32 = 1 << 1;
 pub const RENAME_WHITEOUT: u32 = 1 << 2;
+
+/// How long a create waits for an unlinked file of the same name to be closed (see `create_after_pending_delete`).
+const DELETE_PENDING_WAIT: Duration = Duration::from_secs(5);
 
 /// `SmbFs::root_group` when no chown of the root has changed the mount's group.
 const NO_GROUP: u64 = u64::MAX;
@@ -94,14 +100,12 @@ impl WriteBehind {
         self.data.is_empty()
     }
 
-    /// Sends the write to the server and records its outcome in the queue. A write the server refuses because
+    /// The SMB side of the write: at the server's end of file for O_APPEND; a write the server refuses because
     /// another handle of this node holds a lock on the range goes through that handle (see `fs::locks`).
-    pub async fn complete(self) {
+    async fn transmit(&self) -> Result<(), Errno> {
         let f = self.file.file();
         if self.append {
-            let result = f.append(&self.data).await.map_err(|e| errno(&e, "write", f.path()));
-            self.ticket.finish(result);
-            return;
+            return f.append(&self.data).await.map_err(|e| errno(&e, "write", f.path()));
         }
         let mut result = f.write_at(self.offset, &self.data).await;
         if is_range_conflict(&result) {
@@ -110,7 +114,22 @@ impl WriteBehind {
                 result = holder.file().write_at(self.offset, &self.data).await;
             }
         }
-        self.ticket.finish(result.map_err(|e| errno(&e, "write", f.path())));
+        result.map_err(|e| errno(&e, "write", f.path()))
+    }
+
+    /// Sends the write to the server and records its outcome in the queue.
+    pub async fn complete(self) {
+        let result = self.transmit().await;
+        self.ticket.finish(result);
+    }
+
+    /// Sends the write to the server and returns its outcome (for a write acknowledged only once the server
+    /// has it: see [`SmbFs::acknowledges_writes_early`]).
+    pub async fn send(self) -> Result<usize, Errno> {
+        let result = self.transmit().await;
+        let len = self.data.len();
+        self.ticket.finish(Ok(()));
+        result.map(|()| len)
     }
 }
 
@@ -131,6 +150,9 @@ pub struct SmbFs {
     leases: Arc<LeaseWatch>,
     /// Handles opened with O_APPEND: their writes go to the server's end of file (see [`SmbFs::write`]).
     appenders: Mutex<std::collections::HashSet<u64>>,
+    /// The takeover journal (see `journal`): every change of the node and handle tables the kernel sees.
+    /// Taken after the `inodes` lock when both are held, so the journal's order is the tables' order.
+    journal: Option<Mutex<Journal>>,
 }
 
 /// Whether an I/O failed because the range is locked by another open (SMB locks are mandatory).
@@ -175,6 +197,129 @@ impl SmbFs {
             appenders: Mutex::default(),
             leases,
             cfg,
+            journal: None,
+        }
+    }
+
+    /// A filesystem that keeps a takeover journal in `state_dir` (a new one: any earlier journal there is
+    /// replaced), so that a successor process can serve its FUSE connection ([`SmbFs::restore`]).
+    pub fn with_journal(
+        tree: Tree,
+        root: &str,
+        cfg: FsConfig,
+        rt: Handle,
+        state_dir: &std::path::Path,
+    ) -> Result<SmbFs, JournalError> {
+        let mut fs = SmbFs::new(tree, root, cfg, rt);
+        let root = fs.inodes.lock().unwrap().path(ROOT_INO).unwrap_or_default().to_string();
+        let mut snapshot = Snapshot::default();
+        snapshot.apply(&Record::Root { path: root });
+        fs.journal = Some(Mutex::new(Journal::create(state_dir, snapshot)?));
+        Ok(fs)
+    }
+
+    /// The filesystem a predecessor served, from its journal in `state_dir`: the same node ids (paths and
+    /// lookup counts) and handle numbers, each open file opened again by path with its access (a file that
+    /// cannot be opened again, e.g. unlinked while open, answers EBADF to its handle). The journal is
+    /// compacted and continued. Returns the filesystem and the INIT parameters the connection was set up with.
+    pub async fn restore(
+        tree: Tree,
+        root: &str,
+        cfg: FsConfig,
+        rt: Handle,
+        state_dir: &std::path::Path,
+    ) -> Result<(SmbFs, Option<InitOut>), JournalError> {
+        let (mut snapshot, torn) = Journal::load(state_dir)?;
+        if torn > 0 {
+            tracing::info!(bytes = torn, "takeover journal: ignored a torn last record");
+        }
+        let mut fs = SmbFs::new(tree, root, cfg, rt);
+        let root = fs.inodes.lock().unwrap().path(ROOT_INO).unwrap_or_default().to_string();
+        if snapshot.root.as_deref() != Some(root.as_str()) {
+            tracing::warn!(journal = ?snapshot.root, root, "takeover journal was written for another root");
+        }
+        *fs.inodes.get_mut().unwrap() =
+            Inodes::restore(&root, snapshot.nodes.iter().map(|(ino, n)| (*ino, n.path.as_str(), n.lookups)));
+        if let Some(gid) = snapshot.root_group {
+            fs.root_group.store(u64::from(gid), Ordering::Relaxed);
+        }
+        fs.handles.continue_from(snapshot.next_fh.max(1));
+        let mut lost = Vec::new();
+        for (&fh, f) in &snapshot.files {
+            let Some(path) = snapshot.nodes.get(&f.ino).map(|n| n.path.clone()) else {
+                lost.push(fh);
+                continue;
+            };
+            // Reopened as it was opened, but never truncated or created again.
+            let flags = f.flags & !(OFlag::O_TRUNC | OFlag::O_CREAT | OFlag::O_EXCL).bits();
+            let opened = match open_options(flags, fs.cfg.read_only) {
+                Ok(opts) => fs.tree.open(&path, opts).await.map_err(|e| errno(&e, "reopen", &path)),
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok(file) => {
+                    // Locks held through the predecessor's SMB handles went with its connection; the lease and
+                    // O_APPEND are set up again for the new one.
+                    let key = file.lease_key();
+                    fs.handles.insert_file(fh, f.ino, file);
+                    if let Ok(open) = fs.handles.file(fh) {
+                        fs.leases.opened(key, f.ino, &open.queue);
+                    }
+                    if f.flags & OFlag::O_APPEND.bits() != 0 {
+                        fs.appenders.lock().unwrap().insert(fh);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(fh, path = %format!("/{path}"), error = %e, "takeover: open file could not be reopened");
+                    lost.push(fh);
+                }
+            }
+        }
+        for &fh in snapshot.dirs.keys() {
+            fs.handles.insert_dir(fh);
+        }
+        for fh in lost {
+            snapshot.apply(&Record::Released { fh });
+        }
+        let init = snapshot.init;
+        fs.journal = Some(Mutex::new(Journal::create(state_dir, snapshot)?));
+        Ok((fs, init))
+    }
+
+    /// Whether a write may be acknowledged once queued (write-behind). Not with a takeover journal: a
+    /// process killed with acknowledged writes still queued would lose them, so there a write is answered
+    /// once the server has it.
+    pub fn acknowledges_writes_early(&self) -> bool {
+        self.journal.is_none()
+    }
+
+    /// Appends to the takeover journal, if any. A failure is logged: serving goes on (only a takeover would
+    /// miss the change).
+    fn record(&self, r: Record) {
+        if let Some(j) = &self.journal {
+            if let Err(e) = j.lock().unwrap().append(r) {
+                tracing::warn!(error = %e, "takeover journal not written");
+            }
+        }
+    }
+
+    /// Records the INIT parameters the kernel and this server agreed on.
+    pub fn record_init(&self, init: InitOut) {
+        self.record(Record::Init(init));
+    }
+
+    /// Waits for every queued write of every open file (a graceful handover).
+    pub async fn drain_writes(&self) {
+        for q in self.handles.queues() {
+            q.drain().await;
+        }
+    }
+
+    /// A graceful handover: the journal is synced and no longer written (the successor owns it).
+    pub fn close_journal(&self) -> Result<(), JournalError> {
+        match &self.journal {
+            Some(j) => j.lock().unwrap().close(),
+            None => Ok(()),
         }
     }
 
@@ -228,6 +373,7 @@ impl SmbFs {
             return false;
         }
         self.root_group.store(u64::from(gid), Ordering::Relaxed);
+        self.record(Record::RootGroup { gid });
         true
     }
 
@@ -257,7 +403,10 @@ impl SmbFs {
 
     /// Registers one kernel reference to `path` and returns its attributes.
     fn entry(&self, path: &str, m: &Metadata) -> Attr {
-        let ino = self.inodes.lock().unwrap().remember(path, m.file_id);
+        let mut inodes = self.inodes.lock().unwrap();
+        let ino = inodes.remember(path, m.file_id);
+        self.record(Record::Lookup { ino, path: path.to_string() });
+        drop(inodes);
         self.attr(ino, m)
     }
 
@@ -284,12 +433,18 @@ impl SmbFs {
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
         let path = self.child(parent, name)?;
         let m = self.stat(&path).await?;
-        Ok(self.entry(&path, &m))
+        let attr = self.entry(&path, &m);
+        Ok(match self.symlink_len(&path, &m).await {
+            Some(len) => symlink_attr(&self.cfg, self.root_group(), attr.ino, &m, len),
+            None => attr,
+        })
     }
 
     /// The kernel dropped `n` references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
-        self.inodes.lock().unwrap().forget(ino, n);
+        let mut inodes = self.inodes.lock().unwrap();
+        inodes.forget(ino, n);
+        self.record(Record::Forget { ino, n });
     }
 
     /// Current attributes, after the inode's queued writes. Through an open handle when there is one (the kernel
@@ -303,7 +458,7 @@ impl SmbFs {
             Some(f) => f.file().metadata().await.map_err(|e| errno(&e, "getattr", &path))?,
             None => self.stat(&path).await?,
         };
-        Ok(self.attr(ino, &m))
+        Ok(self.attr_at(ino, &path, &m).await)
     }
 
     /// Truncates and sets times; chmod and chown succeed and change nothing, except a chown of the root to
@@ -347,18 +502,89 @@ impl SmbFs {
             Some(f) => f.file().metadata().await.map_err(|e| errno(&e, "getattr", &path))?,
             None => self.stat(&path).await?,
         };
-        Ok(self.attr(ino, &m))
+        Ok(self.attr_at(ino, &path, &m).await)
     }
 
-    /// No symlinks are ever reported, so there is none to read.
-    pub fn readlink(&self, _ino: u64) -> Result<Vec<u8>, Errno> {
-        Err(Errno::EINVAL)
+    /// The target of a symlink (with `mfsymlinks`: a Minshall+French symlink file); EINVAL for anything else.
+    pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        let path = self.path(ino)?;
+        if !self.cfg.mfsymlinks {
+            return Err(Errno::EINVAL);
+        }
+        self.read_mfsymlink(&path).await?.ok_or(Errno::EINVAL)
     }
 
-    /// Symlinks cannot be created over SMB without unix extensions.
-    pub fn symlink(&self, _parent: u64, _name: &OsStr) -> Result<Attr, Errno> {
+    /// The target stored in `path` if it is a Minshall+French symlink file (`None`: an ordinary file).
+    async fn read_mfsymlink(&self, path: &str) -> Result<Option<Vec<u8>>, Errno> {
+        let f = self.tree.open(path, OpenOptions::new().read(true)).await.map_err(|e| errno(&e, "readlink", path))?;
+        let data = f.read_at(0, mfsymlink::FILE_SIZE + 1).await;
+        let _ = f.close().await;
+        let data = data.map_err(|e| errno(&e, "readlink", path))?;
+        Ok(mfsymlink::decode(&data).ok())
+    }
+
+    /// Whether `m` (of `path`) is a symlink to show: with `mfsymlinks`, a regular file of exactly the
+    /// Minshall+French size whose contents check out. Returns the target's length.
+    async fn symlink_len(&self, path: &str, m: &Metadata) -> Option<usize> {
+        if !self.cfg.mfsymlinks || m.is_dir() || m.size != mfsymlink::FILE_SIZE as u64 {
+            return None;
+        }
+        match self.read_mfsymlink(path).await {
+            Ok(target) => target.map(|t| t.len()),
+            Err(_) => None,
+        }
+    }
+
+    /// Attributes of `ino` at `path`, as a symlink when it is one.
+    async fn attr_at(&self, ino: u64, path: &str, m: &Metadata) -> Attr {
+        match self.symlink_len(path, m).await {
+            Some(len) => symlink_attr(&self.cfg, self.root_group(), ino, m, len),
+            None => self.attr(ino, m),
+        }
+    }
+
+    /// The Minshall+French symlinks among the listing's entries from `offset` on (by name, with their target's
+    /// length): only files of exactly the symlink size are read, and only with `mfsymlinks`.
+    async fn symlinks_among(
+        &self,
+        dir: &str,
+        entries: &[DirEntry],
+        offset: u64,
+    ) -> std::collections::HashMap<String, usize> {
+        let mut links = std::collections::HashMap::new();
+        for e in entries.iter().skip(offset.saturating_sub(2) as usize) {
+            if let Some(len) = self.symlink_len(&join_path(dir, &e.name), &e.metadata).await {
+                links.insert(e.name.clone(), len);
+            }
+        }
+        links
+    }
+
+    /// symlink(2): with `mfsymlinks` a Minshall+French symlink file holding `target` (cifs' format, so a cifs
+    /// mount with `mfsymlinks` reads it as a link too); without it, EPERM (SMB has no symlinks of its own
+    /// that a client without unix extensions may create).
+    pub async fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr) -> Result<Attr, Errno> {
         self.writable()?;
-        Err(Errno::EPERM)
+        if !self.cfg.mfsymlinks {
+            return Err(Errno::EPERM);
+        }
+        let path = self.child(parent, name)?;
+        let target = target.as_encoded_bytes();
+        let contents = mfsymlink::encode(target).map_err(|_| Errno::ENAMETOOLONG)?;
+        let f = self
+            .tree
+            .open(&path, OpenOptions::new().write(true).create_new(true))
+            .await
+            .map_err(|e| errno(&e, "symlink", &path))?;
+        let written = f.write_at(0, &contents).await;
+        let m = match written {
+            Ok(()) => f.metadata().await,
+            Err(e) => Err(e),
+        };
+        let closed = f.close().await;
+        let m = m.and_then(|m| closed.map(|()| m)).map_err(|e| errno(&e, "symlink", &path))?;
+        let attr = self.entry(&path, &m);
+        Ok(symlink_attr(&self.cfg, self.root_group(), attr.ino, &m, target.len()))
     }
 
     /// Creates an empty regular file (`mode` carries the file type: anything else is EPERM).
@@ -427,7 +653,9 @@ impl SmbFs {
         let to = self.child(newparent, newname)?;
         let replace = flags & RENAME_NOREPLACE == 0;
         self.tree.rename(&from, &to, replace).await.map_err(|e| errno(&e, "rename", &from))?;
-        self.inodes.lock().unwrap().renamed(&from, &to);
+        let mut inodes = self.inodes.lock().unwrap();
+        inodes.renamed(&from, &to);
+        self.record(Record::Renamed { from, to });
         Ok(())
     }
 
@@ -453,12 +681,37 @@ impl SmbFs {
     pub async fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
         let opts = open_options(flags, self.cfg.read_only)?;
         let path = self.path(ino)?;
-        let f = self.tree.open(&path, opts).await.map_err(|e| errno(&e, "open", &path))?;
+        let f = match self.tree.open(&path, opts).await {
+            // The kernel's entry is older than another node's unlink. ESTALE makes the kernel walk the path
+            // again with revalidation (a fresh LOOKUP): the open then fails with ENOENT, or, with O_CREAT
+            // (which the kernel does not pass to OPEN), becomes a CREATE, as on a local disk.
+            Err(e) if smb::is_not_found(&e) => return Err(Errno::ESTALE),
+            r => r,
+        }
+        .map_err(|e| errno(&e, "open", &path))?;
         if f.is_dir() {
             let _ = f.close().await;
             return Err(Errno::EISDIR);
         }
-        Ok(self.add_open(ino, f, flags))
+        let fh = self.add_open(ino, f, flags);
+        self.record(Record::FileOpened { fh, ino, flags });
+        Ok(fh)
+    }
+
+    /// CREATE of a name whose previous file was unlinked while still open somewhere (the server keeps it,
+    /// delete-pending, until its last handle closes; a close of this node runs in the background after the
+    /// kernel's release, and SQLite deletes and recreates its journal for every transaction): POSIX lets the
+    /// name be created at once, so STATUS_DELETE_PENDING is waited out for up to [`DELETE_PENDING_WAIT`].
+    async fn create_after_pending_delete(&self, path: &str, opts: OpenOptions) -> Result<smb::File, smb::Error> {
+        let until = std::time::Instant::now() + DELETE_PENDING_WAIT;
+        loop {
+            match self.tree.open(path, opts).await {
+                Err(e) if e.status() == Some(smb::NtStatus::DELETE_PENDING) && std::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Creates (or, without O_EXCL, opens) `name` in `parent` and opens it; takes one reference to the inode.
@@ -466,7 +719,7 @@ impl SmbFs {
         self.writable()?;
         let path = self.child(parent, name)?;
         let opts = open_options(flags, false)?.write(true).create(true).create_new(flags & OFlag::O_EXCL.bits() != 0);
-        let f = self.tree.open(&path, opts).await.map_err(|e| errno(&e, "create", &path))?;
+        let f = self.create_after_pending_delete(&path, opts).await.map_err(|e| errno(&e, "create", &path))?;
         // The CREATE response has no file id; one query gets it (and the final attributes).
         let m = match f.metadata().await {
             Ok(m) => m,
@@ -477,6 +730,7 @@ impl SmbFs {
         };
         let attr = self.entry(&path, &m);
         let fh = self.add_open(attr.ino, f, flags);
+        self.record(Record::FileOpened { fh, ino: attr.ino, flags });
         Ok((attr, fh))
     }
 
@@ -510,6 +764,7 @@ impl SmbFs {
         wait: bool,
         interrupted: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), Errno> {
+        tracing::debug!(ino, fh, ?owner, pid, start, end, ?kind, wait, "setlk");
         let f = self.handles.file(fh)?;
         if f.ino != ino || end < start {
             return Err(Errno::EINVAL);
@@ -561,6 +816,7 @@ impl SmbFs {
     pub async fn release(&self, fh: u64) {
         self.appenders.lock().unwrap().remove(&fh);
         let f = self.handles.remove_file(fh);
+        self.record(Record::Released { fh });
         if let Some(f) = &f {
             f.queue.drain().await;
             // Its SMB locks and its lease go with the SMB handle.
@@ -584,11 +840,14 @@ impl SmbFs {
     /// A directory handle; the listing is taken by the first read.
     pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
         self.path(ino)?;
-        Ok(self.handles.add_dir())
+        let fh = self.handles.add_dir();
+        self.record(Record::DirOpened { fh, ino });
+        Ok(fh)
     }
 
     pub fn releasedir(&self, fh: u64) {
         self.handles.remove_dir(fh);
+        self.record(Record::Released { fh });
     }
 
     /// Directory changes are made on the server as they happen: nothing to sync.
@@ -617,6 +876,7 @@ impl SmbFs {
     ) -> Result<(), Errno> {
         let path = self.path(ino)?;
         let entries = self.readdir_entries(fh, &path, offset).await?;
+        let links = self.symlinks_among(&path, &entries, offset).await;
         let mut at = offset;
         while at < entries.len() as u64 + 2 {
             let item = match at {
@@ -624,7 +884,13 @@ impl SmbFs {
                 1 => DirItem { ino: ROOT_INO, offset: 2, kind: FileKind::Directory, name: ".." },
                 n => {
                     let e = &entries[(n - 2) as usize];
-                    let kind = if e.metadata.is_dir() { FileKind::Directory } else { FileKind::RegularFile };
+                    let kind = if e.metadata.is_dir() {
+                        FileKind::Directory
+                    } else if links.contains_key(&e.name) {
+                        FileKind::Symlink
+                    } else {
+                        FileKind::RegularFile
+                    };
                     let ino = if e.metadata.file_id > 1 { e.metadata.file_id } else { u64::MAX };
                     DirItem { ino, offset: n + 1, kind, name: &e.name }
                 }
@@ -648,6 +914,7 @@ impl SmbFs {
     ) -> Result<(), Errno> {
         let path = self.path(ino)?;
         let entries = self.readdir_entries(fh, &path, offset).await?;
+        let links = self.symlinks_among(&path, &entries, offset).await;
         let mut at = offset;
         while at < entries.len() as u64 + 2 {
             let full = match at {
@@ -666,10 +933,15 @@ impl SmbFs {
                     let mut inodes = self.inodes.lock().unwrap();
                     // Take the reference, and give it back if the entry did not fit.
                     let child_ino = inodes.remember(&child, e.metadata.file_id);
-                    let attr = self.attr(child_ino, &e.metadata);
+                    let attr = match links.get(&e.name) {
+                        Some(len) => symlink_attr(&self.cfg, self.root_group(), child_ino, &e.metadata, *len),
+                        None => self.attr(child_ino, &e.metadata),
+                    };
                     let full = add(DirItem { ino: child_ino, offset: n + 1, kind: attr.kind, name: &e.name }, &attr);
                     if full {
                         inodes.forget(child_ino, 1);
+                    } else {
+                        self.record(Record::Lookup { ino: child_ino, path: child });
                     }
                     full
                 }

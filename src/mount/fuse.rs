@@ -1,26 +1,28 @@
-//! [`FuseMount`]: the one owner of a FUSE session (the kernel connection, its serving thread and the
-//! filesystem over an SMB tree), so that a later change can hand sessions over across a plugin restart.
+//! [`FuseMount`]: the one owner of a FUSE session (the kernel connection, the request loop serving it on the
+//! runtime, and the filesystem over an SMB tree), and the handover of a live session to another process:
+//! [`FuseMount::device`] (the /dev/fuse connection to pass on), [`FuseMount::detach`] (graceful: stop, answer,
+//! sync, keep the mount) and [`FuseMount::adopt`] (serve a connection another process initialised, from its
+//! takeover journal in the state directory).
 
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
-use fuser::SessionACL;
 use nix::mount::MsFlags;
 use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
 
 use super::{table, MountError, MountOptions};
-use crate::fs::{FsConfig, FuseAdapter, SmbFs};
+use crate::fs::fuse::Session;
+use crate::fs::{FsConfig, Notifier, SmbFs};
 use smb3::{join_path, Tree};
 
 /// The FUSE subtype: mounts show as `fuse.smb3-csi` in /proc/mounts.
 pub const SUBTYPE: &str = "smb3-csi";
 /// The filesystem type in the mount table.
 pub const FSTYPE: &str = "fuse.smb3-csi";
-/// FUSE request threads (each only decodes and hands the request to the runtime).
-const FUSE_THREADS: usize = 2;
 
 /// A live FUSE mount of a directory of an SMB share.
 ///
@@ -38,8 +40,11 @@ pub struct FuseMount {
     mountpoint: PathBuf,
     source: String,
     tree: Tree,
-    thread: Option<JoinHandle<std::io::Result<()>>>,
-    unmounted: bool,
+    rt: Handle,
+    session: Arc<Session>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    /// Unmounted or detached: dropping it leaves the kernel mount alone.
+    released: bool,
 }
 
 impl std::fmt::Debug for FuseMount {
@@ -57,29 +62,56 @@ fn wait_on<T: Send + 'static>(rt: &Handle, fut: impl std::future::Future<Output 
     rx.recv().expect("the runtime dropped a task it was running")
 }
 
+/// What mount and adopt both work out first: the runtime, the share path served and how it is shown.
+struct Target {
+    rt: Handle,
+    root: String,
+    source: String,
+}
+
+fn target(tree: &Tree, subdir: &str) -> Result<Target, MountError> {
+    let rt = Handle::try_current().map_err(|_| MountError::NoRuntime)?;
+    let root = join_path("", subdir);
+    let server = tree.session_info().server.trim_end_matches(":445").to_string();
+    let source = if root.is_empty() {
+        format!("//{server}/{}", tree.share())
+    } else {
+        format!("//{server}/{}/{root}", tree.share())
+    };
+    Ok(Target { rt, root, source })
+}
+
 impl FuseMount {
-    /// Serves `tree` below `subdir` (share path) at `mountpoint` (must exist, be a directory) in background
-    /// threads; returns once the mount is live (visible in /proc/self/mountinfo). fstype shows as
-    /// `fuse.smb3-csi`, source as `//server/share/subdir` (no credentials). `allow_other` +
-    /// `default_permissions` (unless `noperm`), with mount(2): needs root (CAP_SYS_ADMIN); fusermount is never used.
+    /// Serves `tree` below `subdir` (share path) at `mountpoint` (must exist, be a directory) on the runtime;
+    /// returns once the mount is live (visible in /proc/self/mountinfo). fstype shows as `fuse.smb3-csi`,
+    /// source as `//server/share/subdir` (no credentials). `allow_other` + `default_permissions` (unless
+    /// `noperm`), with mount(2): needs root (CAP_SYS_ADMIN); fusermount is never used. No takeover journal:
+    /// see [`FuseMount::mount_with_state`].
     ///
     /// Blocking. Call it from a thread on which a tokio multi-thread runtime is entered (a `spawn_blocking`
-    /// closure, a test thread inside `Runtime::enter`): the SMB calls run on that runtime.
+    /// closure, a test thread inside `Runtime::enter`): the SMB calls and the FUSE request loop run on it.
     pub fn mount(tree: Tree, subdir: &str, mountpoint: &Path, opts: &MountOptions) -> Result<FuseMount, MountError> {
-        let rt = Handle::try_current().map_err(|_| MountError::NoRuntime)?;
+        FuseMount::mount_with_state(tree, subdir, mountpoint, opts, None)
+    }
+
+    /// [`FuseMount::mount`], keeping the takeover journal in `state_dir` (created if missing; one directory per
+    /// mount) so that another process can [`FuseMount::adopt`] the connection later, even after this one is
+    /// killed. With a journal, writes are answered once the server has them (no write-behind: a killed
+    /// process must not lose writes it acknowledged). `None`: no journal (e.g. `smb3-csi mount` by hand).
+    pub fn mount_with_state(
+        tree: Tree,
+        subdir: &str,
+        mountpoint: &Path,
+        opts: &MountOptions,
+        state_dir: Option<&Path>,
+    ) -> Result<FuseMount, MountError> {
+        let Target { rt, root, source } = target(&tree, subdir)?;
         let bad = |why: String| MountError::MountPoint { path: mountpoint.to_path_buf(), why };
         let meta = std::fs::metadata(mountpoint).map_err(|e| bad(e.to_string()))?;
         if !meta.is_dir() {
             return Err(bad("not a directory".into()));
         }
         let mountpoint = mountpoint.canonicalize().map_err(|e| bad(e.to_string()))?;
-        let root = join_path("", subdir);
-        let server = tree.session_info().server.trim_end_matches(":445").to_string();
-        let source = if root.is_empty() {
-            format!("//{server}/{}", tree.share())
-        } else {
-            format!("//{server}/{}/{root}", tree.share())
-        };
         let stat = {
             let (tree, root) = (tree.clone(), root.clone());
             wait_on(&rt, async move { tree.stat(&root).await })
@@ -89,13 +121,20 @@ impl FuseMount {
             return Err(MountError::NotADirectory(source));
         }
 
-        let fs = FuseAdapter::new(SmbFs::new(tree.clone(), &root, FsConfig::from(opts), rt));
-        let session = mount_fuse(fs, &source, &mountpoint, opts)?;
-        let thread = std::thread::Builder::new()
-            .name("smb3-csi-fuse".into())
-            .spawn(move || session.run())
-            .map_err(|source| MountError::Io { op: "starting the FUSE thread".into(), source })?;
-        let mount = FuseMount { mountpoint, source, tree, thread: Some(thread), unmounted: false };
+        let cfg = FsConfig::from(opts);
+        let fs = match state_dir {
+            Some(dir) => {
+                SmbFs::with_journal(tree.clone(), &root, cfg, rt.clone(), dir).map_err(MountError::Takeover)?
+            }
+            None => SmbFs::new(tree.clone(), &root, cfg, rt.clone()),
+        };
+        let dev = mount_fuse(&source, &mountpoint, opts)?;
+        let session = Session::new(Arc::new(fs), dev, None).map_err(|source| {
+            let _ = table::unmount(&mountpoint);
+            MountError::Io { op: format!("serving /dev/fuse for {}", mountpoint.display()), source }
+        })?;
+        let task = rt.spawn(session.clone().run());
+        let mount = FuseMount { mountpoint, source, tree, rt, session, task: Some(task), released: false };
         match table::mount_at(&mount.mountpoint)? {
             Some(m) if m.fstype == FSTYPE => {
                 raise_readahead(&m.device);
@@ -109,6 +148,122 @@ impl FuseMount {
         }
     }
 
+    /// Serves an already-initialised connection taken over from another process (`device`: its /dev/fuse fd,
+    /// passed over a unix socket or inherited): no INIT is read; the journal in `state_dir` is replayed (node
+    /// ids, lookup counts, handle numbers; open files are opened again by path with their access), and
+    /// FUSE_NOTIFY_RESEND makes the kernel queue again the requests the old process read and never answered.
+    /// `tree`, `subdir` and `opts` must be those the connection was mounted with.
+    ///
+    /// The mount point is never touched (a stat would wait for the very server being replaced). On a kernel
+    /// older than 6.9 (FUSE protocol < 7.40) the resend is refused: requests the old process had read stay
+    /// unanswered and their callers hang until the mount is aborted; everything after them is served.
+    ///
+    /// Blocking, from a thread with a tokio multi-thread runtime entered, like [`FuseMount::mount`].
+    pub fn adopt(
+        tree: Tree,
+        subdir: &str,
+        mountpoint: &Path,
+        opts: &MountOptions,
+        device: OwnedFd,
+        state_dir: &Path,
+    ) -> Result<FuseMount, MountError> {
+        let Target { rt, root, source } = target(&tree, subdir)?;
+        let mountpoint = table::normalize(mountpoint)?;
+        let restored = {
+            let (tree, cfg, rt2, dir) = (tree.clone(), FsConfig::from(opts), rt.clone(), state_dir.to_path_buf());
+            wait_on(&rt, async move { SmbFs::restore(tree, &root, cfg, rt2, &dir).await })
+        };
+        let (fs, init) = restored.map_err(MountError::Takeover)?;
+        let Some(init) = init else {
+            return Err(MountError::Adopt {
+                path: mountpoint,
+                why: "the journal has no INIT: the connection was never initialised".into(),
+            });
+        };
+        let session = Session::new(Arc::new(fs), device, Some(init)).map_err(|source| MountError::Io {
+            op: format!("serving /dev/fuse for {}", mountpoint.display()),
+            source,
+        })?;
+        let task = rt.spawn(session.clone().run());
+        match session.resend() {
+            Ok(()) => {
+                tracing::info!(mountpoint = %mountpoint.display(), "takeover: kernel asked to resend pending requests")
+            }
+            Err(e) => tracing::warn!(
+                mountpoint = %mountpoint.display(),
+                kernel_minor = init.minor,
+                error = %e,
+                "takeover: FUSE_NOTIFY_RESEND refused (kernel before 6.9?): requests the previous server had read are lost"
+            ),
+        }
+        let mount = FuseMount { mountpoint, source, tree, rt, session, task: Some(task), released: false };
+        match table::mount_at(&mount.mountpoint)? {
+            Some(m) if m.fstype == FSTYPE => {
+                tracing::info!(source = %mount.source, mountpoint = %mount.mountpoint.display(), "adopted");
+                Ok(mount)
+            }
+            other => {
+                let mut mount = mount;
+                mount.released = true;
+                Err(MountError::Adopt {
+                    path: mount.mountpoint.clone(),
+                    why: format!("no {FSTYPE} mount there in /proc/self/mountinfo (found {other:?})"),
+                })
+            }
+        }
+    }
+
+    /// The /dev/fuse connection (dup it with `try_clone_to_owned` to hand the mount to another process).
+    pub fn device(&self) -> BorrowedFd<'_> {
+        self.session.device()
+    }
+
+    /// Cache invalidations for the kernel (lease breaks, changes seen on the server).
+    pub fn notifier(&self) -> Notifier {
+        self.session.notifier()
+    }
+
+    /// Graceful handover: stops reading new requests, answers the ones in flight, waits for write-behind,
+    /// syncs the journal and closes this process's SMB handles, and returns WITHOUT unmounting: the
+    /// successor adopts the connection (keep a dup of [`FuseMount::device`]: when the last fd of a
+    /// connection closes, the kernel aborts it). Blocking, like [`FuseMount::unmount`].
+    pub fn detach(mut self) -> Result<(), MountError> {
+        self.released = true;
+        let session = self.session.clone();
+        let task = self.task.take();
+        let synced = wait_on(&self.rt, async move {
+            session.stop().await;
+            if let Some(task) = task {
+                if let Ok(Err(e)) = task.await {
+                    tracing::debug!(error = %e, "FUSE session ended with an error");
+                }
+            }
+            session.fs().drain_writes().await;
+            let synced = session.fs().close_journal();
+            session.fs().close_all();
+            synced
+        });
+        synced.map_err(MountError::Takeover)?;
+        tracing::info!(mountpoint = %self.mountpoint.display(), "detached for a handover (still mounted)");
+        Ok(())
+    }
+
+    /// Whether the kernel connection behind `mountpoint` is still there to adopt: a `fuse.smb3-csi` mount in
+    /// /proc/self/mountinfo whose connection is listed in /sys/fs/fuse/connections (when fusectl is mounted;
+    /// without it the mount table alone decides). Never touches the mount point itself.
+    pub fn connection_alive(mountpoint: &Path) -> Result<bool, MountError> {
+        let Some(m) = table::mount_at(mountpoint)? else { return Ok(false) };
+        if m.fstype != FSTYPE {
+            return Ok(false);
+        }
+        let connections = Path::new("/sys/fs/fuse/connections");
+        match connection_dir(&m.device) {
+            Some(dir) if connections.join("..").exists() && has_entries(connections) => {
+                Ok(connections.join(dir).exists())
+            }
+            _ => Ok(true),
+        }
+    }
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
     }
@@ -121,7 +276,7 @@ impl FuseMount {
     /// Whether the FUSE session still serves the kernel (false after an external unmount or an aborted
     /// connection).
     pub fn is_session_running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        self.task.as_ref().is_some_and(|t| !t.is_finished()) && !self.session.has_ended()
     }
 
     /// Session thread alive and the SMB tree usable: connected, or reconnecting. A mount whose server is
@@ -144,20 +299,13 @@ impl FuseMount {
 
     /// Unmounts (lazily if busy) and waits briefly for the session to end.
     pub fn unmount(mut self) -> Result<(), MountError> {
-        self.unmounted = true;
+        self.released = true;
         table::unmount(&self.mountpoint)?;
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.is_session_running() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        match self.thread.take() {
-            // A lazily detached mount ends its session when the last user leaves; the thread is left to it.
-            Some(t) if t.is_finished() => match t.join() {
-                Ok(Ok(())) | Err(_) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "FUSE session ended with an error"),
-            },
-            _ => {}
-        }
+        // A lazily detached mount ends its session when the last user leaves; the task is left to it.
         tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
         Ok(())
     }
@@ -165,7 +313,7 @@ impl FuseMount {
 
 impl Drop for FuseMount {
     fn drop(&mut self) {
-        if !self.unmounted {
+        if !self.released {
             if let Err(e) = table::unmount(&self.mountpoint) {
                 tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount on drop failed");
             }
@@ -173,15 +321,20 @@ impl Drop for FuseMount {
     }
 }
 
-/// Mounts with mount(2) ourselves (root is required) and hands the /dev/fuse descriptor to fuser, so that the
-/// kernel mount stays exactly as long as something unmounts it: a session that dies leaves a Dead mount for the
-/// node service to see and clean, never an unmount racing with a newer mount at the same path.
-fn mount_fuse(
-    fs: FuseAdapter,
-    source: &str,
-    mountpoint: &Path,
-    opts: &MountOptions,
-) -> Result<fuser::Session<FuseAdapter>, MountError> {
+/// The entry of /sys/fs/fuse/connections for a mount's `major:minor` device: the minor number.
+fn connection_dir(device: &str) -> Option<&str> {
+    let (major, minor) = device.split_once(':')?;
+    (major == "0" && !minor.is_empty() && minor.bytes().all(|b| b.is_ascii_digit())).then_some(minor)
+}
+
+fn has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}
+
+/// Opens /dev/fuse and mounts it with mount(2) ourselves (root is required), so that the kernel mount stays
+/// exactly as long as something unmounts it: a session that dies leaves a Dead mount for the node service to
+/// see and clean (or a successor to adopt), never an unmount racing with a newer mount at the same path.
+fn mount_fuse(source: &str, mountpoint: &Path, opts: &MountOptions) -> Result<OwnedFd, MountError> {
     let dev = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -191,13 +344,7 @@ fn mount_fuse(
     let flags = mount_flags(opts);
     nix::mount::mount(Some(source), mountpoint, Some("fuse"), flags, Some(data.as_str()))
         .map_err(|errno| MountError::Sys { op: "mount(2) of FUSE".into(), path: mountpoint.to_path_buf(), errno })?;
-    let mut config = fuser::Config::default();
-    config.n_threads = Some(FUSE_THREADS);
-    config.acl = SessionACL::All;
-    fuser::Session::from_fd(fs, OwnedFd::from(dev), SessionACL::All, config).map_err(|source| {
-        let _ = table::unmount(mountpoint);
-        MountError::Io { op: format!("FUSE handshake at {}", mountpoint.display()), source }
-    })
+    Ok(OwnedFd::from(dev))
 }
 
 /// mount(2) flags: device files and set-uid bits of a network share are never honoured (as `nodev,nosuid`
@@ -240,6 +387,14 @@ mod tests {
         assert_eq!(mount_flags(&opts("noexec")), always | MsFlags::MS_NOEXEC);
         assert_eq!(mount_flags(&opts("ro,noexec")), always | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY);
         assert_eq!(mount_flags(&opts("noexec,exec")), always);
+    }
+
+    #[test]
+    fn fuse_connections_are_named_by_the_minor_device_number() {
+        assert_eq!(connection_dir("0:45"), Some("45"));
+        assert_eq!(connection_dir("8:1"), None);
+        assert_eq!(connection_dir("0:"), None);
+        assert_eq!(connection_dir("garbage"), None);
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub enum MountError {
     Smb { source_path: String, source: smb3::Error },
     #[error("{0} is not a directory on the share")]
     NotADirectory(String),
+    #[error("takeover state: {0}")]
+    Takeover(#[source] crate::fs::journal::JournalError),
+    #[error("cannot adopt the FUSE connection of {path}: {why}")]
+    Adopt { path: PathBuf, why: String },
     #[error(
         "no tokio runtime: FuseMount::mount must be called from a thread of (or entered in) a multi-thread runtime"
     )]

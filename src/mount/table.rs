@@ -79,7 +79,7 @@ pub fn mounts() -> Result<Vec<MountInfo>, MountError> {
 }
 
 /// `path` made absolute and lexically normal (no stat: a dead mount point cannot be resolved).
-fn normalize(path: &Path) -> Result<PathBuf, MountError> {
+pub(crate) fn normalize(path: &Path) -> Result<PathBuf, MountError> {
     let abs = if path.is_absolute() {
         path.to_path_buf()
     } else {

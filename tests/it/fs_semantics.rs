@@ -316,3 +316,42 @@ async fn o_append_writers_on_two_nodes_lose_no_line() {
     }
     n.tree.remove_tree(&n.dir).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_on_the_servers_disk_show_as_their_targets() {
+    let samba = samba!();
+    let cfg = FsConfig { mfsymlinks: true, ..FsConfig::default() };
+    let n = two_nodes(samba, "srvlink", cfg).await;
+    // What an administrator (or another protocol) leaves on the share's disk: a real symlink.
+    let disk = samba.share_path().join(&n.dir);
+    std::fs::write(disk.join("target.txt"), b"on disk").unwrap();
+    std::fs::create_dir(disk.join("subdir")).unwrap();
+    std::os::unix::fs::symlink("target.txt", disk.join("filelink")).unwrap();
+    std::os::unix::fs::symlink("subdir", disk.join("dirlink")).unwrap();
+    // Samba follows them (`follow symlinks = yes`, its default) and reports no reparse point: the link is
+    // what it points to, for us as for any SMB client.
+    let f = n.a.lookup(ROOT_INO, name("filelink")).await.unwrap();
+    assert_eq!((f.kind, f.size), (smb3_csi::fs::FileKind::RegularFile, 7));
+    let d = n.a.lookup(ROOT_INO, name("dirlink")).await.unwrap();
+    assert_eq!(d.kind, smb3_csi::fs::FileKind::Directory);
+    let m = n.tree.stat(&format!("{}/filelink", n.dir)).await.unwrap();
+    assert_eq!(m.attributes & smb3::wire::create::attributes::REPARSE_POINT, 0);
+    let fh = n.a.open(f.ino, OFlag::O_RDONLY.bits()).await.unwrap();
+    assert_eq!(n.a.read(fh, 0, 100).await.unwrap(), b"on disk");
+    n.a.release(fh).await;
+
+    // A Minshall+French link made through one node reads on the other; its server file is the XSym format.
+    let l = n.a.symlink(ROOT_INO, name("mflink"), name("target.txt")).await.unwrap();
+    assert_eq!((l.kind, l.size, l.perm), (smb3_csi::fs::FileKind::Symlink, 10, 0o777));
+    let lb = n.b.lookup(ROOT_INO, name("mflink")).await.unwrap();
+    assert_eq!(lb.kind, smb3_csi::fs::FileKind::Symlink);
+    assert_eq!(n.b.readlink(lb.ino).await.unwrap(), b"target.txt");
+    assert_eq!(n.b.getattr(lb.ino, None).await.unwrap().kind, smb3_csi::fs::FileKind::Symlink);
+    let raw = std::fs::read(disk.join("mflink")).unwrap();
+    assert!(raw.len() == 1067 && raw.starts_with(b"XSym\n0010\n"));
+    let plain = n.b.lookup(ROOT_INO, name("filelink")).await.unwrap();
+    assert_eq!(n.b.readlink(plain.ino).await, Err(Errno::EINVAL));
+    assert_eq!(n.a.symlink(ROOT_INO, name("mflink"), name("x")).await.unwrap_err(), Errno::EEXIST);
+    // Samba refuses to delete a link it follows: removed on the disk.
+    std::fs::remove_dir_all(&disk).unwrap();
+}
