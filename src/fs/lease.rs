@@ -50,6 +50,15 @@ impl LeaseWatch {
     pub fn set_invalidator(&self, invalidator: Arc<dyn Invalidator>) {
         *self.invalidator.lock().unwrap() = Some(invalidator);
     }
+
+    /// Drops the kernel's cached pages of `ino` now (a lock was just granted: what another node wrote under
+    /// its lock must be read from the server, as NFS does on a lock, even when no lease is left to break).
+    pub async fn invalidate(&self, ino: u64) {
+        let invalidator = self.invalidator.lock().unwrap().clone();
+        if let Some(i) = invalidator {
+            let _ = tokio::task::spawn_blocking(move || i.invalidate(ino)).await;
+        }
+    }
 }
 
 impl LeaseBreakHandler for LeaseWatch {

@@ -770,7 +770,11 @@ impl SmbFs {
             return Err(Errno::EINVAL);
         }
         let req = LockRequest { owner, pid, start, end: end.saturating_add(1), kind };
-        self.locks.set(ino, fh, &f, req, wait, interrupted).await
+        self.locks.set(ino, fh, &f, req, wait, interrupted).await?;
+        if kind.is_some() && self.cfg.byte_range_locks {
+            self.leases.invalidate(ino).await;
+        }
+        Ok(())
     }
 
     /// F_GETLK: a lock that conflicts with locking `[start, end]` (inclusive) as `kind` by `owner`, or `None`.
