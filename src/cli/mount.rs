@@ -17,8 +17,9 @@ or from the SMB_USERNAME, SMB_PASSWORD and SMB_DOMAIN environment variables; nev
 is re-established by itself; when the server then rejects the password, FILE is read again (rotate the password \
 on the server and in FILE, no remount).\n\n\
 Options (-o, comma-separated, repeatable): uid=, gid=, file_mode=, dir_mode=, ro, rw, port=, vers=, seal, actimeo=, \
-cache=strict|loose|none, nosharesock, noexec, noperm, echo_interval=SECS, hard (default: wait for the server as long as it \
-takes), soft and retrans=N (fail with EIO after N x echo_interval without the server). Kernel-only cifs flags (mfsymlinks, noserverino, nobrl, ...) are \
+cache=strict|loose|none, nosharesock, noexec, noperm, nobrl (locks stay on this node), mfsymlinks (symlinks as cifs' \
+Minshall+French files), echo_interval=SECS, hard (default: wait for the server as long as it \
+takes), soft and retrans=N (fail with EIO after N x echo_interval without the server). Kernel-only cifs flags (noserverino, nounix, ...) are \
 accepted with one warning.\n\n\
 Example: smb3-csi mount --credentials /etc/smb-creds -o uid=1000,gid=1000 //fileserver/share/dir /mnt/dir")]
 pub struct MountArgs {

@@ -11,11 +11,13 @@ use super::FsConfig;
 /// `st_blksize`: large, so that tools copy in requests the size of an SMB read or write.
 const BLOCK_SIZE: u32 = 1 << 20;
 
-/// The kinds of entry the filesystem shows: SMB reparse points (symlinks) show as files or directories.
+/// The kinds of entry the filesystem shows. Symlinks are Minshall+French symlink files with `mfsymlinks`;
+/// symlinks the server follows itself (Samba's default) show as what they point to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
     Directory,
     RegularFile,
+    Symlink,
 }
 
 /// What `stat` shows for an inode.
@@ -67,6 +69,12 @@ pub(crate) fn file_attr(cfg: &FsConfig, group: Option<u32>, ino: u64, m: &Metada
     }
 }
 
+/// The attributes of a Minshall+French symlink file (see `mfsymlink`) to a target of `target_len` bytes:
+/// a symlink of that size, mode 0777 as symlinks have.
+pub(crate) fn symlink_attr(cfg: &FsConfig, group: Option<u32>, ino: u64, m: &Metadata, target_len: usize) -> Attr {
+    Attr { kind: FileKind::Symlink, perm: 0o777, size: target_len as u64, nlink: 1, ..file_attr(cfg, group, ino, m) }
+}
+
 /// Metadata for "." and ".." in a listing: only the kind matters to the kernel (it does not link them).
 pub(crate) fn dir_placeholder() -> Metadata {
     Metadata {
@@ -99,6 +107,8 @@ mod tests {
             read_only: false,
             attr_ttl: Duration::from_secs(1),
             cache: CacheMode::Strict,
+            byte_range_locks: true,
+            mfsymlinks: false,
         };
         let m = Metadata {
             size: 5000,

@@ -32,6 +32,10 @@ pub struct FsConfig {
     /// How long the kernel may cache attributes and entries.
     pub attr_ttl: Duration,
     pub cache: CacheMode,
+    /// POSIX and flock locks go to the server as SMB byte-range locks (`false`: `nobrl`, node-local only).
+    pub byte_range_locks: bool,
+    /// Symlinks are created and shown as Minshall+French symlink files (`mfsymlinks`).
+    pub mfsymlinks: bool,
 }
 
 impl Default for FsConfig {
@@ -45,6 +49,8 @@ impl Default for FsConfig {
             read_only: false,
             attr_ttl: Duration::from_secs(1),
             cache: CacheMode::Strict,
+            byte_range_locks: true,
+            mfsymlinks: false,
         }
     }
 }

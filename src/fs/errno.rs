@@ -15,6 +15,11 @@ use smb3::{self as smb, NtStatus};
 /// EIO, as with NFS and kernel cifs soft mounts; under `hard` the client never returns it (the operation
 /// waits), so nothing here turns an outage into an error.
 pub(crate) fn errno(e: &smb::Error, op: &str, path: &str) -> Errno {
+    match e {
+        smb::Error::LockConflict { .. } => return Errno::EAGAIN,
+        smb::Error::Cancelled { .. } => return Errno::EINTR,
+        _ => {}
+    }
     if let smb::Error::Unavailable { .. } = e {
         tracing::warn!(op, path = %format!("/{path}"), error = %e, "soft mount: server unavailable, returning EIO");
         return Errno::EIO;
@@ -32,7 +37,11 @@ pub(crate) fn errno(e: &smb::Error, op: &str, path: &str) -> Errno {
             | NtStatus::CANNOT_DELETE => Some(Errno::EACCES),
             NtStatus::OBJECT_NAME_COLLISION | NtStatus::OBJECTID_EXISTS => Some(Errno::EEXIST),
             NtStatus::DIRECTORY_NOT_EMPTY => Some(Errno::ENOTEMPTY),
-            NtStatus::DISK_FULL | NtStatus::QUOTA_EXCEEDED => Some(Errno::ENOSPC),
+            NtStatus::DISK_FULL => Some(Errno::ENOSPC),
+            NtStatus::QUOTA_EXCEEDED => Some(Errno::EDQUOT),
+            // A READ or WRITE through one open that hits another open's exclusive byte-range lock (SMB locks
+            // are mandatory; see `fs::locks`): "try again", as mandatory locking did on Linux.
+            NtStatus::FILE_LOCK_CONFLICT => Some(Errno::EAGAIN),
             NtStatus::NOT_A_DIRECTORY => Some(Errno::ENOTDIR),
             NtStatus::FILE_IS_A_DIRECTORY => Some(Errno::EISDIR),
             NtStatus::SHARING_VIOLATION | NtStatus::LOCK_NOT_GRANTED | NtStatus::USER_MAPPED_FILE => Some(Errno::EBUSY),
@@ -49,6 +58,9 @@ pub(crate) fn errno(e: &smb::Error, op: &str, path: &str) -> Errno {
         },
         None => None,
     };
+    if let Some(m) = mapped {
+        tracing::debug!(op, path = %format!("/{path}"), error = %e, errno = %m, "SMB request failed");
+    }
     mapped.unwrap_or_else(|| {
         tracing::error!(op, path = %format!("/{path}"), error = %e, "SMB request failed: returning EIO");
         Errno::EIO
@@ -68,6 +80,10 @@ mod tests {
         assert_eq!(errno(&st(NtStatus::OBJECT_NAME_COLLISION), "t", "p"), Errno::EEXIST);
         assert_eq!(errno(&st(NtStatus::DIRECTORY_NOT_EMPTY), "t", "p"), Errno::ENOTEMPTY);
         assert_eq!(errno(&st(NtStatus::DISK_FULL), "t", "p"), Errno::ENOSPC);
+        assert_eq!(errno(&st(NtStatus::QUOTA_EXCEEDED), "t", "p"), Errno::EDQUOT);
+        assert_eq!(errno(&st(NtStatus::FILE_LOCK_CONFLICT), "t", "p"), Errno::EAGAIN);
+        assert_eq!(errno(&smb::Error::LockConflict { path: "f".into() }, "t", "p"), Errno::EAGAIN);
+        assert_eq!(errno(&smb::Error::Cancelled { op: "lock f".into() }, "t", "p"), Errno::EINTR);
         assert_eq!(errno(&st(NtStatus::NOT_A_DIRECTORY), "t", "p"), Errno::ENOTDIR);
         assert_eq!(errno(&st(NtStatus::FILE_IS_A_DIRECTORY), "t", "p"), Errno::EISDIR);
         assert_eq!(errno(&st(NtStatus::NOT_SUPPORTED), "t", "p"), Errno::EOPNOTSUPP);

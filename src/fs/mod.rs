@@ -23,8 +23,14 @@
 //!   result as the `gid` mount option plus VOLUME_MOUNT_GROUP). The kernel only lets the owner (in that group)
 //!   or a CAP_CHOWN process do it. It lasts as long as the mount; the owner, and the group of anything but the
 //!   root, still cannot be changed; a read-only mount keeps its group.
-//! - **Symlinks** cannot be created (EPERM) and none are reported: SMB reparse points show as files or
-//!   directories. `mknod` of anything but a regular file is EPERM.
+//! - **Symlinks** with `mfsymlinks` are Minshall+French symlink files (`mfsymlink`: cifs' format, so links
+//!   made by either client work in the other); without it symlink(2) is EPERM. Symlinks on the server's
+//!   disk are followed by Samba (its default), so they show as what they point to. `mknod` of anything but a
+//!   regular file is EPERM.
+//! - **Locks** (`fcntl` and `flock`) are SMB byte-range locks on the server, seen by every node (`locks`);
+//!   `nobrl` keeps them node-local (the kernel's).
+//! - **Coherency across nodes**: every open holds a lease; a break flushes write-behind and drops the
+//!   kernel's cached pages and attributes of the file before it is acknowledged (`lease`).
 //! - **Hard links** are made with FileLinkInformation where the server allows it; otherwise EPERM.
 //! - **Unlink of an open file**: the name disappears at once (lookups answer ENOENT) and the open handles keep
 //!   reading and writing until closed; every open is made with FILE_SHARE_DELETE, so the server's
@@ -41,6 +47,9 @@ pub mod fuse;
 mod handles;
 mod inodes;
 pub mod journal;
+mod lease;
+mod locks;
+mod mfsymlink;
 mod ops;
 mod writeback;
 
@@ -49,4 +58,7 @@ pub use config::{CacheMode, FsConfig};
 pub use errno::Errno;
 pub use fuse::{Notifier, MAX_IO};
 pub use inodes::ROOT_INO;
+pub use lease::Invalidator;
+pub use locks::{Conflict, LockOwner};
 pub use ops::{DirItem, SetAttr, SetTime, SmbFs, StatFs, WriteBehind, NAME_MAX, RENAME_NOREPLACE};
+pub use smb3::LockKind;

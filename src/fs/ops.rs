@@ -17,12 +17,15 @@ use nix::fcntl::OFlag;
 use smb3::{self as smb, join_path, DirEntry, Metadata, OpenOptions, Tree};
 use tokio::runtime::Handle;
 
-use super::attr::{dir_placeholder, file_attr, Attr, FileKind};
+use super::attr::{dir_placeholder, file_attr, symlink_attr, Attr, FileKind};
 use super::errno::{errno, Errno};
 use super::fuse::wire::InitOut;
 use super::handles::{Handles, OpenFile};
 use super::inodes::{Inodes, ROOT_INO};
 use super::journal::{Journal, JournalError, Record, Snapshot};
+use super::lease::{Invalidator, LeaseWatch};
+use super::locks::{Conflict, LockOwner, LockRequest, Locks};
+use super::mfsymlink;
 use super::writeback::Ticket;
 use super::FsConfig;
 
@@ -33,6 +36,9 @@ pub const NAME_MAX: usize = 255;
 pub const RENAME_NOREPLACE: u32 = 1;
 pub const RENAME_EXCHANGE: u32 = 1 << 1;
 pub const RENAME_WHITEOUT: u32 = 1 << 2;
+
+/// How long a create waits for an unlinked file of the same name to be closed (see `create_after_pending_delete`).
+const DELETE_PENDING_WAIT: Duration = Duration::from_secs(5);
 
 /// `SmbFs::root_group` when no chown of the root has changed the mount's group.
 const NO_GROUP: u64 = u64::MAX;
@@ -79,6 +85,9 @@ pub struct StatFs {
 /// a failure is reported by the next write, flush or fsync of the file.
 pub struct WriteBehind {
     file: Arc<OpenFile>,
+    locks: Arc<Locks>,
+    /// An O_APPEND write: at the server's end of file, not at `offset`.
+    append: bool,
     ticket: Ticket,
     offset: u64,
     data: Arc<Vec<u8>>,
@@ -96,11 +105,27 @@ impl WriteBehind {
         self.data.is_empty()
     }
 
+    /// The SMB side of the write: at the server's end of file for O_APPEND; a write the server refuses because
+    /// another handle of this node holds a lock on the range goes through that handle (see `fs::locks`).
+    async fn transmit(&self) -> Result<(), Errno> {
+        let f = self.file.file();
+        if self.append {
+            return f.append(&self.data).await.map_err(|e| errno(&e, "write", f.path()));
+        }
+        let mut result = f.write_at(self.offset, &self.data).await;
+        if is_range_conflict(&result) {
+            let end = self.offset.saturating_add(self.data.len() as u64);
+            if let Some(holder) = self.locks.handle_covering(self.file.ino, &self.file, self.offset, end) {
+                result = holder.file().write_at(self.offset, &self.data).await;
+            }
+        }
+        result.map_err(|e| errno(&e, "write", f.path()))
+    }
+
     /// Sends the write to the server and records its outcome in the queue (and the journal: done before the
     /// range is freed, so no later overlapping write can be overtaken by a resend of this one).
     pub async fn complete(self) {
-        let f = self.file.file();
-        let result = f.write_at(self.offset, &self.data).await.map_err(|e| errno(&e, "write", f.path()));
+        let result = self.transmit().await;
         if let Some((journal, seq)) = &self.journaled {
             if let Err(e) = journal.lock().unwrap().append(Record::WriteDone { seq: *seq }) {
                 tracing::warn!(error = %e, "takeover journal not written");
@@ -121,9 +146,20 @@ pub struct SmbFs {
     root_group: AtomicU64,
     /// The last answer of the server to statfs, for [`SmbFs::statfs`] while the connection is down.
     last_statfs: Mutex<Option<StatFs>>,
+    /// POSIX and flock locks (see `fs::locks`).
+    locks: Arc<Locks>,
+    /// Lease breaks: write-behind flushed and kernel caches invalidated before the acknowledgment (`fs::lease`).
+    leases: Arc<LeaseWatch>,
+    /// Handles opened with O_APPEND: their writes go to the server's end of file (see [`SmbFs::write`]).
+    appenders: Mutex<std::collections::HashSet<u64>>,
     /// The takeover journal (see `journal`): every change of the node and handle tables the kernel sees.
     /// Taken after the `inodes` lock when both are held, so the journal's order is the tables' order.
     journal: Option<SharedJournal>,
+}
+
+/// Whether an I/O failed because the range is locked by another open (SMB locks are mandatory).
+fn is_range_conflict<T>(r: &Result<T, smb::Error>) -> bool {
+    matches!(r, Err(e) if e.status() == Some(smb::NtStatus::FILE_LOCK_CONFLICT) || matches!(e, smb::Error::LockConflict { .. }))
 }
 
 /// SMB access for open(2) flags; a read-only mount refuses writing and truncating opens.
@@ -134,7 +170,7 @@ fn open_options(flags: i32, read_only_mount: bool) -> Result<OpenOptions, Errno>
     if read_only_mount && (write || truncate) {
         return Err(Errno::EROFS);
     }
-    // Appends arrive with the offset the kernel computed from the file size, so a plain write handle serves them.
+    // O_APPEND is honoured per write (see `SmbFs::write`): a plain write handle serves it.
     Ok(OpenOptions::new().read(mode == OFlag::O_RDONLY || mode == OFlag::O_RDWR).write(write).truncate(truncate))
 }
 
@@ -150,14 +186,19 @@ impl SmbFs {
     /// `rt` closes dropped SMB handles; it must be the runtime (or a handle of it) the tree's connection lives on.
     pub fn new(tree: Tree, root: &str, cfg: FsConfig, rt: Handle) -> SmbFs {
         let root = join_path("", root);
+        let leases = Arc::new(LeaseWatch::default());
+        tree.set_lease_break_handler(leases.clone());
         SmbFs {
             tree,
             handles: Handles::new(rt.clone()),
             rt,
-            cfg,
             inodes: Mutex::new(Inodes::new(&root)),
             root_group: AtomicU64::new(NO_GROUP),
             last_statfs: Mutex::new(None),
+            locks: Arc::new(Locks::new(cfg.byte_range_locks)),
+            appenders: Mutex::default(),
+            leases,
+            cfg,
             journal: None,
         }
     }
@@ -221,8 +262,17 @@ impl SmbFs {
             };
             match opened {
                 Ok(file) => {
+                    // Locks held through the predecessor's SMB handles went with its connection; the lease and
+                    // O_APPEND are set up again for the new one.
+                    let key = file.lease_key();
                     fs.handles.insert_file(fh, f.ino, file);
                     reopened.insert(fh, ());
+                    if let Ok(open) = fs.handles.file(fh) {
+                        fs.leases.opened(key, f.ino, &open.queue);
+                    }
+                    if f.flags & OFlag::O_APPEND.bits() != 0 {
+                        fs.appenders.lock().unwrap().insert(fh);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(fh, path = %format!("/{path}"), error = %e, "takeover: open file could not be reopened");
@@ -304,6 +354,24 @@ impl SmbFs {
 
     pub fn config(&self) -> &FsConfig {
         &self.cfg
+    }
+
+    /// What drops the kernel's caches of an inode when another node's change breaks our lease (see `fs::lease`).
+    pub fn set_invalidator(&self, invalidator: Arc<dyn Invalidator>) {
+        self.leases.set_invalidator(invalidator);
+    }
+
+    /// Registers an open SMB handle and its lease.
+    fn add_open(&self, ino: u64, f: smb::File, flags: i32) -> u64 {
+        let key = f.lease_key();
+        let fh = self.handles.add_file(ino, f);
+        if let Ok(open) = self.handles.file(fh) {
+            self.leases.opened(key, ino, &open.queue);
+        }
+        if flags & OFlag::O_APPEND.bits() != 0 {
+            self.appenders.lock().unwrap().insert(fh);
+        }
+        fh
     }
 
     /// The runtime the SMB calls run on.
@@ -394,7 +462,11 @@ impl SmbFs {
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
         let path = self.child(parent, name)?;
         let m = self.stat(&path).await?;
-        Ok(self.entry(&path, &m))
+        let attr = self.entry(&path, &m);
+        Ok(match self.symlink_len(&path, &m).await {
+            Some(len) => symlink_attr(&self.cfg, self.root_group(), attr.ino, &m, len),
+            None => attr,
+        })
     }
 
     /// The kernel dropped `n` references to `ino`.
@@ -415,7 +487,7 @@ impl SmbFs {
             Some(f) => f.file().metadata().await.map_err(|e| errno(&e, "getattr", &path))?,
             None => self.stat(&path).await?,
         };
-        Ok(self.attr(ino, &m))
+        Ok(self.attr_at(ino, &path, &m).await)
     }
 
     /// Truncates and sets times; chmod and chown succeed and change nothing, except a chown of the root to
@@ -459,18 +531,89 @@ impl SmbFs {
             Some(f) => f.file().metadata().await.map_err(|e| errno(&e, "getattr", &path))?,
             None => self.stat(&path).await?,
         };
-        Ok(self.attr(ino, &m))
+        Ok(self.attr_at(ino, &path, &m).await)
     }
 
-    /// No symlinks are ever reported, so there is none to read.
-    pub fn readlink(&self, _ino: u64) -> Result<Vec<u8>, Errno> {
-        Err(Errno::EINVAL)
+    /// The target of a symlink (with `mfsymlinks`: a Minshall+French symlink file); EINVAL for anything else.
+    pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        let path = self.path(ino)?;
+        if !self.cfg.mfsymlinks {
+            return Err(Errno::EINVAL);
+        }
+        self.read_mfsymlink(&path).await?.ok_or(Errno::EINVAL)
     }
 
-    /// Symlinks cannot be created over SMB without unix extensions.
-    pub fn symlink(&self, _parent: u64, _name: &OsStr) -> Result<Attr, Errno> {
+    /// The target stored in `path` if it is a Minshall+French symlink file (`None`: an ordinary file).
+    async fn read_mfsymlink(&self, path: &str) -> Result<Option<Vec<u8>>, Errno> {
+        let f = self.tree.open(path, OpenOptions::new().read(true)).await.map_err(|e| errno(&e, "readlink", path))?;
+        let data = f.read_at(0, mfsymlink::FILE_SIZE + 1).await;
+        let _ = f.close().await;
+        let data = data.map_err(|e| errno(&e, "readlink", path))?;
+        Ok(mfsymlink::decode(&data).ok())
+    }
+
+    /// Whether `m` (of `path`) is a symlink to show: with `mfsymlinks`, a regular file of exactly the
+    /// Minshall+French size whose contents check out. Returns the target's length.
+    async fn symlink_len(&self, path: &str, m: &Metadata) -> Option<usize> {
+        if !self.cfg.mfsymlinks || m.is_dir() || m.size != mfsymlink::FILE_SIZE as u64 {
+            return None;
+        }
+        match self.read_mfsymlink(path).await {
+            Ok(target) => target.map(|t| t.len()),
+            Err(_) => None,
+        }
+    }
+
+    /// Attributes of `ino` at `path`, as a symlink when it is one.
+    async fn attr_at(&self, ino: u64, path: &str, m: &Metadata) -> Attr {
+        match self.symlink_len(path, m).await {
+            Some(len) => symlink_attr(&self.cfg, self.root_group(), ino, m, len),
+            None => self.attr(ino, m),
+        }
+    }
+
+    /// The Minshall+French symlinks among the listing's entries from `offset` on (by name, with their target's
+    /// length): only files of exactly the symlink size are read, and only with `mfsymlinks`.
+    async fn symlinks_among(
+        &self,
+        dir: &str,
+        entries: &[DirEntry],
+        offset: u64,
+    ) -> std::collections::HashMap<String, usize> {
+        let mut links = std::collections::HashMap::new();
+        for e in entries.iter().skip(offset.saturating_sub(2) as usize) {
+            if let Some(len) = self.symlink_len(&join_path(dir, &e.name), &e.metadata).await {
+                links.insert(e.name.clone(), len);
+            }
+        }
+        links
+    }
+
+    /// symlink(2): with `mfsymlinks` a Minshall+French symlink file holding `target` (cifs' format, so a cifs
+    /// mount with `mfsymlinks` reads it as a link too); without it, EPERM (SMB has no symlinks of its own
+    /// that a client without unix extensions may create).
+    pub async fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr) -> Result<Attr, Errno> {
         self.writable()?;
-        Err(Errno::EPERM)
+        if !self.cfg.mfsymlinks {
+            return Err(Errno::EPERM);
+        }
+        let path = self.child(parent, name)?;
+        let target = target.as_encoded_bytes();
+        let contents = mfsymlink::encode(target).map_err(|_| Errno::ENAMETOOLONG)?;
+        let f = self
+            .tree
+            .open(&path, OpenOptions::new().write(true).create_new(true))
+            .await
+            .map_err(|e| errno(&e, "symlink", &path))?;
+        let written = f.write_at(0, &contents).await;
+        let m = match written {
+            Ok(()) => f.metadata().await,
+            Err(e) => Err(e),
+        };
+        let closed = f.close().await;
+        let m = m.and_then(|m| closed.map(|()| m)).map_err(|e| errno(&e, "symlink", &path))?;
+        let attr = self.entry(&path, &m);
+        Ok(symlink_attr(&self.cfg, self.root_group(), attr.ino, &m, target.len()))
     }
 
     /// Creates an empty regular file (`mode` carries the file type: anything else is EPERM).
@@ -567,14 +710,37 @@ impl SmbFs {
     pub async fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
         let opts = open_options(flags, self.cfg.read_only)?;
         let path = self.path(ino)?;
-        let f = self.tree.open(&path, opts).await.map_err(|e| errno(&e, "open", &path))?;
+        let f = match self.tree.open(&path, opts).await {
+            // The kernel's entry is older than another node's unlink. ESTALE makes the kernel walk the path
+            // again with revalidation (a fresh LOOKUP): the open then fails with ENOENT, or, with O_CREAT
+            // (which the kernel does not pass to OPEN), becomes a CREATE, as on a local disk.
+            Err(e) if smb::is_not_found(&e) => return Err(Errno::ESTALE),
+            r => r,
+        }
+        .map_err(|e| errno(&e, "open", &path))?;
         if f.is_dir() {
             let _ = f.close().await;
             return Err(Errno::EISDIR);
         }
-        let fh = self.handles.add_file(ino, f);
+        let fh = self.add_open(ino, f, flags);
         self.record(Record::FileOpened { fh, ino, flags });
         Ok(fh)
+    }
+
+    /// CREATE of a name whose previous file was unlinked while still open somewhere (the server keeps it,
+    /// delete-pending, until its last handle closes; a close of this node runs in the background after the
+    /// kernel's release, and SQLite deletes and recreates its journal for every transaction): POSIX lets the
+    /// name be created at once, so STATUS_DELETE_PENDING is waited out for up to [`DELETE_PENDING_WAIT`].
+    async fn create_after_pending_delete(&self, path: &str, opts: OpenOptions) -> Result<smb::File, smb::Error> {
+        let until = std::time::Instant::now() + DELETE_PENDING_WAIT;
+        loop {
+            match self.tree.open(path, opts).await {
+                Err(e) if e.status() == Some(smb::NtStatus::DELETE_PENDING) && std::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Creates (or, without O_EXCL, opens) `name` in `parent` and opens it; takes one reference to the inode.
@@ -582,7 +748,7 @@ impl SmbFs {
         self.writable()?;
         let path = self.child(parent, name)?;
         let opts = open_options(flags, false)?.write(true).create(true).create_new(flags & OFlag::O_EXCL.bits() != 0);
-        let f = self.tree.open(&path, opts).await.map_err(|e| errno(&e, "create", &path))?;
+        let f = self.create_after_pending_delete(&path, opts).await.map_err(|e| errno(&e, "create", &path))?;
         // The CREATE response has no file id; one query gets it (and the final attributes).
         let m = match f.metadata().await {
             Ok(m) => m,
@@ -592,26 +758,83 @@ impl SmbFs {
             }
         };
         let attr = self.entry(&path, &m);
-        let fh = self.handles.add_file(attr.ino, f);
+        let fh = self.add_open(attr.ino, f, flags);
         self.record(Record::FileOpened { fh, ino: attr.ino, flags });
         Ok((attr, fh))
     }
 
-    /// Up to `size` bytes at `offset`, after any queued write of that range.
+    /// Up to `size` bytes at `offset`, after any queued write of that range. A read the server refuses because
+    /// another handle of this node holds a lock on the range goes through that handle (see `fs::locks`).
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
         let f = self.handles.file(fh)?;
-        f.queue.wait_range(offset, offset.saturating_add(u64::from(size))).await;
-        f.file().read_at(offset, size as usize).await.map_err(|e| errno(&e, "read", f.file().path()))
+        let end = offset.saturating_add(u64::from(size));
+        f.queue.wait_range(offset, end).await;
+        let mut result = f.file().read_at(offset, size as usize).await;
+        if is_range_conflict(&result) {
+            if let Some(holder) = self.locks.handle_covering(f.ino, &f, offset, end) {
+                result = holder.file().read_at(offset, size as usize).await;
+            }
+        }
+        result.map_err(|e| errno(&e, "read", f.file().path()))
+    }
+
+    /// F_SETLK/F_SETLKW (`owner` [`LockOwner::Posix`]) and flock ([`LockOwner::Flock`]) on open handle `fh`:
+    /// locks `[start, end]` (inclusive end, as FUSE sends it) as `kind`, or unlocks it (`None`). `wait`: block
+    /// until granted or `interrupted` resolves (EINTR); otherwise a conflict is EAGAIN. See `fs::locks`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn setlk(
+        &self,
+        ino: u64,
+        fh: u64,
+        owner: LockOwner,
+        pid: u32,
+        (start, end): (u64, u64),
+        kind: Option<smb::LockKind>,
+        wait: bool,
+        interrupted: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), Errno> {
+        tracing::debug!(ino, fh, ?owner, pid, start, end, ?kind, wait, "setlk");
+        let f = self.handles.file(fh)?;
+        if f.ino != ino || end < start {
+            return Err(Errno::EINVAL);
+        }
+        let req = LockRequest { owner, pid, start, end: end.saturating_add(1), kind };
+        self.locks.set(ino, fh, &f, req, wait, interrupted).await?;
+        if kind.is_some() && self.cfg.byte_range_locks {
+            self.leases.invalidate(ino).await;
+        }
+        Ok(())
+    }
+
+    /// F_GETLK: a lock that conflicts with locking `[start, end]` (inclusive) as `kind` by `owner`, or `None`.
+    pub async fn getlk(
+        &self,
+        ino: u64,
+        fh: u64,
+        owner: LockOwner,
+        (start, end): (u64, u64),
+        kind: smb::LockKind,
+    ) -> Result<Option<Conflict>, Errno> {
+        let f = self.handles.file(fh)?;
+        if end < start {
+            return Err(Errno::EINVAL);
+        }
+        let req = LockRequest { owner, pid: 0, start, end: end.saturating_add(1), kind: Some(kind) };
+        self.locks.get(ino, &f, req).await
     }
 
     /// Queues `data` at `offset` behind the inode's earlier writes (call in the kernel's order); a failure of
-    /// an earlier background write is returned instead.
+    /// an earlier background write is returned instead. On a handle opened with O_APPEND the data goes to the
+    /// server's end of file, wherever other nodes have moved it (the kernel's `offset` comes from a size that
+    /// may be stale); such writes are sent one after the other (the queue holds everything from `offset` on).
     pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> Result<WriteBehind, Errno> {
         let file = self.handles.file(fh)?;
         if let Some(e) = file.queue.take_error() {
             return Err(e);
         }
-        let ticket = file.queue.enqueue(offset, data.len() as u64).await;
+        let append = self.appenders.lock().unwrap().contains(&fh);
+        let reserved = if append { u64::MAX - offset } else { data.len() as u64 };
+        let ticket = file.queue.enqueue(offset, reserved).await;
         let data = Arc::new(data);
         let journaled = self.journal.as_ref().map(|j| {
             let mut journal = j.lock().unwrap();
@@ -622,7 +845,7 @@ impl SmbFs {
             }
             (j.clone(), seq)
         });
-        Ok(WriteBehind { file, ticket, offset, data, journaled })
+        Ok(WriteBehind { file, locks: self.locks.clone(), append, ticket, offset, data, journaled })
     }
 
     /// close(2): every queued write must have reached the server, and its failure is reported here.
@@ -634,10 +857,14 @@ impl SmbFs {
 
     /// The last close of a handle: the SMB handle closes after its queued writes.
     pub async fn release(&self, fh: u64) {
+        self.appenders.lock().unwrap().remove(&fh);
         let f = self.handles.remove_file(fh);
         self.record(Record::Released { fh });
         if let Some(f) = &f {
             f.queue.drain().await;
+            // Its SMB locks and its lease go with the SMB handle.
+            self.locks.release(f.ino, fh);
+            self.leases.closed(f.file().lease_key());
         }
         // Dropping the last reference closes the SMB handle (see `OpenFile`).
         drop(f);
@@ -699,6 +926,7 @@ impl SmbFs {
     ) -> Result<(), Errno> {
         let path = self.path(ino)?;
         let entries = self.readdir_entries(fh, &path, offset).await?;
+        let links = self.symlinks_among(&path, &entries, offset).await;
         let mut at = offset;
         while at < entries.len() as u64 + 2 {
             let item = match at {
@@ -706,7 +934,13 @@ impl SmbFs {
                 1 => DirItem { ino: ROOT_INO, offset: 2, kind: FileKind::Directory, name: ".." },
                 n => {
                     let e = &entries[(n - 2) as usize];
-                    let kind = if e.metadata.is_dir() { FileKind::Directory } else { FileKind::RegularFile };
+                    let kind = if e.metadata.is_dir() {
+                        FileKind::Directory
+                    } else if links.contains_key(&e.name) {
+                        FileKind::Symlink
+                    } else {
+                        FileKind::RegularFile
+                    };
                     let ino = if e.metadata.file_id > 1 { e.metadata.file_id } else { u64::MAX };
                     DirItem { ino, offset: n + 1, kind, name: &e.name }
                 }
@@ -730,6 +964,7 @@ impl SmbFs {
     ) -> Result<(), Errno> {
         let path = self.path(ino)?;
         let entries = self.readdir_entries(fh, &path, offset).await?;
+        let links = self.symlinks_among(&path, &entries, offset).await;
         let mut at = offset;
         while at < entries.len() as u64 + 2 {
             let full = match at {
@@ -748,7 +983,10 @@ impl SmbFs {
                     let mut inodes = self.inodes.lock().unwrap();
                     // Take the reference, and give it back if the entry did not fit.
                     let child_ino = inodes.remember(&child, e.metadata.file_id);
-                    let attr = self.attr(child_ino, &e.metadata);
+                    let attr = match links.get(&e.name) {
+                        Some(len) => symlink_attr(&self.cfg, self.root_group(), child_ino, &e.metadata, *len),
+                        None => self.attr(child_ino, &e.metadata),
+                    };
                     let full = add(DirItem { ino: child_ino, offset: n + 1, kind: attr.kind, name: &e.name }, &attr);
                     if full {
                         inodes.forget(child_ino, 1);

@@ -3,10 +3,10 @@
 //!
 //! ```
 //! use smb3_csi::mount::MountOptions;
-//! let flags = vec!["uid=1001,gid=1001".to_string(), "dir_mode=0770".into(), "mfsymlinks".into()];
+//! let flags = vec!["uid=1001,gid=1001".to_string(), "dir_mode=0770".into(), "noserverino".into()];
 //! let (opts, ignored) = MountOptions::parse(&flags).unwrap();
 //! assert_eq!((opts.uid, opts.gid, opts.dir_mode), (1001, 1001, 0o770));
-//! assert_eq!(ignored, vec!["mfsymlinks".to_string()]);
+//! assert_eq!(ignored, vec!["noserverino".to_string()]);
 //! ```
 
 use std::time::Duration;
@@ -53,6 +53,10 @@ pub struct MountOptions {
     /// `noperm`: the kernel does not check modes against the caller (no FUSE `default_permissions`), so any
     /// local user may do what the server allows, as with cifs `noperm`.
     pub noperm: bool,
+    /// `nobrl`: POSIX and flock locks stay on this node instead of becoming SMB byte-range locks on the server.
+    pub nobrl: bool,
+    /// `mfsymlinks`: symlinks are created and recognised as Minshall+French symlink files (cifs' format).
+    pub mfsymlinks: bool,
 }
 
 /// `hard` or `soft`, as for NFS and kernel cifs.
@@ -95,6 +99,8 @@ impl Default for MountOptions {
             retrans: None,
             noexec: false,
             noperm: false,
+            nobrl: false,
+            mfsymlinks: false,
         }
     }
 }
@@ -115,12 +121,8 @@ pub enum MountOptionError {
 /// Kernel-cifs flags that have no meaning for a userspace client; accepted so that StorageClasses written for
 /// csi-driver-smb keep working, and reported back to the caller to log once.
 const IGNORED_FLAGS: &[&str] = &[
-    "mfsymlinks",
-    "nomfsymlinks",
     "noserverino",
     "serverino",
-    "nobrl",
-    "brl",
     "nounix",
     "unix",
     "nolinux",
@@ -317,6 +319,14 @@ impl MountOptions {
                     no_value(value)?;
                     opts.noperm = key == "noperm";
                 }
+                "nobrl" | "brl" => {
+                    no_value(value)?;
+                    opts.nobrl = key == "nobrl";
+                }
+                "mfsymlinks" | "nomfsymlinks" => {
+                    no_value(value)?;
+                    opts.mfsymlinks = key == "mfsymlinks";
+                }
                 "sec" => match need()?.to_ascii_lowercase().as_str() {
                     "ntlmssp" | "ntlmsspi" | "ntlmv2" | "ntlmv2i" | "ntlm" | "ntlmi" => ignored.push(part.to_string()),
                     other => return Err(invalid(&format!("{other} is not supported (only NTLMSSP)"))),
@@ -396,6 +406,8 @@ impl From<&MountOptions> for FsConfig {
             read_only: o.read_only,
             attr_ttl: o.attr_ttl(),
             cache: o.cache,
+            byte_range_locks: !o.nobrl,
+            mfsymlinks: o.mfsymlinks,
         }
     }
 }
@@ -493,12 +505,11 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((o.file_mode, o.uid), (0o777, 1001));
+        assert!(o.mfsymlinks && o.nobrl);
         assert_eq!(
             ignored,
             [
-                "mfsymlinks",
                 "noserverino",
-                "nobrl",
                 "sec=ntlmssp",
                 "iocharset=utf8",
                 "rsize=1048576",

@@ -181,7 +181,7 @@ async fn failures_map_to_errno() {
     // An inode the kernel never looked up (or forgot) is stale.
     assert_eq!(fs.getattr(u64::MAX - 7, None).await.unwrap_err(), Errno::ESTALE);
     // No symlinks, no device nodes.
-    assert_eq!(fs.symlink(ROOT_INO, name("l")).unwrap_err(), Errno::EPERM);
+    assert_eq!(fs.symlink(ROOT_INO, name("l"), name("target")).await.unwrap_err(), Errno::EPERM);
     assert_eq!(fs.mknod(ROOT_INO, name("fifo"), 0o010644).await.unwrap_err(), Errno::EPERM);
     let n = fs.mknod(ROOT_INO, name("plain"), 0o100644).await.unwrap();
     assert_eq!((n.kind, n.size), (FileKind::RegularFile, 0));
@@ -313,7 +313,7 @@ async fn statfs_and_read_only() {
     assert_eq!(ro.create(ROOT_INO, name("x"), CREATE_RW).await.unwrap_err(), Errno::EROFS);
     assert_eq!(ro.unlink(ROOT_INO, name("kept")).await.unwrap_err(), Errno::EROFS);
     assert_eq!(ro.rename(ROOT_INO, name("kept"), ROOT_INO, name("y"), 0).await.unwrap_err(), Errno::EROFS);
-    assert_eq!(ro.symlink(ROOT_INO, name("l")).unwrap_err(), Errno::EROFS);
+    assert_eq!(ro.symlink(ROOT_INO, name("l"), name("t")).await.unwrap_err(), Errno::EROFS);
     let kept = ro.lookup(ROOT_INO, name("kept")).await.unwrap();
     assert_eq!(ro.open(kept.ino, OFlag::O_WRONLY.bits()).await.unwrap_err(), Errno::EROFS);
     let set = SetAttr { size: Some(0), ..SetAttr::default() };

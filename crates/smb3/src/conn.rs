@@ -4,6 +4,8 @@
 //! requests are in flight at once; nothing here knows about files.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -116,6 +118,8 @@ struct Pending {
     tx: oneshot::Sender<Result<Response>>,
     expect: Expect,
     interim: bool,
+    /// The AsyncId of the interim STATUS_PENDING answer, for an SMB2 CANCEL.
+    async_id: Option<u64>,
 }
 
 struct Credits {
@@ -163,7 +167,7 @@ struct Shared {
     opened_at: Instant,
     /// Milliseconds after `opened_at` at which the last frame arrived (idle detection).
     last_received_ms: AtomicU64,
-    /// Where lease breaks that need an acknowledgment go (taken by the session owner).
+    /// Where lease breaks go (taken by the session owner).
     lease_breaks: mpsc::UnboundedSender<LeaseBreakNotification>,
 }
 
@@ -356,7 +360,7 @@ impl Connection {
         now.saturating_sub(Duration::from_millis(self.shared.last_received_ms.load(Ordering::Relaxed)))
     }
 
-    /// Lease breaks that need an acknowledgment; `None` after the first call.
+    /// Lease breaks from the server; `None` after the first call.
     pub fn take_lease_breaks(&self) -> Option<mpsc::UnboundedReceiver<LeaseBreakNotification>> {
         self.lease_breaks_rx.lock().unwrap().take()
     }
@@ -444,9 +448,35 @@ impl Connection {
     /// exact request bytes are returned too (for the preauth hash).
     pub async fn send(
         &self,
+        outs: Vec<Outgoing>,
+        prot: Protection<'_>,
+        keep_request: bool,
+    ) -> Result<(Vec<Vec<u8>>, Vec<Response>)> {
+        self.send_inner(outs, prot, keep_request, None).await
+    }
+
+    /// Sends one request that the server may keep pending for as long as it
+    /// likes (a blocking byte-range LOCK): once the server has said
+    /// STATUS_PENDING no timeout applies. When `cancelled` resolves first,
+    /// an SMB2 CANCEL is sent for it (MS-SMB2 3.2.4.24) and the server's
+    /// final answer (STATUS_CANCELLED, or the grant if it raced the cancel)
+    /// is returned.
+    pub async fn request_cancellable(
+        &self,
+        out: Outgoing,
+        prot: Protection<'_>,
+        cancelled: Pin<&mut (dyn Future<Output = ()> + Send)>,
+    ) -> Result<Response> {
+        let (_, mut responses) = self.send_inner(vec![out], prot, false, Some(cancelled)).await?;
+        Ok(responses.pop().expect("one response per request"))
+    }
+
+    async fn send_inner(
+        &self,
         mut outs: Vec<Outgoing>,
         prot: Protection<'_>,
         keep_request: bool,
+        cancelled: Option<Pin<&mut (dyn Future<Output = ()> + Send)>>,
     ) -> Result<(Vec<Vec<u8>>, Vec<Response>)> {
         let negotiate = outs.len() == 1 && outs[0].command == Command::Negotiate;
         let first_command = outs.first().map_or(Command::Unknown(u16::MAX), |o| o.command);
@@ -520,7 +550,7 @@ impl Connection {
             let mut pending = self.shared.pending.lock().unwrap();
             for id in &ids {
                 let (tx, rx) = oneshot::channel();
-                pending.insert(*id, Pending { tx, expect, interim: false });
+                pending.insert(*id, Pending { tx, expect, interim: false, async_id: None });
                 receivers.push(rx);
             }
         }
@@ -551,16 +581,86 @@ impl Connection {
         }
 
         let mut responses = Vec::with_capacity(n);
-        for (rx, id) in receivers.into_iter().zip(ids) {
-            responses.push(self.wait(rx, id).await?);
+        match cancelled {
+            Some(cancelled) => {
+                let (rx, id) = (receivers.pop().expect("one request"), ids[0]);
+                responses.push(self.wait_cancellable(rx, id, prot, cancelled).await?);
+            }
+            None => {
+                for (rx, id) in receivers.into_iter().zip(ids) {
+                    responses.push(self.wait(rx, id, false).await?);
+                }
+            }
         }
         self.shared.observer.round_trip(first_command, sent_at.elapsed());
         Ok((kept, responses))
     }
 
-    async fn wait(&self, mut rx: oneshot::Receiver<Result<Response>>, id: u64) -> Result<Response> {
+    /// Waits for the answer to `id`, sending one SMB2 CANCEL when `cancelled` resolves first.
+    async fn wait_cancellable(
+        &self,
+        mut rx: oneshot::Receiver<Result<Response>>,
+        id: u64,
+        prot: Protection<'_>,
+        mut cancelled: Pin<&mut (dyn Future<Output = ()> + Send)>,
+    ) -> Result<Response> {
+        let waiting = self.wait_for(&mut rx, id, true);
+        tokio::pin!(waiting);
+        tokio::select! {
+            r = &mut waiting => return r,
+            () = &mut cancelled => {}
+        }
+        self.cancel(id, prot).await?;
+        waiting.await
+    }
+
+    /// SMB2 CANCEL of request `id` (MS-SMB2 2.2.30, 3.2.4.24): addressed by
+    /// its AsyncId once the server has answered STATUS_PENDING, by its
+    /// MessageId before. It takes no credit and gets no answer of its own.
+    async fn cancel(&self, id: u64, prot: Protection<'_>) -> Result<()> {
+        let async_id = match self.shared.pending.lock().unwrap().get(&id) {
+            Some(p) => p.async_id,
+            None => return Ok(()), // answered meanwhile
+        };
+        let mut h = Header::new(Command::Cancel);
+        h.message_id = id;
+        h.session_id = prot.session_id;
+        if let Some(a) = async_id {
+            h.flags |= header::FLAG_ASYNC_COMMAND;
+            h.async_id = a;
+        }
+        let mut msg = Vec::with_capacity(HEADER_LEN + 4);
+        h.encode(&mut msg);
+        crate::wire::simple::CancelRequest.encode(&mut msg);
+        if prot.sealer.is_none() {
+            if let Some(signer) = prot.signer {
+                signer.sign(&mut msg);
+            }
+        }
+        let transform = prot.sealer.map(|sealer| sealer.seal_in_place(prot.session_id, &mut msg));
+        let transform: &[u8] = transform.as_ref().map_or(&[], |t| &t[..]);
+        let mut frame = framing::encode_frame_header(transform.len() + msg.len())?.to_vec();
+        frame.extend_from_slice(transform);
+        frame.extend_from_slice(&msg);
+        tracing::debug!(message_id = id, ?async_id, "sending SMB2 CANCEL");
+        let written = self.writer.lock().await.write_all(&frame).await;
+        if let Err(e) = written {
+            self.shared.kill(Fatal::Io(format!("write: {e}")));
+            return Err(self.shared.check_alive().unwrap_err());
+        }
+        Ok(())
+    }
+
+    async fn wait(&self, mut rx: oneshot::Receiver<Result<Response>>, id: u64, patient: bool) -> Result<Response> {
+        self.wait_for(&mut rx, id, patient).await
+    }
+
+    /// Waits for the answer to `id`. A request the server said it is working
+    /// on (STATUS_PENDING) gets one more timeout, or, when `patient`, as long
+    /// as the connection lives.
+    async fn wait_for(&self, rx: &mut oneshot::Receiver<Result<Response>>, id: u64, patient: bool) -> Result<Response> {
         loop {
-            match tokio::time::timeout(self.timeout, &mut rx).await {
+            match tokio::time::timeout(self.timeout, &mut *rx).await {
                 Ok(Ok(r)) => return r,
                 Ok(Err(_)) => {
                     return Err(self.shared.check_alive().err().unwrap_or(Error::Disconnected {
@@ -573,7 +673,7 @@ impl Connection {
                     let mut pending = self.shared.pending.lock().unwrap();
                     match pending.get_mut(&id) {
                         Some(p) if p.interim => {
-                            p.interim = false;
+                            p.interim = patient;
                             continue;
                         }
                         _ => {
@@ -734,10 +834,10 @@ fn dispatch(shared: &Shared, mut frame: Vec<u8>) -> Result<(), Fatal> {
 fn route(shared: &Shared, h: Header, msg: bytes::Bytes, encrypted_for: Option<u64>) -> Result<(), Fatal> {
     shared.grant(h.credits);
     if h.message_id == UNSOLICITED_MESSAGE_ID {
-        // Leases are held only so that opens are durable; nothing is cached,
-        // so a break that wants an answer is passed on to be acknowledged.
+        // Every lease break goes to the link, which lets the tree's handler
+        // flush and invalidate, then acknowledges the ones that want it.
         match (h.command, LeaseBreakNotification::decode(&msg)) {
-            (Command::OplockBreak, Ok(n)) if n.ack_required() => {
+            (Command::OplockBreak, Ok(n)) => {
                 let _ = shared.lease_breaks.send(n);
             }
             (command, _) => tracing::debug!(?command, "ignoring unsolicited server notification"),
@@ -760,6 +860,7 @@ fn route(shared: &Shared, h: Header, msg: bytes::Bytes, encrypted_for: Option<u6
     };
     if interim {
         p.interim = true;
+        p.async_id = Some(h.async_id);
         return Ok(());
     }
     let p = pending.remove(&h.message_id).expect("present");

@@ -47,6 +47,13 @@ pub enum Error {
     /// the file was deleted meanwhile); other handles are unaffected.
     #[error("{path}: handle lost in reconnect: {why}")]
     HandleLost { path: String, why: String },
+    /// A byte-range lock conflicts with one another open holds (STATUS_LOCK_NOT_GRANTED or
+    /// STATUS_FILE_LOCK_CONFLICT in answer to a LOCK).
+    #[error("{path}: range locked by another open")]
+    LockConflict { path: String },
+    /// A waiting request was cancelled by its caller (SMB2 CANCEL sent).
+    #[error("{op}: cancelled")]
+    Cancelled { op: String },
     /// The client was logged off, or its connection was found tampered with.
     #[error("connection to {addr} closed: {why}")]
     Closed { addr: String, why: String },

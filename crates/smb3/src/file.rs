@@ -1,7 +1,7 @@
 //! An open file or directory handle and its I/O. Large reads and writes are
 //! split into server-sized chunks that are all in flight at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rand::RngCore;
@@ -26,10 +26,15 @@ use super::wire::ioctl::{
 };
 use super::wire::{Command, FileId, NtStatus};
 
+mod lock;
+pub use lock::LockKind;
+
 /// Requests kept in flight by `download`/`upload` and large `read_at`/`write_at`.
 pub const PIPELINE_DEPTH: usize = 16;
 /// Chunk size for pipelined transfers (multi-credit with large MTU).
 pub const CHUNK: u32 = 1 << 20;
+/// The byte whose exclusive lock serialises appenders (see [`File::append`]).
+const APPEND_MUTEX: u64 = u64::MAX - 1;
 
 /// What to open and how (like `std::fs::OpenOptions`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -164,10 +169,12 @@ pub(crate) struct OpenInner {
     binding: Mutex<OpenBinding>,
 }
 
-/// Lease asked for with a durable open: read and handle caching. Handle
-/// caching is what makes servers grant durability; write caching is not
-/// asked for, as nothing is ever cached here.
-const LEASE_STATE: u32 = lease_state::READ_CACHING | lease_state::HANDLE_CACHING;
+/// Lease asked for with a durable open: read, write and handle caching.
+/// Handle caching is what makes servers grant durability; read and write
+/// caching make the server tell us (a lease break, see `lease`) before
+/// another client's open may see the file, so a user that caches data or
+/// holds writes back (write-behind) can flush and invalidate first.
+const LEASE_STATE: u32 = lease_state::READ_CACHING | lease_state::WRITE_CACHING | lease_state::HANDLE_CACHING;
 
 fn random_guid() -> [u8; 16] {
     let mut g = [0u8; 16];
@@ -188,6 +195,15 @@ impl OpenInner {
 
     pub fn lease_key(&self) -> Option<[u8; 16]> {
         self.lease_key
+    }
+
+    /// The handler of this open's tree for lease breaks, if one is registered.
+    pub fn lease_handler(&self) -> Option<Arc<dyn crate::lease::LeaseBreakHandler>> {
+        self.tree.inner.lease_handler.lock().unwrap().clone()
+    }
+
+    pub fn share_path(&self) -> &str {
+        &self.path
     }
 
     /// Tree id and share encryption for a request about this open (a lease break ack).
@@ -322,6 +338,8 @@ pub struct File {
     closed: AtomicBool,
     /// Where the CLOSE of a dropped handle runs, even off the runtime.
     runtime: Option<tokio::runtime::Handle>,
+    /// LOCK requests sent on this open, for their LockSequence (see `lock`).
+    lock_requests: AtomicU64,
 }
 
 impl std::fmt::Debug for File {
@@ -408,6 +426,7 @@ impl File {
                 opened: body,
                 closed: AtomicBool::new(false),
                 runtime: tokio::runtime::Handle::try_current().ok(),
+                lock_requests: AtomicU64::new(0),
             });
         }
     }
@@ -423,6 +442,11 @@ impl File {
 
     pub fn tree(&self) -> &Tree {
         &self.inner.tree
+    }
+
+    /// The key of the lease this open holds (SMB 3.x files), as [`crate::LeaseBreak::key`] names it.
+    pub fn lease_key(&self) -> Option<[u8; 16]> {
+        self.inner.lease_key
     }
 
     /// Whether the server made this open durable (it can be reclaimed after a lost connection).
@@ -557,6 +581,23 @@ impl File {
                 Ok(())
             })
             .await
+    }
+
+    /// Appends `data` at the server's end of file, wherever other clients have moved it meanwhile. MS-FSA's
+    /// "write at end of file" offset (0xFFFFFFFFFFFFFFFF) is refused by Samba (STATUS_INVALID_PARAMETER), so
+    /// appenders serialise through an exclusive byte-range lock on the last byte of the 64-bit range (which no
+    /// file reaches and POSIX locks, at most 2^63 long, never cover): lock, read the end of file, write there,
+    /// unlock. Every client of this library appends the same way, so appenders on different nodes never
+    /// overwrite each other; a writer that does not take the lock is not held back.
+    pub async fn append(&self, data: &[u8]) -> Result<()> {
+        self.lock_wait(APPEND_MUTEX, 1, LockKind::Exclusive, std::future::pending()).await?;
+        let written = async {
+            let end = self.metadata().await?.size;
+            self.write_at(end, data).await
+        }
+        .await;
+        let unlocked = self.unlock(APPEND_MUTEX, 1).await;
+        written.and(unlocked)
     }
 
     /// FLUSH: asks the server to make written data durable.

@@ -330,14 +330,27 @@ async fn echo(session: &Arc<Session>, within: Duration) {
     }
 }
 
-/// Acknowledges a lease break at once with the state the server offers:
-/// nothing is cached, so nothing needs flushing first. Runs in its own task
-/// (the server may hold another request of ours until the ack arrives).
+/// Acknowledges a lease break with the state the server offers, after the
+/// tree's lease break handler (if any) has flushed and invalidated what the
+/// lease let its user cache (bounded by `lease::HANDLER_BOUND`). Runs in its
+/// own task (the server may hold another request of ours until the ack arrives).
 fn acknowledge(link: &Weak<Link>, session: &Arc<Session>, n: LeaseBreakNotification) {
     let Some(link) = link.upgrade() else { return };
-    let (tree_id, encrypt) = link.open_for_lease(&n.key).map(|o| o.tree_route()).unwrap_or((0, false));
+    let open = link.open_for_lease(&n.key);
+    let (tree_id, encrypt) = open.as_ref().map(|o| o.tree_route()).unwrap_or((0, false));
+    let handler = open.as_ref().and_then(|o| o.lease_handler().map(|h| (h, o.share_path().to_string())));
     let session = session.clone();
     tokio::spawn(async move {
+        if let Some((handler, path)) = handler {
+            let event = crate::lease::LeaseBreak { path, key: n.key, current: n.current_state, new: n.new_state };
+            tracing::debug!(path = %event.path, current = n.current_state, new = n.new_state, "lease break: flushing and invalidating before the acknowledgment");
+            if tokio::time::timeout(crate::lease::HANDLER_BOUND, handler.lease_breaking(event)).await.is_err() {
+                tracing::warn!("lease break handler took too long; acknowledging anyway");
+            }
+        }
+        if !n.ack_required() {
+            return;
+        }
         let ack = LeaseBreakAck { key: n.key, state: n.new_state };
         let out = Outgoing::new(Command::OplockBreak, tree_id, 0, |m| ack.encode(m));
         match session.request(out, encrypt).await {

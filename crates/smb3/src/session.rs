@@ -307,6 +307,16 @@ impl Session {
         self.conn.request(out, self.protection(tree_encrypt)).await
     }
 
+    /// Sends one request the server may keep pending (a blocking LOCK); see `Connection::request_cancellable`.
+    pub async fn request_cancellable(
+        &self,
+        out: Outgoing,
+        tree_encrypt: bool,
+        cancelled: std::pin::Pin<&mut (dyn std::future::Future<Output = ()> + Send)>,
+    ) -> Result<Response> {
+        self.conn.request_cancellable(out, self.protection(tree_encrypt), cancelled).await
+    }
+
     /// Sends related requests as one compound (e.g. CREATE + QUERY_INFO + CLOSE).
     pub async fn compound(&self, outs: Vec<Outgoing>, tree_encrypt: bool) -> Result<Vec<Response>> {
         let mut prot = self.protection(tree_encrypt);

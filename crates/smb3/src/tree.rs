@@ -161,6 +161,8 @@ pub(crate) struct TreeInner {
     /// Re-bound by the link after every reconnect; `Err` once the share
     /// could not be connected again.
     binding: Mutex<std::result::Result<TreeBinding, String>>,
+    /// Runs before a lease break of one of this tree's opens is acknowledged (see `lease`).
+    pub lease_handler: Mutex<Option<Arc<dyn crate::lease::LeaseBreakHandler>>>,
 }
 
 impl TreeInner {
@@ -272,6 +274,7 @@ impl Tree {
                         share: share.to_string(),
                         share_flags,
                         binding: Mutex::new(Ok(binding)),
+                        lease_handler: Mutex::new(None),
                     });
                     link.register_tree(&inner);
                     return Ok(Tree { inner });
@@ -287,6 +290,12 @@ impl Tree {
 
     pub fn share(&self) -> &str {
         &self.inner.share
+    }
+
+    /// Registers what runs before a lease break of one of this tree's opens is acknowledged (replacing any
+    /// handler registered before). See [`crate::lease`].
+    pub fn set_lease_break_handler(&self, handler: Arc<dyn crate::lease::LeaseBreakHandler>) {
+        *self.inner.lease_handler.lock().unwrap() = Some(handler);
     }
 
     /// TREE_DISCONNECT now (otherwise it happens when the last clone is dropped).

@@ -2,15 +2,24 @@
 //! decision is made here (they are all in `ops`); this only converts arguments and results, and says what
 //! INIT negotiates.
 //!
-//! One function per concern so that new requests slot in: byte-range locks (GETLK/SETLK/SETLKW) answer
-//! ENOSYS today and FUSE_POSIX_LOCKS is not negotiated, so the kernel keeps node-local locks; serving them
-//! from the server is a new arm in [`dispatch`] plus the flag in [`negotiate`].
+//! One function per concern so that new requests slot in. Byte-range locks (GETLK/SETLK/SETLKW, with
+//! FUSE_LK_FLOCK for flock) go to [`SmbFs::setlk`]/[`SmbFs::getlk`], which take them on the server; with
+//! `nobrl` FUSE_POSIX_LOCKS and FUSE_FLOCK_LOCKS are not negotiated and the kernel keeps them node-local.
 
 use std::time::Duration;
 
-use super::wire::{self, init_flags, InHeader, InitIn, InitOut, Request, SetattrIn, TimeIn};
+use super::wire::{self, init_flags, InHeader, InitIn, InitOut, LkIn, Request, SetattrIn, TimeIn};
 use crate::fs::ops::{SetAttr, SetTime, SmbFs};
-use crate::fs::{Attr, CacheMode, Errno};
+use crate::fs::{Attr, CacheMode, Errno, LockKind, LockOwner};
+
+/// `fuse_lk_in.lk_flags`: the request is a flock(2), not a POSIX record lock.
+const LK_FLOCK: u32 = 1;
+/// `l_type` values of Linux.
+const F_RDLCK: u32 = 0;
+const F_WRLCK: u32 = 1;
+const F_UNLCK: u32 = 2;
+/// The largest end of a lock range (`OFFSET_MAX`): "to the end of file".
+const OFFSET_MAX: u64 = i64::MAX as u64;
 
 /// Largest FUSE read and write (and readahead) we ask the kernel for.
 pub const MAX_IO: u32 = 1 << 20;
@@ -33,8 +42,13 @@ const WANTED: u64 = init_flags::ASYNC_READ
     | init_flags::ASYNC_DIO
     | init_flags::INIT_EXT;
 
-/// The answer to INIT: what the kernel offers intersected with [`WANTED`]; EPROTO for another major version.
-pub fn negotiate(offer: &InitIn) -> Result<InitOut, Errno> {
+/// Added to [`WANTED`] unless `nobrl`: the kernel sends POSIX locks and flock to us (for the server).
+const LOCKS: u64 = init_flags::POSIX_LOCKS | init_flags::FLOCK_LOCKS;
+
+/// The answer to INIT: what the kernel offers intersected with [`WANTED`] (and [`LOCKS`] when `locks`);
+/// EPROTO for another major version.
+pub fn negotiate(offer: &InitIn, locks: bool) -> Result<InitOut, Errno> {
+    let wanted = if locks { WANTED | LOCKS } else { WANTED };
     if offer.major != wire::KERNEL_VERSION {
         return Err(Errno::EPROTO);
     }
@@ -44,7 +58,7 @@ pub fn negotiate(offer: &InitIn) -> Result<InitOut, Errno> {
         major: wire::KERNEL_VERSION,
         minor: wire::KERNEL_MINOR_VERSION,
         max_readahead,
-        flags: offer.flags & WANTED,
+        flags: offer.flags & wanted,
         max_background: MAX_BACKGROUND,
         congestion_threshold: CONGESTION_THRESHOLD,
         max_write,
@@ -91,6 +105,46 @@ fn entry(ttl: Duration, r: Result<Attr, Errno>) -> Result<Vec<u8>, Errno> {
     r.map(|a| wire::entry_out(ttl, &a))
 }
 
+/// The owner, kind (`None`: unlock) and inclusive range of a lock request.
+type LockArgs = (LockOwner, Option<LockKind>, (u64, u64));
+
+/// The owner, kind and range of a lock request.
+fn lock_args(lk: &LkIn) -> Result<LockArgs, Errno> {
+    let owner = if lk.flags & LK_FLOCK != 0 { LockOwner::Flock(lk.owner) } else { LockOwner::Posix(lk.owner) };
+    let kind = match lk.typ {
+        F_RDLCK => Some(LockKind::Shared),
+        F_WRLCK => Some(LockKind::Exclusive),
+        F_UNLCK => None,
+        _ => return Err(Errno::EINVAL),
+    };
+    Ok((owner, kind, (lk.start, lk.end.min(OFFSET_MAX))))
+}
+
+/// SETLK/SETLKW (and flock): `wait` blocks until granted or `interrupted` (EINTR).
+pub async fn setlk(
+    fs: &SmbFs,
+    h: &InHeader,
+    lk: &LkIn,
+    wait: bool,
+    interrupted: impl std::future::Future<Output = ()> + Send,
+) -> Result<Vec<u8>, Errno> {
+    let (owner, kind, range) = lock_args(lk)?;
+    fs.setlk(h.nodeid, lk.fh, owner, lk.pid, range, kind, wait, interrupted).await.map(|()| Vec::new())
+}
+
+/// GETLK: the conflicting lock, or F_UNLCK.
+async fn getlk(fs: &SmbFs, h: &InHeader, lk: &LkIn) -> Result<Vec<u8>, Errno> {
+    let (owner, kind, range) = lock_args(lk)?;
+    let Some(kind) = kind else { return Ok(wire::lk_out(lk.start, lk.end, F_UNLCK, 0)) };
+    Ok(match fs.getlk(h.nodeid, lk.fh, owner, range, kind).await? {
+        Some(c) => {
+            let typ = if c.kind == LockKind::Exclusive { F_WRLCK } else { F_RDLCK };
+            wire::lk_out(c.start, c.end.saturating_sub(1).min(OFFSET_MAX), typ, c.pid)
+        }
+        None => wire::lk_out(lk.start, lk.end, F_UNLCK, 0),
+    })
+}
+
 /// Serves one request that has a reply (everything but INIT, FORGET, BATCH_FORGET, INTERRUPT and WRITE,
 /// which the session handles in the kernel's order); returns the reply payload or the errno.
 pub async fn dispatch(fs: &SmbFs, h: &InHeader, req: Request) -> Result<Vec<u8>, Errno> {
@@ -100,8 +154,8 @@ pub async fn dispatch(fs: &SmbFs, h: &InHeader, req: Request) -> Result<Vec<u8>,
         Request::Lookup { name } => entry(ttl, fs.lookup(ino, &name).await),
         Request::Getattr { fh } => fs.getattr(ino, fh).await.map(|a| wire::attr_out(ttl, &a)),
         Request::Setattr(s) => fs.setattr(ino, s.fh, set_attr(&s)).await.map(|a| wire::attr_out(ttl, &a)),
-        Request::Readlink => fs.readlink(ino),
-        Request::Symlink { name, .. } => entry(ttl, fs.symlink(ino, &name)),
+        Request::Readlink => fs.readlink(ino).await,
+        Request::Symlink { name, target } => entry(ttl, fs.symlink(ino, &name, &target).await),
         Request::Mknod { name, mode, .. } => entry(ttl, fs.mknod(ino, &name, mode).await),
         Request::Mkdir { name, .. } => entry(ttl, fs.mkdir(ino, &name).await),
         Request::Unlink { name } => fs.unlink(ino, &name).await.map(|()| Vec::new()),
@@ -151,8 +205,9 @@ pub async fn dispatch(fs: &SmbFs, h: &InHeader, req: Request) -> Result<Vec<u8>,
             fs.close_all();
             Ok(Vec::new())
         }
-        // Byte-range locks are the kernel's (node-local) until the server's are wired here.
-        Request::Getlk(_) | Request::Setlk { .. } => Err(Errno::ENOSYS),
+        Request::Getlk(lk) => getlk(fs, h, &lk).await,
+        // SETLKW is served by the session (it may be interrupted); one arriving here cannot be.
+        Request::Setlk { lk, sleep } => setlk(fs, h, &lk, sleep, std::future::pending()).await,
         // ENOSYS makes the kernel stop asking: access is checked by the kernel (default_permissions) or
         // by the server; fallocate and lseek fall back to the kernel's generic behaviour.
         Request::Access { .. } | Request::Fallocate { .. } | Request::Lseek { .. } | Request::Unknown { .. } => {
@@ -187,14 +242,18 @@ mod tests {
                 | init_flags::INIT_EXT
                 | init_flags::HAS_RESEND,
         };
-        let out = negotiate(&offer).unwrap();
+        let out = negotiate(&offer, false).unwrap();
+        // `nobrl`: locks stay the kernel's.
         assert_eq!(
             out.flags,
             init_flags::ASYNC_READ | init_flags::DO_READDIRPLUS | init_flags::MAX_PAGES | init_flags::INIT_EXT
         );
+        // Without `nobrl` the kernel hands POSIX locks and flock to us.
+        let with_locks = negotiate(&offer, true).unwrap().flags;
+        assert_eq!(with_locks, out.flags | init_flags::POSIX_LOCKS | init_flags::FLOCK_LOCKS);
         assert_eq!((out.max_write, out.max_readahead, out.max_pages), (MAX_IO, 128 * 1024, 256));
         assert_eq!((out.major, out.minor), (7, wire::KERNEL_MINOR_VERSION));
-        assert_eq!(negotiate(&InitIn { major: 8, ..offer }).unwrap_err(), Errno::EPROTO);
+        assert_eq!(negotiate(&InitIn { major: 8, ..offer }, true).unwrap_err(), Errno::EPROTO);
         assert!(kernel_resends(40) && kernel_resends(45) && !kernel_resends(39));
     }
 

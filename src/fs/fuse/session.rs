@@ -10,13 +10,16 @@
 //!
 //! Order: the kernel's order matters only for writes (write-behind queues them per inode), so a WRITE is
 //! queued by the loop itself before it reads the next request; everything else runs concurrently.
-//! INTERRUPT is ignored: the interrupted request is still answered when its operation ends (a reply to a
-//! request the kernel gave up on is refused with ENOENT, which is expected).
+//! INTERRUPT ends a waiting byte-range lock (SETLKW, which may wait for another node as long as it likes:
+//! its SMB LOCK is cancelled and the request answered EINTR); any other interrupted request is still
+//! answered when its operation ends (a reply to a request the kernel gave up on is refused with ENOENT,
+//! which is expected).
 //!
 //! Takeover: a session can start on a connection another process initialised ([`Session::new`] with the
 //! INIT it negotiated), and [`Session::resend`] asks the kernel to queue again what the old process read and
 //! never answered. [`Session::stop`] is the graceful half: stop reading, answer what is in flight.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -67,6 +70,8 @@ pub struct Session {
     idle: Notify,
     stop: Notify,
     ended: AtomicBool,
+    /// Waiting lock requests (SETLKW) by unique, fired by the kernel's INTERRUPT of that request.
+    interrupts: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
 }
 
 /// Counts a request from its read to its reply.
@@ -105,7 +110,7 @@ impl Session {
         // forbids unsafe code, so the safe (deprecated) constructor it is.
         #[allow(deprecated)]
         let dev = AsyncFd::new(File::from(dev))?;
-        Ok(Arc::new(Session {
+        let session = Arc::new(Session {
             dev,
             fs,
             init: Mutex::new(init),
@@ -113,7 +118,11 @@ impl Session {
             idle: Notify::new(),
             stop: Notify::new(),
             ended: AtomicBool::new(false),
-        }))
+            interrupts: Mutex::new(HashMap::new()),
+        });
+        // Lease breaks drop the kernel's caches of the file through this session (see `fs::lease`).
+        session.fs.set_invalidator(Arc::new(session.notifier()));
+        Ok(session)
     }
 
     /// The /dev/fuse connection (dup it to hand the mount to another process).
@@ -258,8 +267,30 @@ impl Session {
                     self.fs.forget(ino, n);
                 }
             }
-            Request::Interrupt { .. } => {}
+            Request::Interrupt { unique } => {
+                if let Some(tx) = self.interrupts.lock().unwrap().remove(&unique) {
+                    let _ = tx.send(());
+                }
+            }
             Request::Write { fh, offset, data, .. } => self.write(&h, fh, offset, data).await,
+            Request::Setlk { lk, sleep: true } => {
+                // Registered before the next request is read, so its INTERRUPT finds it.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.interrupts.lock().unwrap().insert(h.unique, tx);
+                let guard = InFlight::new(self);
+                tokio::spawn(async move {
+                    let s = &guard.0;
+                    let interrupted = async {
+                        // A dropped sender (the request finished) is no interrupt.
+                        if rx.await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    let r = dispatch::setlk(&s.fs, &h, &lk, true, interrupted).await;
+                    s.interrupts.lock().unwrap().remove(&h.unique);
+                    s.reply(h.unique, r);
+                });
+            }
             req => {
                 let guard = InFlight::new(self);
                 self.fs.runtime().spawn(async move {
@@ -287,7 +318,7 @@ impl Session {
     }
 
     fn init_reply(&self, h: &InHeader, offer: &wire::InitIn) {
-        match dispatch::negotiate(offer) {
+        match dispatch::negotiate(offer, self.fs.config().byte_range_locks) {
             Ok(out) => {
                 tracing::info!(
                     kernel = %format!("{}.{}", offer.major, offer.minor),
@@ -321,6 +352,15 @@ impl Session {
 #[derive(Clone)]
 pub struct Notifier {
     session: Weak<Session>,
+}
+
+/// What a lease break drops: the inode's cached pages and its attributes.
+impl crate::fs::Invalidator for Notifier {
+    fn invalidate(&self, ino: u64) {
+        if let Err(e) = self.inval_inode(ino, 0, 0) {
+            tracing::debug!(ino, error = %e, "FUSE invalidation not delivered");
+        }
+    }
 }
 
 impl Notifier {

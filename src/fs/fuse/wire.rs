@@ -626,6 +626,7 @@ fn type_bits(kind: FileKind) -> u32 {
     match kind {
         FileKind::Directory => 0o040000,
         FileKind::RegularFile => 0o100000,
+        FileKind::Symlink => 0o120000,
     }
 }
 
@@ -634,6 +635,7 @@ fn dirent_type(kind: FileKind) -> u32 {
     match kind {
         FileKind::Directory => 4,
         FileKind::RegularFile => 8,
+        FileKind::Symlink => 10,
     }
 }
 

@@ -1,0 +1,84 @@
+//! Cache coherency across nodes through SMB leases. Every file this filesystem opens holds a lease (read,
+//! write and handle caching where the server grants it). When another node's open or write conflicts, the
+//! server breaks the lease and waits for our acknowledgment; before it is sent (see `smb3::lease`):
+//! - losing write caching drains the inode's write-behind queue, so the other node's open sees every write
+//!   this node has acknowledged to its applications;
+//! - losing read caching tells the [`Invalidator`] (the FUSE layer: the kernel's page cache and attributes of
+//!   the inode), so no cached data outlives the other node's write.
+//!
+//! `cache=strict|loose|none` keep their meaning on top: strict still drops the page cache on each open, none
+//! never caches; a break only adds invalidations.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use futures_util::future::BoxFuture;
+use smb3::{LeaseBreak, LeaseBreakHandler};
+
+use super::writeback::WriteQueue;
+
+/// Drops what the kernel caches of an inode (its pages and attributes). Implemented by the FUSE layer with
+/// the kernel's invalidation notifications; called before a lease break is acknowledged.
+pub trait Invalidator: Send + Sync {
+    fn invalidate(&self, ino: u64);
+}
+
+/// Inode and write-behind queue of each open, by lease key.
+type OpenLeases = HashMap<[u8; 16], (u64, Weak<WriteQueue>)>;
+
+/// The opens of this filesystem by lease key, and what a break of each must do.
+#[derive(Default)]
+pub(crate) struct LeaseWatch {
+    opens: Mutex<OpenLeases>,
+    invalidator: Mutex<Option<Arc<dyn Invalidator>>>,
+}
+
+impl LeaseWatch {
+    /// An open of inode `ino` holding lease `key`, with the inode's write-behind queue.
+    pub fn opened(&self, key: Option<[u8; 16]>, ino: u64, queue: &Arc<WriteQueue>) {
+        if let Some(key) = key {
+            self.opens.lock().unwrap().insert(key, (ino, Arc::downgrade(queue)));
+        }
+    }
+
+    pub fn closed(&self, key: Option<[u8; 16]>) {
+        if let Some(key) = key {
+            self.opens.lock().unwrap().remove(&key);
+        }
+    }
+
+    pub fn set_invalidator(&self, invalidator: Arc<dyn Invalidator>) {
+        *self.invalidator.lock().unwrap() = Some(invalidator);
+    }
+
+    /// Drops the kernel's cached pages of `ino` now (a lock was just granted: what another node wrote under
+    /// its lock must be read from the server, as NFS does on a lock, even when no lease is left to break).
+    pub async fn invalidate(&self, ino: u64) {
+        let invalidator = self.invalidator.lock().unwrap().clone();
+        if let Some(i) = invalidator {
+            let _ = tokio::task::spawn_blocking(move || i.invalidate(ino)).await;
+        }
+    }
+}
+
+impl LeaseBreakHandler for LeaseWatch {
+    fn lease_breaking(&self, event: LeaseBreak) -> BoxFuture<'static, ()> {
+        let open = self.opens.lock().unwrap().get(&event.key).cloned();
+        let invalidator = self.invalidator.lock().unwrap().clone();
+        Box::pin(async move {
+            let Some((ino, queue)) = open else { return };
+            if event.loses_write_caching() {
+                if let Some(q) = queue.upgrade() {
+                    q.drain().await;
+                }
+            }
+            if event.loses_read_caching() {
+                tracing::debug!(ino, path = %format!("/{}", event.path), "lease break: invalidating cached data");
+                if let Some(i) = invalidator {
+                    // A write to /dev/fuse that the kernel may hold up: off the runtime's threads.
+                    let _ = tokio::task::spawn_blocking(move || i.invalidate(ino)).await;
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,357 @@
+//! File semantics shared across nodes, at the filesystem layer without FUSE: two `SmbFs` over two separate SMB
+//! connections to one share stand in for two nodes mounting the same volume. Locks (fcntl ranges and flock)
+//! conflict across them through the server and are released on close; I/O of a node is not blocked by its own
+//! locks held through another handle; a lock wait can be interrupted. Outside CI a missing Samba skips; under
+//! CI=true it fails.
+
+use std::ffi::OsStr;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use rand::RngCore;
+use smb3::{Client, ClientOptions, Credentials, Tree};
+use smb3_csi::fs::{Errno, FsConfig, LockKind, LockOwner, SmbFs, ROOT_INO};
+use smb3_testkit::samba::{Samba, SambaProfile};
+use tokio::runtime::Handle;
+
+macro_rules! samba {
+    () => {
+        match Samba::shared(SambaProfile::EncryptRequired) {
+            Some(s) => s,
+            None => {
+                eprintln!("skipped: Samba is not installed (CI=true makes this a failure)");
+                return;
+            }
+        }
+    };
+}
+
+/// End of file as FUSE sends it (OFFSET_MAX) for "to the end".
+const EOF: u64 = i64::MAX as u64;
+const RW: i32 = OFlag::O_RDWR.bits();
+const CREATE_RW: i32 = OFlag::O_RDWR.bits() | OFlag::O_CREAT.bits();
+
+async fn connect(samba: &Samba) -> (Client, Tree) {
+    let creds = Credentials::user(samba.user(), "", samba.password().clone());
+    let client = Client::connect(samba.host(), samba.port(), &creds, &ClientOptions::default()).await.expect("connect");
+    let tree = client.tree(samba.share_name()).await.expect("tree");
+    (client, tree)
+}
+
+/// Two "nodes": filesystems on separate connections with the same directory of the share as their root.
+struct TwoNodes {
+    a: SmbFs,
+    b: SmbFs,
+    dir: String,
+    tree: Tree,
+    _clients: (Client, Client),
+}
+
+async fn two_nodes(samba: &Samba, test: &str, cfg: FsConfig) -> TwoNodes {
+    let (ca, ta) = connect(samba).await;
+    let (cb, tb) = connect(samba).await;
+    let dir = format!("fssem-{test}-{}", rand::thread_rng().next_u32());
+    ta.mkdir_all(&dir).await.unwrap();
+    let a = SmbFs::new(ta.clone(), &dir, cfg.clone(), Handle::current());
+    let b = SmbFs::new(tb, &dir, cfg, Handle::current());
+    TwoNodes { a, b, dir, tree: ta, _clients: (ca, cb) }
+}
+
+fn name(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+/// Opens `n` on a node (creating it); returns (ino, fh).
+async fn open(fs: &SmbFs, n: &str) -> (u64, u64) {
+    match fs.lookup(ROOT_INO, name(n)).await {
+        Ok(attr) => (attr.ino, fs.open(attr.ino, RW).await.unwrap()),
+        Err(_) => {
+            let (attr, fh) = fs.create(ROOT_INO, name(n), CREATE_RW).await.unwrap();
+            (attr.ino, fh)
+        }
+    }
+}
+
+async fn setlk(
+    fs: &SmbFs,
+    (ino, fh): (u64, u64),
+    owner: LockOwner,
+    range: (u64, u64),
+    kind: Option<LockKind>,
+) -> Result<(), Errno> {
+    fs.setlk(ino, fh, owner, 1, range, kind, false, std::future::pending()).await
+}
+
+/// Retries `op` while it fails with EAGAIN, for up to 3 s (an SMB handle closes in the background after its
+/// release, and its locks go with that CLOSE).
+async fn eventually<T, F: std::future::Future<Output = Result<T, Errno>>>(op: impl Fn() -> F) -> Result<T, Errno> {
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        match op().await {
+            Err(Errno::EAGAIN) if Instant::now() < until => tokio::time::sleep(Duration::from_millis(50)).await,
+            r => return r,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fcntl_ranges_and_flock_conflict_across_nodes() {
+    let samba = samba!();
+    let n = two_nodes(samba, "locks", FsConfig::default()).await;
+    let fa = open(&n.a, "db").await;
+    let fb = open(&n.b, "db").await;
+    let (pa, pb) = (LockOwner::Posix(11), LockOwner::Posix(22));
+
+    // Exclusive range on A: B's overlapping lock of either kind is EAGAIN, a disjoint one is granted.
+    setlk(&n.a, fa, pa, (0, 99), Some(LockKind::Exclusive)).await.unwrap();
+    assert_eq!(setlk(&n.b, fb, pb, (50, 59), Some(LockKind::Shared)).await, Err(Errno::EAGAIN));
+    setlk(&n.b, fb, pb, (100, 199), Some(LockKind::Exclusive)).await.unwrap();
+    // F_GETLK on B sees A's lock through the server (pid 0: held elsewhere); on A, B's.
+    let c = n.b.getlk(fb.0, fb.1, pb, (10, 10), LockKind::Shared).await.unwrap().expect("conflict");
+    assert_eq!((c.kind, c.pid), (LockKind::Exclusive, 0));
+    assert!(n.a.getlk(fa.0, fa.1, pa, (150, 150), LockKind::Shared).await.unwrap().is_some());
+    assert_eq!(n.a.getlk(fa.0, fa.1, pa, (300, 400), LockKind::Exclusive).await.unwrap(), None);
+
+    // POSIX unlock of the middle splits A's lock: B gets the hole, not the rest.
+    setlk(&n.a, fa, pa, (40, 59), None).await.unwrap();
+    setlk(&n.b, fb, pb, (45, 50), Some(LockKind::Exclusive)).await.unwrap();
+    assert_eq!(setlk(&n.b, fb, pb, (30, 39), Some(LockKind::Shared)).await, Err(Errno::EAGAIN));
+    assert_eq!(setlk(&n.b, fb, pb, (60, 61), Some(LockKind::Shared)).await, Err(Errno::EAGAIN));
+
+    // Downgrade to shared: B may share, not take exclusively; then unlock everything.
+    setlk(&n.a, fa, pa, (0, EOF), None).await.unwrap();
+    setlk(&n.b, fb, pb, (0, EOF), None).await.unwrap();
+    setlk(&n.a, fa, pa, (0, 99), Some(LockKind::Exclusive)).await.unwrap();
+    setlk(&n.a, fa, pa, (0, 99), Some(LockKind::Shared)).await.unwrap();
+    setlk(&n.b, fb, pb, (0, 9), Some(LockKind::Shared)).await.unwrap();
+    assert_eq!(setlk(&n.b, fb, pb, (20, 29), Some(LockKind::Exclusive)).await, Err(Errno::EAGAIN));
+    // Upgrade on A fails while B shares, and A keeps its shared lock.
+    assert_eq!(setlk(&n.a, fa, pa, (0, 9), Some(LockKind::Exclusive)).await, Err(Errno::EAGAIN));
+    assert_eq!(setlk(&n.b, fb, pb, (50, 59), Some(LockKind::Exclusive)).await, Err(Errno::EAGAIN));
+    setlk(&n.b, fb, pb, (0, EOF), None).await.unwrap();
+    setlk(&n.a, fa, pa, (0, EOF), None).await.unwrap();
+
+    // flock: whole file, per open file description.
+    let (fla, flb) = (LockOwner::Flock(fa.1), LockOwner::Flock(fb.1));
+    setlk(&n.a, fa, fla, (0, EOF), Some(LockKind::Exclusive)).await.unwrap();
+    assert_eq!(setlk(&n.b, fb, flb, (0, EOF), Some(LockKind::Exclusive)).await, Err(Errno::EAGAIN));
+    assert_eq!(setlk(&n.b, fb, flb, (0, EOF), Some(LockKind::Shared)).await, Err(Errno::EAGAIN));
+    setlk(&n.a, fa, fla, (0, EOF), Some(LockKind::Shared)).await.unwrap();
+    setlk(&n.b, fb, flb, (0, EOF), Some(LockKind::Shared)).await.unwrap();
+    setlk(&n.b, fb, flb, (0, EOF), None).await.unwrap();
+
+    // Released on close: once A's handle is closed (in the background after release), B gets the lock.
+    n.a.release(fa.1).await;
+    eventually(|| setlk(&n.b, fb, flb, (0, EOF), Some(LockKind::Exclusive))).await.unwrap();
+    n.b.release(fb.1).await;
+    n.tree.remove_tree(&n.dir).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_waits_are_granted_on_release_and_interruptible() {
+    let samba = samba!();
+    let n = two_nodes(samba, "lockwait", FsConfig::default()).await;
+    let fa = open(&n.a, "f").await;
+    let fb = open(&n.b, "f").await;
+    let (pa, pb) = (LockOwner::Posix(1), LockOwner::Posix(2));
+    setlk(&n.a, fa, pa, (0, EOF), Some(LockKind::Exclusive)).await.unwrap();
+
+    // F_SETLKW on B waits (a blocking SMB lock) until A closes its handle.
+    let started = Instant::now();
+    let wait_b = n.b.setlk(fb.0, fb.1, pb, 2, (0, 0), Some(LockKind::Exclusive), true, std::future::pending());
+    let (got, ()) = tokio::join!(wait_b, async {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        n.a.release(fa.1).await;
+    });
+    got.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(1100));
+
+    // Interrupted (the FUSE INTERRUPT of a signal): EINTR, and nothing left waiting on the server.
+    let fa = open(&n.a, "f").await;
+    let started = Instant::now();
+    let r = n
+        .a
+        .setlk(fa.0, fa.1, pa, 1, (0, 0), Some(LockKind::Shared), true, tokio::time::sleep(Duration::from_millis(600)))
+        .await;
+    assert_eq!(r, Err(Errno::EINTR));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    setlk(&n.b, fb, pb, (0, EOF), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    setlk(&n.b, fb, pb, (0, EOF), Some(LockKind::Exclusive)).await.unwrap();
+
+    // Two owners on one node: decided locally; the waiter is woken by the local unlock.
+    let fb2 = open(&n.b, "f").await;
+    let p3 = LockOwner::Posix(3);
+    assert_eq!(setlk(&n.b, fb2, p3, (0, 0), Some(LockKind::Shared)).await, Err(Errno::EAGAIN));
+    let wait_local = n.b.setlk(fb2.0, fb2.1, p3, 3, (0, 0), Some(LockKind::Shared), true, std::future::pending());
+    let (got, ()) = tokio::join!(wait_local, async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        setlk(&n.b, fb, pb, (0, EOF), None).await.unwrap();
+    });
+    got.unwrap();
+    n.b.release(fb2.1).await;
+    n.b.release(fb.1).await;
+    n.a.release(fa.1).await;
+    n.tree.remove_tree(&n.dir).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_own_locks_do_not_block_its_io_and_nobrl_stays_local() {
+    let samba = samba!();
+    let n = two_nodes(samba, "lockio", FsConfig::default()).await;
+    let f1 = open(&n.a, "data").await;
+    let w = n.a.write(f1.1, 0, vec![b'x'; 100]).await.unwrap();
+    w.complete().await;
+    n.a.flush(f1.1).await.unwrap();
+    setlk(&n.a, f1, LockOwner::Posix(1), (0, 99), Some(LockKind::Exclusive)).await.unwrap();
+    // Another handle of the same node (another process) reads and writes the locked range: advisory locally.
+    let f2 = n.a.open(f1.0, RW).await.unwrap();
+    assert_eq!(n.a.read(f2, 0, 10).await.unwrap(), vec![b'x'; 10]);
+    let w = n.a.write(f2, 0, b"yy".to_vec()).await.unwrap();
+    w.complete().await;
+    n.a.flush(f2).await.unwrap();
+    assert_eq!(n.a.read(f2, 0, 3).await.unwrap(), b"yyx");
+    // The other node's I/O hits the server's mandatory lock.
+    let fb = open(&n.b, "data").await;
+    assert_eq!(n.b.read(fb.1, 0, 10).await, Err(Errno::EAGAIN));
+    n.a.release(f2).await;
+    n.a.release(f1.1).await;
+    assert_eq!(eventually(|| n.b.read(fb.1, 0, 3)).await.unwrap(), b"yyx");
+    n.b.release(fb.1).await;
+
+    // nobrl: locks stay on the node that took them.
+    let cfg = FsConfig { byte_range_locks: false, ..FsConfig::default() };
+    let m = two_nodes(samba, "nobrl", cfg).await;
+    let fa = open(&m.a, "f").await;
+    let fb = open(&m.b, "f").await;
+    setlk(&m.a, fa, LockOwner::Posix(1), (0, EOF), Some(LockKind::Exclusive)).await.unwrap();
+    setlk(&m.b, fb, LockOwner::Posix(2), (0, EOF), Some(LockKind::Exclusive)).await.unwrap();
+    let fa2 = open(&m.a, "f").await;
+    assert_eq!(setlk(&m.a, fa2, LockOwner::Posix(3), (0, 0), Some(LockKind::Shared)).await, Err(Errno::EAGAIN));
+    for (fs, fh) in [(&m.a, fa.1), (&m.a, fa2.1), (&m.b, fb.1)] {
+        fs.release(fh).await;
+    }
+    n.tree.remove_tree(&n.dir).await.unwrap();
+    m.tree.remove_tree(&m.dir).await.unwrap();
+}
+
+/// Records the inodes whose caches a lease break told the FUSE layer to drop.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<u64>>);
+
+impl smb3_csi::fs::Invalidator for Recorder {
+    fn invalidate(&self, ino: u64) {
+        self.0.lock().unwrap().push(ino);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_breaks_flush_write_behind_and_invalidate_before_the_ack() {
+    let samba = samba!();
+    let n = two_nodes(samba, "lease", FsConfig::default()).await;
+    let recorder = std::sync::Arc::new(Recorder::default());
+    n.b.set_invalidator(recorder.clone());
+
+    // B holds a write that its application was told is done, still queued (write-behind) when A opens the
+    // file: A's open waits for B's lease break acknowledgment, which waits for the write.
+    let fb = open(&n.b, "shared.txt").await;
+    let w = n.b.write(fb.1, 0, b"from B".to_vec()).await.unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        w.complete().await;
+    });
+    let fa = open(&n.a, "shared.txt").await;
+    assert_eq!(n.a.read(fa.1, 0, 100).await.unwrap(), b"from B");
+
+    // B has the file open (for reading, say) and A writes: the server breaks B's read caching, and B drops
+    // what the kernel caches of that inode.
+    recorder.0.lock().unwrap().clear();
+    let w = n.a.write(fa.1, 0, b"from A".to_vec()).await.unwrap();
+    w.complete().await;
+    n.a.flush(fa.1).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while !recorder.0.lock().unwrap().contains(&fb.0) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(recorder.0.lock().unwrap().contains(&fb.0), "no invalidation of B's inode after A's write");
+    assert_eq!(n.b.read(fb.1, 0, 100).await.unwrap(), b"from A");
+    n.a.release(fa.1).await;
+    n.b.release(fb.1).await;
+    n.tree.remove_tree(&n.dir).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o_append_writers_on_two_nodes_lose_no_line() {
+    let samba = samba!();
+    let n = two_nodes(samba, "append", FsConfig::default()).await;
+    let append = OFlag::O_WRONLY.bits() | OFlag::O_APPEND.bits();
+    let (attr, fh) = n.a.create(ROOT_INO, name("log"), CREATE_RW | OFlag::O_APPEND.bits()).await.unwrap();
+    n.a.release(fh).await;
+    let ino_b = n.b.lookup(ROOT_INO, name("log")).await.unwrap().ino;
+    let (fa, fb) = (n.a.open(attr.ino, append).await.unwrap(), n.b.open(ino_b, append).await.unwrap());
+    // Each node's kernel would compute the offset from its own (stale) idea of the size: here always 0.
+    let writer = |fs: &'static SmbFs, fh: u64, tag: &'static str| async move {
+        for i in 0..50 {
+            let line = format!("{tag} {i:03}\n").into_bytes();
+            fs.write(fh, 0, line).await.unwrap().complete().await;
+        }
+        fs.flush(fh).await.unwrap();
+    };
+    // 'static for the spawned writers: the nodes live until the end of the test anyway.
+    let n: &'static TwoNodes = Box::leak(Box::new(n));
+    let (ra, rb) = tokio::join!(tokio::spawn(writer(&n.a, fa, "A")), tokio::spawn(writer(&n.b, fb, "B")));
+    ra.unwrap();
+    rb.unwrap();
+    let fr = n.a.open(attr.ino, OFlag::O_RDONLY.bits()).await.unwrap();
+    let text = String::from_utf8(n.a.read(fr, 0, 1 << 20).await.unwrap()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 100, "{text}");
+    for tag in ["A", "B"] {
+        let mine: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with(tag)).collect();
+        let expected: Vec<String> = (0..50).map(|i| format!("{tag} {i:03}")).collect();
+        assert_eq!(mine, expected, "{tag}'s lines lost or reordered");
+    }
+    for (fs, fh) in [(&n.a, fa), (&n.a, fr), (&n.b, fb)] {
+        fs.release(fh).await;
+    }
+    n.tree.remove_tree(&n.dir).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_on_the_servers_disk_show_as_their_targets() {
+    let samba = samba!();
+    let cfg = FsConfig { mfsymlinks: true, ..FsConfig::default() };
+    let n = two_nodes(samba, "srvlink", cfg).await;
+    // What an administrator (or another protocol) leaves on the share's disk: a real symlink.
+    let disk = samba.share_path().join(&n.dir);
+    std::fs::write(disk.join("target.txt"), b"on disk").unwrap();
+    std::fs::create_dir(disk.join("subdir")).unwrap();
+    std::os::unix::fs::symlink("target.txt", disk.join("filelink")).unwrap();
+    std::os::unix::fs::symlink("subdir", disk.join("dirlink")).unwrap();
+    // Samba follows them (`follow symlinks = yes`, its default) and reports no reparse point: the link is
+    // what it points to, for us as for any SMB client.
+    let f = n.a.lookup(ROOT_INO, name("filelink")).await.unwrap();
+    assert_eq!((f.kind, f.size), (smb3_csi::fs::FileKind::RegularFile, 7));
+    let d = n.a.lookup(ROOT_INO, name("dirlink")).await.unwrap();
+    assert_eq!(d.kind, smb3_csi::fs::FileKind::Directory);
+    let m = n.tree.stat(&format!("{}/filelink", n.dir)).await.unwrap();
+    assert_eq!(m.attributes & smb3::wire::create::attributes::REPARSE_POINT, 0);
+    let fh = n.a.open(f.ino, OFlag::O_RDONLY.bits()).await.unwrap();
+    assert_eq!(n.a.read(fh, 0, 100).await.unwrap(), b"on disk");
+    n.a.release(fh).await;
+
+    // A Minshall+French link made through one node reads on the other; its server file is the XSym format.
+    let l = n.a.symlink(ROOT_INO, name("mflink"), name("target.txt")).await.unwrap();
+    assert_eq!((l.kind, l.size, l.perm), (smb3_csi::fs::FileKind::Symlink, 10, 0o777));
+    let lb = n.b.lookup(ROOT_INO, name("mflink")).await.unwrap();
+    assert_eq!(lb.kind, smb3_csi::fs::FileKind::Symlink);
+    assert_eq!(n.b.readlink(lb.ino).await.unwrap(), b"target.txt");
+    assert_eq!(n.b.getattr(lb.ino, None).await.unwrap().kind, smb3_csi::fs::FileKind::Symlink);
+    let raw = std::fs::read(disk.join("mflink")).unwrap();
+    assert!(raw.len() == 1067 && raw.starts_with(b"XSym\n0010\n"));
+    let plain = n.b.lookup(ROOT_INO, name("filelink")).await.unwrap();
+    assert_eq!(n.b.readlink(plain.ino).await, Err(Errno::EINVAL));
+    assert_eq!(n.a.symlink(ROOT_INO, name("mflink"), name("x")).await.unwrap_err(), Errno::EEXIST);
+    // Samba refuses to delete a link it follows: removed on the disk.
+    std::fs::remove_dir_all(&disk).unwrap();
+}
