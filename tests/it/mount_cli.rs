@@ -64,7 +64,7 @@ fn wait_exit(child: &mut Child) -> (std::process::ExitStatus, String) {
 fn serves_until_sigterm() {
     let Some(samba) = samba() else { return };
     let mp = tempfile::tempdir().unwrap();
-    let mut child = start(samba, mp.path(), "uid=1234,file_mode=0600,noperm,mfsymlinks");
+    let mut child = start(samba, mp.path(), "uid=1234,file_mode=0600,noperm,noserverino");
     fs::write(mp.path().join("cli-sigterm.txt"), b"via the cli").unwrap();
     let meta = std::os::unix::fs::MetadataExt::uid(&fs::metadata(mp.path().join("cli-sigterm.txt")).unwrap());
     assert_eq!(meta, 1234);

@@ -91,14 +91,18 @@ NODE_KUBECONFIG=$E2E_STATE/node.kubeconfig
   -e "s|token: .*|token: $sa_token|" "$KUBECONFIG_ADMIN" >"$NODE_KUBECONFIG")
 
 # --- the driver, as host processes ---
+# The node plugin as its manager would start it (test_node_plugin_restart starts it again the same way).
+start_node_plugin() {
+  start_daemon smb3-csi-node "$SMB3_CSI" node --endpoint "unix://$NODE_SOCKET" --node-id "$NODE_NAME" \
+    --driver-name "$DRIVER" --kubeconfig "$NODE_KUBECONFIG" --log-level info
+}
 mkdir -p "$(dirname "$CONTROLLER_SOCKET")" "$PLUGIN_DIR"
 start_daemon smb3-csi-controller "$SMB3_CSI" controller --endpoint "unix://$CONTROLLER_SOCKET" \
   --driver-name "$DRIVER" --log-level info
 if [[ ${E2E_FAKE_NODE:-0} == 1 ]]; then
   start_daemon smb3-csi-node "$HARNESS" --ignored --exact fake_node_plugin --nocapture
 else
-  start_daemon smb3-csi-node "$SMB3_CSI" node --endpoint "unix://$NODE_SOCKET" --node-id "$NODE_NAME" \
-    --driver-name "$DRIVER" --kubeconfig "$NODE_KUBECONFIG" --log-level info
+  start_node_plugin
 fi
 start_daemon smb3-csi-registrar "$SMB3_CSI" registrar --csi-address="$NODE_SOCKET" \
   --kubelet-registration-path="$NODE_SOCKET" --registration-dir="$KUBELET_DIR/plugins_registry" \
@@ -414,6 +418,35 @@ test_password_rotation() {
   kc delete pvc rotate-pvc --wait=false
 }
 
+# The node plugin is SIGKILLed while a pod writes, and started again as its manager would: the pod sees a pause,
+# no error; the keeper kept the FUSE connection, the new plugin adopted it; then a second pod mounts the claim.
+test_node_plugin_restart() {
+  [[ ${E2E_FAKE_NODE:-0} == 1 ]] && return 0
+  start_writer plugin-pvc plugin-writer
+  local pv=$WRITER_PV from pid
+  from=$(log_size)
+  pid=$(cat "$E2E_STATE/run/smb3-csi-node.pid")
+  kill -KILL "$pid"
+  wait_for "node plugin $pid gone" 10 bash -c "! kill -0 $pid 2>/dev/null" || fail "the node plugin survived SIGKILL"
+  echo "node plugin $pid killed with SIGKILL"
+  sleep 1
+  start_node_plugin
+  wait_for "the new node plugin adopting the mount" 30 bash -c \
+    "tail -c +$((from + 1)) '$E2E_STATE/logs/smb3-csi-node.log' | grep -q 'adopted a live mount'" \
+    || fail "the new node plugin did not adopt the mount: $(node_log_since "$from" | tail -5)"
+  sleep 2
+  stop_writer "$pv"
+  check_writer plugin-writer "$pv" node-plugin-sigkill
+  node_log_since "$from" | grep -E "adopted a live mount|takeover" | tail -3
+  delete_pod plugin-writer
+  # A second pod on the same claim after the restart: NodeStage/NodePublish against the new plugin's state.
+  pod_yaml plugin-reader "test \$(wc -l < /data/log.txt) -ge 10 && echo reader-ok" \
+    "    persistentVolumeClaim: {claimName: plugin-pvc}" | kc apply -f -
+  wait_pod plugin-reader | grep -q reader-ok || fail "a second pod could not read the claim after the restart"
+  delete_pod plugin-reader
+  kc delete pvc plugin-pvc --wait=false
+}
+
 run_test registration test_registration
 run_test dynamic-pvc test_dynamic_pvc
 run_test rwx-two-pods test_rwx_two_pods
@@ -421,6 +454,7 @@ run_test inline-ephemeral-secret test_inline_ephemeral_secret
 run_test fsgroup-readonly test_fsgroup_readonly
 run_test static-pv-subdir test_static_pv
 run_test samba-restart test_samba_restart
+run_test node-plugin-restart test_node_plugin_restart
 # Last: it rotates the password every later step would use.
 run_test password-rotation test_password_rotation
 
