@@ -17,18 +17,6 @@ use smb3_csi::csi::proto::{
 use smb3_testkit::{CorruptingProxy, Samba, SambaProfile};
 use tonic::Code;
 
-macro_rules! samba {
-    () => {
-        match Samba::shared(SambaProfile::EncryptRequired) {
-            Some(s) => s,
-            None => {
-                eprintln!("skipped: Samba is not installed (CI=true makes this a failure)");
-                return;
-            }
-        }
-    };
-}
-
 /// A fresh, empty base directory for one test, so tests sharing the Samba
 /// never see each other's volumes.
 fn base_dir(samba: &Samba, test: &str) -> String {

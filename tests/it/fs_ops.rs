@@ -3,35 +3,17 @@
 //! statfs, read-only mounts and the errno of each failure. A FUSE mount adds only argument conversion on top
 //! (tests/it/fuse.rs covers that path). Outside CI a missing Samba skips; under CI=true it fails.
 
+use crate::common::connect;
 use std::ffi::OsStr;
 
 use nix::fcntl::OFlag;
 use rand::RngCore;
-use smb3::{Client, ClientOptions, Credentials, Tree};
+use smb3::{Client, Tree};
 use smb3_csi::fs::{
     Attr, CacheMode, DirItem, Errno, FileKind, FsConfig, SetAttr, SmbFs, NAME_MAX, RENAME_NOREPLACE, ROOT_INO,
 };
 use smb3_testkit::samba::{Samba, SambaProfile};
 use tokio::runtime::Handle;
-
-macro_rules! samba {
-    () => {
-        match Samba::shared(SambaProfile::EncryptRequired) {
-            Some(s) => s,
-            None => {
-                eprintln!("skipped: Samba is not installed (CI=true makes this a failure)");
-                return;
-            }
-        }
-    };
-}
-
-async fn connect(samba: &Samba) -> (Client, Tree) {
-    let creds = Credentials::user(samba.user(), "", samba.password().clone());
-    let client = Client::connect(samba.host(), samba.port(), &creds, &ClientOptions::default()).await.expect("connect");
-    let tree = client.tree(samba.share_name()).await.expect("tree");
-    (client, tree)
-}
 
 fn config() -> FsConfig {
     FsConfig { uid: 1000, gid: 2000, file_mode: 0o640, dir_mode: 0o750, ..FsConfig::default() }

@@ -4,39 +4,21 @@
 //! locks held through another handle; a lock wait can be interrupted. Outside CI a missing Samba skips; under
 //! CI=true it fails.
 
+use crate::common::connect;
 use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use rand::RngCore;
-use smb3::{Client, ClientOptions, Credentials, Tree};
+use smb3::{Client, Tree};
 use smb3_csi::fs::{Errno, FsConfig, LockKind, LockOwner, SmbFs, ROOT_INO};
 use smb3_testkit::samba::{Samba, SambaProfile};
 use tokio::runtime::Handle;
-
-macro_rules! samba {
-    () => {
-        match Samba::shared(SambaProfile::EncryptRequired) {
-            Some(s) => s,
-            None => {
-                eprintln!("skipped: Samba is not installed (CI=true makes this a failure)");
-                return;
-            }
-        }
-    };
-}
 
 /// End of file as FUSE sends it (OFFSET_MAX) for "to the end".
 const EOF: u64 = i64::MAX as u64;
 const RW: i32 = OFlag::O_RDWR.bits();
 const CREATE_RW: i32 = OFlag::O_RDWR.bits() | OFlag::O_CREAT.bits();
-
-async fn connect(samba: &Samba) -> (Client, Tree) {
-    let creds = Credentials::user(samba.user(), "", samba.password().clone());
-    let client = Client::connect(samba.host(), samba.port(), &creds, &ClientOptions::default()).await.expect("connect");
-    let tree = client.tree(samba.share_name()).await.expect("tree");
-    (client, tree)
-}
 
 /// Two "nodes": filesystems on separate connections with the same directory of the share as their root.
 struct TwoNodes {

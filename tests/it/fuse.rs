@@ -2,6 +2,7 @@
 //! (`cp -a`, `tar`, `sha256sum`, `ls -l`, `df`, `rm -rf`), POSIX corner cases, options, and the mount lifecycle.
 //! Needs root, /dev/fuse and Samba; outside CI a missing piece skips, under CI=true it fails.
 
+use crate::common::connect;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -10,7 +11,7 @@ use std::process::Command;
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use smb3::{Client, ClientOptions, Credentials, Tree};
+use smb3::{Client, Tree};
 use smb3_csi::mount::{self, FuseMount, MountOptions, MountState};
 use smb3_testkit::running_in_ci;
 use smb3_testkit::samba::{Samba, SambaProfile};
@@ -41,13 +42,6 @@ fn env(name: &str) -> Option<Env> {
     let dir = format!("fuse-{name}-{}", rand::thread_rng().next_u32());
     rt.block_on(tree.mkdir_all(&dir)).unwrap();
     Some(Env { samba, rt, client, tree, dir })
-}
-
-async fn connect(samba: &Samba) -> (Client, Tree) {
-    let creds = Credentials::user(samba.user(), "", samba.password().clone());
-    let client = Client::connect(samba.host(), samba.port(), &creds, &ClientOptions::default()).await.expect("connect");
-    let tree = client.tree(samba.share_name()).await.expect("tree");
-    (client, tree)
 }
 
 impl Env {

@@ -6,6 +6,7 @@
 //! that has the file open and cached; O_APPEND writers on both mounts lose no line. Needs root, /dev/fuse,
 //! Samba and python3; outside CI a missing piece skips, under CI=true it fails.
 
+use crate::common::connect;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -14,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use smb3::{Client, ClientOptions, Credentials, Tree};
+use smb3::{Client, Tree};
 use smb3_csi::mount::{FuseMount, MountOptions};
 use smb3_testkit::running_in_ci;
 use smb3_testkit::samba::{Samba, SambaProfile};
@@ -49,13 +50,6 @@ fn env(name: &str) -> Option<Env> {
     let dir = format!("fusesem-{name}-{}", rand::thread_rng().next_u32());
     rt.block_on(trees[0].1.mkdir_all(&dir)).unwrap();
     Some(Env { samba, rt, trees, dir })
-}
-
-async fn connect(samba: &Samba) -> (Client, Tree) {
-    let creds = Credentials::user(samba.user(), "", samba.password().clone());
-    let client = Client::connect(samba.host(), samba.port(), &creds, &ClientOptions::default()).await.expect("connect");
-    let tree = client.tree(samba.share_name()).await.expect("tree");
-    (client, tree)
 }
 
 impl Env {

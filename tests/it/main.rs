@@ -4,6 +4,19 @@
 //! private Samba through `smb3-testkit`, FUSE mounts, the driver binary);
 //! tests that share a process share the test kit's Samba instances.
 
+/// The shared private Samba (encryption required), or: skip the test where Samba is not installed.
+macro_rules! samba {
+    () => {
+        match Samba::shared(SambaProfile::EncryptRequired) {
+            Some(s) => s,
+            None => {
+                eprintln!("skipped: Samba is not installed (CI=true makes this a failure)");
+                return;
+            }
+        }
+    };
+}
+
 mod ad_dc;
 mod architecture;
 mod chart;

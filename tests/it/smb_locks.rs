@@ -3,30 +3,12 @@
 //! with SMB2 CANCEL, locks released when the holder closes, and the mandatory nature of SMB locks (a READ
 //! through another open that hits an exclusive range fails with STATUS_FILE_LOCK_CONFLICT).
 
+use crate::common::connect;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use smb3::{Client, ClientOptions, Credentials, Error, LockKind, NtStatus, OpenOptions, Tree};
+use smb3::{Error, LockKind, NtStatus, OpenOptions};
 use smb3_testkit::samba::{Samba, SambaProfile};
-
-macro_rules! samba {
-    () => {
-        match Samba::shared(SambaProfile::EncryptRequired) {
-            Some(s) => s,
-            None => {
-                eprintln!("skipped: Samba is not installed (CI=true makes this a failure)");
-                return;
-            }
-        }
-    };
-}
-
-async fn connect(samba: &Samba) -> (Client, Tree) {
-    let creds = Credentials::user(samba.user(), "", samba.password().clone());
-    let client = Client::connect(samba.host(), samba.port(), &creds, &ClientOptions::default()).await.expect("connect");
-    let tree = client.tree(samba.share_name()).await.expect("tree");
-    (client, tree)
-}
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", rand::thread_rng().next_u32())
