@@ -214,6 +214,10 @@ fn restart_config(args: &ServeArgs, endpoint: &Endpoint) -> Option<RestartConfig
 /// How often the node looks at its volumes' SMB connections for the metrics (a look reads a few fields).
 const CONNECTION_WATCH_EVERY: Duration = Duration::from_secs(1);
 
+/// How often the node pings its keeper to notice that it restarted (a ping is one short local exchange);
+/// the window in which a plugin crash right after a keeper restart would end mounts.
+const KEEPER_WATCH_EVERY: Duration = Duration::from_millis(500);
+
 /// A session pool with the plugin's SMB settings, reporting to the process's metrics.
 fn session_pool(args: &ServeArgs) -> SessionPool {
     let options = ClientOptions {
@@ -266,6 +270,7 @@ pub async fn run(role: Role, args: ServeArgs) -> Result<(), ServeCliError> {
     if let Some(node) = &node {
         let report = node.recover().await;
         tracing::info!(staged = ?report.staged, published = ?report.published, "recovered the node's volumes");
+        node.spawn_keeper_watch(KEEPER_WATCH_EVERY);
     }
     let mut listener = match &handover_socket {
         Some(socket) => Some(HandoverListener::bind(socket)?),

@@ -37,15 +37,17 @@
 //!   ([`NodeService::recover`]), and a stopping plugin detaches instead of unmounting
 //!   ([`NodeService::detach_all`]). See docs/restart-survival.md.
 
+mod keeper_watch;
 mod reconcile;
 mod recover;
 mod state;
 
+pub use keeper_watch::{next_step, KeeperStep};
 pub use reconcile::{decide, decide_publish, Action, MountSeen, Observed, PublishAction};
 pub use recover::RecoveryReport;
 pub use state::{KeeperRecord, PublishRecord, StageRecord, StateDir, StateError};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -140,6 +142,9 @@ impl KeeperConfig {
 struct Survival {
     state: StateDir,
     keeper: Option<KeeperConfig>,
+    /// Mount path -> the keeper's record of it (with its secret: memory only), for every mount handed to
+    /// the keeper, so a keeper that restarted gets them all back.
+    kept: Mutex<BTreeMap<PathBuf, Vec<u8>>>,
 }
 
 /// How a mount comes to be.
@@ -223,7 +228,7 @@ impl NodeService {
     /// before serving, and [`NodeService::detach_all`] when stopping.
     pub fn with_restart(config: NodeConfig, pool: SessionPool, restart: RestartConfig) -> Result<Self, StateError> {
         let state = StateDir::open(&restart.state_dir)?;
-        Ok(Self::build(config, pool, Some(Survival { state, keeper: restart.keeper })))
+        Ok(Self::build(config, pool, Some(Survival { state, keeper: restart.keeper, kept: Mutex::default() })))
     }
 
     fn build(config: NodeConfig, pool: SessionPool, survival: Option<Survival>) -> Self {
@@ -464,7 +469,60 @@ impl NodeService {
         }
     }
 
-    async fn publish_inline(&self, req: &NodePublishVolumeRequest, target: &Path) -> Result<(), Status> {
+    /// Mounts an inline volume at its target. Its credentials are `known` (a successor staging it again
+    /// with what the keeper held) or else read from the Secret its `secretName` names in the pod's namespace.
+    async fn publish_inline(
+        &self,
+        req: &NodePublishVolumeRequest,
+        target: &Path,
+        known: Option<HashMap<String, String>>,
+    ) -> Result<(), Status> {
+        let inline = InlineSource::from_request(req)?;
+        if self.reuse_or_clean(target, &req.volume_id, &inline.fingerprint).await? {
+            return Ok(());
+        }
+        let data = match known {
+            Some(data) => data,
+            None => self.read_inline_secret(&inline).await?,
+        };
+        let plan = inline.plan(&data)?;
+        let journal = self.inner.survival.as_ref().map(|s| s.state.journal_dir(target));
+        self.mount_volume(&req.volume_id, target, plan, Attach::Fresh { journal }).await?;
+        self.remember(StageRecord::from_publish(req), data, target).await;
+        Ok(())
+    }
+
+    /// The data of an inline volume's Secret, through the Kubernetes API.
+    async fn read_inline_secret(&self, inline: &InlineSource) -> Result<HashMap<String, String>, Status> {
+        let (namespace, secret_name) = (&inline.secret.namespace, &inline.secret.name);
+        self.inner.secrets.get(namespace, secret_name).await.map_err(|e| match e {
+            SecretError::NotFound { .. } | SecretError::BadName(_) | SecretError::NotUtf8 { .. } => {
+                Status::invalid_argument(format!("inline volume: {e}"))
+            }
+            SecretError::Forbidden { .. } => Status::permission_denied(format!("inline volume: {e}")),
+            SecretError::Config(_) => Status::failed_precondition(format!(
+                "inline volume: {e} (inline volumes need the node plugin to reach the Kubernetes API)"
+            )),
+            SecretError::Api { .. }
+            | SecretError::PersistentVolumes { .. }
+            | SecretError::PersistentVolumesForbidden { .. } => Status::unavailable(format!("inline volume: {e}")),
+        })
+    }
+}
+
+/// An inline volume's NodePublishVolume request checked: everything but its credentials.
+struct InlineSource {
+    share: ShareUrl,
+    sub_dir: SharePath,
+    encryption: Option<EncryptionPolicy>,
+    options: MountOptions,
+    fingerprint: String,
+    /// The Secret with its credentials, in the pod's namespace.
+    secret: SecretRef,
+}
+
+impl InlineSource {
+    fn from_request(req: &NodePublishVolumeRequest) -> Result<InlineSource, Status> {
         let ctx = &req.volume_context;
         let source = context_value(ctx, CONTEXT_SOURCE)
             .ok_or_else(|| Status::invalid_argument("inline volume: volumeAttributes.source is required"))?;
@@ -489,28 +547,28 @@ impl NodeService {
         let mut options = parse_options(&flags, req.volume_capability.as_ref())?;
         options.read_only |= req.readonly || is_reader_only(req.volume_capability.as_ref());
         let fingerprint = fingerprint(&options);
-        if self.reuse_or_clean(target, &req.volume_id, &fingerprint).await? {
-            return Ok(());
-        }
-        let data = self.inner.secrets.get(namespace, secret_name).await.map_err(|e| match e {
-            SecretError::NotFound { .. } | SecretError::BadName(_) | SecretError::NotUtf8 { .. } => {
-                Status::invalid_argument(format!("inline volume: {e}"))
-            }
-            SecretError::Forbidden { .. } => Status::permission_denied(format!("inline volume: {e}")),
-            SecretError::Config(_) => Status::failed_precondition(format!(
-                "inline volume: {e} (inline volumes need the node plugin to reach the Kubernetes API)"
-            )),
-            SecretError::Api { .. }
-            | SecretError::PersistentVolumes { .. }
-            | SecretError::PersistentVolumesForbidden { .. } => Status::unavailable(format!("inline volume: {e}")),
-        })?;
-        let creds = super::credentials_from_secrets(&data)?.ok_or_else(|| {
-            Status::invalid_argument(format!("inline volume: Secret {namespace}/{secret_name} is empty"))
-        })?;
         let encryption = encryption_policy(&req.volume_id, ctx)?;
-        let origin = SecretOrigin::Named(SecretRef { namespace: namespace.to_string(), name: secret_name.to_string() });
-        let plan = MountPlan { share, sub_dir, encryption, options, creds, fingerprint, origin };
-        self.mount_volume(&req.volume_id, target, plan, Attach::Fresh { journal: None }).await
+        let secret = SecretRef { namespace: namespace.to_string(), name: secret_name.to_string() };
+        Ok(InlineSource { share, sub_dir, encryption, options, fingerprint, secret })
+    }
+
+    /// The mount plan with the credentials in `data` (the Secret's data).
+    fn plan(self, data: &HashMap<String, String>) -> Result<MountPlan, Status> {
+        let creds = super::credentials_from_secrets(data)?.ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "inline volume: Secret {}/{} is empty",
+                self.secret.namespace, self.secret.name
+            ))
+        })?;
+        Ok(MountPlan {
+            share: self.share,
+            sub_dir: self.sub_dir,
+            encryption: self.encryption,
+            options: self.options,
+            creds,
+            fingerprint: self.fingerprint,
+            origin: SecretOrigin::Named(self.secret),
+        })
     }
 }
 
@@ -842,7 +900,7 @@ impl Node for NodeService {
         let capability = check_capability(req.volume_capability.as_ref())?;
         if is_ephemeral(&req.volume_context) {
             let _guard = self.lock(&[target])?;
-            self.publish_inline(&req, target).await?;
+            self.publish_inline(&req, target, None).await?;
             return Ok(Response::new(NodePublishVolumeResponse {}));
         }
         // With STAGE_UNSTAGE_VOLUME, a missing staging path is the spec's "Staging target path not set".
@@ -939,7 +997,12 @@ impl Node for NodeService {
         let target = check_path("target_path", &req.target_path)?;
         let _guard = self.lock(&[target])?;
         self.inner.published.lock().unwrap().remove(target);
+        // An inline volume is mounted at its target and recorded like a stage.
+        let inline = self.registered(target).is_some();
         self.tear_down(target).await?;
+        if inline {
+            self.forget_stage(target).await;
+        }
         if let Some(survival) = &self.inner.survival {
             if let Err(e) = survival.state.remove_publish(target) {
                 tracing::warn!(error = %e, "could not remove the publish record");

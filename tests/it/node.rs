@@ -165,7 +165,7 @@ pub(crate) fn secrets(samba: &Samba) -> HashMap<String, String> {
     ])
 }
 
-fn capability(flags: &[&str], group: &str, mode: volume_capability::access_mode::Mode) -> VolumeCapability {
+pub(crate) fn capability(flags: &[&str], group: &str, mode: volume_capability::access_mode::Mode) -> VolumeCapability {
     VolumeCapability {
         access_type: Some(volume_capability::AccessType::Mount(volume_capability::MountVolume {
             fs_type: String::new(),
@@ -781,10 +781,10 @@ async fn volumes_with_the_same_credentials_share_one_session() {
 /// What the fake API server serves: Secrets by (namespace, name), changeable while it runs, and PVs of our
 /// driver as (PV name, volume handle, nodeStageSecretRef namespace, name). It counts the requests per path.
 #[derive(Default)]
-struct FakeApi {
-    secrets: std::sync::Mutex<HashMap<(String, String), HashMap<String, String>>>,
-    pvs: Vec<(String, String, String, String)>,
-    requests: std::sync::Mutex<HashMap<String, usize>>,
+pub(crate) struct FakeApi {
+    pub(crate) secrets: std::sync::Mutex<HashMap<(String, String), HashMap<String, String>>>,
+    pub(crate) pvs: Vec<(String, String, String, String)>,
+    pub(crate) requests: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 impl FakeApi {
@@ -817,7 +817,7 @@ impl FakeApi {
 /// A fake Kubernetes API server: answers GET /api/v1/namespaces/<ns>/secrets/<name> with the real Secret JSON
 /// (base64 `data`) for the secrets it knows, GET /api/v1/persistentvolumes with its PVs, and a 404 Status for
 /// the rest.
-async fn fake_api_server(api: Arc<FakeApi>) -> (u16, JoinHandle<()>) {
+pub(crate) async fn fake_api_server(api: Arc<FakeApi>) -> (u16, JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let task = tokio::spawn(async move {
@@ -994,7 +994,7 @@ async fn inline_volume_reads_its_secret_from_the_api_server() {
 }
 
 /// A kubeconfig in `dir` for the fake API server on `port`.
-fn fake_kubeconfig(dir: &Path, port: u16) -> PathBuf {
+pub(crate) fn fake_kubeconfig(dir: &Path, port: u16) -> PathBuf {
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,

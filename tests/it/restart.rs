@@ -51,11 +51,17 @@ impl Node {
 
     /// `smb3-csi all` with its defaults (state next to the socket, a keeper it starts), its log in `tag`.log.
     fn spawn(&self, tag: &str) -> Child {
+        self.spawn_with(tag, &[])
+    }
+
+    /// `smb3-csi all` as [`Node::spawn`], with `extra` arguments.
+    fn spawn_with(&self, tag: &str, extra: &[&str]) -> Child {
         fs::create_dir_all(self.plugin_dir()).unwrap();
         let log = fs::File::create(self.root.path().join(format!("{tag}.log"))).unwrap();
         Command::new(BIN)
             .args(["all", "--endpoint", &format!("unix://{}", self.socket().display()), "--node-id", "node-a"])
             .args(["--keeper-idle-secs", "5"])
+            .args(extra)
             .env("RUST_LOG", "info,smb3_csi=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -100,6 +106,32 @@ impl Node {
             .map(|m| m.mount_point)
             .filter(|p| p.starts_with(self.root.path()))
             .collect()
+    }
+
+    /// `smb3-csi keeper` on the node's keeper socket, as the chart runs it (its own container), answering
+    /// before this returns.
+    fn spawn_keeper(&self, tag: &str) -> Child {
+        let log = fs::File::create(self.root.path().join(format!("{tag}.log"))).unwrap();
+        let child = Command::new(BIN)
+            .arg("keeper")
+            .arg("--socket")
+            .arg(self.keeper_socket())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.keeper_pid() != Some(child.id()) {
+            assert!(Instant::now() < deadline, "keeper {tag} never answered: {}", self.log(tag));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    /// How many mounts the keeper holds (`None`: no keeper answers).
+    fn keeper_mounts(&self) -> Option<u32> {
+        smb3_csi::keeper::client::ping(&self.keeper_socket()).ok().map(|s| s.mounts)
     }
 
     fn keeper_pid(&self) -> Option<u32> {
@@ -362,11 +394,12 @@ async fn a_connection_that_died_with_its_holders_is_cleaned_up() {
     stage_and_publish(&node, &mut client, samba, &vol, "pod-d").await;
     let staging = node.staging(&vol.volume_id);
     let target = node.target("pod-d", &vol.pv);
-    // Everything holding the connection dies: the kernel aborts it, the mounts answer ENOTCONN.
+    // Everything holding the connection dies: the kernel aborts it, the mounts answer ENOTCONN. The plugin
+    // first: killed second, it would hand its mounts to a new keeper (as it does when a keeper restarts).
     let keeper = node.keeper_pid().expect("the plugin started a keeper");
-    kill(Pid::from_raw(keeper as i32), Signal::SIGKILL).unwrap();
     signal(&first, Signal::SIGKILL);
     wait_exit(&mut first, Duration::from_secs(10));
+    kill(Pid::from_raw(keeper as i32), Signal::SIGKILL).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while mount::mount_state(&staging).unwrap() != mount::MountState::Dead {
         assert!(Instant::now() < deadline, "the staging mount did not die");
@@ -400,6 +433,124 @@ async fn a_connection_that_died_with_its_holders_is_cleaned_up() {
     let req = NodeUnstageVolumeRequest { volume_id: vol.volume_id.clone(), staging_target_path };
     client.node_unstage_volume(req).await.unwrap();
     assert_eq!(node.mounts_left(), Vec::<PathBuf>::new());
+    signal(&second, Signal::SIGTERM);
+    assert!(wait_exit(&mut second, Duration::from_secs(30)).success(), "{}", node.log("second"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_keeper_gets_every_mount_back_so_a_later_plugin_crash_loses_none() {
+    let Some(samba) = samba() else { return };
+    let node = Node::new();
+    // As in the chart: the keeper is its own process (container), which the plugin does not start.
+    let mut keeper = node.spawn_keeper("keeper-1");
+    let mut first = node.spawn_with("first", &["--keeper-spawn=false"]);
+    let mut client = node.client("first").await;
+    let work = start_workload(&node, &mut client, samba, "keeper").await;
+    assert_eq!(node.keeper_mounts(), Some(2), "{}", node.log("first"));
+
+    // The keeper's container restarts: the new keeper holds nothing until the plugin notices.
+    signal(&keeper, Signal::SIGKILL);
+    wait_exit(&mut keeper, Duration::from_secs(10));
+    let restarted = Instant::now();
+    let mut keeper = node.spawn_keeper("keeper-2");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.keeper_mounts() != Some(2) {
+        assert!(Instant::now() < deadline, "mounts never handed back: {}", node.log("first"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let handed_back = restarted.elapsed();
+    assert!(node.log("first").contains("handing them back"), "{}", node.log("first"));
+
+    // Now the plugin crashes: the new keeper held everything, so the successor adopts both volumes.
+    signal(&first, Signal::SIGKILL);
+    wait_exit(&mut first, Duration::from_secs(10));
+    let mut second = node.spawn_with("second", &["--keeper-spawn=false"]);
+    let mut client = node.client("second").await;
+    let (vols, read_pause, write_pause) = finish_workload(work).await;
+    eprintln!(
+        "keeper restart: mounts handed back {handed_back:?} after the new keeper answered; then plugin SIGKILL: \
+         longest read {read_pause:?}, longest write {write_pause:?}"
+    );
+    let log = node.log("second");
+    assert_eq!(log.matches("adopted a live mount").count(), 2, "{log}");
+    use_then_clean_up(&node, &mut client, &vols).await;
+    assert_eq!(node.keeper_mounts(), Some(0));
+    signal(&second, Signal::SIGTERM);
+    assert!(wait_exit(&mut second, Duration::from_secs(30)).success(), "{}", node.log("second"));
+    signal(&keeper, Signal::SIGKILL);
+    wait_exit(&mut keeper, Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_inline_volume_in_use_survives_a_sigkill_of_the_plugin_without_the_api() {
+    use crate::node::{capability, fake_api_server, fake_kubeconfig, FakeApi};
+    use smb3_csi::csi::proto::{volume_capability, NodePublishVolumeRequest};
+    use std::collections::HashMap;
+    let Some(samba) = samba() else { return };
+    let creds = HashMap::from([
+        ("username".to_string(), samba.user().to_string()),
+        ("password".to_string(), samba.password().expose().to_string()),
+    ]);
+    let fake = FakeApi {
+        secrets: std::sync::Mutex::new(HashMap::from([(("team-a".to_string(), "smbcreds".to_string()), creds)])),
+        ..Default::default()
+    };
+    let (port, api) = fake_api_server(std::sync::Arc::new(fake)).await;
+    let config_dir = tempfile::tempdir().unwrap();
+    let kubeconfig = fake_kubeconfig(config_dir.path(), port).display().to_string();
+    let node = Node::new();
+    let mut first = node.spawn_with("first", &["--kubeconfig", &kubeconfig]);
+    let mut client = node.client("first").await;
+    let vol = TestVolume::provisioned(samba, "inline");
+    let target = node.target("pod-i", "smb-inline");
+    let volume_id = format!("csi-{:064x}", rand::random::<u128>());
+    let request = NodePublishVolumeRequest {
+        volume_id: volume_id.clone(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(capability(&[], "", volume_capability::access_mode::Mode::SingleNodeWriter)),
+        volume_context: HashMap::from([
+            ("csi.storage.k8s.io/ephemeral".to_string(), "true".to_string()),
+            ("csi.storage.k8s.io/pod.name".to_string(), "inline-0".to_string()),
+            ("csi.storage.k8s.io/pod.namespace".to_string(), "team-a".to_string()),
+            ("source".to_string(), format!("//{}:{}/{}", samba.host(), samba.port(), samba.share_name())),
+            ("subDir".to_string(), vol.dir.clone()),
+            ("secretName".to_string(), "smbcreds".to_string()),
+        ]),
+        ..Default::default()
+    };
+    client.node_publish_volume(request).await.unwrap();
+    assert_eq!(node.keeper_mounts(), Some(1), "{}", node.log("first"));
+    let local = tempfile::tempdir().unwrap();
+    let written = pattern(160 * CHUNK, 42);
+    let source = local.path().join("write.bin");
+    fs::write(&source, &written).unwrap();
+    let on_share = samba.share_path().join(&vol.dir).join("out.bin");
+    let writer = CopyLoop::start("write", &source, &target.join("out.bin"), written, on_share);
+
+    // The plugin dies and the API server is gone too: the secret is only in the keeper's memory now.
+    signal(&first, Signal::SIGKILL);
+    wait_exit(&mut first, Duration::from_secs(10));
+    api.abort();
+    let mut second = node.spawn_with("second", &["--kubeconfig", &kubeconfig]);
+    let mut client = node.client("second").await;
+    let write_pause = tokio::task::spawn_blocking(move || writer.finish()).await.unwrap();
+    eprintln!("inline volume, plugin SIGKILL: longest write {write_pause:?}");
+    let log = node.log("second");
+    assert!(log.contains("adopted a live mount (inline volume)"), "{log}");
+    let stats = client
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: volume_id.clone(),
+            volume_path: target.display().to_string(),
+            staging_target_path: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stats.volume_condition.unwrap().abnormal);
+    let req = NodeUnpublishVolumeRequest { volume_id, target_path: target.display().to_string() };
+    client.node_unpublish_volume(req).await.unwrap();
+    assert_eq!(node.mounts_left(), Vec::<PathBuf>::new(), "mounts left behind");
+    assert_eq!(node.keeper_mounts(), Some(0), "the keeper still holds the unpublished volume");
     signal(&second, Signal::SIGTERM);
     assert!(wait_exit(&mut second, Duration::from_secs(30)).success(), "{}", node.log("second"));
 }

@@ -12,7 +12,7 @@ use super::reconcile::{decide, decide_publish, Action, MountSeen, Observed, Publ
 use super::state::{KeeperRecord, PublishRecord, StageRecord};
 use super::{stage_plan, AsFd, Attach, KeeperConfig, NodeService, OwnedFd, Staged, Status, FSTYPE};
 use crate::csi::proto::node_server::Node;
-use crate::csi::proto::{volume_capability, NodeStageVolumeRequest, VolumeCapability};
+use crate::csi::proto::{volume_capability, NodePublishVolumeRequest, NodeStageVolumeRequest, VolumeCapability};
 use crate::keeper::{client, HeldMount};
 use crate::mount::{self, MountInfo};
 
@@ -40,6 +40,57 @@ impl StageRecord {
             mount_flags,
             volume_mount_group,
             access_mode: req.volume_capability.as_ref().and_then(|c| c.access_mode.as_ref()).map_or(0, |m| m.mode),
+            read_only: false,
+        }
+    }
+
+    /// The non-secret part of an inline volume's NodePublishVolume request (mounted at its target path).
+    pub fn from_publish(req: &NodePublishVolumeRequest) -> StageRecord {
+        let (mount_flags, volume_mount_group) =
+            match req.volume_capability.as_ref().and_then(|c| c.access_type.as_ref()) {
+                Some(volume_capability::AccessType::Mount(m)) => (m.mount_flags.clone(), m.volume_mount_group.clone()),
+                _ => (Vec::new(), String::new()),
+            };
+        StageRecord {
+            volume_id: req.volume_id.clone(),
+            staging_path: PathBuf::from(&req.target_path),
+            volume_context: req.volume_context.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            mount_flags,
+            volume_mount_group,
+            access_mode: req.volume_capability.as_ref().and_then(|c| c.access_mode.as_ref()).map_or(0, |m| m.mode),
+            read_only: req.readonly,
+        }
+    }
+
+    /// Whether this records an inline ephemeral volume (mounted at a pod's target by NodePublishVolume).
+    pub fn is_inline(&self) -> bool {
+        self.volume_context
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case(super::CONTEXT_EPHEMERAL) && v.trim().eq_ignore_ascii_case("true"))
+    }
+
+    /// The inline volume's NodePublishVolume request this record came from (its Secret is not in it).
+    pub fn to_publish_request(&self) -> NodePublishVolumeRequest {
+        NodePublishVolumeRequest {
+            volume_id: self.volume_id.clone(),
+            publish_context: HashMap::new(),
+            staging_target_path: String::new(),
+            target_path: self.staging_path.display().to_string(),
+            volume_capability: Some(self.capability()),
+            readonly: self.read_only,
+            secrets: HashMap::new(),
+            volume_context: self.volume_context.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+
+    fn capability(&self) -> VolumeCapability {
+        VolumeCapability {
+            access_type: Some(volume_capability::AccessType::Mount(volume_capability::MountVolume {
+                fs_type: String::new(),
+                mount_flags: self.mount_flags.clone(),
+                volume_mount_group: self.volume_mount_group.clone(),
+            })),
+            access_mode: Some(volume_capability::AccessMode { mode: self.access_mode }),
         }
     }
 
@@ -49,14 +100,7 @@ impl StageRecord {
             volume_id: self.volume_id.clone(),
             publish_context: HashMap::new(),
             staging_target_path: self.staging_path.display().to_string(),
-            volume_capability: Some(VolumeCapability {
-                access_type: Some(volume_capability::AccessType::Mount(volume_capability::MountVolume {
-                    fs_type: String::new(),
-                    mount_flags: self.mount_flags.clone(),
-                    volume_mount_group: self.volume_mount_group.clone(),
-                })),
-                access_mode: Some(volume_capability::AccessMode { mode: self.access_mode }),
-            }),
+            volume_capability: Some(self.capability()),
             secrets,
             volume_context: self.volume_context.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         }
@@ -73,7 +117,7 @@ async fn blocking_fs(
 }
 
 /// Runs a blocking keeper request off the runtime's workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("keeper task failed: {e}")))
 }
 
@@ -81,38 +125,63 @@ impl NodeService {
     /// Records a (new or confirmed) stage: its record in the state directory, its descriptor and secret
     /// with the keeper. Failures are logged: the volume works, only its survival of a restart is at stake.
     pub(super) async fn remember_stage(&self, req: &NodeStageVolumeRequest, staging: &Path) {
+        self.remember(StageRecord::from_request(req), req.secrets.clone(), staging).await;
+    }
+
+    /// Records the mount at `path` (a staged volume, or an inline one at its target) with the state directory
+    /// and hands it to the keeper: `record` on disk, `record` and `secrets` in the keeper's memory beside a
+    /// duplicate of the mount's descriptor. The plugin keeps the keeper's record too, to hand it over again
+    /// to a keeper that restarted ([`NodeService::spawn_keeper_watch`]).
+    pub(super) async fn remember(&self, record: StageRecord, secrets: HashMap<String, String>, path: &Path) {
         let Some(survival) = &self.inner.survival else { return };
-        let record = StageRecord::from_request(req);
         if let Err(e) = survival.state.save_stage(&record) {
-            tracing::warn!(error = %e, "the stage is not recorded: a restarted plugin will not know it");
+            tracing::warn!(error = %e, "the volume is not recorded: a restarted plugin will not know it");
         }
-        let (Some(keeper), Some(staged)) = (&survival.keeper, self.registered(staging)) else { return };
+        if survival.keeper.is_none() {
+            return;
+        }
+        let bytes = KeeperRecord { stage: record, secrets }.to_bytes();
+        survival.kept.lock().unwrap().insert(path.to_path_buf(), bytes.clone());
+        self.hand_to_keeper(path, bytes).await;
+    }
+
+    /// Registers the mount at `path` with the keeper (starting one where allowed). Logged, never an error.
+    pub(super) async fn hand_to_keeper(&self, path: &Path, record: Vec<u8>) -> bool {
+        let Some(keeper) = self.inner.survival.as_ref().and_then(|s| s.keeper.as_ref()) else { return false };
+        let Some(staged) = self.registered(path) else { return false };
         let device = match staged.mount.device().try_clone_to_owned() {
             Ok(device) => device,
             Err(e) => {
                 tracing::warn!(error = %e, "could not duplicate the mount's /dev/fuse descriptor for the keeper");
-                return;
+                return false;
             }
         };
-        let bytes = KeeperRecord { stage: record, secrets: req.secrets.clone() }.to_bytes();
-        let (keeper, key) = (keeper.clone(), staging.display().to_string());
+        let (keeper, key) = (keeper.clone(), path.display().to_string());
         let registered = blocking(move || {
             keeper.ensure()?;
-            client::register(&keeper.socket, &key, bytes, device.as_fd())
+            client::register(&keeper.socket, &key, record, device.as_fd())
         })
         .await;
         match registered {
-            Ok(Ok(())) => tracing::debug!(staging = %staging.display(), "mount registered with the keeper"),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "the keeper does not hold this mount: it will not survive a restart")
+            Ok(Ok(())) => {
+                tracing::debug!(path = %path.display(), "mount registered with the keeper");
+                true
             }
-            Err(e) => tracing::warn!(error = %e.message(), "registering with the keeper"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the keeper does not hold this mount: it will not survive a restart");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "registering with the keeper");
+                false
+            }
         }
     }
 
     /// Drops a stage from the state directory and the keeper (unstaged, or found gone).
     pub(super) async fn forget_stage(&self, staging: &Path) {
         let Some(survival) = &self.inner.survival else { return };
+        survival.kept.lock().unwrap().remove(staging);
         if let Err(e) = survival.state.remove_stage(staging) {
             tracing::warn!(error = %e, "could not remove the stage record");
         }
@@ -230,6 +299,7 @@ impl NodeService {
             }
             Action::Forget | Action::LeaveForeign => {
                 drop(device);
+                survival.kept.lock().unwrap().remove(staging);
                 if let Err(e) = survival.state.remove_stage(staging) {
                     tracing::warn!(error = %e, "could not remove the stage record");
                 }
@@ -258,6 +328,16 @@ impl NodeService {
         device: OwnedFd,
     ) -> Result<(), Status> {
         let survival = self.inner.survival.as_ref().ok_or_else(|| Status::internal("no restart survival"))?;
+        if record.is_inline() {
+            let req = record.to_publish_request();
+            let target = record.staging_path.as_path();
+            let plan = super::InlineSource::from_request(&req)?.plan(&secrets)?;
+            let journal = survival.state.journal_dir(target);
+            self.mount_volume(&req.volume_id, target, plan, Attach::Adopt { device, journal }).await?;
+            self.remember(record.clone(), secrets, target).await;
+            tracing::info!(target = %target.display(), volume_id = %req.volume_id, "adopted a live mount (inline volume)");
+            return Ok(());
+        }
         let req = record.to_request(secrets);
         let (staging, plan) = stage_plan(&req)?;
         let (host, port) = super::server_of(&plan.share, &plan.options);
@@ -277,7 +357,14 @@ impl NodeService {
             self.forget_stage(staging).await;
             return Action::CleanAndForget;
         }
-        match self.node_stage_volume(Request::new(record.to_request(secrets))).await {
+        let staged = if record.is_inline() {
+            let req = record.to_publish_request();
+            let _guard = self.lock(&[staging]).ok();
+            self.publish_inline(&req, staging, Some(secrets)).await
+        } else {
+            self.node_stage_volume(Request::new(record.to_request(secrets))).await.map(|_| ())
+        };
+        match staged {
             Ok(_) => done,
             Err(e) => {
                 tracing::warn!(staging = %staging.display(), error = %e.message(), "staging again failed: forgetting the volume");
@@ -340,6 +427,10 @@ impl NodeService {
     pub async fn detach_all(&self) -> usize {
         if self.inner.survival.as_ref().and_then(|s| s.keeper.as_ref()).is_none() {
             return 0;
+        }
+        // The successor hands them to the keeper from now on.
+        if let Some(survival) = &self.inner.survival {
+            survival.kept.lock().unwrap().clear();
         }
         let staged: Vec<(PathBuf, Arc<Staged>)> = self.inner.mounts.lock().unwrap().drain().collect();
         let mut detached = 0;
@@ -466,5 +557,6 @@ fn unknown_record(path: &Path) -> StageRecord {
         mount_flags: Vec::new(),
         volume_mount_group: String::new(),
         access_mode: 0,
+        read_only: false,
     }
 }

@@ -13,11 +13,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// A staged volume as NodeStageVolume described it, minus its secrets: enough to stage it again.
+/// A staged volume as NodeStageVolume described it, minus its secrets: enough to stage it again. An inline
+/// ephemeral volume (mounted by NodePublishVolume straight at the pod's target path) is recorded the same
+/// way: its `staging_path` is that target path and its volume context says `csi.storage.k8s.io/ephemeral`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageRecord {
     pub volume_id: String,
-    /// Where it is mounted (the kubelet's staging path).
+    /// Where it is mounted (the kubelet's staging path; an inline volume's target path).
     pub staging_path: PathBuf,
     /// The volume context (source, subdir, encryption: never secrets).
     pub volume_context: BTreeMap<String, String>,
@@ -25,6 +27,9 @@ pub struct StageRecord {
     pub mount_flags: Vec<String>,
     pub volume_mount_group: String,
     pub access_mode: i32,
+    /// An inline volume's NodePublishVolume `readonly` (always false for a staged volume).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// A publish: a bind mount of a staged volume into a pod.
@@ -204,6 +209,7 @@ mod tests {
             mount_flags: vec!["uid=1000".into()],
             volume_mount_group: "3000".into(),
             access_mode: 5,
+            read_only: false,
         }
     }
 

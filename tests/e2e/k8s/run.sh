@@ -447,6 +447,51 @@ test_node_plugin_restart() {
   kc delete pvc plugin-pvc --wait=false
 }
 
+# --- issue 15: two pods sharing a RWX claim serialise through a lock file ---
+# Each pod increments a counter file LOCK_ROUNDS times, each read-increment-write under `flock -x` on a lock
+# file of the volume; without the lock the two would lose increments. The final counter, read with smbclient,
+# must be exactly twice LOCK_ROUNDS. busybox has no flock: the host's util-linux flock is run from a read-only
+# hostPath of /usr with the host's loader (a merged-/usr Debian; the script says so when it is not).
+LOCK_ROUNDS=100
+LOCKER=$(cat <<'SH'
+L=/host-usr/lib/x86_64-linux-gnu
+touch /data/ready-$ME
+for _ in $(seq 1 150); do [ -f /data/ready-a ] && [ -f /data/ready-b ] && break; sleep 0.2; done
+i=0
+while [ $i -lt $ROUNDS ]; do
+  i=$((i + 1))
+  "$L/ld-linux-x86-64.so.2" --library-path "$L" /host-usr/bin/flock -x /data/counter.lock \
+    -c 'n=$(cat /data/counter); echo $((n + 1)) > /data/counter' || { echo "increment $i failed"; exit 1; }
+done
+echo "$ME incremented $i times"
+SH
+)
+test_rwx_lock_file() {
+  [[ ${E2E_FAKE_NODE:-0} == 1 ]] && return 0
+  [[ -x /usr/bin/flock && -e /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 ]] \
+    || fail "needs the host's /usr/bin/flock (util-linux) and its loader in /usr/lib/x86_64-linux-gnu"
+  pvc_yaml locks smb3 ReadWriteMany | kc apply -f -
+  wait_bound locks
+  local pv; pv=$(kc get pvc locks -o jsonpath='{.spec.volumeName}')
+  printf '0\n' >"$E2E_STATE/counter"
+  smbc "put $E2E_STATE/counter $pv/counter" >/dev/null || fail "cannot create the counter on the share"
+  local volumes="    persistentVolumeClaim: {claimName: locks}
+  - name: host-usr
+    hostPath: {path: /usr, type: Directory}"
+  for me in a b; do
+    pod_yaml "locker-$me" "ME=$me; ROUNDS=$LOCK_ROUNDS; $LOCKER" "$volumes" "" \
+      "}, {name: host-usr, mountPath: /host-usr, readOnly: true" | kc apply -f -
+  done
+  wait_pod locker-a default 240 || fail "locker-a failed"
+  wait_pod locker-b default 240 || fail "locker-b failed"
+  smbc "get $pv/counter $E2E_STATE/counter" >/dev/null || fail "no counter on the share"
+  local got; got=$(tr -d '[:space:]' <"$E2E_STATE/counter")
+  [[ $got == $((2 * LOCK_ROUNDS)) ]] || fail "the counter on the share is $got, not $((2 * LOCK_ROUNDS)): increments were lost"
+  echo "counter on the share (smbclient): $got = 2 x $LOCK_ROUNDS locked increments"
+  delete_pod locker-a; delete_pod locker-b
+  kc delete pvc locks --wait=false
+}
+
 run_test registration test_registration
 run_test dynamic-pvc test_dynamic_pvc
 run_test rwx-two-pods test_rwx_two_pods
@@ -455,6 +500,7 @@ run_test fsgroup-readonly test_fsgroup_readonly
 run_test static-pv-subdir test_static_pv
 run_test samba-restart test_samba_restart
 run_test node-plugin-restart test_node_plugin_restart
+run_test rwx-lock-file test_rwx_lock_file
 # Last: it rotates the password every later step would use.
 run_test password-rotation test_password_rotation
 
