@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
 use nix::sys::resource::{getrusage, UsageWho};
 use smb3_csi::csi::proto::controller_client::ControllerClient;
@@ -288,6 +289,29 @@ impl Row {
     }
 }
 
+/// A row's markdown line, also printed to stderr as soon as it is measured (a long run is not lost to a
+/// later failure).
+fn row_line(r: &Row) -> String {
+    let pair = |a: Option<Cost>, b: Option<Cost>, f: fn(Cost) -> f64| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.2} / {:.2}", f(a), f(b)),
+        _ => "-".into(),
+    };
+    format!(
+        "| {} | {} | {} | {} | {} | {} |",
+        r.name,
+        r.ours,
+        r.peer,
+        r.ratio,
+        pair(r.ours_cost, r.peer_cost, |c| c.wall),
+        pair(r.ours_cost, r.peer_cost, |c| c.cpu)
+    )
+}
+
+fn push(rows: &mut Vec<Row>, row: Row) {
+    eprintln!("{}", row_line(&row));
+    rows.push(row);
+}
+
 fn print_table(plan: &Plan, rows: &[Row]) {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let cpu_model = fs::read_to_string("/proc/cpuinfo")
@@ -310,20 +334,8 @@ fn print_table(plan: &Plan, rows: &[Row]) {
     );
     println!("| work | ours | smbclient | ratio | wall s ours / peer | client CPU s ours / peer |");
     println!("|---|---|---|---|---|---|");
-    let pair = |a: Option<Cost>, b: Option<Cost>, f: fn(Cost) -> f64| match (a, b) {
-        (Some(a), Some(b)) => format!("{:.2} / {:.2}", f(a), f(b)),
-        _ => "-".into(),
-    };
     for r in rows {
-        println!(
-            "| {} | {} | {} | {} | {} | {} |",
-            r.name,
-            r.ours,
-            r.peer,
-            r.ratio,
-            pair(r.ours_cost, r.peer_cost, |c| c.wall),
-            pair(r.ours_cost, r.peer_cost, |c| c.cpu)
-        );
+        println!("{}", row_line(r));
     }
 }
 
@@ -399,18 +411,24 @@ fn transfers(plan: &Plan, samba: &Samba, work: &Path) -> Vec<Row> {
         api_read.push(ours.smb(&["get", "big.bin", "/dev/null"]));
     }
     let (mount_read, api_read, peer_get) = (median_cost(&mount_read), median_cost(&api_read), median_cost(&peer_get));
-    rows.push(Row::timed(
-        &format!("sequential read, {} MiB: mount (dd bs=1M) vs get", plan.big_mib),
-        mb_s,
-        mount_read,
-        peer_get,
-    ));
-    rows.push(Row::timed(
-        &format!("sequential read, {} MiB: smb3-csi smb get vs get", plan.big_mib),
-        mb_s,
-        api_read,
-        peer_get,
-    ));
+    push(
+        &mut rows,
+        Row::timed(
+            &format!("sequential read, {} MiB: mount (dd bs=1M) vs get", plan.big_mib),
+            mb_s,
+            mount_read,
+            peer_get,
+        ),
+    );
+    push(
+        &mut rows,
+        Row::timed(
+            &format!("sequential read, {} MiB: smb3-csi smb get vs get", plan.big_mib),
+            mb_s,
+            api_read,
+            peer_get,
+        ),
+    );
 
     // Sequential write: dd conv=fsync through the mount vs put, the source in the page cache.
     let mut mount_write = Vec::new();
@@ -436,14 +454,17 @@ fn transfers(plan: &Plan, samba: &Samba, work: &Path) -> Vec<Row> {
         fs::remove_file(share.join("w.bin")).unwrap();
     }
     let (mount_write, peer_put) = (median_cost(&mount_write), median_cost(&peer_put));
-    rows.push(Row::timed(
-        &format!("sequential write, {} MiB: mount (dd bs=1M conv=fsync) vs put", plan.big_mib),
-        mb_s,
-        mount_write,
-        peer_put,
-    ));
-    rows.push(Row::cpu("client CPU per GiB read: mount (dd + FUSE server) vs get", gib, mount_read, peer_get));
-    rows.push(Row::cpu("client CPU per GiB read: smb3-csi smb get vs get", gib, api_read, peer_get));
+    push(
+        &mut rows,
+        Row::timed(
+            &format!("sequential write, {} MiB: mount (dd bs=1M conv=fsync) vs put", plan.big_mib),
+            mb_s,
+            mount_write,
+            peer_put,
+        ),
+    );
+    push(&mut rows, Row::cpu("client CPU per GiB read: mount (dd + FUSE server) vs get", gib, mount_read, peer_get));
+    push(&mut rows, Row::cpu("client CPU per GiB read: smb3-csi smb get vs get", gib, api_read, peer_get));
 
     // Small files: the same files created (cp -r vs mput) and read back (cp -r vs mget) to a local directory.
     let small = work.join("small");
@@ -485,18 +506,24 @@ fn transfers(plan: &Plan, samba: &Samba, work: &Path) -> Vec<Row> {
         assert_eq!(dir_bytes(&odst), small_bytes, "cp -r from the mount");
     }
     let n = plan.small_files;
-    rows.push(Row::timed(
-        &format!("{n} files of 4 KiB created: mount (cp -r) vs mput"),
-        files_s,
-        median_cost(&ours_create),
-        median_cost(&peer_create),
-    ));
-    rows.push(Row::timed(
-        &format!("{n} files of 4 KiB read: mount (cp -r) vs mget"),
-        files_s,
-        median_cost(&ours_read),
-        median_cost(&peer_read),
-    ));
+    push(
+        &mut rows,
+        Row::timed(
+            &format!("{n} files of 4 KiB created: mount (cp -r) vs mput"),
+            files_s,
+            median_cost(&ours_create),
+            median_cost(&peer_create),
+        ),
+    );
+    push(
+        &mut rows,
+        Row::timed(
+            &format!("{n} files of 4 KiB read: mount (cp -r) vs mget"),
+            files_s,
+            median_cost(&ours_read),
+            median_cost(&peer_read),
+        ),
+    );
 
     // A listing: ls -l of a directory of many entries vs smbclient's ls.
     let listing = share.join("many");
@@ -518,12 +545,15 @@ fn transfers(plan: &Plan, samba: &Samba, work: &Path) -> Vec<Row> {
         }));
     }
     let entries = plan.listing;
-    rows.push(Row::timed(
-        &format!("ls -l of {entries} entries: mount vs ls"),
-        |c| format!("{:.3} s", c.wall),
-        median_cost(&ours_ls),
-        median_cost(&peer_ls),
-    ));
+    push(
+        &mut rows,
+        Row::timed(
+            &format!("ls -l of {entries} entries: mount vs ls"),
+            |c| format!("{:.3} s", c.wall),
+            median_cost(&ours_ls),
+            median_cost(&peer_ls),
+        ),
+    );
 
     // Random 4 KiB reads through the mount (no smbclient equivalent).
     cold_clients(&[&server_big]);
@@ -550,10 +580,10 @@ fn transfers(plan: &Plan, samba: &Samba, work: &Path) -> Vec<Row> {
         let f: Vec<&str> = text.trim().split(';').collect();
         iops = format!("{} IOPS, mean {} us", f[7], f[39].split('.').next().unwrap_or(f[39]));
     });
-    rows.push(Row::ours_only(
-        &format!("random 4 KiB reads through the mount (fio psync, {} reads)", plan.random_reads),
-        iops,
-    ));
+    push(
+        &mut rows,
+        Row::ours_only(&format!("random 4 KiB reads through the mount (fio psync, {} reads)", plan.random_reads), iops),
+    );
     rows
 }
 
@@ -631,10 +661,14 @@ async fn node_rows(plan: &Plan, samba: &Samba, root: &Path, socket: &Path, pid: 
         create(format!("pvc-lat-{i}")).await;
         latencies.push(t0.elapsed().as_secs_f64() * 1e3);
     }
-    let mut rows = vec![Row::ours_only(
-        &format!("CreateVolume, warm, {} calls over the socket", plan.create_calls),
-        format!("p50 {:.1} ms, p99 {:.1} ms", percentile(&latencies, 0.5), percentile(&latencies, 0.99)),
-    )];
+    let mut rows = Vec::new();
+    push(
+        &mut rows,
+        Row::ours_only(
+            &format!("CreateVolume, warm, {} calls over the socket", plan.create_calls),
+            format!("p50 {:.1} ms, p99 {:.1} ms", percentile(&latencies, 0.5), percentile(&latencies, 0.99)),
+        ),
+    );
 
     let idle = vm_rss_mib(pid);
     let mut staged: Vec<(String, PathBuf)> = Vec::new();
@@ -660,17 +694,28 @@ async fn node_rows(plan: &Plan, samba: &Samba, root: &Path, socket: &Path, pid: 
         eprintln!("compare: {target} staged");
         figures.push(format!("{target} staged {:.1}", vm_rss_mib(pid)));
     }
-    for (volume_id, path) in staged.drain(..) {
-        node.node_unstage_volume(NodeUnstageVolumeRequest {
-            volume_id,
-            staging_target_path: path.display().to_string(),
+    // Unstaged 32 at a time: one unstage can take seconds (it waits for the FUSE session to end).
+    let count = staged.len();
+    let t0 = Instant::now();
+    futures_util::stream::iter(staged.drain(..))
+        .map(|(volume_id, path)| {
+            let mut node = node.clone();
+            async move {
+                node.node_unstage_volume(NodeUnstageVolumeRequest {
+                    volume_id,
+                    staging_target_path: path.display().to_string(),
+                })
+                .await
+                .expect("NodeUnstageVolume");
+            }
         })
-        .await
-        .expect("NodeUnstageVolume");
-    }
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    let unstage = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    figures.push(format!("all unstaged {:.1}", vm_rss_mib(pid)));
-    rows.push(Row::ours_only("node plugin RSS (MiB), volumes staged on one share", figures.join(", ")));
+    figures.push(format!("all unstaged {:.1} ({count} unstages, 32 at a time, in {unstage:.0} s)", vm_rss_mib(pid)));
+    push(&mut rows, Row::ours_only("node plugin RSS (MiB), volumes staged on one share", figures.join(", ")));
     rows
 }
 
