@@ -9,7 +9,7 @@
 //! (`smb3-csi smb`, `smb3-csi mount` plus the reader or writer) so their CPU time is counted the same way,
 //! connect and logon included on both sides. Before every read the kernel's caches are dropped and the
 //! server's copy is read back into the page cache, so both clients start cold and the server serves
-//! from memory. Every row checks that both sides moved the same bytes.
+//! from memory. Every row checks that both sides moved the same bytes. SMB3_BENCH_MIB sets the big file's size.
 
 use std::collections::HashMap;
 use std::fs;
@@ -347,7 +347,11 @@ fn main() {
         println!("compare: a benchmark; run it with `cargo bench --bench compare` (or `-- --quick`)");
         return;
     }
-    let plan = if quick { QUICK } else { FULL };
+    let mut plan = if quick { QUICK } else { FULL };
+    // SMB3_BENCH_MIB: the big file's size (e.g. a quick run with 1 GiB reads under `perf record`).
+    if let Some(mib) = std::env::var("SMB3_BENCH_MIB").ok().and_then(|v| v.parse().ok()) {
+        plan.big_mib = mib;
+    }
     let samba = match Samba::start(SambaProfile::Cipher(CIPHER)) {
         Ok(s) => s,
         Err(e) => {
