@@ -4,9 +4,11 @@
 # `apt-get update` once first. Run as root (sudo).
 set -euo pipefail
 
-# samba-ad-dc and friends: the Kerberos test bed (an AD DC with its KDC on loopback); krb5-user: kinit.
+# samba-ad-dc and friends: the Kerberos test bed (an AD DC with its KDC on loopback); krb5-user: kinit;
+# fio: the benchmark's random reads (benches/compare.rs).
 PACKAGES=(samba smbclient fuse3 ca-certificates python3 python3-venv
-  samba-ad-dc samba-ad-provision samba-dsdb-modules winbind krb5-user)
+  samba-ad-dc samba-ad-provision samba-dsdb-modules winbind krb5-user
+  fio)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

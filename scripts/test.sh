@@ -32,6 +32,8 @@ fi
 # The workspace: the smb3 client's own tests, the test kit's, and the driver's
 # (with the `demo` feature, so the demo test can run `smb3-csi demo`).
 run cargo test --workspace --all-targets --features smb3-csi/demo
+# The benchmark in its quick mode (small sizes, one run, under a minute): CI checks that it runs, not its numbers.
+run cargo test --features smb3-csi/demo --bench compare -- --quick
 
 if ((${#failed[@]} > 0)); then
   printf 'test.sh: FAILED: %s\n' "${failed[@]}" >&2

@@ -765,14 +765,14 @@ impl SmbFs {
 
     /// Up to `size` bytes at `offset`, after any queued write of that range. A read the server refuses because
     /// another handle of this node holds a lock on the range goes through that handle (see `fs::locks`).
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<bytes::Bytes, Errno> {
         let f = self.handles.file(fh)?;
         let end = offset.saturating_add(u64::from(size));
         f.queue.wait_range(offset, end).await;
-        let mut result = f.file().read_at(offset, size as usize).await;
+        let mut result = f.file().read_at_bytes(offset, size as usize).await;
         if is_range_conflict(&result) {
             if let Some(holder) = self.locks.handle_covering(f.ino, &f, offset, end) {
-                result = holder.file().read_at(offset, size as usize).await;
+                result = holder.file().read_at_bytes(offset, size as usize).await;
             }
         }
         result.map_err(|e| errno(&e, "read", f.file().path()))

@@ -204,7 +204,7 @@ async fn unlinked_open_file_keeps_working_until_closed() {
     fs.unlink(ROOT_INO, name("open.txt")).await.unwrap();
     assert_eq!(fs.lookup(ROOT_INO, name("open.txt")).await.unwrap_err(), Errno::ENOENT);
     // The handle still reads and writes; attributes come through it (no handle passed, as with fstat).
-    assert_eq!(fs.read(fh, 0, 100).await.unwrap(), b"still here");
+    assert_eq!(fs.read(fh, 0, 100).await.unwrap(), &b"still here"[..]);
     write(&fs, fh, 10, b", and more").await;
     assert_eq!(fs.getattr(a.ino, None).await.unwrap().size, 20);
     fs.flush(fh).await.unwrap();
@@ -301,7 +301,7 @@ async fn statfs_and_read_only() {
     let set = SetAttr { size: Some(0), ..SetAttr::default() };
     assert_eq!(ro.setattr(kept.ino, None, set).await.unwrap_err(), Errno::EROFS);
     let fh = ro.open(kept.ino, OFlag::O_RDONLY.bits()).await.unwrap();
-    assert_eq!(ro.read(fh, 0, 10).await.unwrap(), b"ro");
+    assert_eq!(ro.read(fh, 0, 10).await.unwrap(), &b"ro"[..]);
     ro.release(fh).await;
     // A chown of the root of a read-only mount keeps its group.
     let set = SetAttr { gid: Some(4242), ..SetAttr::default() };

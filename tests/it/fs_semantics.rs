@@ -192,13 +192,13 @@ async fn a_nodes_own_locks_do_not_block_its_io_and_nobrl_stays_local() {
     let w = n.a.write(f2, 0, b"yy".to_vec()).await.unwrap();
     w.complete().await;
     n.a.flush(f2).await.unwrap();
-    assert_eq!(n.a.read(f2, 0, 3).await.unwrap(), b"yyx");
+    assert_eq!(n.a.read(f2, 0, 3).await.unwrap(), &b"yyx"[..]);
     // The other node's I/O hits the server's mandatory lock.
     let fb = open(&n.b, "data").await;
     assert_eq!(n.b.read(fb.1, 0, 10).await, Err(Errno::EAGAIN));
     n.a.release(f2).await;
     n.a.release(f1.1).await;
-    assert_eq!(eventually(|| n.b.read(fb.1, 0, 3)).await.unwrap(), b"yyx");
+    assert_eq!(eventually(|| n.b.read(fb.1, 0, 3)).await.unwrap(), &b"yyx"[..]);
     n.b.release(fb.1).await;
 
     // nobrl: locks stay on the node that took them.
@@ -239,7 +239,7 @@ async fn lease_breaks_invalidate_before_the_ack() {
     let fb = open(&n.b, "shared.txt").await;
     n.b.write(fb.1, 0, b"from B".to_vec()).await.unwrap().complete().await;
     let fa = open(&n.a, "shared.txt").await;
-    assert_eq!(n.a.read(fa.1, 0, 100).await.unwrap(), b"from B");
+    assert_eq!(n.a.read(fa.1, 0, 100).await.unwrap(), &b"from B"[..]);
 
     // B has the file open (for reading, say) and A writes: the server breaks B's read caching, and B drops
     // what the kernel caches of that inode.
@@ -252,7 +252,7 @@ async fn lease_breaks_invalidate_before_the_ack() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(recorder.0.lock().unwrap().contains(&fb.0), "no invalidation of B's inode after A's write");
-    assert_eq!(n.b.read(fb.1, 0, 100).await.unwrap(), b"from A");
+    assert_eq!(n.b.read(fb.1, 0, 100).await.unwrap(), &b"from A"[..]);
     n.a.release(fa.1).await;
     n.b.release(fb.1).await;
     n.tree.remove_tree(&n.dir).await.unwrap();
@@ -281,7 +281,7 @@ async fn o_append_writers_on_two_nodes_lose_no_line() {
     ra.unwrap();
     rb.unwrap();
     let fr = n.a.open(attr.ino, OFlag::O_RDONLY.bits()).await.unwrap();
-    let text = String::from_utf8(n.a.read(fr, 0, 1 << 20).await.unwrap()).unwrap();
+    let text = String::from_utf8(n.a.read(fr, 0, 1 << 20).await.unwrap().to_vec()).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 100, "{text}");
     for tag in ["A", "B"] {
@@ -315,7 +315,7 @@ async fn symlinks_on_the_servers_disk_show_as_their_targets() {
     let m = n.tree.stat(&format!("{}/filelink", n.dir)).await.unwrap();
     assert_eq!(m.attributes & smb3::wire::create::attributes::REPARSE_POINT, 0);
     let fh = n.a.open(f.ino, OFlag::O_RDONLY.bits()).await.unwrap();
-    assert_eq!(n.a.read(fh, 0, 100).await.unwrap(), b"on disk");
+    assert_eq!(n.a.read(fh, 0, 100).await.unwrap(), &b"on disk"[..]);
     n.a.release(fh).await;
 
     // A Minshall+French link made through one node reads on the other; its server file is the XSym format.

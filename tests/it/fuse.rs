@@ -434,63 +434,6 @@ fn dead_mount_is_detected_and_cleaned() {
     drop(e.client);
 }
 
-/// Throughput measurement, not a check: `cargo test --release --test it -- --ignored --nocapture fuse::bench`
-/// (size with SMB3_CSI_BENCH_MIB, default 1024). dd through the mount next to smbclient put/get, same run.
-#[test]
-#[ignore]
-fn bench_dd_against_smbclient() {
-    let Some(e) = env("bench") else { return };
-    let mib: u64 = std::env::var("SMB3_CSI_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
-    let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src.bin");
-    sh(Command::new("dd")
-        .arg("if=/dev/urandom")
-        .arg(format!("of={}", src.display()))
-        .args(["bs=1M", &format!("count={mib}")]));
-    let rate = |t: std::time::Duration| format!("{:.1} MiB/s", mib as f64 / t.as_secs_f64());
-    let time = |cmd: &mut Command| {
-        let t0 = std::time::Instant::now();
-        sh(cmd);
-        t0.elapsed()
-    };
-    let (mp, m) = e.mount(&[]);
-    let w = time(
-        Command::new("dd")
-            .arg(format!("if={}", src.display()))
-            .arg(format!("of={}/b.bin", mp.path().display()))
-            .args(["bs=1M", "conv=fsync"]),
-    );
-    m.unmount().unwrap();
-    let (mp, m) = e.mount(&[]);
-    let r = time(Command::new("dd").arg(format!("if={}/b.bin", mp.path().display())).args(["of=/dev/null", "bs=1M"]));
-    m.unmount().unwrap();
-    // With a takeover journal writes are answered once the server has them (no write-behind).
-    let state = tempfile::tempdir().unwrap();
-    let mp = tempfile::tempdir().unwrap();
-    let m = {
-        let _guard = e.rt.enter();
-        FuseMount::mount_with_state(e.tree.clone(), &e.dir, mp.path(), &MountOptions::default(), Some(state.path()))
-            .unwrap()
-    };
-    let wj = time(
-        Command::new("dd")
-            .arg(format!("if={}", src.display()))
-            .arg(format!("of={}/j.bin", mp.path().display()))
-            .args(["bs=1M", "conv=fsync"]),
-    );
-    m.unmount().unwrap();
-    let remote = format!("{}\\s.bin", e.dir);
-    let t0 = std::time::Instant::now();
-    e.samba.smbclient(&format!("put {} {remote}", src.display())).unwrap();
-    let p = t0.elapsed();
-    let t0 = std::time::Instant::now();
-    e.samba.smbclient(&format!("get {remote} {}/back.bin", work.path().display())).unwrap();
-    let g = t0.elapsed();
-    println!("size {mib} MiB: FUSE dd write (conv=fsync) {} | smbclient put {}", rate(w), rate(p));
-    println!("size {mib} MiB: FUSE dd read (fresh mount) {} | smbclient get {}", rate(r), rate(g));
-    println!("size {mib} MiB: FUSE dd write with a takeover journal (conv=fsync) {}", rate(wj));
-}
-
 /// Runs `sh -c script` as `nobody` (uid and gid 65534, no supplementary groups).
 fn as_nobody(script: &str) -> std::process::Output {
     Command::new("setpriv")

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use rand::RngCore;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -504,8 +505,9 @@ impl File {
         format!("{what} {}", display_path(&self.inner.path))
     }
 
-    /// One READ of at most the server's max read size; empty at end of file.
-    async fn read_chunk(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
+    /// One READ of at most the server's max read size; empty at end of file. The data is a slice of the
+    /// decrypted receive buffer (no copy).
+    async fn read_chunk(&self, offset: u64, len: u32) -> Result<Bytes> {
         let resp = self
             .request(Command::Read, len as usize, &|file_id, m| {
                 ReadRequest {
@@ -521,19 +523,25 @@ impl File {
             })
             .await?;
         if resp.header.status == NtStatus::END_OF_FILE {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
         let resp = resp.ok(|| self.op("read"))?;
-        let body = ReadResponse::decode(&resp.msg)?;
-        if body.data.len() > len as usize {
-            return Err(Error::Protocol(format!("READ returned {} bytes, asked for {len}", body.data.len())));
+        let (_, data) = ReadResponse::parse(&resp.msg)?;
+        if data.len() > len as usize {
+            return Err(Error::Protocol(format!("READ returned {} bytes, asked for {len}", data.len())));
         }
-        Ok(body.data)
+        Ok(resp.msg.slice_ref(data))
     }
 
     /// Reads up to `len` bytes at `offset`; shorter only at end of file.
     /// Large reads are split and pipelined.
     pub async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.read_at_bytes(offset, len).await.map(Vec::from)
+    }
+
+    /// [`File::read_at`] without a copy when `len` fits one READ: the bytes stay in the buffer they were
+    /// received (and decrypted) in, for a caller that passes them on (the FUSE read reply).
+    pub async fn read_at_bytes(&self, offset: u64, len: usize) -> Result<Bytes> {
         let chunk = self.inner.tree.max_read().min(CHUNK) as usize;
         if len <= chunk {
             return self.read_chunk(offset, len as u32).await;
@@ -550,7 +558,7 @@ impl File {
                 break;
             }
         }
-        Ok(out)
+        Ok(Bytes::from(out))
     }
 
     /// One WRITE; returns the count the server wrote.

@@ -146,11 +146,12 @@ async fn getlk(fs: &SmbFs, h: &InHeader, lk: &LkIn) -> Result<Vec<u8>, Errno> {
 }
 
 /// Serves one request that has a reply (everything but INIT, FORGET, BATCH_FORGET, INTERRUPT and WRITE,
-/// which the session handles in the kernel's order); returns the reply payload or the errno.
-pub async fn dispatch(fs: &SmbFs, h: &InHeader, req: Request) -> Result<Vec<u8>, Errno> {
+/// which the session handles in the kernel's order); returns the reply payload or the errno. READ data is
+/// the slice of the buffer the SMB response was received in, passed on without a copy.
+pub async fn dispatch(fs: &SmbFs, h: &InHeader, req: Request) -> Result<bytes::Bytes, Errno> {
     let ino = h.nodeid;
     let ttl = fs.ttl();
-    match req {
+    let reply: Result<Vec<u8>, Errno> = match req {
         Request::Lookup { name } => entry(ttl, fs.lookup(ino, &name).await),
         Request::Getattr { fh } => fs.getattr(ino, fh).await.map(|a| wire::attr_out(ttl, &a)),
         Request::Setattr(s) => fs.setattr(ino, s.fh, set_attr(&s)).await.map(|a| wire::attr_out(ttl, &a)),
@@ -172,7 +173,7 @@ pub async fn dispatch(fs: &SmbFs, h: &InHeader, req: Request) -> Result<Vec<u8>,
             let (attr, fh) = fs.create(ino, &name, flags as i32).await?;
             Ok(wire::create_out(ttl, &attr, fh, fopen_flags(fs.config().cache)))
         }
-        Request::Read { fh, offset, size } => fs.read(fh, offset, size).await,
+        Request::Read { fh, offset, size } => return fs.read(fh, offset, size).await,
         Request::Flush { fh, .. } => fs.flush(fh).await.map(|()| Vec::new()),
         Request::Release { fh, .. } => {
             fs.release(fh).await;
@@ -219,7 +220,8 @@ pub async fn dispatch(fs: &SmbFs, h: &InHeader, req: Request) -> Result<Vec<u8>,
         | Request::Forget { .. }
         | Request::BatchForget { .. }
         | Request::Interrupt { .. } => Err(Errno::EIO),
-    }
+    };
+    reply.map(bytes::Bytes::from)
 }
 
 #[cfg(test)]

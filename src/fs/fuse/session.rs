@@ -230,7 +230,7 @@ impl Session {
     }
 
     /// Sends the reply to request `unique`.
-    fn reply(&self, unique: u64, result: Result<Vec<u8>, Errno>) {
+    fn reply(&self, unique: u64, result: Result<bytes::Bytes, Errno>) {
         let r = match &result {
             Ok(payload) => self.write_all(&[&wire::out_header(unique, 0, payload.len()), payload]),
             Err(e) => self.write_all(&[&wire::out_header(unique, -(*e as i32), 0)]),
@@ -288,7 +288,7 @@ impl Session {
                     };
                     let r = dispatch::setlk(&s.fs, &h, &lk, true, interrupted).await;
                     s.interrupts.lock().unwrap().remove(&h.unique);
-                    s.reply(h.unique, r);
+                    s.reply(h.unique, r.map(bytes::Bytes::from));
                 });
             }
             req => {
@@ -310,7 +310,7 @@ impl Session {
             Ok(w) => w,
             Err(e) => return self.reply(h.unique, Err(e)),
         };
-        self.reply(h.unique, Ok(wire::write_out(queued.len() as u32)));
+        self.reply(h.unique, Ok(wire::write_out(queued.len() as u32).into()));
         self.fs.runtime().spawn(async move {
             queued.complete().await;
             drop(guard);
@@ -337,7 +337,7 @@ impl Session {
                 }
                 self.fs.record_init(out);
                 *self.init.lock().unwrap() = Some(out);
-                self.reply(h.unique, Ok(wire::init_out(&out, offer.minor)));
+                self.reply(h.unique, Ok(wire::init_out(&out, offer.minor).into()));
             }
             Err(e) => {
                 tracing::error!(major = offer.major, minor = offer.minor, "unsupported FUSE protocol version");

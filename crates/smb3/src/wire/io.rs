@@ -249,6 +249,13 @@ impl ReadResponse {
     }
 
     pub fn decode(msg: &[u8]) -> Result<Self, WireError> {
+        let (data_remaining, data) = Self::parse(msg)?;
+        Ok(ReadResponse { data_remaining, data: data.to_vec() })
+    }
+
+    /// DataRemaining and the data, borrowed from `msg`: the client slices its receive buffer instead of
+    /// copying every byte it reads.
+    pub fn parse(msg: &[u8]) -> Result<(u32, &[u8]), WireError> {
         let mut r = Reader::at(msg, HEADER_LEN)?;
         expect_structure_size(&mut r, Self::STRUCTURE_SIZE, "read response")?;
         let data_offset = r.u8("read response data offset")? as usize;
@@ -258,7 +265,7 @@ impl ReadResponse {
         r.skip(4, "read response flags")?;
         let fixed_end = HEADER_LEN + Self::FIXED_LEN;
         let data = body_buffer(&r, data_offset, data_length, fixed_end, "read response data")?;
-        Ok(ReadResponse { data_remaining, data: data.to_vec() })
+        Ok((data_remaining, data))
     }
 }
 
