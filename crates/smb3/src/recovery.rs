@@ -223,6 +223,7 @@ mod tests {
             encrypted,
             guest: false,
             anonymous: false,
+            kerberos: false,
             max_read: 1 << 20,
             max_write: 1 << 20,
             max_transact: 1 << 20,
