@@ -504,7 +504,7 @@ impl NodeService {
             | SecretError::PersistentVolumes { .. }
             | SecretError::PersistentVolumesForbidden { .. } => Status::unavailable(format!("inline volume: {e}")),
         })?;
-        let creds = super::credentials_from_secrets(&data)?.ok_or_else(|| {
+        let creds = super::credentials_from_secrets_for(&data, options.cruid)?.ok_or_else(|| {
             Status::invalid_argument(format!("inline volume: Secret {namespace}/{secret_name} is empty"))
         })?;
         let encryption = encryption_policy(&req.volume_id, ctx)?;
@@ -780,11 +780,11 @@ fn stage_plan(req: &NodeStageVolumeRequest) -> Result<(&Path, MountPlan), Status
     let (share, sub_dir) = locate(&req.volume_id, &req.volume_context)?;
     let encryption = encryption_policy(&req.volume_id, &req.volume_context)?;
     let options = parse_options(&mount_flags(Some(capability)), Some(capability))?;
-    let creds = super::credentials_from_secrets(&req.secrets)?.ok_or_else(|| {
+    let creds = super::credentials_from_secrets_for(&req.secrets, options.cruid)?.ok_or_else(|| {
         Status::invalid_argument(
             "a node-stage secret is required: set csi.storage.k8s.io/node-stage-secret-name and \
              -namespace in the StorageClass (or nodeStageSecretRef in the PV) to a Secret with username, \
-             password and optionally domain",
+             password and optionally domain, or a Kerberos credential cache under krb5cc_<uid>",
         )
     })?;
     let fingerprint = fingerprint(&options);

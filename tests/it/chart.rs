@@ -145,7 +145,15 @@ fn chart_renders_valid_manifests_with_the_invariants_for_every_values_case() {
         "custom-images",
     ];
     for case in
-        cases.iter().chain(&["own-registrar", "everything", "control-plane", "pinned-sidecars", "csi-driver-smb"])
+        cases.iter().chain(&[
+        "own-registrar",
+        "everything",
+        "control-plane",
+        "pinned-sidecars",
+        "csi-driver-smb",
+        "kerberos-text",
+        "kerberos-configmap",
+    ])
     {
         assert!(report.contains(&format!("ok {case}:")), "case {case} missing:\n{report}");
     }

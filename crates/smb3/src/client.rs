@@ -89,6 +89,12 @@ impl Client {
         self.link.reauth_count()
     }
 
+    /// When the Kerberos ticket of the current session ends (`None` for NTLM
+    /// or while reconnecting).
+    pub fn ticket_end(&self) -> Option<std::time::SystemTime> {
+        self.link.current().and_then(|(s, _)| s.ticket_end())
+    }
+
     /// Re-authenticates the current session in place now (as a renewal does).
     pub async fn reauthenticate(&self) -> Result<()> {
         let (session, _) = self

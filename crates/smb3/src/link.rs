@@ -321,6 +321,8 @@ async fn supervise(link: Weak<Link>, mut stop: watch::Receiver<()>) {
         };
         let mut breaks = session.conn.take_lease_breaks();
         let echo_every = echo_every.max(Duration::from_millis(100));
+        let renewal = link.upgrade().is_some_and(|l| l.opts.kerberos_renewal);
+        let renewal_time = |s: &Session| if renewal { renewal_time(s) } else { None };
         let mut renew_at = renewal_time(&session);
         let death = loop {
             tokio::select! {

@@ -244,6 +244,10 @@ pub struct ClientOptions {
     /// Where to connect instead of resolving the server name (cifs `ip=`/`addr=`);
     /// the name still makes the Kerberos service principal and the share path.
     pub connect_address: Option<String>,
+    /// Re-authenticate a Kerberos session with a new ticket before its
+    /// ticket ends (the default). Off, the session is re-authenticated only
+    /// when the server answers STATUS_NETWORK_SESSION_EXPIRED.
+    pub kerberos_renewal: bool,
     /// Ciphers offered for 3.1.1, in preference order.
     pub ciphers: Vec<CipherId>,
     pub min_dialect: Dialect,
@@ -270,6 +274,7 @@ impl Default for ClientOptions {
             security: SecurityMechanism::Auto,
             krb5_config: None,
             connect_address: None,
+            kerberos_renewal: true,
             ciphers: vec![CipherId::Aes256Gcm, CipherId::Aes128Gcm, CipherId::Aes256Ccm, CipherId::Aes128Ccm],
             min_dialect: Dialect::Smb210,
             max_dialect: Dialect::Smb311,
@@ -291,6 +296,7 @@ pub(crate) struct SessionSettings {
     security: SecurityMechanism,
     krb5_config: Option<PathBuf>,
     connect_address: Option<String>,
+    kerberos_renewal: bool,
     ciphers: Vec<CipherId>,
     min_dialect: Dialect,
     max_dialect: Dialect,
@@ -308,6 +314,7 @@ impl ClientOptions {
             security,
             krb5_config,
             connect_address,
+            kerberos_renewal,
             ciphers,
             min_dialect,
             max_dialect,
@@ -323,6 +330,7 @@ impl ClientOptions {
             security: *security,
             krb5_config: krb5_config.clone(),
             connect_address: connect_address.clone(),
+            kerberos_renewal: *kerberos_renewal,
             ciphers: ciphers.clone(),
             min_dialect: *min_dialect,
             max_dialect: *max_dialect,
