@@ -144,8 +144,7 @@ fn chart_renders_valid_manifests_with_the_invariants_for_every_values_case() {
         "storage-class",
         "custom-images",
     ];
-    for case in
-        cases.iter().chain(&[
+    for case in cases.iter().chain(&[
         "own-registrar",
         "everything",
         "control-plane",
@@ -153,8 +152,7 @@ fn chart_renders_valid_manifests_with_the_invariants_for_every_values_case() {
         "csi-driver-smb",
         "kerberos-text",
         "kerberos-configmap",
-    ])
-    {
+    ]) {
         assert!(report.contains(&format!("ok {case}:")), "case {case} missing:\n{report}");
     }
     assert!(

@@ -306,7 +306,12 @@ async fn shortest_ticket_lifetime(dc: &AdDc) -> (Duration, std::path::PathBuf) {
 /// end (re-authenticating in place), the other does not and is told
 /// STATUS_NETWORK_SESSION_EXPIRED by Samba, which it heals in place. Both
 /// keep their open handle throughout and the loop sees no error.
+///
+/// Measured: the Samba 4.17 KDC refuses a service ticket with a TGT of 30,
+/// 60 or 120 s (KRB_AP_ERR_TKT_EXPIRED) and issues 300 s tickets, so this
+/// test runs 5.3 minutes: too long for every CI run (`--ignored` runs it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "5 minutes: the Samba KDC issues no ticket shorter than 300 s; run with --ignored"]
 async fn tickets_ending_mid_loop_are_renewed_without_an_application_error() {
     let Some(dc) = shared_dc().await else { return };
     let (lifetime, conf) = shortest_ticket_lifetime(dc).await;
