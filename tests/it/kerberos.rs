@@ -485,3 +485,29 @@ async fn controller_creates_and_deletes_with_krb5cc_and_password_secrets() {
     }
     plugin.stop().await;
 }
+
+/// `smb3-csi smb` reads the credential cache `KRB5CCNAME` names, as smbclient
+/// does, and reaches the DC at `--ip` under its name; `info` says Kerberos.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smb_cli_logs_on_with_the_krb5ccname_cache() {
+    let Some(dc) = shared_dc().await else { return };
+    let ccache = dc.scratch_path(&format!("cli-{}.ccache", std::process::id()));
+    let _ = std::fs::remove_file(&ccache);
+    let out = tokio::task::spawn_blocking(move || {
+        dc.kinit(&ccache, &dc.user_principal(), dc.password()).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_smb3-csi"))
+            .args(["smb", "--sec", "krb5", "--ip", &dc.ip().to_string()])
+            .arg(format!("//{}/{}", dc.server_name(), dc.share_name()))
+            .arg("info")
+            .env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
+            .env("KRB5_CONFIG", dc.krb5_conf())
+            .env_remove("SMB_USERNAME")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("auth:          kerberos") && stdout.contains("encrypted:     yes"), "{stdout}");
+}

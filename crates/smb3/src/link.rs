@@ -191,10 +191,22 @@ impl Link {
         Some(self.lost(session, generation, &format!("server dropped the session ({status})")))
     }
 
-    /// Re-authenticates `session` in place with the current credentials.
+    /// Re-authenticates `session` in place with the current credentials; when
+    /// they are refused (or a ccache's tickets ended), once more with the ones
+    /// the source fetches again (a rotated password or a fresh ccache Secret).
     pub async fn reauthenticate(&self, session: &Session) -> Result<()> {
         let creds = self.creds.current().await?;
-        let result = session.reauthenticate(&creds, &self.opts).await;
+        let result = match session.reauthenticate(&creds, &self.opts).await {
+            Err(e) if credentials_rejected(&e) => {
+                let fresh = self.creds.refresh().await?;
+                if fresh == creds {
+                    Err(e)
+                } else {
+                    session.reauthenticate(&fresh, &self.opts).await
+                }
+            }
+            r => r,
+        };
         if result.is_ok() {
             self.reauths.fetch_add(1, Ordering::Relaxed);
         }
