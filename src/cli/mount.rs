@@ -8,17 +8,21 @@ use std::time::Duration;
 
 use clap::Args;
 use smb3::{Client, ClientOptions, ConnectionState, Credentials, CredentialsSource, ShareTarget};
-use smb3_csi::mount::{CredentialsFile, FuseMount, MountOptions};
+use smb3_csi::mount::{CcacheFile, CredentialsFile, FuseMount, MountOptions};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Args)]
-#[command(after_help = "Credentials come from --credentials FILE (mount.cifs format: username=, password=, domain=) \
-or from the SMB_USERNAME, SMB_PASSWORD and SMB_DOMAIN environment variables; never from -o. A lost connection \
+#[command(after_help = "Credentials come from --credentials FILE (mount.cifs format: username=, password=, domain=), \
+from the SMB_USERNAME, SMB_PASSWORD and SMB_DOMAIN environment variables, or (Kerberos) from the credential cache \
+KRB5CCNAME names (FILE: caches; with -o sec=krb5 it is preferred, and read again for every renewal); never from -o. \
+krb5.conf comes from KRB5_CONFIG or /etc/krb5.conf. A lost connection \
 is re-established by itself; when the server then rejects the password, FILE is read again (rotate the password \
 on the server and in FILE, no remount).\n\n\
 Options (-o, comma-separated, repeatable): uid=, gid=, file_mode=, dir_mode=, ro, rw, port=, vers=, seal, actimeo=, \
 cache=strict|loose|none, nosharesock, noexec, noperm, nobrl (locks stay on this node), mfsymlinks (symlinks as cifs' \
-Minshall+French files), echo_interval=SECS, hard (default: wait for the server as long as it \
+Minshall+French files), sec=krb5|krb5i|ntlmssp (unset: Kerberos when the server offers it and the credentials \
+allow), ip=ADDR (connect there; the name in the source still makes the Kerberos principal cifs/NAME), \
+echo_interval=SECS, hard (default: wait for the server as long as it \
 takes), soft and retrans=N (fail with EIO after N x echo_interval without the server). Kernel-only cifs flags (noserverino, nounix, ...) are \
 accepted with one warning.\n\n\
 Example: smb3-csi mount --credentials /etc/smb-creds -o uid=1000,gid=1000 //fileserver/share/dir /mnt/dir")]
@@ -53,15 +57,22 @@ pub async fn run(args: MountArgs) -> Result<(), String> {
         target.port = port;
     }
     // A file is read again when a reconnect's logon is refused (rotated password); the environment is fixed.
-    let (source, who): (Arc<dyn CredentialsSource>, String) = match &args.credentials {
-        Some(file) => {
+    let ccache = std::env::var("KRB5CCNAME").ok().filter(|n| !n.is_empty());
+    let kerberos_first = opts.sec == smb3::SecurityMechanism::Kerberos;
+    let (source, who): (Arc<dyn CredentialsSource>, String) = match (&args.credentials, ccache) {
+        (_, Some(name)) if kerberos_first || (args.credentials.is_none() && Credentials::from_env().is_none()) => {
+            let (file, creds) = CcacheFile::open(&name).map_err(|e| e.to_string())?;
+            (Arc::new(file), creds.display_name())
+        }
+        (Some(file), _) => {
             let file = CredentialsFile::open(file).map_err(|e| e.to_string())?;
             let who = file.cached().display_name();
             (Arc::new(file), who)
         }
-        None => {
-            let creds = Credentials::from_env()
-                .ok_or("no credentials: use --credentials FILE or set SMB_USERNAME and SMB_PASSWORD")?;
+        (None, _) => {
+            let creds = Credentials::from_env().ok_or(
+                "no credentials: use --credentials FILE, set SMB_USERNAME and SMB_PASSWORD, or KRB5CCNAME for Kerberos",
+            )?;
             let who = creds.display_name();
             (Arc::new(creds), who)
         }

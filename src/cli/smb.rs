@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use smb3::{
     join_path, parse_cipher_list, parse_dialect, CipherId, Client, ClientOptions, Credentials, Dialect,
-    EncryptionPolicy, Error, OpenOptions, ShareTarget, Tree,
+    EncryptionPolicy, Error, KerberosCredentials, OpenOptions, SecurityMechanism, ShareTarget, Tree,
 };
 
 #[derive(Args)]
-#[command(after_help = "Credentials come from --credentials FILE (mount.cifs format: username=, password=, domain=) \
-or from the SMB_USERNAME, SMB_PASSWORD and SMB_DOMAIN environment variables; never from the command line.\n\n\
+#[command(after_help = "Credentials come from --credentials FILE (mount.cifs format: username=, password=, domain=), \
+from the SMB_USERNAME, SMB_PASSWORD and SMB_DOMAIN environment variables, or (Kerberos) from the credential cache \
+KRB5CCNAME names (FILE: caches; preferred with --sec krb5); never from the command line. krb5.conf comes from \
+KRB5_CONFIG or /etc/krb5.conf.\n\n\
 Example: smb3-csi smb --credentials /etc/smb-creds //fileserver/share put ./backup.tar backups/backup.tar")]
 pub struct SmbArgs {
     /// mount.cifs-style credentials file.
@@ -38,6 +40,13 @@ pub struct SmbArgs {
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// Authentication: krb5 (Kerberos only), ntlmssp (NTLMv2 only); unset: Kerberos when the server offers it
+    /// and the credentials allow.
+    #[arg(long, value_parser = parse_sec, default_value = "auto")]
+    sec: SecurityMechanism,
+    /// Connect to this address instead of resolving HOST (cifs ip=); HOST still names the Kerberos principal.
+    #[arg(long, value_name = "ADDR")]
+    ip: Option<std::net::IpAddr>,
     /// //HOST[:PORT]/SHARE[/PATH]; remote paths below are relative to PATH.
     target: String,
     #[command(subcommand)]
@@ -52,6 +61,10 @@ fn parse_ciphers(s: &str) -> Result<Ciphers, String> {
 }
 
 fn parse_policy(s: &str) -> Result<EncryptionPolicy, String> {
+    s.parse()
+}
+
+fn parse_sec(s: &str) -> Result<SecurityMechanism, String> {
     s.parse()
 }
 
@@ -93,21 +106,30 @@ enum SmbCommand {
 
 pub async fn run(args: SmbArgs) -> Result<(), String> {
     let target = ShareTarget::parse(&args.target).map_err(|e| e.to_string())?;
+    let ccache = || KerberosCredentials::from_krb5ccname().transpose().map_err(|e| e.to_string());
     let creds = if args.guest {
         Credentials::Guest
     } else if args.anonymous {
         Credentials::Anonymous
+    } else if let Some(k) = ccache()?.filter(|_| args.sec == SecurityMechanism::Kerberos) {
+        Credentials::Kerberos(k)
     } else if let Some(file) = &args.credentials {
         Credentials::from_file(file).map_err(|e| e.to_string())?
+    } else if let Some(user) = Credentials::from_env() {
+        user
     } else {
-        Credentials::from_env()
-            .ok_or_else(|| "no credentials: use --credentials FILE or set SMB_USERNAME and SMB_PASSWORD".to_string())?
+        Credentials::Kerberos(ccache()?.ok_or_else(|| {
+            "no credentials: use --credentials FILE, set SMB_USERNAME and SMB_PASSWORD, or KRB5CCNAME for Kerberos"
+                .to_string()
+        })?)
     };
     let mut opts = ClientOptions {
         encryption: args.encryption,
         max_dialect: args.max_dialect,
         min_dialect: args.min_dialect,
         timeout: std::time::Duration::from_secs(args.timeout.max(1)),
+        security: args.sec,
+        connect_address: args.ip.map(|ip| ip.to_string()),
         ..Default::default()
     };
     if let Some(c) = args.ciphers {
@@ -184,6 +206,7 @@ fn print_info(client: &Client, tree: &Tree) {
     println!("cipher:        {}", i.cipher.map(|c| c.to_string()).unwrap_or_else(|| "none".into()));
     println!("signing:       {}", i.signing.map(|s| s.to_string()).unwrap_or_else(|| "none".into()));
     println!("guest:         {}", if i.guest { "yes" } else { "no" });
+    println!("auth:          {}", if i.kerberos { "kerberos" } else { "ntlmv2" });
     println!("max read:      {}", i.max_read);
     println!("max write:     {}", i.max_write);
     println!("max transact:  {}", i.max_transact);

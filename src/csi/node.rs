@@ -554,7 +554,7 @@ impl InlineSource {
 
     /// The mount plan with the credentials in `data` (the Secret's data).
     fn plan(self, data: &HashMap<String, String>) -> Result<MountPlan, Status> {
-        let creds = super::credentials_from_secrets(data)?.ok_or_else(|| {
+        let creds = super::credentials_from_secrets_for(data, self.options.cruid)?.ok_or_else(|| {
             Status::invalid_argument(format!(
                 "inline volume: Secret {}/{} is empty",
                 self.secret.namespace, self.secret.name
@@ -838,11 +838,11 @@ fn stage_plan(req: &NodeStageVolumeRequest) -> Result<(&Path, MountPlan), Status
     let (share, sub_dir) = locate(&req.volume_id, &req.volume_context)?;
     let encryption = encryption_policy(&req.volume_id, &req.volume_context)?;
     let options = parse_options(&mount_flags(Some(capability)), Some(capability))?;
-    let creds = super::credentials_from_secrets(&req.secrets)?.ok_or_else(|| {
+    let creds = super::credentials_from_secrets_for(&req.secrets, options.cruid)?.ok_or_else(|| {
         Status::invalid_argument(
             "a node-stage secret is required: set csi.storage.k8s.io/node-stage-secret-name and \
              -namespace in the StorageClass (or nodeStageSecretRef in the PV) to a Secret with username, \
-             password and optionally domain",
+             password and optionally domain, or a Kerberos credential cache under krb5cc_<uid>",
         )
     })?;
     let fingerprint = fingerprint(&options);

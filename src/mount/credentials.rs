@@ -4,6 +4,8 @@
 //! are kept is then picked up without remounting.
 //!
 //! - [`CredentialsFile`]: `smb3-csi mount --credentials FILE` re-reads FILE on a refresh.
+//! - [`CcacheFile`]: `KRB5CCNAME=FILE:...` is read again for every new session and re-authentication, so a
+//!   cache kept fresh by kinit/k5start renews the mount's tickets.
 //! - [`SharedCredentials`]: the node keeps the credentials it was given by NodeStageVolume; a later call
 //!   that brings a newer secret for the same server and user replaces them for every volume using them.
 
@@ -52,6 +54,25 @@ impl CredentialsSource for CredentialsFile {
             *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
             Ok(fresh)
         })
+    }
+}
+
+/// A Kerberos credential cache file (`KRB5CCNAME`), read again whenever a session needs a ticket.
+pub struct CcacheFile {
+    name: String,
+}
+
+impl CcacheFile {
+    /// Reads the cache named like `KRB5CCNAME` once (an unreadable cache fails the mount at once).
+    pub fn open(name: &str) -> Result<(CcacheFile, Credentials), Error> {
+        let creds = Credentials::Kerberos(smb3::KerberosCredentials::from_ccache_name(name)?);
+        Ok((CcacheFile { name: name.to_string() }, creds))
+    }
+}
+
+impl CredentialsSource for CcacheFile {
+    fn current(&self) -> BoxFuture<'_, Result<Credentials, Error>> {
+        Box::pin(async move { Ok(Credentials::Kerberos(smb3::KerberosCredentials::from_ccache_name(&self.name)?)) })
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 /// Re-exported: the cache mode is the filesystem's notion, and `cache=` sets it.
 pub use crate::fs::CacheMode;
-pub use credentials::{CredentialsFile, SharedCredentials};
+pub use credentials::{CcacheFile, CredentialsFile, SharedCredentials};
 pub use fuse::{FuseMount, FSTYPE, SUBTYPE};
 pub use options::{MountOptionError, MountOptions, RecoveryMode, DEFAULT_RETRANS};
 pub use table::{bind_mount, mount_at, mount_state, mounts, parse_mountinfo, unmount, MountInfo, MountState};

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use smb3::{ClientOptions, Dialect, EncryptionPolicy, Recovery};
+use smb3::{ClientOptions, Dialect, EncryptionPolicy, Recovery, SecurityMechanism};
 
 use crate::fs::{CacheMode, FsConfig};
 
@@ -57,6 +57,14 @@ pub struct MountOptions {
     pub nobrl: bool,
     /// `mfsymlinks`: symlinks are created and recognised as Minshall+French symlink files (cifs' format).
     pub mfsymlinks: bool,
+    /// `sec=`: `krb5`/`krb5i` require Kerberos, `ntlmssp`/`ntlmv2` require NTLMv2, unset prefers Kerberos
+    /// when the server offers it and the credentials allow.
+    pub sec: SecurityMechanism,
+    /// `ip=`/`addr=`: the address to connect to; the server name in the source still names the Kerberos
+    /// service principal (`cifs/<name>`), as with mount.cifs when the name does not resolve.
+    pub ip: Option<String>,
+    /// `cruid=`: whose Kerberos credential cache to use (the Secret key `krb5cc_<cruid>`); default 0.
+    pub cruid: Option<u32>,
 }
 
 /// `hard` or `soft`, as for NFS and kernel cifs.
@@ -101,6 +109,9 @@ impl Default for MountOptions {
             noperm: false,
             nobrl: false,
             mfsymlinks: false,
+            sec: SecurityMechanism::Auto,
+            ip: None,
+            cruid: None,
         }
     }
 }
@@ -209,14 +220,11 @@ const IGNORED_KEYS: &[&str] = &[
     "closetimeo",
     "backupuid",
     "backupgid",
-    "cruid",
     "snapshot",
     "max_channels",
     "nodename",
     "netbiosname",
     "servern",
-    "ip",
-    "addr",
     "unc",
     "prefixpath",
     "context",
@@ -327,10 +335,15 @@ impl MountOptions {
                     no_value(value)?;
                     opts.mfsymlinks = key == "mfsymlinks";
                 }
-                "sec" => match need()?.to_ascii_lowercase().as_str() {
-                    "ntlmssp" | "ntlmsspi" | "ntlmv2" | "ntlmv2i" | "ntlm" | "ntlmi" => ignored.push(part.to_string()),
-                    other => return Err(invalid(&format!("{other} is not supported (only NTLMSSP)"))),
-                },
+                "sec" => opts.sec = need()?.parse::<SecurityMechanism>().map_err(|why| invalid(&why))?,
+                "ip" | "addr" => {
+                    let addr = need()?;
+                    if addr.parse::<std::net::IpAddr>().is_err() {
+                        return Err(invalid("expected an IP address"));
+                    }
+                    opts.ip = Some(addr.to_string());
+                }
+                "cruid" => opts.cruid = Some(parse_id(need()?).ok_or_else(|| invalid("expected a numeric uid"))?),
                 k if IGNORED_FLAGS.contains(&k) && value.is_none() => ignored.push(part.to_string()),
                 k if IGNORED_KEYS.contains(&k) => ignored.push(part.to_string()),
                 _ => return Err(MountOptionError::Unknown(part.to_string())),
@@ -383,7 +396,17 @@ impl MountOptions {
         if self.seal {
             o.encryption = EncryptionPolicy::Required;
         }
+        o.security = self.sec;
+        if let Some(ip) = &self.ip {
+            o.connect_address = Some(ip.clone());
+        }
         o
+    }
+
+    /// The Secret key holding the Kerberos credential cache these options select: `krb5cc_<cruid>`
+    /// (`krb5cc_0` by default), as the incumbent driver's Secrets name it.
+    pub fn ccache_key(&self) -> String {
+        format!("krb5cc_{}", self.cruid.unwrap_or(0))
     }
 
     /// How long the kernel may cache attributes and entries.
@@ -498,7 +521,6 @@ mod tests {
         let (o, ignored) = parse(&[
             "dir_mode=0777,file_mode=0777,uid=1001,gid=1001,mfsymlinks,cache=strict,noserverino",
             "nobrl",
-            "sec=ntlmssp",
             "iocharset=utf8",
             "rsize=1048576,wsize=1048576",
             "nounix,forceuid,forcegid,noatime",
@@ -510,7 +532,6 @@ mod tests {
             ignored,
             [
                 "noserverino",
-                "sec=ntlmssp",
                 "iocharset=utf8",
                 "rsize=1048576",
                 "wsize=1048576",
@@ -541,7 +562,11 @@ mod tests {
             ("cache=always", "cache"),
             ("ro=1", "ro"),
             ("seal=yes", "seal"),
-            ("sec=krb5", "sec"),
+            ("sec=lanman", "sec"),
+            ("sec=", "sec"),
+            ("ip=fileserver", "ip"),
+            ("addr=", "addr"),
+            ("cruid=bob", "cruid"),
             ("echo_interval=0", "echo_interval"),
             ("echo_interval=601", "echo_interval"),
             ("echo_interval=", "echo_interval"),
@@ -627,6 +652,23 @@ mod tests {
         for flag in ["noexec=1", "noperm=yes"] {
             assert!(matches!(parse(&[flag]).unwrap_err(), MountOptionError::Invalid { .. }), "{flag}");
         }
+    }
+
+    #[test]
+    fn kerberos_options_are_honoured() {
+        let (o, ignored) = parse(&["sec=krb5,ip=127.0.0.20,cruid=1000"]).unwrap();
+        assert!(ignored.is_empty());
+        assert_eq!(
+            (o.sec, o.ip.as_deref(), o.ccache_key()),
+            (SecurityMechanism::Kerberos, Some("127.0.0.20"), "krb5cc_1000".into())
+        );
+        let c = o.client_options(&ClientOptions::default());
+        assert_eq!((c.security, c.connect_address.as_deref()), (SecurityMechanism::Kerberos, Some("127.0.0.20")));
+        assert_eq!(parse(&["sec=ntlmssp"]).unwrap().0.sec, SecurityMechanism::Ntlm);
+        assert_eq!(parse(&["sec=krb5i"]).unwrap().0.sec, SecurityMechanism::Kerberos);
+        assert_eq!(parse(&["addr=::1"]).unwrap().0.ip.as_deref(), Some("::1"));
+        assert_eq!(MountOptions::default().ccache_key(), "krb5cc_0");
+        assert_eq!(MountOptions::default().client_options(&ClientOptions::default()).security, SecurityMechanism::Auto);
     }
 
     #[test]

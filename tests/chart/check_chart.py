@@ -427,6 +427,37 @@ def check(docs, case):
 
     # RBAC: effective permissions of each ServiceAccount == what the components call.
     errors += check_rbac(docs, case, deploy, ds)
+    errors += check_krb5(docs, case, deploy, ds)
+    return errors
+
+
+def check_krb5(docs, case, deploy, ds):
+    """kerberos.krb5Conf / krb5ConfigMap: the ConfigMap (made of the text) mounted into both plugin
+    containers with KRB5_CONFIG pointing at it; neither: no such volume, mount or variable."""
+    errors = []
+    want = case["krb5_configmap"]
+    made = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-krb5-conf")]
+    if case["krb5_text"]:
+        if len(made) != 1 or made[0]["data"].get("krb5.conf", "").strip() != case["krb5_text"].strip():
+            errors.append(f"krb5.conf ConfigMap {want} missing or not holding kerberos.krb5Conf: {made}")
+    elif made:
+        errors.append("a krb5.conf ConfigMap without kerberos.krb5Conf")
+    for kind, workload in (("controller", deploy), ("node", ds)):
+        spec = workload["spec"]["template"]["spec"]
+        ctr = next(c for c in spec["containers"] if c["name"] == "smb3-csi")
+        env = {e["name"]: e.get("value") for e in ctr.get("env", [])}
+        mounts = {m["name"]: m for m in ctr.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        if want:
+            path = mounts.get("krb5-conf", {}).get("mountPath", "?") + "/krb5.conf"
+            if env.get("KRB5_CONFIG") != path:
+                errors.append(f"{kind}: KRB5_CONFIG {env.get('KRB5_CONFIG')} != the mounted {path}")
+            if not mounts.get("krb5-conf", {}).get("readOnly"):
+                errors.append(f"{kind}: krb5-conf not mounted read-only")
+            if volumes.get("krb5-conf", {}).get("configMap", {}).get("name") != want:
+                errors.append(f"{kind}: krb5-conf volume is not ConfigMap {want}: {volumes.get('krb5-conf')}")
+        elif "KRB5_CONFIG" in env or "krb5-conf" in mounts or "krb5-conf" in volumes:
+            errors.append(f"{kind}: krb5.conf wiring without kerberos values")
     return errors
 
 
@@ -643,6 +674,9 @@ def case_from(values, namespace="kube-system", kube_version="1.33.0"):
                      or get(["controller", "priorityClassName"], "system-cluster-critical")},
         "control_plane": bool(get(["controller", "runOnControlPlane"], False) or get(["controller", "runOnMaster"], False)),
         "defaults_resources": get(["linux", "resources", "smb"], None) is None,
+        "krb5_text": get(["kerberos", "krb5Conf"], ""),
+        "krb5_configmap": (get(["rbac", "name"], "smb3") + "-krb5-conf") if get(["kerberos", "krb5Conf"], "")
+                          else get(["kerberos", "krb5ConfigMap"], ""),
     }
 
 
@@ -701,6 +735,11 @@ CASES = [
     ("pinned-sidecars", {"image": {"csiProvisioner": {"tag": "v5.2.0"}, "csiResizer": {"tag": "v1.13.2"}}}, "kube-system"),
     # A values file written for csi-driver-smb.
     ("csi-driver-smb", "file:" + MIGRATION_VALUES, "kube-system"),
+    # Kerberos: krb5.conf from text (a ConfigMap of the chart) or from an existing ConfigMap.
+    ("kerberos-text", {"kerberos": {"krb5Conf": "[libdefaults]\n  default_realm = CORP.EXAMPLE\n[realms]\n"
+                                                "  CORP.EXAMPLE = {\n    kdc = dc1.corp.example\n  }\n"}},
+     "kube-system"),
+    ("kerberos-configmap", {"kerberos": {"krb5ConfigMap": "corp-krb5"}}, "kube-system"),
 ]
 
 
@@ -757,6 +796,7 @@ BAD_VALUES = [
     ({"logFormat": "xml"}, "logFormat"),
     ({"storageClass": {"onDelete": "shred"}}, "onDelete"),
     ({"featuer": {"enableInlineVolume": True}}, "featuer"),
+    ({"kerberos": {"krb5ConfigMap": "Not_A_Name"}}, "krb5ConfigMap"),
     # csi-driver-smb keys are accepted by name only: a misspelt one is still refused.
     ({"controller": {"workingMountDirs": "/tmp"}}, "workingMountDirs"),
     ({"smbEncryption": "sometimes"}, "smbEncryption"),

@@ -80,17 +80,16 @@ fn two_dcs_run_side_by_side_on_their_own_addresses() {
     }
 }
 
-/// The baseline Kerberos logon has to change: our client, which speaks only
-/// NTLMv2 today, reaches the DC's smbd at its address, negotiates, and is
-/// refused at SESSION_SETUP with STATUS_NTLM_BLOCKED, named in the error.
+/// `sec=ntlmssp` against the Kerberos-only DC: our client reaches the DC's
+/// smbd at its address, negotiates, and is refused at SESSION_SETUP with
+/// STATUS_NTLM_BLOCKED, named in the error (so no test passes by NTLM).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_ntlm_logon_is_refused_by_the_kerberos_only_dc_with_a_named_status() {
     let Some(dc) = tokio::task::spawn_blocking(start_or_skip).await.unwrap() else { return };
     let creds = smb3::Credentials::user(dc.user(), smb3_testkit::ad_dc::NETBIOS_DOMAIN, dc.password().clone());
-    let err = smb3::Client::connect(&dc.ip().to_string(), 445, &creds, &smb3::ClientOptions::default())
-        .await
-        .err()
-        .expect("NTLM must be refused");
+    let ntlm = smb3::ClientOptions { security: smb3::SecurityMechanism::Ntlm, ..Default::default() };
+    let err =
+        smb3::Client::connect(&dc.ip().to_string(), 445, &creds, &ntlm).await.err().expect("NTLM must be refused");
     assert_eq!(err.status(), Some(smb3::NtStatus::NTLM_BLOCKED), "{err}");
     assert!(err.to_string().contains("STATUS_NTLM_BLOCKED"), "{err}");
     tokio::task::spawn_blocking(move || drop(dc)).await.unwrap();

@@ -144,9 +144,15 @@ fn chart_renders_valid_manifests_with_the_invariants_for_every_values_case() {
         "storage-class",
         "custom-images",
     ];
-    for case in
-        cases.iter().chain(&["own-registrar", "everything", "control-plane", "pinned-sidecars", "csi-driver-smb"])
-    {
+    for case in cases.iter().chain(&[
+        "own-registrar",
+        "everything",
+        "control-plane",
+        "pinned-sidecars",
+        "csi-driver-smb",
+        "kerberos-text",
+        "kerberos-configmap",
+    ]) {
         assert!(report.contains(&format!("ok {case}:")), "case {case} missing:\n{report}");
     }
     assert!(
@@ -176,7 +182,7 @@ fn chart_takes_a_csi_driver_smb_values_file_and_warns_about_what_it_ignores() {
 fn chart_refuses_bad_values_with_a_message_naming_them() {
     let tools = tools!();
     let report = tools.check("bad-values");
-    assert_eq!(report.matches("ok refused").count(), 19, "{report}");
+    assert_eq!(report.matches("ok refused").count(), 20, "{report}");
 }
 
 #[test]

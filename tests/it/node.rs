@@ -48,8 +48,8 @@ pub(crate) fn samba() -> Option<&'static Samba> {
 }
 
 /// A node plugin (Identity + Node) serving on a socket in a kubelet-like temporary root.
-struct NodePlugin {
-    node: NodeClient<Channel>,
+pub(crate) struct NodePlugin {
+    pub(crate) node: NodeClient<Channel>,
     identity: IdentityClient<Channel>,
     /// Plays /var/lib/kubelet.
     kubelet: tempfile::TempDir,
@@ -59,13 +59,16 @@ struct NodePlugin {
 
 impl NodePlugin {
     async fn start(kubeconfig: Option<PathBuf>) -> NodePlugin {
+        NodePlugin::start_with(kubeconfig, ClientOptions { timeout: Duration::from_secs(20), ..Default::default() })
+            .await
+    }
+
+    /// With the pool's client options (e.g. the krb5.conf of a test DC).
+    pub(crate) async fn start_with(kubeconfig: Option<PathBuf>, options: ClientOptions) -> NodePlugin {
         let kubelet = tempfile::tempdir().unwrap();
         let socket = kubelet.path().join(format!("plugins/{DRIVER}/csi.sock"));
         let endpoint = Endpoint::parse(&format!("unix://{}", socket.display())).unwrap();
-        let pool = SessionPool::new(
-            ClientOptions { timeout: Duration::from_secs(20), ..Default::default() },
-            Duration::from_secs(60),
-        );
+        let pool = SessionPool::new(options, Duration::from_secs(60));
         let node =
             NodeService::new(NodeConfig { node_id: NODE_ID.into(), kubeconfig, driver_name: DRIVER.into() }, pool);
         node.spawn_connection_watch(Duration::from_millis(200));
@@ -91,7 +94,7 @@ impl NodePlugin {
 
     /// `<kubelet>/plugins/kubernetes.io/csi/<driver>/<sha256 of the volume handle>/globalmount`, its parent
     /// created as the kubelet does.
-    fn staging_path(&self, volume_id: &str) -> PathBuf {
+    pub(crate) fn staging_path(&self, volume_id: &str) -> PathBuf {
         use sha2::{Digest, Sha256};
         let sha = hex::encode(Sha256::digest(volume_id.as_bytes()));
         let dir = self.kubelet.path().join(format!("plugins/kubernetes.io/csi/{DRIVER}/{sha}"));
@@ -101,13 +104,13 @@ impl NodePlugin {
     }
 
     /// `<kubelet>/pods/<uid>/volumes/kubernetes.io~csi/<pv>/mount`, its parent created as the kubelet does.
-    fn target_path(&self, pod_uid: &str, pv: &str) -> PathBuf {
+    pub(crate) fn target_path(&self, pod_uid: &str, pv: &str) -> PathBuf {
         let dir = self.kubelet.path().join(format!("pods/{pod_uid}/volumes/kubernetes.io~csi/{pv}"));
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("mount")
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         // Whatever a failed assertion left mounted must not outlive the test.
         for m in mount::mounts().unwrap() {
             if m.mount_point.starts_with(self.kubelet.path()) {
@@ -648,7 +651,7 @@ async fn volume_with_encryption_off_stages_on_a_server_without_encryption() {
     plugin.stop().await;
 }
 
-async fn unpublish_unstage(plugin: &mut NodePlugin, vol: &TestVolume, target: &Path, staging: &Path) {
+pub(crate) async fn unpublish_unstage(plugin: &mut NodePlugin, vol: &TestVolume, target: &Path, staging: &Path) {
     plugin
         .node
         .node_unpublish_volume(NodeUnpublishVolumeRequest {

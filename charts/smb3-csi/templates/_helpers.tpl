@@ -193,3 +193,36 @@ windows
 {{- $k := lower . -}}
 {{- if or (has $k (list "source" "subdir" "ondelete" "encryption")) (hasPrefix "csi.storage.k8s.io/" $k) }}true{{ end -}}
 {{- end -}}
+
+{{/* The krb5.conf ConfigMap the plugins mount: the one made of kerberos.krb5Conf, else kerberos.krb5ConfigMap; empty: none. */}}
+{{- define "smb3-csi.krb5ConfigMap" -}}
+{{- $k := .Values.kerberos | default dict -}}
+{{- if $k.krb5Conf -}}{{ .Values.rbac.name }}-krb5-conf{{- else if $k.krb5ConfigMap -}}{{ $k.krb5ConfigMap }}{{- end -}}
+{{- end -}}
+
+{{/* KRB5_CONFIG for a plugin container, when a krb5.conf is mounted. */}}
+{{- define "smb3-csi.krb5Env" -}}
+{{- if include "smb3-csi.krb5ConfigMap" . }}
+- name: KRB5_CONFIG
+  value: /etc/smb3-csi/krb5/krb5.conf
+{{- end }}
+{{- end -}}
+
+{{- define "smb3-csi.krb5Mount" -}}
+{{- if include "smb3-csi.krb5ConfigMap" . }}
+- name: krb5-conf
+  mountPath: /etc/smb3-csi/krb5
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "smb3-csi.krb5Volume" -}}
+{{- with include "smb3-csi.krb5ConfigMap" . }}
+- name: krb5-conf
+  configMap:
+    name: {{ . }}
+    items:
+      - key: krb5.conf
+        path: krb5.conf
+{{- end }}
+{{- end -}}

@@ -83,6 +83,27 @@ impl Client {
         self.link.reconnect_count()
     }
 
+    /// How many times a session was re-authenticated in place (Kerberos
+    /// ticket renewals, and sessions the server expired).
+    pub fn reauth_count(&self) -> u64 {
+        self.link.reauth_count()
+    }
+
+    /// When the Kerberos ticket of the current session ends (`None` for NTLM
+    /// or while reconnecting).
+    pub fn ticket_end(&self) -> Option<std::time::SystemTime> {
+        self.link.current().and_then(|(s, _)| s.ticket_end())
+    }
+
+    /// Re-authenticates the current session in place now (as a renewal does).
+    pub async fn reauthenticate(&self) -> Result<()> {
+        let (session, _) = self
+            .link
+            .current()
+            .ok_or_else(|| Error::Disconnected { addr: self.link.addr().to_string(), why: "reconnecting".into() })?;
+        self.link.reauthenticate(&session).await
+    }
+
     /// Drops the current connection as if the network had failed (the
     /// client reconnects). For tests and for an operator's "reconnect now".
     pub fn force_reconnect(&self, why: &str) {

@@ -1,5 +1,6 @@
 //! The client's error type: what went wrong, with the context a user needs.
 
+use super::auth::kdc::KerberosError;
 use super::auth::AuthError;
 use super::crypto::CryptoError;
 use super::wire::{Dialect, NtStatus, WireError};
@@ -36,6 +37,13 @@ pub enum Error {
     Integrity(String),
     #[error("authentication: {0}")]
     Auth(#[from] AuthError),
+    /// A Kerberos logon failed; `source` names the Kerberos failure in one line.
+    #[error("{op}: {source}")]
+    Kerberos {
+        op: String,
+        #[source]
+        source: KerberosError,
+    },
     #[error("protocol violation by server: {0}")]
     Protocol(String),
     #[error("{op}: {source}")]

@@ -396,7 +396,7 @@ impl File {
             out.replay = replayed && session.info.dialect.is_smb3();
             let resp = match session.request(out, b.encrypt).await {
                 Ok(r) if is_session_loss(r.header.status) => {
-                    after = Some(link.lost(&session, generation, "server dropped the session"));
+                    after = link.after_session_status(&session, generation, r.header.status).await;
                     replayed = true;
                     continue;
                 }

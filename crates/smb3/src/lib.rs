@@ -42,7 +42,10 @@ pub use error::{Error, Result};
 pub use file::{File, LockKind, OpenOptions, CHUNK, PIPELINE_DEPTH};
 pub use lease::{LeaseBreak, LeaseBreakHandler};
 pub use observer::{NoObserver, Observer, ObserverHandle};
-pub use options::{parse_cipher_list, parse_dialect, ClientOptions, Credentials, EncryptionPolicy};
+pub use options::{
+    parse_cipher_list, parse_dialect, CcacheBytes, ClientOptions, Credentials, EncryptionPolicy, KerberosCredentials,
+    SecurityMechanism,
+};
 pub use pool::SessionPool;
 pub use recovery::{Backoff, ConnectionState, CredentialsSource, Recovery};
 pub use secret::Secret;

@@ -63,6 +63,8 @@ pub(crate) struct Link {
     registry: Mutex<Registry>,
     state: Mutex<ConnectionState>,
     reconnects: AtomicU64,
+    /// Sessions re-authenticated in place (ticket renewals, expiries healed).
+    reauths: AtomicU64,
     /// Dropped with the link, which stops the supervisor.
     _stop: watch::Sender<()>,
 }
@@ -91,6 +93,7 @@ impl Link {
             registry: Mutex::new(Registry::default()),
             state: Mutex::new(ConnectionState::Connected { since: SystemTime::now() }),
             reconnects: AtomicU64::new(0),
+            reauths: AtomicU64::new(0),
             _stop: stop,
         });
         tokio::spawn(supervise(Arc::downgrade(&link), stop_rx));
@@ -164,6 +167,54 @@ impl Link {
     pub fn lost(&self, session: &Session, generation: u64, why: &str) -> u64 {
         session.conn.abort(why.to_string());
         generation
+    }
+
+    /// What to do when the server answered a request of `generation` with a
+    /// status saying the session is gone (`recovery::is_session_loss`).
+    /// STATUS_NETWORK_SESSION_EXPIRED (the Kerberos ticket ended) is healed
+    /// in place: the session is re-authenticated with fresh credentials and
+    /// the request is sent again on it (`None`: no generation to wait past),
+    /// with every handle kept. Anything else, or a failed re-authentication,
+    /// is handled as a lost connection (returns the generation to wait past).
+    pub async fn after_session_status(
+        &self,
+        session: &Arc<Session>,
+        generation: u64,
+        status: crate::wire::NtStatus,
+    ) -> Option<u64> {
+        if status == crate::wire::NtStatus::NETWORK_SESSION_EXPIRED {
+            match self.reauthenticate(session).await {
+                Ok(()) => return None,
+                Err(e) => tracing::warn!(server = %self.addr(), error = %e, "re-authentication failed; reconnecting"),
+            }
+        }
+        Some(self.lost(session, generation, &format!("server dropped the session ({status})")))
+    }
+
+    /// Re-authenticates `session` in place with the current credentials; when
+    /// they are refused (or a ccache's tickets ended), once more with the ones
+    /// the source fetches again (a rotated password or a fresh ccache Secret).
+    pub async fn reauthenticate(&self, session: &Session) -> Result<()> {
+        let creds = self.creds.current().await?;
+        let result = match session.reauthenticate(&creds, &self.opts).await {
+            Err(e) if credentials_rejected(&e) => {
+                let fresh = self.creds.refresh().await?;
+                if fresh == creds {
+                    Err(e)
+                } else {
+                    session.reauthenticate(&fresh, &self.opts).await
+                }
+            }
+            r => r,
+        };
+        if result.is_ok() {
+            self.reauths.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    pub fn reauth_count(&self) -> u64 {
+        self.reauths.load(Ordering::Relaxed)
     }
 
     /// Ends the link for good (logoff): no more reconnects.
@@ -250,7 +301,9 @@ async fn establish(
     client_guid: [u8; 16],
 ) -> Result<Session> {
     let framing = opts.framing.unwrap_or(if port == NETBIOS_PORT { Framing::Netbios } else { Framing::Direct });
-    let conn = Arc::new(Connection::open(host, port, framing, opts.timeout, opts.observer.clone()).await?);
+    // `ip=`/`addr=`: reach the server at an address; `host` still names it (SPN, share paths).
+    let address = opts.connect_address.as_deref().unwrap_or(host);
+    let conn = Arc::new(Connection::open(address, port, framing, opts.timeout, opts.observer.clone()).await?);
     let negotiated = negotiate(&conn, opts, client_guid).await?;
     let first = creds.current().await?;
     match Session::establish(conn.clone(), negotiated.clone(), host, &first, opts).await {
@@ -268,7 +321,9 @@ async fn establish(
     }
 }
 
-/// Watches the current connection until the link is dropped.
+/// Watches the current connection until the link is dropped: ECHO when
+/// idle, lease-break acknowledgments, Kerberos ticket renewal before the
+/// ticket ends, and reconnecting when the connection dies.
 async fn supervise(link: Weak<Link>, mut stop: watch::Receiver<()>) {
     loop {
         let Some((session, generation, echo_every)) =
@@ -278,10 +333,17 @@ async fn supervise(link: Weak<Link>, mut stop: watch::Receiver<()>) {
         };
         let mut breaks = session.conn.take_lease_breaks();
         let echo_every = echo_every.max(Duration::from_millis(100));
+        let renewal = link.upgrade().is_some_and(|l| l.opts.kerberos_renewal);
+        let renewal_time = |s: &Session| if renewal { renewal_time(s) } else { None };
+        let mut renew_at = renewal_time(&session);
         let death = loop {
             tokio::select! {
                 _ = session.conn.closed() => break session.conn.death(),
                 _ = stop.changed() => return,
+                _ = sleep_until(renew_at) => {
+                    renew(&link, &session).await;
+                    renew_at = renewal_time(&session);
+                }
                 Some(b) = next_break(&mut breaks) => acknowledge(&link, &session, b),
                 _ = tokio::time::sleep(echo_every / 2) => {
                     if session.conn.idle_for() >= echo_every {
@@ -307,6 +369,43 @@ async fn supervise(link: Weak<Link>, mut stop: watch::Receiver<()>) {
         drop(strong);
         if !recover(&link, reason, generation + 1, &mut stop).await {
             return;
+        }
+    }
+}
+
+/// When to renew the session's Kerberos ticket (never for NTLM): see [`renewal_delay`].
+fn renewal_time(session: &Session) -> Option<Instant> {
+    let end = session.ticket_end()?;
+    let left = end.duration_since(SystemTime::now()).unwrap_or_default();
+    Some(Instant::now() + renewal_delay(left))
+}
+
+/// How long to wait before re-authenticating a session whose ticket has
+/// `left` to live: a fifth of it is kept as margin, at least 5 s and at
+/// most 5 min (a 10-hour AD ticket is renewed 5 min before its end, a
+/// 1-minute one 12 s before), so the server never has to expire the session.
+pub(crate) fn renewal_delay(left: Duration) -> Duration {
+    let margin = (left / 5).clamp(Duration::from_secs(5), Duration::from_secs(300));
+    left.saturating_sub(margin)
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Renews the session's ticket by re-authenticating in place. A failure
+/// is logged and retried shortly; if the ticket runs out meanwhile, the
+/// server's STATUS_NETWORK_SESSION_EXPIRED takes the same path.
+async fn renew(link: &Weak<Link>, session: &Arc<Session>) {
+    let Some(link) = link.upgrade() else { return };
+    match link.reauthenticate(session).await {
+        Ok(()) => tracing::debug!(server = %link.addr(), "Kerberos ticket renewed"),
+        Err(e) => {
+            tracing::warn!(server = %link.addr(), error = %e, "renewing the Kerberos ticket failed; retrying in 5 s");
+            tokio::time::sleep(Duration::from_secs(5)).await;
         }
     }
 }
@@ -403,5 +502,20 @@ async fn recover(link: &Weak<Link>, reason: String, generation: u64, stop: &mut 
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_are_renewed_with_a_margin() {
+        let s = Duration::from_secs;
+        assert_eq!(renewal_delay(s(36_000)), s(36_000 - 300), "10 h: 5 min before the end");
+        assert_eq!(renewal_delay(s(60)), s(48), "1 min: 12 s before");
+        assert_eq!(renewal_delay(s(20)), s(15), "at least 5 s of margin");
+        assert_eq!(renewal_delay(s(3)), Duration::ZERO, "almost over: at once");
+        assert_eq!(renewal_delay(Duration::ZERO), Duration::ZERO);
     }
 }

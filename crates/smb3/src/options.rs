@@ -8,7 +8,8 @@
 //! settings), so they live below `client` rather than in it: the layers that
 //! build a `Client` must not have to import from it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::conn::Framing;
@@ -30,6 +31,80 @@ pub enum Credentials {
     Guest,
     /// Anonymous (null) session; only when explicitly asked for.
     Anonymous,
+    /// Kerberos only (never NTLM): a password the client gets its own
+    /// tickets with, or a credential cache.
+    Kerberos(KerberosCredentials),
+}
+
+/// Where a Kerberos-only logon gets its tickets.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KerberosCredentials {
+    /// `user@realm` and its password: the client gets a TGT and service
+    /// tickets itself, and new ones for every session and re-authentication.
+    Password { user: String, realm: String, password: Secret },
+    /// An MIT credential cache (a `krb5cc_<uid>` Secret, `KRB5CCNAME=FILE:`):
+    /// its service ticket for the server, or one got with its TGT.
+    Ccache(CcacheBytes),
+}
+
+/// The bytes of an MIT credential cache: keys inside, so never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CcacheBytes(Arc<Vec<u8>>);
+
+impl CcacheBytes {
+    pub fn new(bytes: Vec<u8>) -> CcacheBytes {
+        CcacheBytes(Arc::new(bytes))
+    }
+
+    /// The cache, for the few places that must use it (ticket lookup).
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for CcacheBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<ccache of {} bytes redacted>", self.0.len())
+    }
+}
+
+impl std::fmt::Debug for KerberosCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KerberosCredentials::Password { user, realm, .. } => write!(f, "Kerberos password of {user}@{realm}"),
+            KerberosCredentials::Ccache(bytes) => write!(f, "{bytes:?}"),
+        }
+    }
+}
+
+impl KerberosCredentials {
+    /// A ccache read from `KRB5CCNAME` (`FILE:path` or a bare path, as MIT
+    /// reads it); `None` when the variable is unset. Other cache types
+    /// (KEYRING:, KCM:, MEMORY:) cannot be read from another process.
+    pub fn from_krb5ccname() -> Option<Result<KerberosCredentials>> {
+        let name = std::env::var("KRB5CCNAME").ok().filter(|n| !n.is_empty())?;
+        Some(Self::from_ccache_name(&name))
+    }
+
+    /// A ccache named as `KRB5CCNAME` names one.
+    pub fn from_ccache_name(name: &str) -> Result<KerberosCredentials> {
+        let path = match name.split_once(':') {
+            Some(("FILE", path)) => path,
+            Some((kind, _)) if !kind.contains('/') => {
+                return Err(Error::LocalIo {
+                    op: format!("KRB5CCNAME={name}"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::Unsupported,
+                        format!("{kind}: credential caches cannot be read; use a FILE: cache (kinit -c FILE:/path)"),
+                    ),
+                })
+            }
+            _ => name,
+        };
+        let bytes = std::fs::read(path)
+            .map_err(|source| Error::LocalIo { op: format!("reading the Kerberos credential cache {path}"), source })?;
+        Ok(KerberosCredentials::Ccache(CcacheBytes::new(bytes)))
+    }
 }
 
 impl std::fmt::Debug for Credentials {
@@ -60,6 +135,10 @@ impl Credentials {
             Credentials::User { user, domain, .. } => format!("{domain}\\{user}"),
             Credentials::Guest => "guest".into(),
             Credentials::Anonymous => "anonymous".into(),
+            Credentials::Kerberos(KerberosCredentials::Password { user, realm, .. }) => format!("{user}@{realm}"),
+            Credentials::Kerberos(KerberosCredentials::Ccache(bytes)) => {
+                crate::auth::tickets::ccache_principal(bytes.expose()).unwrap_or_else(|| "Kerberos ccache".into())
+            }
         }
     }
 
@@ -128,10 +207,47 @@ impl std::str::FromStr for EncryptionPolicy {
     }
 }
 
+/// Which authentication mechanism a logon may use: the cifs `sec=` option.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SecurityMechanism {
+    /// `sec=` unset: Kerberos when the server offers it and the credentials
+    /// allow (a Kerberos credential, or a user whose realm has KDCs in
+    /// krb5.conf), else NTLMv2.
+    #[default]
+    Auto,
+    /// `sec=krb5`: Kerberos or nothing.
+    Kerberos,
+    /// `sec=ntlmssp`: NTLMv2 or nothing.
+    Ntlm,
+}
+
+impl std::str::FromStr for SecurityMechanism {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(SecurityMechanism::Auto),
+            "krb5" | "krb5i" | "kerberos" => Ok(SecurityMechanism::Kerberos),
+            "ntlmssp" | "ntlmsspi" | "ntlmv2" | "ntlmv2i" | "ntlm" | "ntlmi" => Ok(SecurityMechanism::Ntlm),
+            other => Err(format!("sec={other} is not supported (expected krb5, krb5i, ntlmssp or ntlmv2)")),
+        }
+    }
+}
+
 /// Connection settings.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     pub encryption: EncryptionPolicy,
+    /// `sec=`: which authentication mechanism to use.
+    pub security: SecurityMechanism,
+    /// The krb5.conf to read; `None`: `KRB5_CONFIG`, else `/etc/krb5.conf`.
+    pub krb5_config: Option<PathBuf>,
+    /// Where to connect instead of resolving the server name (cifs `ip=`/`addr=`);
+    /// the name still makes the Kerberos service principal and the share path.
+    pub connect_address: Option<String>,
+    /// Re-authenticate a Kerberos session with a new ticket before its
+    /// ticket ends (the default). Off, the session is re-authenticated only
+    /// when the server answers STATUS_NETWORK_SESSION_EXPIRED.
+    pub kerberos_renewal: bool,
     /// Ciphers offered for 3.1.1, in preference order.
     pub ciphers: Vec<CipherId>,
     pub min_dialect: Dialect,
@@ -155,6 +271,10 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             encryption: EncryptionPolicy::Required,
+            security: SecurityMechanism::Auto,
+            krb5_config: None,
+            connect_address: None,
+            kerberos_renewal: true,
             ciphers: vec![CipherId::Aes256Gcm, CipherId::Aes128Gcm, CipherId::Aes256Ccm, CipherId::Aes128Ccm],
             min_dialect: Dialect::Smb210,
             max_dialect: Dialect::Smb311,
@@ -173,6 +293,10 @@ impl Default for ClientOptions {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct SessionSettings {
     encryption: EncryptionPolicy,
+    security: SecurityMechanism,
+    krb5_config: Option<PathBuf>,
+    connect_address: Option<String>,
+    kerberos_renewal: bool,
     ciphers: Vec<CipherId>,
     min_dialect: Dialect,
     max_dialect: Dialect,
@@ -187,6 +311,10 @@ impl ClientOptions {
     pub(crate) fn session_settings(&self) -> SessionSettings {
         let ClientOptions {
             encryption,
+            security,
+            krb5_config,
+            connect_address,
+            kerberos_renewal,
             ciphers,
             min_dialect,
             max_dialect,
@@ -199,6 +327,10 @@ impl ClientOptions {
         } = self;
         SessionSettings {
             encryption: *encryption,
+            security: *security,
+            krb5_config: krb5_config.clone(),
+            connect_address: connect_address.clone(),
+            kerberos_renewal: *kerberos_renewal,
             ciphers: ciphers.clone(),
             min_dialect: *min_dialect,
             max_dialect: *max_dialect,

@@ -98,7 +98,7 @@ pub(crate) fn accept_logon(
     flags: SessionFlags,
     has_session_key: bool,
 ) -> Result<Logon, Refusal> {
-    let asked_for_user = matches!(creds, Credentials::User { .. });
+    let asked_for_user = matches!(creds, Credentials::User { .. } | Credentials::Kerberos(_));
     if asked_for_user && (flags.guest || flags.anonymous) {
         return Err(Refusal::UserMappedToGuest);
     }

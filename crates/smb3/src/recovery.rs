@@ -104,7 +104,13 @@ impl CredentialsSource for Credentials {
 
 /// Whether a SESSION_SETUP failure means "ask for current credentials and
 /// try again" rather than "the server is not ready yet".
+/// A Kerberos credential cache whose tickets ended (or that holds none for
+/// the server) counts too: the place it is kept may hold a fresh one.
 pub(crate) fn credentials_rejected(e: &Error) -> bool {
+    use crate::auth::kdc::KerberosError;
+    if let Error::Kerberos { source: KerberosError::TicketExpired { .. } | KerberosError::NoTicket(_), .. } = e {
+        return true;
+    }
     matches!(
         e.status(),
         Some(
@@ -223,6 +229,7 @@ mod tests {
             encrypted,
             guest: false,
             anonymous: false,
+            kerberos: false,
             max_read: 1 << 20,
             max_write: 1 << 20,
             max_transact: 1 << 20,
@@ -266,6 +273,10 @@ mod tests {
         assert!(!is_connection_loss(&Error::Integrity("bad mac".into())));
         assert!(!is_connection_loss(&Error::Status { op: "x".into(), status: NtStatus::ACCESS_DENIED }));
         assert!(is_session_loss(NtStatus::USER_SESSION_DELETED));
+        let expired = crate::auth::kdc::KerberosError::TicketExpired { principal: "a@R".into() };
+        assert!(credentials_rejected(&Error::Kerberos { op: "x".into(), source: expired }));
+        let skew = crate::auth::kdc::KerberosError::ClockSkew;
+        assert!(!credentials_rejected(&Error::Kerberos { op: "x".into(), source: skew }));
         assert!(!is_session_loss(NtStatus::ACCESS_DENIED));
         let logon = Error::Status { op: "setup".into(), status: NtStatus::LOGON_FAILURE };
         assert!(credentials_rejected(&logon));

@@ -1,16 +1,23 @@
 //! The NEGOTIATE and SESSION_SETUP state machine: sends the requests, runs
-//! NTLMv2 over SPNEGO, keeps the preauth integrity hash, derives and proves
-//! the keys. What is acceptable (dialect, cipher, signing) is decided by
+//! NTLMv2 or Kerberos over SPNEGO (chosen by `auth::mechanism`), keeps the
+//! preauth integrity hash, derives and proves the keys, and re-authenticates
+//! a session in place. What is acceptable (dialect, cipher, signing) is decided by
 //! `negotiation`, and whether and how the session is protected under the
 //! encryption policy by `protection`; this module applies their answers.
 //! The session is the one place that owns its keys and its trees' state.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use rand::RngCore;
 
+use super::auth::krb5_conf::Krb5Conf;
+use super::auth::mechanism::{self, CredentialKind, Plan, ServerOffers};
 use super::auth::ntlm::{NtlmClient, NtlmCredentials};
 use super::auth::spnego::SpnegoClient;
+use super::auth::spnego_krb5::KerberosSpnegoClient;
+use super::auth::tickets::{self, TicketSource};
+use super::auth::AuthError;
 use super::conn::{Connection, Outgoing, Protection, Response, SessionKeysInUse};
 use super::crypto::encryption::Sealer;
 use super::crypto::keys::SessionKeys;
@@ -18,7 +25,7 @@ use super::crypto::preauth::PreauthHash;
 use super::crypto::signing::Signer;
 use super::error::{Error, Result};
 use super::negotiation::{self, SIGNING_ALGORITHMS};
-use super::options::{ClientOptions, Credentials};
+use super::options::{ClientOptions, Credentials, KerberosCredentials};
 use super::protection::{self, Logon, SessionFlags};
 use super::wire::ioctl::{
     IoctlRequest, IoctlResponse, ValidateNegotiateInfoRequest, ValidateNegotiateInfoResponse,
@@ -143,6 +150,8 @@ pub struct SessionInfo {
     pub encrypted: bool,
     pub guest: bool,
     pub anonymous: bool,
+    /// Authenticated with Kerberos (else NTLMv2, guest or anonymous).
+    pub kerberos: bool,
     pub max_read: u32,
     pub max_write: u32,
     pub max_transact: u32,
@@ -161,6 +170,179 @@ pub(crate) struct Session {
     pub validate_pending: std::sync::atomic::AtomicBool,
     /// ChannelSequence of this session's requests (3.x; raised per reconnect).
     pub channel_sequence: std::sync::atomic::AtomicU16,
+    /// End of the Kerberos ticket the session was (re-)authenticated with,
+    /// unix seconds; 0 for NTLM.
+    ticket_end: AtomicU64,
+    /// Serialises re-authentications and counts them.
+    reauth: tokio::sync::Mutex<ReauthState>,
+}
+
+#[derive(Default)]
+struct ReauthState {
+    count: u64,
+}
+
+/// The mechanism running one logon, behind SPNEGO.
+enum Gss {
+    Ntlm(Box<SpnegoClient>),
+    Kerberos(Box<KerberosSpnegoClient>),
+}
+
+impl Gss {
+    /// The next token for a server token; `op` names the logon in errors.
+    fn step(&mut self, token: &[u8], op: &(dyn Fn() -> String + Sync)) -> Result<Option<Vec<u8>>> {
+        match self {
+            Gss::Ntlm(c) => Ok(c.step(token)?),
+            Gss::Kerberos(c) => c.step(token).map_err(|source| Error::Kerberos { op: op(), source }),
+        }
+    }
+
+    /// The GSS context key (NTLM: 16 bytes; Kerberos: the subkey, 16 or 32).
+    fn session_key(&self) -> Option<Vec<u8>> {
+        match self {
+            Gss::Ntlm(c) => c.session_key().map(|k| k.to_vec()),
+            Gss::Kerberos(c) => c.session_key().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// How long one KDC may take to answer (the SMB timeout is longer).
+const KDC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Chooses the mechanism (see `auth::mechanism`), gets a Kerberos ticket
+/// if that is the one, and builds the first SESSION_SETUP token. Returns
+/// the ticket's end time (unix seconds) for a Kerberos logon.
+async fn start_logon(
+    negotiated: &Negotiated,
+    host: &str,
+    creds: &Credentials,
+    opts: &ClientOptions,
+    op: &(dyn Fn() -> String + Sync),
+) -> Result<(Gss, Vec<u8>, Option<u32>)> {
+    let kerberos_error = |source| Error::Kerberos { op: op(), source };
+    let offers = ServerOffers::from_hint(&negotiated.security_blob)?;
+    let conf = match creds {
+        Credentials::User { .. } | Credentials::Kerberos(_) => {
+            Krb5Conf::load(opts.krb5_config.as_deref()).map_err(kerberos_error)?
+        }
+        Credentials::Guest | Credentials::Anonymous => Krb5Conf::default(),
+    };
+    let kind = match creds {
+        Credentials::User { domain, .. } => {
+            let realm = conf.realm_for(domain);
+            let kdc_configured = realm.as_deref().is_some_and(|r| conf.has_kdcs(r));
+            CredentialKind::User { realm, kdc_configured }
+        }
+        Credentials::Kerberos(_) => CredentialKind::KerberosOnly,
+        Credentials::Guest | Credentials::Anonymous => CredentialKind::GuestOrAnonymous,
+    };
+    let (realm, fallback) = match mechanism::choose(opts.security, offers, &kind).map_err(AuthError::from)? {
+        Plan::Ntlm => return ntlm_logon(negotiated, creds),
+        Plan::Kerberos { realm, fallback_to_ntlm } => (realm, fallback_to_ntlm),
+    };
+    let source = match creds {
+        Credentials::User { user, password, .. } => {
+            TicketSource::Password { user, realm: realm.as_deref().unwrap_or_default(), password }
+        }
+        Credentials::Kerberos(KerberosCredentials::Password { user, realm, password }) => {
+            TicketSource::Password { user, realm, password }
+        }
+        Credentials::Kerberos(KerberosCredentials::Ccache(bytes)) => TicketSource::Ccache(bytes.expose()),
+        Credentials::Guest | Credentials::Anonymous => return ntlm_logon(negotiated, creds),
+    };
+    match tickets::service_ticket(source, &conf, host, opts.timeout.min(KDC_TIMEOUT)).await {
+        Ok(ticket) => {
+            let (client, token) = KerberosSpnegoClient::start(&ticket).map_err(kerberos_error)?;
+            tracing::debug!(server = %host, principal = %ticket.client.display(), "Kerberos logon");
+            Ok((Gss::Kerberos(Box::new(client)), token, Some(ticket.end_time)))
+        }
+        Err(e) if fallback && mechanism::falls_back_to_ntlm(&e) => {
+            tracing::warn!(server = %host, error = %e, "Kerberos unavailable; logging on with NTLMv2 (sec= unset)");
+            ntlm_logon(negotiated, creds)
+        }
+        Err(e) => Err(kerberos_error(e)),
+    }
+}
+
+fn ntlm_logon(negotiated: &Negotiated, creds: &Credentials) -> Result<(Gss, Vec<u8>, Option<u32>)> {
+    let ntlm = match creds {
+        Credentials::User { user, domain, password } => NtlmClient::new(NtlmCredentials {
+            user: user.clone(),
+            domain: domain.clone(),
+            password: password.clone(),
+            workstation: "SMB3CSI".into(),
+        }),
+        Credentials::Guest => NtlmClient::new(NtlmCredentials {
+            user: "guest".into(),
+            domain: String::new(),
+            password: Default::default(),
+            workstation: "SMB3CSI".into(),
+        }),
+        Credentials::Anonymous => NtlmClient::anonymous(),
+        Credentials::Kerberos(_) => {
+            return Err(AuthError::Mechanism(mechanism::MechanismRefusal::NtlmNeedsAPassword).into())
+        }
+    };
+    let mut spnego = SpnegoClient::new(ntlm);
+    let token = spnego.initial_token(&negotiated.security_blob)?;
+    Ok((Gss::Ntlm(Box::new(spnego)), token, None))
+}
+
+/// What a finished SESSION_SETUP exchange gives.
+struct Exchanged {
+    session_id: u64,
+    final_resp: Response,
+    preauth: Option<PreauthHash>,
+}
+
+/// Runs SESSION_SETUP round trips until the server answers SUCCESS and the
+/// mechanism is satisfied. `prot` carries the session id (0 for a new
+/// session) and, when re-authenticating, the session's keys.
+async fn exchange(
+    conn: &Connection,
+    gss: &mut Gss,
+    mut token: Vec<u8>,
+    prot: Protection<'_>,
+    mut preauth: Option<PreauthHash>,
+    op: &(dyn Fn() -> String + Sync),
+) -> Result<Exchanged> {
+    let mut session_id = prot.session_id;
+    let final_resp: Response = loop {
+        let req = SessionSetupRequest {
+            flags: 0,
+            security_mode: CLIENT_SECURITY_MODE as u8,
+            capabilities: 0,
+            previous_session_id: 0,
+            security_buffer: std::mem::take(&mut token),
+        };
+        let out = Outgoing::new(Command::SessionSetup, 0, 0, |m| req.encode(m));
+        let (sent, mut resp) = conn.send(vec![out], Protection { session_id, ..prot }, true).await?;
+        let resp = resp.pop().expect("one response");
+        if let Some(h) = preauth.as_mut() {
+            h.update(&sent[0]);
+        }
+        session_id = resp.header.session_id;
+        match resp.header.status {
+            NtStatus::MORE_PROCESSING_REQUIRED => {
+                if let Some(h) = preauth.as_mut() {
+                    h.update(&resp.msg);
+                }
+                let body = SessionSetupResponse::decode(&resp.msg)?;
+                token = gss
+                    .step(&body.security_buffer, op)?
+                    .ok_or_else(|| Error::Protocol("server wants more authentication but SPNEGO is complete".into()))?;
+            }
+            NtStatus::SUCCESS => break resp,
+            status => return Err(Error::Status { op: op(), status }),
+        }
+    };
+    let body = SessionSetupResponse::decode(&final_resp.msg)?;
+    if let Some(t) = gss.step(&body.security_buffer, op)? {
+        if !t.is_empty() {
+            return Err(Error::Protocol("server accepted the session before authentication finished".into()));
+        }
+    }
+    Ok(Exchanged { session_id, final_resp, preauth })
 }
 
 impl Session {
@@ -180,63 +362,12 @@ impl Session {
         protection::check_before_logon(opts.encryption, dialect, negotiated.cipher)
             .map_err(|r| protection_refused(r, op))?;
 
-        let ntlm = match creds {
-            Credentials::User { user, domain, password } => NtlmClient::new(NtlmCredentials {
-                user: user.clone(),
-                domain: domain.clone(),
-                password: password.clone(),
-                workstation: "SMB3CSI".into(),
-            }),
-            Credentials::Guest => NtlmClient::new(NtlmCredentials {
-                user: "guest".into(),
-                domain: String::new(),
-                password: Default::default(),
-                workstation: "SMB3CSI".into(),
-            }),
-            Credentials::Anonymous => NtlmClient::anonymous(),
-        };
-        let mut spnego = SpnegoClient::new(ntlm);
-        let mut token = spnego.initial_token(&negotiated.security_blob)?;
-        let mut preauth = negotiated.preauth.clone();
-        let mut session_id = 0u64;
-        let final_resp: Response = loop {
-            let req = SessionSetupRequest {
-                flags: 0,
-                security_mode: CLIENT_SECURITY_MODE as u8,
-                capabilities: 0,
-                previous_session_id: 0,
-                security_buffer: std::mem::take(&mut token),
-            };
-            let out = Outgoing::new(Command::SessionSetup, 0, 0, |m| req.encode(m));
-            let prot = Protection { session_id, ..Default::default() };
-            let (sent, mut resp) = conn.send(vec![out], prot, true).await?;
-            let resp = resp.pop().expect("one response");
-            if let Some(h) = preauth.as_mut() {
-                h.update(&sent[0]);
-            }
-            session_id = resp.header.session_id;
-            match resp.header.status {
-                NtStatus::MORE_PROCESSING_REQUIRED => {
-                    if let Some(h) = preauth.as_mut() {
-                        h.update(&resp.msg);
-                    }
-                    let body = SessionSetupResponse::decode(&resp.msg)?;
-                    token = spnego.step(&body.security_buffer)?.ok_or_else(|| {
-                        Error::Protocol("server wants more authentication but SPNEGO is complete".into())
-                    })?;
-                }
-                NtStatus::SUCCESS => break resp,
-                status => return Err(Error::Status { op: op(), status }),
-            }
-        };
+        let (mut gss, token, ticket_end) = start_logon(&negotiated, host, creds, opts, &op).await?;
+        let Exchanged { session_id, final_resp, preauth } =
+            exchange(&conn, &mut gss, token, Protection::default(), negotiated.preauth.clone(), &op).await?;
         let body = SessionSetupResponse::decode(&final_resp.msg)?;
-        if let Some(t) = spnego.step(&body.security_buffer)? {
-            if !t.is_empty() {
-                return Err(Error::Protocol("server accepted the session before authentication finished".into()));
-            }
-        }
         let flags = SessionFlags::from_bits(body.session_flags);
-        let session_key = spnego.session_key();
+        let session_key = gss.session_key();
         let logon = protection::accept_logon(opts.encryption, creds, flags, session_key.is_some())
             .map_err(|r| protection_refused(r, op))?;
         let (keys, signing, encrypt) = match logon {
@@ -271,11 +402,12 @@ impl Session {
             encrypted: encrypt,
             guest: flags.guest,
             anonymous: flags.anonymous,
+            kerberos: matches!(gss, Gss::Kerberos(_)),
             max_read: negotiated.max_read,
             max_write: negotiated.max_write,
             max_transact: negotiated.max_transact,
         };
-        tracing::debug!(server = %info.server, %dialect, encrypted = encrypt, "SMB session established");
+        tracing::debug!(server = %info.server, %dialect, encrypted = encrypt, kerberos = info.kerberos, "SMB session established");
         let validate = matches!(dialect, Dialect::Smb300 | Dialect::Smb302) && keys.signer.is_some();
         Ok(Session {
             conn,
@@ -287,7 +419,40 @@ impl Session {
             host: host.to_string(),
             validate_pending: std::sync::atomic::AtomicBool::new(validate),
             channel_sequence: std::sync::atomic::AtomicU16::new(0),
+            ticket_end: AtomicU64::new(ticket_end.map_or(0, u64::from)),
+            reauth: tokio::sync::Mutex::new(ReauthState::default()),
         })
+    }
+
+    /// Re-authenticates this session in place (MS-SMB2 3.2.4.2.3 and
+    /// 3.2.5.3.2): SESSION_SETUP with its SessionId, signed (and sealed, on
+    /// an encrypted session) with its keys, which stay as they are; its
+    /// trees and open handles are untouched. Concurrent callers (many
+    /// requests told STATUS_NETWORK_SESSION_EXPIRED at once) share one
+    /// re-authentication: a caller that waited for another's returns at once.
+    pub async fn reauthenticate(&self, creds: &Credentials, opts: &ClientOptions) -> Result<()> {
+        let seen = self.reauth.lock().await.count;
+        let mut state = self.reauth.lock().await;
+        if state.count != seen {
+            return Ok(());
+        }
+        let who = creds.display_name();
+        let op = || format!("re-authenticating the session with {} as {}", self.conn.addr(), who);
+        let (mut gss, token, ticket_end) = start_logon(&self.negotiated, &self.host, creds, opts, &op).await?;
+        exchange(&self.conn, &mut gss, token, self.protection(false), None, &op).await?;
+        self.ticket_end.store(ticket_end.map_or(0, u64::from), std::sync::atomic::Ordering::Relaxed);
+        state.count += 1;
+        tracing::info!(server = %self.conn.addr(), user = %who, ticket_end, "SMB session re-authenticated in place");
+        Ok(())
+    }
+
+    /// When the Kerberos ticket behind this session ends (the server
+    /// expires the session then); `None` for NTLM.
+    pub fn ticket_end(&self) -> Option<std::time::SystemTime> {
+        match self.ticket_end.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            secs => Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)),
+        }
     }
 
     /// The protection for a request on a tree that does (or does not) demand encryption.

@@ -385,8 +385,7 @@ impl Tree {
             };
             match result {
                 Ok(resps) if resps.first().is_some_and(|r| is_session_loss(r.header.status)) => {
-                    let why = format!("server dropped the session ({})", resps[0].header.status);
-                    after = Some(link.lost(&b.session, b.generation, &why));
+                    after = link.after_session_status(&b.session, b.generation, resps[0].header.status).await;
                 }
                 Ok(resps) => return Ok((resps, replayed)),
                 Err(e) if is_connection_loss(&e) => {

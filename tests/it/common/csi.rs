@@ -39,13 +39,15 @@ pub struct Plugin {
 
 impl Plugin {
     pub async fn start() -> Plugin {
+        Plugin::start_with(ClientOptions { timeout: Duration::from_secs(20), ..Default::default() }).await
+    }
+
+    /// With the session pool's client options (e.g. the krb5.conf of a test DC).
+    pub async fn start_with(options: ClientOptions) -> Plugin {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("csi.sock");
         let endpoint = Endpoint::parse(&format!("unix://{}", socket.display())).unwrap();
-        let pool = SessionPool::new(
-            ClientOptions { timeout: Duration::from_secs(20), ..Default::default() },
-            Duration::from_secs(60),
-        );
+        let pool = SessionPool::new(options, Duration::from_secs(60));
         pool.spawn_evictor(Duration::from_secs(10));
         let services = Services::new()
             .with_identity(IdentityService::new(DRIVER, true, Arc::new(AtomicBool::new(true))).unwrap())

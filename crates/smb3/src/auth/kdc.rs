@@ -39,10 +39,10 @@ use tokio::net::TcpStream;
 use super::ccache::{Credential, Principal};
 use crate::Secret;
 
-const AES256: i32 = 18;
-const AES128: i32 = 17;
-const NT_PRINCIPAL: u8 = 1;
-const NT_SRV_INST: u8 = 2;
+pub(crate) const AES256: i32 = 18;
+pub(crate) const AES128: i32 = 17;
+pub(crate) const NT_PRINCIPAL: u8 = 1;
+pub(crate) const NT_SRV_INST: u8 = 2;
 const PA_ENC_TIMESTAMP: u8 = 2;
 const PA_ETYPE_INFO2: u8 = 19;
 const PA_PAC_REQUEST: u8 = 128;
@@ -54,13 +54,26 @@ const KEY_USAGE_TGS_REP_ENC_PART: i32 = 8;
 const PA_TGS_REQ: u8 = 1;
 /// KDC replies are a few KiB (tickets with a PAC); refuse absurd lengths.
 const MAX_REPLY: usize = 1 << 20;
-/// Asked-for TGT lifetime; the KDC's policy caps it (AD: 10 hours).
-const TGT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Asked-for ticket lifetime when the configuration sets none; the KDC's
+/// policy caps it (AD: 10 hours).
+pub const DEFAULT_TICKET_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// Why no TGT: one line naming the Kerberos failure. Never carries the
 /// password or a key.
 #[derive(Debug, thiserror::Error)]
 pub enum KerberosError {
+    #[error("Kerberos configuration: {0}")]
+    Config(String),
+    #[error("no Kerberos ticket: {0}")]
+    NoTicket(String),
+    #[error("Kerberos credential cache: {0}")]
+    Ccache(#[from] super::ccache::CcacheError),
+    #[error("no Kerberos realm for {user}: give the user as user@REALM or set default_realm in krb5.conf")]
+    NoRealm { user: String },
+    #[error("Kerberos mutual authentication of the server failed: {0}")]
+    MutualAuthFailed(String),
+    #[error("the server refused the Kerberos ticket: error {code}{text}")]
+    ServerRefused { code: u32, text: String },
     #[error("Kerberos KDC {kdc} unreachable: {source}")]
     KdcUnreachable {
         kdc: String,
@@ -99,6 +112,9 @@ pub struct KdcConfig {
     /// Tried in order until one answers.
     pub kdcs: Vec<SocketAddr>,
     pub timeout: Duration,
+    /// Asked-for lifetime of new tickets (krb5.conf `ticket_lifetime`);
+    /// the KDC gives at most its policy's.
+    pub ticket_lifetime: Duration,
 }
 
 /// Gets a TGT for `user@realm` with `password`: the credential (ticket,
@@ -106,7 +122,8 @@ pub struct KdcConfig {
 pub async fn request_tgt(config: &KdcConfig, user: &str, password: &Secret) -> Result<Credential, KerberosError> {
     let principal = format!("{user}@{}", config.realm);
     let nonce: u32 = rand::thread_rng().gen_range(1..i32::MAX as u32);
-    let first = encode_as_req(&config.realm, user, nonce, None, SystemTime::now())?;
+    let lifetime = config.ticket_lifetime;
+    let first = encode_as_req(&config.realm, user, nonce, None, SystemTime::now(), lifetime)?;
     let (etype, salt) = match parse_kdc_reply(&exchange(config, &first).await?)? {
         KdcReply::Error(e) if e.code == KDC_ERR_PREAUTH_REQUIRED => choose_etype_and_salt(&e, &config.realm, user)?,
         KdcReply::Error(e) => return Err(e.into_error(&principal)),
@@ -114,26 +131,30 @@ pub async fn request_tgt(config: &KdcConfig, user: &str, password: &Secret) -> R
         // (DONT_REQ_PREAUTH): still answered with the default salt.
         KdcReply::Rep(_) => (AES256, format!("{}{user}", config.realm)),
     };
-    let cipher = cipher_suite(etype)?.cipher();
-    let key = cipher
-        .generate_key_from_password(password.expose().as_bytes(), salt.as_bytes())
-        .map_err(|e| KerberosError::Malformed(format!("string-to-key: {e}")))?;
     let now = SystemTime::now();
-    let timestamp = picky_asn1_der::to_vec(&PaEncTsEnc {
-        patimestamp: ExplicitContextTag0::from(kerberos_time(now)?),
-        pausec: Optional::from(Some(ExplicitContextTag1::from(int(micros(now))))),
-    })
-    .map_err(der_error)?;
-    let encrypted = cipher
-        .encrypt(&key, KEY_USAGE_PA_ENC_TIMESTAMP, &timestamp)
-        .map_err(|e| KerberosError::Malformed(format!("encrypting the timestamp: {e}")))?;
+    // The cipher (not Send) is gone before the next await.
+    let (key, encrypted) = {
+        let cipher = cipher_suite(etype)?.cipher();
+        let key = cipher
+            .generate_key_from_password(password.expose().as_bytes(), salt.as_bytes())
+            .map_err(|e| KerberosError::Malformed(format!("string-to-key: {e}")))?;
+        let timestamp = picky_asn1_der::to_vec(&PaEncTsEnc {
+            patimestamp: ExplicitContextTag0::from(kerberos_time(now)?),
+            pausec: Optional::from(Some(ExplicitContextTag1::from(int(micros(now))))),
+        })
+        .map_err(der_error)?;
+        let encrypted = cipher
+            .encrypt(&key, KEY_USAGE_PA_ENC_TIMESTAMP, &timestamp)
+            .map_err(|e| KerberosError::Malformed(format!("encrypting the timestamp: {e}")))?;
+        (key, encrypted)
+    };
     let pa_enc_timestamp = picky_asn1_der::to_vec(&EncryptedData {
         etype: ExplicitContextTag0::from(int(etype as u32)),
         kvno: Optional::from(None),
         cipher: ExplicitContextTag2::from(OctetStringAsn1::from(encrypted)),
     })
     .map_err(der_error)?;
-    let second = encode_as_req(&config.realm, user, nonce, Some(pa_enc_timestamp), now)?;
+    let second = encode_as_req(&config.realm, user, nonce, Some(pa_enc_timestamp), now, lifetime)?;
     let rep = match parse_kdc_reply(&exchange(config, &second).await?)? {
         KdcReply::Rep(rep) => rep,
         KdcReply::Error(e) => return Err(e.into_error(&principal)),
@@ -161,14 +182,14 @@ pub async fn request_service_ticket(
     let now = SystemTime::now();
     let nonce: u32 = rand::thread_rng().gen_range(1..i32::MAX as u32);
     let body = KdcReqBody {
-        kdc_options: ExplicitContextTag0::from(BitStringAsn1::from(BitString::with_bytes(vec![
-            0x40, 0x00, 0x00, 0x10,
-        ]))),
+        kdc_options: ExplicitContextTag0::from(BitStringAsn1::from(BitString::with_bytes(
+            tgs_options(tgt.flags).to_be_bytes().to_vec(),
+        ))),
         cname: Optional::from(None),
         realm: ExplicitContextTag2::from(kerberos_string(&tgt.server.realm)?),
         sname: Optional::from(Some(ExplicitContextTag3::from(principal_name(NT_SRV_INST, &[service, host])?))),
         from: Optional::from(None),
-        till: ExplicitContextTag5::from(kerberos_time(now + TGT_LIFETIME)?),
+        till: ExplicitContextTag5::from(kerberos_time(now + config.ticket_lifetime)?),
         rtime: Optional::from(None),
         nonce: ExplicitContextTag7::from(int(nonce)),
         etype: ExplicitContextTag8::from(Asn1SequenceOf::from(vec![int(AES256 as u32), int(AES128 as u32)])),
@@ -199,6 +220,8 @@ pub async fn request_service_ticket(
     let authenticator = cipher
         .encrypt(&tgt.key, KEY_USAGE_TGS_REQ_AUTHENTICATOR, &picky_asn1_der::to_vec(&authenticator).map_err(der_error)?)
         .map_err(|e| KerberosError::Malformed(format!("encrypting the authenticator: {e}")))?;
+    // Not Send: gone before the await below.
+    drop(cipher);
     let ticket: Ticket = picky_asn1_der::from_bytes(&tgt.ticket).map_err(der_error)?;
     let ap_req: ApReq = ApplicationTag::from(ApReqInner {
         pvno: ExplicitContextTag0::from(int(5)),
@@ -229,6 +252,15 @@ pub async fn request_service_ticket(
     decrypt_kdc_rep(&rep, etype, &tgt.key, KEY_USAGE_TGS_REP_ENC_PART, nonce)
 }
 
+/// TGS-REQ options: renewable-ok, and forwardable only when the TGT is
+/// (asking a non-forwardable TGT for it draws KDC_ERR_BADOPTION, as MIT
+/// kinit's default TGT showed).
+fn tgs_options(tgt_flags: u32) -> u32 {
+    const FORWARDABLE: u32 = 0x4000_0000;
+    const RENEWABLE_OK: u32 = 0x0000_0010;
+    RENEWABLE_OK | (tgt_flags & FORWARDABLE)
+}
+
 const KDC_ERR_C_PRINCIPAL_UNKNOWN: u32 = 6;
 const KDC_ERR_S_PRINCIPAL_UNKNOWN: u32 = 7;
 const KRB_AP_ERR_TKT_EXPIRED: u32 = 32;
@@ -241,15 +273,15 @@ const KRB_AP_ERR_SKEW: u32 = 37;
 
 /// What a KRB-ERROR says, decoded from the message.
 #[derive(Debug)]
-struct KdcError {
-    code: u32,
-    text: Option<String>,
+pub(crate) struct KdcError {
+    pub code: u32,
+    pub text: Option<String>,
     e_data: Option<Vec<u8>>,
 }
 
 impl KdcError {
     /// The one-line error for a KRB-ERROR code (RFC 4120 7.5.9).
-    fn into_error(self, principal: &str) -> KerberosError {
+    pub(crate) fn into_error(self, principal: &str) -> KerberosError {
         let principal = principal.to_string();
         match self.code {
             KDC_ERR_C_PRINCIPAL_UNKNOWN => KerberosError::PrincipalUnknown { principal },
@@ -265,13 +297,13 @@ impl KdcError {
 }
 
 #[derive(Debug)]
-enum KdcReply {
+pub(crate) enum KdcReply {
     Rep(Box<KdcRep>),
     Error(KdcError),
 }
 
 /// [APPLICATION 11] is an AS-REP, [APPLICATION 13] a TGS-REP, [APPLICATION 30] a KRB-ERROR.
-fn parse_kdc_reply(bytes: &[u8]) -> Result<KdcReply, KerberosError> {
+pub(crate) fn parse_kdc_reply(bytes: &[u8]) -> Result<KdcReply, KerberosError> {
     match bytes.first() {
         Some(0x6b) => Ok(KdcReply::Rep(Box::new(picky_asn1_der::from_bytes::<AsRep>(bytes).map_err(der_error)?.0))),
         Some(0x6d) => Ok(KdcReply::Rep(Box::new(picky_asn1_der::from_bytes::<TgsRep>(bytes).map_err(der_error)?.0))),
@@ -311,7 +343,7 @@ fn choose_etype_and_salt(e: &KdcError, realm: &str, user: &str) -> Result<(i32, 
     Ok((AES256, default_salt))
 }
 
-fn cipher_suite(etype: i32) -> Result<CipherSuite, KerberosError> {
+pub(crate) fn cipher_suite(etype: i32) -> Result<CipherSuite, KerberosError> {
     match etype {
         AES256 => Ok(CipherSuite::Aes256CtsHmacSha196),
         AES128 => Ok(CipherSuite::Aes128CtsHmacSha196),
@@ -325,6 +357,7 @@ fn encode_as_req(
     nonce: u32,
     pa_enc_timestamp: Option<Vec<u8>>,
     now: SystemTime,
+    lifetime: Duration,
 ) -> Result<Vec<u8>, KerberosError> {
     let pac_request = picky_asn1_der::to_vec(&KerbPaPacRequest { include_pac: ExplicitContextTag0::from(true) })
         .map_err(der_error)?;
@@ -340,7 +373,7 @@ fn encode_as_req(
         realm: ExplicitContextTag2::from(kerberos_string(realm)?),
         sname: Optional::from(Some(ExplicitContextTag3::from(principal_name(NT_SRV_INST, &["krbtgt", realm])?))),
         from: Optional::from(None),
-        till: ExplicitContextTag5::from(kerberos_time(now + TGT_LIFETIME)?),
+        till: ExplicitContextTag5::from(kerberos_time(now + lifetime)?),
         rtime: Optional::from(None),
         nonce: ExplicitContextTag7::from(int(nonce)),
         etype: ExplicitContextTag8::from(Asn1SequenceOf::from(vec![int(AES256 as u32), int(AES128 as u32)])),
@@ -449,7 +482,7 @@ fn pa_data(kind: u8, value: Vec<u8>) -> PaData {
     }
 }
 
-fn principal_name(name_type: u8, parts: &[&str]) -> Result<PrincipalName, KerberosError> {
+pub(crate) fn principal_name(name_type: u8, parts: &[&str]) -> Result<PrincipalName, KerberosError> {
     Ok(PrincipalName {
         name_type: ExplicitContextTag0::from(int(u32::from(name_type))),
         name_string: ExplicitContextTag1::from(Asn1SequenceOf::from(
@@ -466,33 +499,33 @@ fn principal(name: &PrincipalName, realm: &str) -> Principal {
     }
 }
 
-fn kerberos_string(s: &str) -> Result<GeneralStringAsn1, KerberosError> {
+pub(crate) fn kerberos_string(s: &str) -> Result<GeneralStringAsn1, KerberosError> {
     IA5String::new(s.as_bytes().to_vec())
         .map(GeneralStringAsn1::from)
         .map_err(|_| KerberosError::Malformed(format!("{s:?} is not an IA5 string")))
 }
 
 /// A non-negative INTEGER in minimal DER form.
-fn int(v: u32) -> IntegerAsn1 {
+pub(crate) fn int(v: u32) -> IntegerAsn1 {
     IntegerAsn1::from_bytes_be_unsigned(v.to_be_bytes().to_vec())
 }
 
-fn uint(v: &IntegerAsn1) -> Option<u32> {
+pub(crate) fn uint(v: &IntegerAsn1) -> Option<u32> {
     let bytes = v.as_unsigned_bytes_be();
     let bytes = &bytes[bytes.iter().take_while(|b| **b == 0).count()..];
     (bytes.len() <= 4).then(|| bytes.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)))
 }
 
-fn der_error(e: picky_asn1_der::Asn1DerError) -> KerberosError {
+pub(crate) fn der_error(e: picky_asn1_der::Asn1DerError) -> KerberosError {
     KerberosError::Malformed(e.to_string())
 }
 
-fn micros(t: SystemTime) -> u32 {
+pub(crate) fn micros(t: SystemTime) -> u32 {
     t.duration_since(UNIX_EPOCH).map(|d| d.subsec_micros()).unwrap_or(0)
 }
 
 /// KerberosTime (GeneralizedTime, whole seconds, UTC) of a system time.
-fn kerberos_time(t: SystemTime) -> Result<KerberosTime, KerberosError> {
+pub(crate) fn kerberos_time(t: SystemTime) -> Result<KerberosTime, KerberosError> {
     let secs =
         t.duration_since(UNIX_EPOCH).map_err(|_| KerberosError::Malformed("clock before 1970".into()))?.as_secs();
     let (y, m, d, hh, mm, ss) = civil_from_unix(secs);
@@ -502,7 +535,7 @@ fn kerberos_time(t: SystemTime) -> Result<KerberosTime, KerberosError> {
         .ok_or_else(|| KerberosError::Malformed("invalid time".into()))
 }
 
-fn unix_time(t: &KerberosTime) -> Result<u32, KerberosError> {
+pub(crate) fn unix_time(t: &KerberosTime) -> Result<u32, KerberosError> {
     let t = &t.0;
     let secs = unix_from_civil(i64::from(t.year()), t.month(), t.day(), t.hour(), t.minute(), t.second());
     u32::try_from(secs).map_err(|_| KerberosError::Malformed("time outside 1970..2106".into()))
@@ -555,6 +588,12 @@ mod tests {
     }
 
     #[test]
+    fn tgs_asks_forwardable_only_of_a_forwardable_tgt() {
+        assert_eq!(tgs_options(0), 0x10);
+        assert_eq!(tgs_options(0x40e1_0000), 0x4000_0010);
+    }
+
+    #[test]
     fn integers_are_minimal_and_read_back() {
         for v in [0u32, 5, 127, 128, 255, 256, 0x7fff_ffff, u32::MAX] {
             assert_eq!(uint(&int(v)), Some(v), "{v}");
@@ -575,8 +614,15 @@ mod tests {
 
     #[test]
     fn as_req_round_trips_through_picky() {
-        let req =
-            encode_as_req("EXAMPLE.COM", "alice", 42, None, UNIX_EPOCH + Duration::from_secs(1_700_000_000)).unwrap();
+        let req = encode_as_req(
+            "EXAMPLE.COM",
+            "alice",
+            42,
+            None,
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            DEFAULT_TICKET_LIFETIME,
+        )
+        .unwrap();
         assert_eq!(req[0], 0x6a, "[APPLICATION 10]");
         let back: AsReq = picky_asn1_der::from_bytes(&req).unwrap();
         assert_eq!(uint(&back.0.req_body.0.nonce.0), Some(42));

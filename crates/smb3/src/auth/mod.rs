@@ -1,11 +1,17 @@
-//! NTLMv2 (MS-NLMP) wrapped in SPNEGO (RFC 4178, MS-SPNG), and the pieces of
-//! Kerberos logon built so far (the MIT ccache codec, the AS exchange; see docs/kerberos.md).
+//! NTLMv2 (MS-NLMP) and Kerberos V5 (RFC 4120/4121), each wrapped in SPNEGO
+//! (RFC 4178, MS-SPNG). Kerberos: the MIT ccache codec, krb5.conf, the AS and
+//! TGS exchanges, the GSS AP-REQ/AP-REP with mutual authentication (see docs/kerberos.md).
 
 pub mod ccache;
 pub mod der;
+pub mod gss_krb5;
 pub mod kdc;
+pub mod krb5_conf;
+pub mod mechanism;
 pub mod ntlm;
 pub mod spnego;
+pub mod spnego_krb5;
+pub mod tickets;
 
 pub use ntlm::{NtlmClient, NtlmCredentials};
 pub use spnego::SpnegoClient;
@@ -36,4 +42,6 @@ pub enum AuthError {
     OutOfOrder(&'static str),
     #[error("no NTLM session key (anonymous or not yet authenticated)")]
     NoSessionKey,
+    #[error("{0}")]
+    Mechanism(#[from] mechanism::MechanismRefusal),
 }

@@ -117,8 +117,7 @@ impl File {
             let was_cancelled = cancelled_now.load(Ordering::SeqCst);
             match result {
                 Ok(r) if is_session_loss(r.header.status) => {
-                    let why = format!("server dropped the session ({})", r.header.status);
-                    after = Some(link.lost(&b.session, b.generation, &why));
+                    after = link.after_session_status(&b.session, b.generation, r.header.status).await;
                 }
                 Ok(r) if r.header.status == NtStatus::CANCELLED => {
                     return Err(Error::Cancelled { op: self.op("lock") });
