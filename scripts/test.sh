@@ -34,6 +34,12 @@ fi
 run cargo test --workspace --all-targets --features smb3-csi/demo
 # The benchmark in its quick mode (small sizes, one run, under a minute): CI checks that it runs, not its numbers.
 run cargo test --features smb3-csi/demo --bench compare -- --quick
+# Every fuzz target for a few seconds from its committed corpus (README "Security").
+if command -v rustup >/dev/null && rustup toolchain list | grep -q '^nightly' && command -v cargo-fuzz >/dev/null; then
+  run bash scripts/fuzz.sh --ci
+elif [[ ${CI:-} == true ]]; then
+  failed+=("fuzzing: no nightly toolchain or cargo-fuzz (scripts/setup.sh installs them)")
+fi
 
 if ((${#failed[@]} > 0)); then
   printf 'test.sh: FAILED: %s\n' "${failed[@]}" >&2

@@ -145,6 +145,8 @@ async fn story(root: &Path, running: &mut Running) -> Result<(), String> {
     let child = Command::new(exe)
         .args(["--log-level", "info", "all", "--node-id", NODE_ID, "--driver-name", DRIVER, "--endpoint"])
         .arg(format!("unix://{}", socket.display()))
+        .arg("--kubelet-dir")
+        .arg(root)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

@@ -33,9 +33,8 @@ pub struct MountArgs {
     /// Mount options, mount.cifs style.
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
-    /// Per-request timeout in seconds.
-    #[arg(long, default_value_t = 60)]
-    timeout: u64,
+    #[command(flatten)]
+    deadlines: super::deadlines::DeadlineArgs,
     /// Keep the FUSE takeover journal in DIR (node ids and open handles the kernel knows), so that another
     /// process holding a dup of the /dev/fuse connection can serve the mount if this one dies (queued writes
     /// are kept there with their data until the server has them).
@@ -77,8 +76,7 @@ pub async fn run(args: MountArgs) -> Result<(), String> {
             (Arc::new(creds), who)
         }
     };
-    let client_opts =
-        opts.client_options(&ClientOptions { timeout: Duration::from_secs(args.timeout.max(1)), ..Default::default() });
+    let client_opts = opts.client_options(&args.deadlines.apply(ClientOptions::default()));
     let connect = async {
         let client = Client::connect_with_source(&target.host, target.port, source, &client_opts).await?;
         let tree = client.tree(&target.share).await?;

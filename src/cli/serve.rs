@@ -59,6 +59,15 @@ pub struct ServeArgs {
     /// Per-request SMB timeout, in seconds.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     smb_timeout_secs: u64,
+    /// Deadline for connecting to an SMB server and logging on (TCP, NEGOTIATE, SESSION_SETUP), in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    smb_connect_timeout_secs: u64,
+    /// Ceiling for an SMB request the server keeps answering STATUS_PENDING, in seconds.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    smb_pending_timeout_secs: u64,
+    /// The kubelet's root directory (its --root-dir): node staging and target paths outside it are refused.
+    #[arg(long, env = "KUBELET_DIR", default_value = smb3_csi::csi::node::DEFAULT_KUBELET_DIR)]
+    kubelet_dir: PathBuf,
     /// Pooled SMB sessions unused for this many seconds are closed.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
     session_idle_secs: u64,
@@ -175,6 +184,7 @@ fn node_service(node_id: &str, args: &ServeArgs, restart: Option<RestartConfig>)
         node_id: node_id.to_string(),
         kubeconfig: args.kubeconfig.clone(),
         driver_name: args.driver_name.clone(),
+        kubelet_dir: args.kubelet_dir.clone(),
     };
     let node = match restart {
         Some(restart) => NodeService::with_restart(config, session_pool(args), restart)?,
@@ -223,6 +233,8 @@ fn session_pool(args: &ServeArgs) -> SessionPool {
     let options = ClientOptions {
         encryption: args.smb_encryption,
         timeout: Duration::from_secs(args.smb_timeout_secs),
+        connect_timeout: Duration::from_secs(args.smb_connect_timeout_secs),
+        pending_timeout: Duration::from_secs(args.smb_pending_timeout_secs),
         observer: ObserverHandle::new(Arc::new(Metrics::global())),
         ..ClientOptions::default()
     };

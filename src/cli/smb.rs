@@ -37,9 +37,6 @@ pub struct SmbArgs {
     /// Lowest dialect to accept.
     #[arg(long, value_parser = parse_dialect, default_value = "2.1")]
     min_dialect: Dialect,
-    /// Per-request timeout in seconds.
-    #[arg(long, default_value_t = 60)]
-    timeout: u64,
     /// Authentication: krb5 (Kerberos only), ntlmssp (NTLMv2 only); unset: Kerberos when the server offers it
     /// and the credentials allow.
     #[arg(long, value_parser = parse_sec, default_value = "auto")]
@@ -47,6 +44,8 @@ pub struct SmbArgs {
     /// Connect to this address instead of resolving HOST (cifs ip=); HOST still names the Kerberos principal.
     #[arg(long, value_name = "ADDR")]
     ip: Option<std::net::IpAddr>,
+    #[command(flatten)]
+    deadlines: super::deadlines::DeadlineArgs,
     /// //HOST[:PORT]/SHARE[/PATH]; remote paths below are relative to PATH.
     target: String,
     #[command(subcommand)]
@@ -123,15 +122,14 @@ pub async fn run(args: SmbArgs) -> Result<(), String> {
                 .to_string()
         })?)
     };
-    let mut opts = ClientOptions {
+    let mut opts = args.deadlines.apply(ClientOptions {
         encryption: args.encryption,
         max_dialect: args.max_dialect,
         min_dialect: args.min_dialect,
-        timeout: std::time::Duration::from_secs(args.timeout.max(1)),
         security: args.sec,
         connect_address: args.ip.map(|ip| ip.to_string()),
         ..Default::default()
-    };
+    });
     if let Some(c) = args.ciphers {
         opts.ciphers = c.0;
     }

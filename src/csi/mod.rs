@@ -23,6 +23,9 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/csi_v1_extras.rs"));
 }
 
+/// Longest user or domain name accepted from a Secret (AD's sAMAccountName is 20, UPNs reach 1024).
+const MAX_ACCOUNT_NAME: usize = 1024;
+
 /// The credentials in a CSI secrets map (keys matched case-insensitively, as csi-driver-smb; values trimmed),
 /// `None` for an empty map. Shared by the controller and node services. Either
 /// - `krb5cc_<uid>`: a base64 MIT credential cache (the incumbent's Kerberos Secrets), the key chosen by
@@ -65,6 +68,14 @@ pub(crate) fn credentials_from_secrets_for(
         Status::invalid_argument("the secret has no \"password\"; it needs username, password and optionally domain")
     })?;
     let domain = get("domain").unwrap_or("");
+    // A name with control characters cannot be a real account, and would reach logs and NTLM as is.
+    for (key, value) in [("username", user), ("domain", domain)] {
+        if value.chars().any(char::is_control) || value.len() > MAX_ACCOUNT_NAME {
+            return Err(Status::invalid_argument(format!(
+                "the secret's \"{key}\" has control characters or is longer than {MAX_ACCOUNT_NAME} bytes"
+            )));
+        }
+    }
     Ok(Some(Credentials::user(user, domain, Secret::new(password))))
 }
 

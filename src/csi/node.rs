@@ -96,7 +96,13 @@ pub struct NodeConfig {
     pub kubeconfig: Option<PathBuf>,
     /// Our CSI driver name: a staged volume's PV is the one with this `spec.csi.driver`.
     pub driver_name: String,
+    /// The kubelet's root directory (`--kubelet-dir`, default [`DEFAULT_KUBELET_DIR`]): staging and target
+    /// paths outside it are refused, so a CSI call cannot mount over or unmount anything else on the node.
+    pub kubelet_dir: PathBuf,
 }
+
+/// Where the kubelet keeps pods and plugins unless configured otherwise (`--root-dir`).
+pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet";
 
 /// Restart survival: where the node records its volumes and which keeper holds their connections.
 #[derive(Clone, Debug)]
@@ -184,6 +190,8 @@ pub struct NodeService {
 
 struct Inner {
     node_id: String,
+    /// Node paths must lie below it.
+    kubelet_dir: PathBuf,
     pool: SessionPool,
     secrets: Arc<SecretReader>,
     /// Finds a volume's Secret again after a password rotation.
@@ -215,7 +223,12 @@ impl NodeService {
     /// use smb3_csi::csi::node::{NodeConfig, NodeService};
     /// use smb3::{ClientOptions, SessionPool};
     /// let pool = SessionPool::new(ClientOptions::default(), Duration::from_secs(300));
-    /// let config = NodeConfig { node_id: "node-1".into(), kubeconfig: None, driver_name: "smb3.csi.dev".into() };
+    /// let config = NodeConfig {
+    ///     node_id: "node-1".into(),
+    ///     kubeconfig: None,
+    ///     driver_name: "smb3.csi.dev".into(),
+    ///     kubelet_dir: "/var/lib/kubelet".into(),
+    /// };
     /// let node = NodeService::new(config, pool);
     /// # }
     /// ```
@@ -236,6 +249,7 @@ impl NodeService {
         NodeService {
             inner: Arc::new(Inner {
                 node_id: config.node_id,
+                kubelet_dir: config.kubelet_dir,
                 pool,
                 rotation: SecretLookup::new(secrets.clone(), &config.driver_name),
                 secrets,
@@ -726,6 +740,19 @@ fn check_path<'a>(field: &str, path: &'a str) -> Result<&'a Path, Status> {
     Ok(p)
 }
 
+/// A node path from a CSI call: [`check_path`], and below the kubelet directory.
+fn check_node_path<'a>(field: &str, path: &'a str, kubelet_dir: &Path) -> Result<&'a Path, Status> {
+    let p = check_path(field, path)?;
+    // Component-wise, and `..` is refused above, so `/var/lib/kubelet-evil` or `/var/lib/kubelet/../x` fail.
+    if !p.starts_with(kubelet_dir) || p == kubelet_dir {
+        return Err(Status::invalid_argument(format!(
+            "{field} {path:?} is outside the kubelet directory {} (--kubelet-dir)",
+            kubelet_dir.display()
+        )));
+    }
+    Ok(p)
+}
+
 /// A mount capability with a known access mode.
 fn check_capability(capability: Option<&VolumeCapability>) -> Result<&VolumeCapability, Status> {
     let capability = capability.ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
@@ -812,14 +839,17 @@ fn encryption_policy(volume_id: &str, ctx: &HashMap<String, String>) -> Result<O
 /// NodeGetVolumeStats' volume path and optional staging path. Only a missing field is INVALID_ARGUMENT: any
 /// other id or path (too long, relative, with `..`) names nothing this node mounted, which the spec answers
 /// with NOT_FOUND; an unusable staging path (optional) is simply not looked at.
-fn stats_paths(req: &NodeGetVolumeStatsRequest) -> Result<(&Path, Option<&Path>), Status> {
+fn stats_paths<'a>(
+    req: &'a NodeGetVolumeStatsRequest,
+    kubelet_dir: &Path,
+) -> Result<(&'a Path, Option<&'a Path>), Status> {
     if req.volume_id.is_empty() {
         return Err(Status::invalid_argument("volume_id is required"));
     }
     if req.volume_path.is_empty() {
         return Err(Status::invalid_argument("volume_path is required"));
     }
-    let volume_path = check_path("volume_path", &req.volume_path).map_err(|e| {
+    let volume_path = check_node_path("volume_path", &req.volume_path, kubelet_dir).map_err(|e| {
         Status::not_found(format!(
             "volume {:?} is not mounted at {:?}: {}",
             req.volume_id,
@@ -827,7 +857,7 @@ fn stats_paths(req: &NodeGetVolumeStatsRequest) -> Result<(&Path, Option<&Path>)
             e.message()
         ))
     })?;
-    Ok((volume_path, check_path("staging_target_path", &req.staging_target_path).ok()))
+    Ok((volume_path, check_node_path("staging_target_path", &req.staging_target_path, kubelet_dir).ok()))
 }
 
 /// NodeStageVolume's request checked and turned into a plan: the staging path and what to mount there.
@@ -861,7 +891,10 @@ impl Node for NodeService {
         request: Request<NodeStageVolumeRequest>,
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
         let req = request.into_inner();
-        let (staging, plan) = stage_plan(&req)?;
+        let (staging, plan) = {
+            check_node_path("staging_target_path", &req.staging_target_path, &self.inner.kubelet_dir)?;
+            stage_plan(&req)?
+        };
         let _guard = self.lock(&[staging])?;
         let (host, port) = server_of(&plan.share, &plan.options);
         self.remember_credentials(&host, port, &plan.creds);
@@ -883,7 +916,7 @@ impl Node for NodeService {
     ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
         let req = request.into_inner();
         check_id(&req.volume_id)?;
-        let staging = check_path("staging_target_path", &req.staging_target_path)?;
+        let staging = check_node_path("staging_target_path", &req.staging_target_path, &self.inner.kubelet_dir)?;
         let _guard = self.lock(&[staging])?;
         self.tear_down(staging).await?;
         self.forget_stage(staging).await;
@@ -896,7 +929,7 @@ impl Node for NodeService {
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
         let req = request.into_inner();
         check_id(&req.volume_id)?;
-        let target = check_path("target_path", &req.target_path)?;
+        let target = check_node_path("target_path", &req.target_path, &self.inner.kubelet_dir)?;
         let capability = check_capability(req.volume_capability.as_ref())?;
         if is_ephemeral(&req.volume_context) {
             let _guard = self.lock(&[target])?;
@@ -907,7 +940,7 @@ impl Node for NodeService {
         if req.staging_target_path.is_empty() {
             return Err(Status::failed_precondition("staging_target_path is required (NodeStageVolume first)"));
         }
-        let staging = check_path("staging_target_path", &req.staging_target_path)?;
+        let staging = check_node_path("staging_target_path", &req.staging_target_path, &self.inner.kubelet_dir)?;
         if staging == target {
             return Err(Status::invalid_argument("target_path and staging_target_path must differ"));
         }
@@ -994,7 +1027,7 @@ impl Node for NodeService {
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
         check_id(&req.volume_id)?;
-        let target = check_path("target_path", &req.target_path)?;
+        let target = check_node_path("target_path", &req.target_path, &self.inner.kubelet_dir)?;
         let _guard = self.lock(&[target])?;
         self.inner.published.lock().unwrap().remove(target);
         // An inline volume is mounted at its target and recorded like a stage.
@@ -1016,7 +1049,7 @@ impl Node for NodeService {
         request: Request<NodeGetVolumeStatsRequest>,
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let req = request.into_inner();
-        let (volume_path, staging) = stats_paths(&req)?;
+        let (volume_path, staging) = stats_paths(&req, &self.inner.kubelet_dir)?;
         let published = self.inner.published.lock().unwrap().get(volume_path).cloned();
         let staged = [staging.map(Path::to_path_buf), Some(volume_path.to_path_buf()), published]
             .into_iter()
@@ -1160,9 +1193,21 @@ mod tests {
 
     #[test]
     fn paths_ids_and_capabilities_are_checked() {
-        assert!(check_path("p", "/var/lib/kubelet/x").is_ok());
-        for bad in ["", "relative/x", "/a/../b", "/a/./b", "/", "/a\0b"] {
-            assert_eq!(check_path("p", bad).unwrap_err().code(), Code::InvalidArgument, "{bad:?}");
+        let kubelet = Path::new(DEFAULT_KUBELET_DIR);
+        assert!(check_node_path("p", "/var/lib/kubelet/x", kubelet).is_ok());
+        for bad in [
+            "",
+            "relative/x",
+            "/a/../b",
+            "/a/./b",
+            "/",
+            "/a\0b",
+            "/var/lib/kubelet",
+            "/var/lib/kubelet-x/y",
+            "/var/lib/kubelet/../../etc",
+            "/etc/x",
+        ] {
+            assert_eq!(check_node_path("p", bad, kubelet).unwrap_err().code(), Code::InvalidArgument, "{bad:?}");
         }
         assert!(check_id("").is_err());
         assert!(check_id(&"x".repeat(129)).is_err());

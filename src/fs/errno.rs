@@ -18,6 +18,8 @@ pub(crate) fn errno(e: &smb::Error, op: &str, path: &str) -> Errno {
     match e {
         smb::Error::LockConflict { .. } => return Errno::EAGAIN,
         smb::Error::Cancelled { .. } => return Errno::EINTR,
+        // The server held the request past the pending ceiling: the call timed out, the mount is fine.
+        smb::Error::StillPending { .. } => return Errno::ETIMEDOUT,
         _ => {}
     }
     if let smb::Error::Unavailable { .. } = e {

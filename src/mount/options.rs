@@ -65,6 +65,10 @@ pub struct MountOptions {
     pub ip: Option<String>,
     /// `cruid=`: whose Kerberos credential cache to use (the Secret key `krb5cc_<cruid>`); default 0.
     pub cruid: Option<u32>,
+    /// `connect_timeout=N` (seconds, 1..=3600): deadline for connect, NEGOTIATE and SESSION_SETUP.
+    pub connect_timeout: Option<Duration>,
+    /// `pending_timeout=N` (seconds, 1..=86400): ceiling for a request the server keeps STATUS_PENDING.
+    pub pending_timeout: Option<Duration>,
 }
 
 /// `hard` or `soft`, as for NFS and kernel cifs.
@@ -112,6 +116,8 @@ impl Default for MountOptions {
             sec: SecurityMechanism::Auto,
             ip: None,
             cruid: None,
+            connect_timeout: None,
+            pending_timeout: None,
         }
     }
 }
@@ -344,6 +350,16 @@ impl MountOptions {
                     opts.ip = Some(addr.to_string());
                 }
                 "cruid" => opts.cruid = Some(parse_id(need()?).ok_or_else(|| invalid("expected a numeric uid"))?),
+                "connect_timeout" => {
+                    let secs = need()?.parse::<u64>().ok().filter(|s| (1..=3600).contains(s));
+                    opts.connect_timeout =
+                        Some(Duration::from_secs(secs.ok_or_else(|| invalid("expected whole seconds 1..3600"))?));
+                }
+                "pending_timeout" => {
+                    let secs = need()?.parse::<u64>().ok().filter(|s| (1..=86_400).contains(s));
+                    opts.pending_timeout =
+                        Some(Duration::from_secs(secs.ok_or_else(|| invalid("expected whole seconds 1..86400"))?));
+                }
                 k if IGNORED_FLAGS.contains(&k) && value.is_none() => ignored.push(part.to_string()),
                 k if IGNORED_KEYS.contains(&k) => ignored.push(part.to_string()),
                 _ => return Err(MountOptionError::Unknown(part.to_string())),
@@ -400,6 +416,8 @@ impl MountOptions {
         if let Some(ip) = &self.ip {
             o.connect_address = Some(ip.clone());
         }
+        o.connect_timeout = self.connect_timeout.unwrap_or(o.connect_timeout);
+        o.pending_timeout = self.pending_timeout.unwrap_or(o.pending_timeout);
         o
     }
 
@@ -476,6 +494,24 @@ mod tests {
         assert!(ignored.is_empty());
         assert_eq!((o.uid, o.gid, o.file_mode, o.dir_mode, o.read_only), (0, 0, 0o755, 0o755, false));
         assert_eq!(o.actimeo, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn deadline_options() {
+        let (o, _) = parse(&["connect_timeout=5,pending_timeout=900"]).unwrap();
+        let c = o.client_options(&ClientOptions::default());
+        assert_eq!((c.connect_timeout, c.pending_timeout), (Duration::from_secs(5), Duration::from_secs(900)));
+        let d = MountOptions::default().client_options(&ClientOptions::default());
+        assert_eq!((d.connect_timeout, d.pending_timeout), (Duration::from_secs(30), Duration::from_secs(300)));
+        for bad in [
+            "connect_timeout=0",
+            "connect_timeout=3601",
+            "pending_timeout=x",
+            "pending_timeout",
+            "pending_timeout=86401",
+        ] {
+            assert!(matches!(parse(&[bad]), Err(MountOptionError::Invalid { .. })), "{bad}");
+        }
     }
 
     #[test]

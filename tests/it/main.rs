@@ -7,7 +7,10 @@
 /// The shared private Samba (encryption required), or: skip the test where Samba is not installed.
 macro_rules! samba {
     () => {
-        match Samba::shared(SambaProfile::EncryptRequired) {
+        samba!(SambaProfile::EncryptRequired)
+    };
+    ($profile:expr) => {
+        match Samba::shared($profile) {
             Some(s) => s,
             None => {
                 eprintln!("skipped: Samba is not installed (CI=true makes this a failure)");
@@ -22,12 +25,14 @@ mod architecture;
 mod chart;
 mod common;
 mod controller;
+mod csi_requests;
 mod demo;
 mod fs_ops;
 mod fs_semantics;
 mod fuse;
 mod fuse_semantics;
 mod grpc_clients;
+mod hostile_server;
 mod identity;
 mod kerberos;
 mod metrics;

@@ -69,8 +69,15 @@ impl NodePlugin {
         let socket = kubelet.path().join(format!("plugins/{DRIVER}/csi.sock"));
         let endpoint = Endpoint::parse(&format!("unix://{}", socket.display())).unwrap();
         let pool = SessionPool::new(options, Duration::from_secs(60));
-        let node =
-            NodeService::new(NodeConfig { node_id: NODE_ID.into(), kubeconfig, driver_name: DRIVER.into() }, pool);
+        let node = NodeService::new(
+            NodeConfig {
+                node_id: NODE_ID.into(),
+                kubeconfig,
+                driver_name: DRIVER.into(),
+                kubelet_dir: kubelet.path().to_path_buf(),
+            },
+            pool,
+        );
         node.spawn_connection_watch(Duration::from_millis(200));
         let services = Services::new()
             .with_identity(IdentityService::new(DRIVER, false, Arc::new(AtomicBool::new(true))).unwrap())

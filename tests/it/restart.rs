@@ -62,6 +62,8 @@ impl Node {
             .args(["all", "--endpoint", &format!("unix://{}", self.socket().display()), "--node-id", "node-a"])
             .args(["--keeper-idle-secs", "5"])
             .args(extra)
+            .arg("--kubelet-dir")
+            .arg(self.root.path())
             .env("RUST_LOG", "info,smb3_csi=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ad_dc;
+pub mod hostile;
 pub mod proxy;
 pub mod samba;
 

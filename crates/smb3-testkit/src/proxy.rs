@@ -47,9 +47,22 @@ impl FrameHeader {
     }
 }
 
+/// Rewrites one whole server-to-client frame payload (connection id, payload) into the
+/// payloads to send instead: none drops it, two repeats it, a changed one tampers with it.
+pub type Rewriter = Box<dyn FnMut(u64, Vec<u8>) -> Vec<Vec<u8>> + Send>;
+
+/// Environment variable naming a directory the proxy writes every server-to-client frame
+/// payload into (one file per frame): seed corpora for the fuzz targets come from it.
+pub const CAPTURE_DIR_ENV: &str = "SMB3_TESTKIT_CAPTURE_DIR";
+
 /// What the proxy threads share.
 #[derive(Default)]
 struct ProxyState {
+    /// When set, frames are read whole and passed through it.
+    rewriter: Mutex<Option<Rewriter>>,
+    /// Where frames are captured (from [`CAPTURE_DIR_ENV`] at start).
+    capture_dir: Option<std::path::PathBuf>,
+    captured: AtomicUsize,
     stopping: AtomicBool,
     /// Payload offset to corrupt in the next long-enough response.
     armed_at: Mutex<Option<usize>>,
@@ -101,12 +114,18 @@ impl CorruptingProxy {
         // Non-blocking accept with polling, so drop can stop the thread.
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(ProxyState::default());
+        let capture_dir = std::env::var_os(CAPTURE_DIR_ENV).map(std::path::PathBuf::from);
+        let state = Arc::new(ProxyState { capture_dir, ..ProxyState::default() });
         let acceptor_state = Arc::clone(&state);
         let acceptor = thread::Builder::new()
             .name(format!("proxy-accept-{}", addr.port()))
             .spawn(move || accept_loop(listener, upstream, acceptor_state))?;
         Ok(CorruptingProxy { addr, upstream, state, acceptor: Some(acceptor) })
+    }
+
+    /// Passes every later server-to-client frame through `rewrite` (see [`Rewriter`]).
+    pub fn rewrite_responses(&self, rewrite: Rewriter) {
+        *lock(&self.state.rewriter) = Some(rewrite);
     }
 
     /// The address clients connect to.
@@ -269,6 +288,30 @@ fn forward_responses(from: &mut impl Read, to: &mut impl Write, state: &ProxySta
             }
             continue;
         }
+        if frame.frame_type == SESSION_MESSAGE && (state.capture_dir.is_some() || lock(&state.rewriter).is_some()) {
+            // Whole frames: the 24-bit length bounds this below 16 MiB.
+            let mut payload = vec![0u8; frame.payload_len];
+            from.read_exact(&mut payload)?;
+            capture(state, id, &payload);
+            if let Some(at) = state.take_arming_for(frame) {
+                payload[at] ^= 0x01;
+                state.corrupted.fetch_add(1, Ordering::SeqCst);
+            }
+            let out = match lock(&state.rewriter).as_mut() {
+                Some(rewrite) => rewrite(id, payload),
+                None => vec![payload],
+            };
+            for p in out {
+                let len = u32::try_from(p.len())
+                    .ok()
+                    .filter(|l| *l < 1 << 24)
+                    .ok_or_else(|| io::Error::other("rewritten frame too long"))?;
+                to.write_all(&len.to_be_bytes())?;
+                to.write_all(&p)?;
+            }
+            to.flush()?;
+            continue;
+        }
         let flip_at = state.take_arming_for(frame);
         to.write_all(&header)?;
         let mut offset = 0;
@@ -284,6 +327,16 @@ fn forward_responses(from: &mut impl Read, to: &mut impl Write, state: &ProxySta
             offset += n;
         }
         to.flush()?;
+    }
+}
+
+/// Writes a frame payload into the capture directory, if one is set; failures only log.
+fn capture(state: &ProxyState, id: u64, payload: &[u8]) {
+    let Some(dir) = &state.capture_dir else { return };
+    let n = state.captured.fetch_add(1, Ordering::SeqCst);
+    let path = dir.join(format!("{}-{id}-{n:05}.bin", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, payload)) {
+        tracing::warn!("capturing a frame into {}: {e}", path.display());
     }
 }
 

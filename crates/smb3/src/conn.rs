@@ -3,7 +3,7 @@
 //! incoming messages and routes them to their waiters by MessageId. Many
 //! requests are in flight at once; nothing here knows about files.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::crypto::encryption::Sealer;
 use super::crypto::signing::Signer;
+use super::deadlines::{self, OnSilence, WaitLimits};
 use super::error::{Error, Result};
 use super::wire::cursor::Writer;
 use super::wire::durable::LeaseBreakNotification;
@@ -33,6 +34,13 @@ const UNSOLICITED_MESSAGE_ID: u64 = u64::MAX;
 const SMALL_MESSAGE: usize = 64 * 1024;
 /// We keep asking for credits until this many are available (Samba grants up to 8192).
 const CREDIT_TARGET: u32 = 512;
+/// Credits held at most, however many a server grants: a hostile grant of
+/// 65535 per response must not overflow the count (MS-SMB2 3.2.5.1.4 leaves
+/// the client free to use fewer than granted).
+const CREDIT_CEILING: u32 = 65_535;
+/// Message ids given up on (pending past the ceiling) are remembered up to
+/// this many, so their late answers are not mistaken for duplicates.
+const ABANDONED_REMEMBERED: usize = 1024;
 
 /// How SMB2 messages are framed on the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -117,6 +125,7 @@ struct Expect {
 struct Pending {
     tx: oneshot::Sender<Result<Response>>,
     expect: Expect,
+    command: Command,
     interim: bool,
     /// The AsyncId of the interim STATUS_PENDING answer, for an SMB2 CANCEL.
     async_id: Option<u64>,
@@ -150,6 +159,9 @@ enum Fatal {
 struct Shared {
     addr: String,
     pending: Mutex<HashMap<u64, Pending>>,
+    /// Requests given up on while the server kept them pending: their final
+    /// answer may still come and is then dropped quietly.
+    abandoned: Mutex<HashSet<u64>>,
     sessions: Mutex<HashMap<u64, Arc<SessionKeysInUse>>>,
     credits: Mutex<Credits>,
     credits_changed: Notify,
@@ -254,7 +266,9 @@ impl Shared {
 
     fn grant(&self, credits: u16) {
         if credits > 0 {
-            self.credits.lock().unwrap().available += u32::from(credits);
+            let mut c = self.credits.lock().unwrap();
+            c.available = c.available.saturating_add(u32::from(credits)).min(CREDIT_CEILING);
+            drop(c);
             self.credits_changed.notify_waiters();
         }
     }
@@ -266,7 +280,7 @@ pub(crate) struct Connection {
     shared: Arc<Shared>,
     writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     reader: tokio::task::JoinHandle<()>,
-    timeout: Duration,
+    limits: WaitLimits,
     lease_breaks_rx: Mutex<Option<mpsc::UnboundedReceiver<LeaseBreakNotification>>>,
 }
 
@@ -278,14 +292,17 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    /// Opens the TCP connection (and the NetBIOS session for port 139).
+    /// Opens the TCP connection (and the NetBIOS session for port 139)
+    /// within `connect_timeout`; its requests then wait within `limits`.
     pub async fn open(
         host: &str,
         port: u16,
         framing: Framing,
-        timeout: Duration,
+        connect_timeout: Duration,
+        limits: WaitLimits,
         observer: ObserverHandle,
     ) -> Result<Connection> {
+        let timeout = connect_timeout;
         let addr = HostPort(host, Some(port)).to_string();
         let stream = tokio::time::timeout(timeout, TcpStream::connect(&addr))
             .await
@@ -300,6 +317,7 @@ impl Connection {
         let shared = Arc::new(Shared {
             addr: addr.clone(),
             pending: Mutex::new(HashMap::new()),
+            abandoned: Mutex::new(HashSet::new()),
             sessions: Mutex::new(HashMap::new()),
             credits: Mutex::new(Credits { next_message_id: 0, available: 1 }),
             credits_changed: Notify::new(),
@@ -318,7 +336,7 @@ impl Connection {
             shared,
             writer: Arc::new(tokio::sync::Mutex::new(wr)),
             reader,
-            timeout,
+            limits,
             lease_breaks_rx: Mutex::new(Some(lease_breaks_rx)),
         })
     }
@@ -431,8 +449,11 @@ impl Connection {
                     )));
                 }
             }
-            if tokio::time::timeout(self.timeout, notified).await.is_err() {
-                return Err(Error::Timeout { op: "waiting for SMB credits".into(), secs: self.timeout.as_secs() });
+            if tokio::time::timeout(self.limits.request, notified).await.is_err() {
+                return Err(Error::Timeout {
+                    op: "waiting for SMB credits".into(),
+                    secs: self.limits.request.as_secs(),
+                });
             }
         }
     }
@@ -457,7 +478,7 @@ impl Connection {
 
     /// Sends one request that the server may keep pending for as long as it
     /// likes (a blocking byte-range LOCK): once the server has said
-    /// STATUS_PENDING no timeout applies. When `cancelled` resolves first,
+    /// STATUS_PENDING the pending ceiling does not apply, the caller bounds it. When `cancelled` resolves first,
     /// an SMB2 CANCEL is sent for it (MS-SMB2 3.2.4.24) and the server's
     /// final answer (STATUS_CANCELLED, or the grant if it raced the cancel)
     /// is returned.
@@ -548,9 +569,9 @@ impl Connection {
         let mut receivers = Vec::with_capacity(n);
         {
             let mut pending = self.shared.pending.lock().unwrap();
-            for id in &ids {
+            for (id, out) in ids.iter().zip(&outs) {
                 let (tx, rx) = oneshot::channel();
-                pending.insert(*id, Pending { tx, expect, interim: false, async_id: None });
+                pending.insert(*id, Pending { tx, expect, command: out.command, interim: false, async_id: None });
                 receivers.push(rx);
             }
         }
@@ -584,11 +605,11 @@ impl Connection {
         match cancelled {
             Some(cancelled) => {
                 let (rx, id) = (receivers.pop().expect("one request"), ids[0]);
-                responses.push(self.wait_cancellable(rx, id, prot, cancelled).await?);
+                responses.push(self.wait_cancellable(rx, id, sent_at, prot, cancelled).await?);
             }
             None => {
                 for (rx, id) in receivers.into_iter().zip(ids) {
-                    responses.push(self.wait(rx, id, false).await?);
+                    responses.push(self.wait(rx, id, sent_at, prot).await?);
                 }
             }
         }
@@ -601,10 +622,11 @@ impl Connection {
         &self,
         mut rx: oneshot::Receiver<Result<Response>>,
         id: u64,
+        sent_at: Instant,
         prot: Protection<'_>,
         mut cancelled: Pin<&mut (dyn Future<Output = ()> + Send)>,
     ) -> Result<Response> {
-        let waiting = self.wait_for(&mut rx, id, true);
+        let waiting = self.wait_for(&mut rx, id, sent_at, true, prot);
         tokio::pin!(waiting);
         tokio::select! {
             r = &mut waiting => return r,
@@ -651,16 +673,29 @@ impl Connection {
         Ok(())
     }
 
-    async fn wait(&self, mut rx: oneshot::Receiver<Result<Response>>, id: u64, patient: bool) -> Result<Response> {
-        self.wait_for(&mut rx, id, patient).await
+    async fn wait(
+        &self,
+        mut rx: oneshot::Receiver<Result<Response>>,
+        id: u64,
+        sent_at: Instant,
+        prot: Protection<'_>,
+    ) -> Result<Response> {
+        self.wait_for(&mut rx, id, sent_at, false, prot).await
     }
 
-    /// Waits for the answer to `id`. A request the server said it is working
-    /// on (STATUS_PENDING) gets one more timeout, or, when `patient`, as long
-    /// as the connection lives.
-    async fn wait_for(&self, rx: &mut oneshot::Receiver<Result<Response>>, id: u64, patient: bool) -> Result<Response> {
+    /// Waits for the answer to `id` within the connection's [`WaitLimits`]:
+    /// see [`deadlines::on_silence`] for what happens when a window passes.
+    async fn wait_for(
+        &self,
+        rx: &mut oneshot::Receiver<Result<Response>>,
+        id: u64,
+        sent_at: Instant,
+        patient: bool,
+        prot: Protection<'_>,
+    ) -> Result<Response> {
+        let mut window = self.limits.request;
         loop {
-            match tokio::time::timeout(self.timeout, &mut *rx).await {
+            match tokio::time::timeout(window, &mut *rx).await {
                 Ok(Ok(r)) => return r,
                 Ok(Err(_)) => {
                     return Err(self.shared.check_alive().err().unwrap_or(Error::Disconnected {
@@ -669,25 +704,46 @@ impl Connection {
                     }))
                 }
                 Err(_) => {
-                    // A server that said STATUS_PENDING is still working: keep waiting.
-                    let mut pending = self.shared.pending.lock().unwrap();
-                    match pending.get_mut(&id) {
-                        Some(p) if p.interim => {
-                            p.interim = patient;
-                            continue;
-                        }
-                        _ => {
+                    let (interim, command) = match self.shared.pending.lock().unwrap().get(&id) {
+                        Some(p) => (p.interim, p.command),
+                        None => (false, Command::Unknown(u16::MAX)),
+                    };
+                    match deadlines::on_silence(interim, patient, sent_at.elapsed(), self.limits) {
+                        OnSilence::KeepWaiting(more) => window = more,
+                        OnSilence::GiveUpPending => return Err(self.give_up_pending(id, command, prot).await),
+                        OnSilence::ServerSilent => {
                             // A server that neither answers nor says it is working is
                             // treated as gone: the connection is dropped, so callers can
                             // move to a new one instead of waiting on this one forever.
-                            drop(pending);
-                            self.abort(format!("no response to request {id} within {}s", self.timeout.as_secs()));
+                            self.abort(format!(
+                                "no response to {} request {id} within {}s",
+                                command.name(),
+                                self.limits.request.as_secs()
+                            ));
                             return Err(self.shared.check_alive().unwrap_err());
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Fails a request the server kept STATUS_PENDING past the ceiling: sends
+    /// it an SMB2 CANCEL, forgets its waiter and remembers its id so that a
+    /// late final answer is dropped rather than taken for a duplicate. The
+    /// connection and its other requests carry on.
+    async fn give_up_pending(&self, id: u64, command: Command, prot: Protection<'_>) -> Error {
+        let secs = self.limits.pending_ceiling.as_secs();
+        tracing::warn!(server = %self.shared.addr, message_id = id, command = command.name(), secs, "server kept a request STATUS_PENDING past the ceiling; cancelling it");
+        let _ = self.cancel(id, prot).await;
+        if self.shared.pending.lock().unwrap().remove(&id).is_some() {
+            let mut abandoned = self.shared.abandoned.lock().unwrap();
+            if abandoned.len() >= ABANDONED_REMEMBERED {
+                abandoned.clear();
+            }
+            abandoned.insert(id);
+        }
+        Error::StillPending { op: format!("{} request {id}", command.name()), secs }
     }
 }
 
@@ -832,8 +888,8 @@ fn dispatch(shared: &Shared, mut frame: Vec<u8>) -> Result<(), Fatal> {
 }
 
 fn route(shared: &Shared, h: Header, msg: bytes::Bytes, encrypted_for: Option<u64>) -> Result<(), Fatal> {
-    shared.grant(h.credits);
     if h.message_id == UNSOLICITED_MESSAGE_ID {
+        shared.grant(h.credits);
         // Every lease break goes to the link, which lets the tree's handler
         // flush and invalidate, then acknowledges the ones that want it.
         match (h.command, LeaseBreakNotification::decode(&msg)) {
@@ -853,12 +909,24 @@ fn route(shared: &Shared, h: Header, msg: bytes::Bytes, encrypted_for: Option<u6
         }
     }
     let interim = h.status == NtStatus::PENDING && h.is_async();
+    // Read before taking `pending`: `reserve` locks credits, then pending.
+    let never_sent_from = shared.credits.lock().unwrap().next_message_id;
     let mut pending = shared.pending.lock().unwrap();
     let Some(p) = pending.get_mut(&h.message_id) else {
-        tracing::debug!(message_id = h.message_id, "response for no waiting request");
-        return Ok(());
+        return match unmatched_response(h.message_id, never_sent_from, interim, &shared.abandoned) {
+            None => Ok(()),
+            Some(why) => Err(Fatal::Protocol(why)),
+        };
     };
+    shared.grant(h.credits);
     if interim {
+        if !deadlines::may_go_async(p.command) {
+            return Err(Fatal::Protocol(format!(
+                "STATUS_PENDING for {} request {}, which is never processed asynchronously",
+                p.command.name(),
+                h.message_id
+            )));
+        }
         p.interim = true;
         p.async_id = Some(h.async_id);
         return Ok(());
@@ -868,6 +936,29 @@ fn route(shared: &Shared, h: Header, msg: bytes::Bytes, encrypted_for: Option<u6
     let verdict = verify(shared, &h, &msg, encrypted_for.is_some(), p.expect);
     let _ = p.tx.send(verdict.map(|()| Response { header: h, msg }));
     Ok(())
+}
+
+/// Judges a response that matches no waiting request: `None` to drop it
+/// (the late answer of a request given up on), else why it breaks the
+/// protocol. A server answers each MessageId once (MS-SMB2 3.3.4.1), so an
+/// answer to an id never sent or a second answer means the stream cannot
+/// be trusted to say which request a response belongs to.
+fn unmatched_response(
+    message_id: u64,
+    never_sent_from: u64,
+    interim: bool,
+    abandoned: &Mutex<HashSet<u64>>,
+) -> Option<String> {
+    if message_id >= never_sent_from {
+        return Some(format!("response for message id {message_id}, which was never sent"));
+    }
+    let mut abandoned = abandoned.lock().unwrap();
+    let known = if interim { abandoned.contains(&message_id) } else { abandoned.remove(&message_id) };
+    if known {
+        tracing::debug!(message_id, "late answer to a request given up on");
+        return None;
+    }
+    Some(format!("second response for message id {message_id}"))
 }
 
 /// Enforces that a response is protected the way its request was.
@@ -893,4 +984,22 @@ fn verify(shared: &Shared, h: &Header, msg: &[u8], encrypted: bool, expect: Expe
         signer.verify(msg)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmatched_responses_are_violations_unless_given_up_on() {
+        let abandoned = Mutex::new(HashSet::from([7u64]));
+        let never_sent = unmatched_response(10, 10, false, &abandoned).unwrap();
+        assert!(never_sent.contains("never sent"), "{never_sent}");
+        assert!(unmatched_response(u64::MAX - 1, 10, true, &abandoned).unwrap().contains("never sent"));
+        assert!(unmatched_response(3, 10, false, &abandoned).unwrap().contains("second response"));
+        // An interim then the final answer of a request given up on are dropped once each.
+        assert_eq!(unmatched_response(7, 10, true, &abandoned), None);
+        assert_eq!(unmatched_response(7, 10, false, &abandoned), None);
+        assert!(unmatched_response(7, 10, false, &abandoned).unwrap().contains("second response"));
+    }
 }

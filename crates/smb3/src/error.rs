@@ -17,6 +17,11 @@ pub enum Error {
     Disconnected { addr: String, why: String },
     #[error("{op} timed out after {secs}s")]
     Timeout { op: String, secs: u64 },
+    /// The server answered STATUS_PENDING and then kept the request past the
+    /// ceiling (`pending_timeout`): the request was cancelled, the connection
+    /// is fine, and sending it again would only wait again.
+    #[error("{op}: server kept answering STATUS_PENDING for more than {secs}s (pending_timeout); request cancelled")]
+    StillPending { op: String, secs: u64 },
     #[error("NetBIOS session refused by {addr}: {why}")]
     Netbios { addr: String, why: String },
     #[error("server answered with SMB1 only; SMB1 is never used (enable SMB2/3 on the server)")]
@@ -86,6 +91,7 @@ impl Error {
         match self {
             Error::Status { status, .. } => Error::Status { op: op.into(), status },
             Error::Timeout { secs, .. } => Error::Timeout { op: op.into(), secs },
+            Error::StillPending { secs, .. } => Error::StillPending { op: op.into(), secs },
             Error::Unavailable { addr, secs, why, .. } => Error::Unavailable { op: op.into(), addr, secs, why },
             other => other,
         }

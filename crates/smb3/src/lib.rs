@@ -23,6 +23,7 @@ pub mod wire;
 
 mod client;
 mod conn;
+mod deadlines;
 mod error;
 mod file;
 pub mod lease;

@@ -20,7 +20,7 @@ use crate::file::OpenInner;
 use crate::options::ClientOptions;
 use crate::recovery::{check_not_weaker, credentials_rejected, ConnectionState, CredentialsSource, Recovery};
 use crate::session::{negotiate, Session, SessionInfo};
-use crate::target::NETBIOS_PORT;
+use crate::target::{HostPort, NETBIOS_PORT};
 use crate::tree::TreeInner;
 use crate::wire::durable::{LeaseBreakAck, LeaseBreakNotification};
 use crate::wire::simple::EchoRequest;
@@ -291,9 +291,26 @@ impl Link {
     }
 }
 
-/// Connect, NEGOTIATE and SESSION_SETUP; a logon or password-expired
-/// failure asks the credentials source for fresh credentials and tries once more.
+/// Connect, NEGOTIATE and SESSION_SETUP within `connect_timeout`; a logon
+/// or password-expired failure asks the credentials source for fresh
+/// credentials and tries once more (within the same deadline).
 async fn establish(
+    host: &str,
+    port: u16,
+    creds: &dyn CredentialsSource,
+    opts: &ClientOptions,
+    client_guid: [u8; 16],
+) -> Result<Session> {
+    let deadline = opts.connect_timeout;
+    tokio::time::timeout(deadline, establish_unbounded(host, port, creds, opts, client_guid)).await.map_err(|_| {
+        Error::Timeout {
+            op: format!("connecting and logging on to {} (negotiate and session setup)", HostPort(host, Some(port))),
+            secs: deadline.as_secs(),
+        }
+    })?
+}
+
+async fn establish_unbounded(
     host: &str,
     port: u16,
     creds: &dyn CredentialsSource,
@@ -303,7 +320,9 @@ async fn establish(
     let framing = opts.framing.unwrap_or(if port == NETBIOS_PORT { Framing::Netbios } else { Framing::Direct });
     // `ip=`/`addr=`: reach the server at an address; `host` still names it (SPN, share paths).
     let address = opts.connect_address.as_deref().unwrap_or(host);
-    let conn = Arc::new(Connection::open(address, port, framing, opts.timeout, opts.observer.clone()).await?);
+    let conn = Arc::new(
+        Connection::open(address, port, framing, opts.connect_timeout, opts.wait_limits(), opts.observer.clone()).await?,
+    );
     let negotiated = negotiate(&conn, opts, client_guid).await?;
     let first = creds.current().await?;
     match Session::establish(conn.clone(), negotiated.clone(), host, &first, opts).await {

@@ -252,8 +252,17 @@ pub struct ClientOptions {
     pub ciphers: Vec<CipherId>,
     pub min_dialect: Dialect,
     pub max_dialect: Dialect,
-    /// Per-request timeout (a server's STATUS_PENDING extends it).
+    /// Longest a request waits for its response or an interim STATUS_PENDING
+    /// before the connection counts as lost (default 60 s).
     pub timeout: Duration,
+    /// Deadline for TCP connect, NEGOTIATE and SESSION_SETUP together
+    /// (default 30 s): a server that stalls or drips bytes during logon
+    /// cannot hold a mount attempt longer.
+    pub connect_timeout: Duration,
+    /// Ceiling for a request the server keeps answering STATUS_PENDING
+    /// (default 300 s); it then gets an SMB2 CANCEL and fails with a timeout.
+    /// Blocking locks and change notifications are bounded by their caller instead.
+    pub pending_timeout: Duration,
     /// `None`: NetBIOS framing on port 139, direct TCP elsewhere.
     pub framing: Option<Framing>,
     /// Where traffic and session events are reported (nowhere by default).
@@ -279,6 +288,8 @@ impl Default for ClientOptions {
             min_dialect: Dialect::Smb210,
             max_dialect: Dialect::Smb311,
             timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(30),
+            pending_timeout: Duration::from_secs(300),
             framing: None,
             observer: ObserverHandle::default(),
             echo_interval: Duration::from_secs(20),
@@ -301,6 +312,8 @@ pub(crate) struct SessionSettings {
     min_dialect: Dialect,
     max_dialect: Dialect,
     timeout: Duration,
+    connect_timeout: Duration,
+    pending_timeout: Duration,
     framing: Option<Framing>,
     echo_interval: Duration,
     recovery: Recovery,
@@ -308,6 +321,11 @@ pub(crate) struct SessionSettings {
 }
 
 impl ClientOptions {
+    /// The per-request bounds a connection made with these options enforces.
+    pub(crate) fn wait_limits(&self) -> crate::deadlines::WaitLimits {
+        crate::deadlines::WaitLimits { request: self.timeout, pending_ceiling: self.pending_timeout.max(self.timeout) }
+    }
+
     pub(crate) fn session_settings(&self) -> SessionSettings {
         let ClientOptions {
             encryption,
@@ -319,6 +337,8 @@ impl ClientOptions {
             min_dialect,
             max_dialect,
             timeout,
+            connect_timeout,
+            pending_timeout,
             framing,
             observer: _,
             echo_interval,
@@ -335,6 +355,8 @@ impl ClientOptions {
             min_dialect: *min_dialect,
             max_dialect: *max_dialect,
             timeout: *timeout,
+            connect_timeout: *connect_timeout,
+            pending_timeout: *pending_timeout,
             framing: *framing,
             echo_interval: *echo_interval,
             recovery: *recovery,

@@ -1,9 +1,19 @@
 //! A string that must never be printed: passwords and other credentials.
 
+use zeroize::Zeroize;
+
 /// Holds a secret value. `Debug` and `Display` print `<redacted>`, so a
-/// secret cannot reach a log line, an error message or a panic by accident.
+/// secret cannot reach a log line, an error message or a panic by accident;
+/// its bytes are overwritten when it is dropped, so a freed password does
+/// not linger in the heap for a core dump or a later allocation to reveal.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
@@ -35,6 +45,13 @@ impl std::fmt::Display for Secret {
 impl From<&str> for Secret {
     fn from(s: &str) -> Self {
         Secret::new(s)
+    }
+}
+
+/// Takes the string without copying it, so no unzeroized copy is left behind.
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
     }
 }
 

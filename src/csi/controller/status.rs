@@ -66,6 +66,7 @@ pub fn smb_code(err: &SmbError, missing_share: Code) -> Code {
         | SmbError::Unavailable { .. }
         | SmbError::Closed { .. }
         | SmbError::Timeout { .. }
+        | SmbError::StillPending { .. }
         | SmbError::Netbios { .. } => Code::Unavailable,
         SmbError::EncryptionUnavailable(_) | SmbError::Smb1Only | SmbError::NoCommonDialect(_) => {
             Code::FailedPrecondition

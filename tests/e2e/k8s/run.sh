@@ -93,7 +93,7 @@ NODE_KUBECONFIG=$E2E_STATE/node.kubeconfig
 # --- the driver, as host processes ---
 # The node plugin as its manager would start it (test_node_plugin_restart starts it again the same way).
 start_node_plugin() {
-  start_daemon smb3-csi-node "$SMB3_CSI" node --endpoint "unix://$NODE_SOCKET" --node-id "$NODE_NAME" \
+  start_daemon smb3-csi-node "$SMB3_CSI" node --endpoint "unix://$NODE_SOCKET" --node-id "$NODE_NAME" --kubelet-dir "$KUBELET_DIR" \
     --driver-name "$DRIVER" --kubeconfig "$NODE_KUBECONFIG" --log-level info
 }
 mkdir -p "$(dirname "$CONTROLLER_SOCKET")" "$PLUGIN_DIR"
