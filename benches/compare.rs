@@ -603,6 +603,9 @@ fn node_costs(plan: &Plan, samba: &Samba, work: &Path) -> Vec<Row> {
     let mut plugin = Command::new(BIN)
         .args(["--log-level", "warn", "all", "--node-id", "bench", "--driver-name", DRIVER, "--endpoint"])
         .arg(format!("unix://{}", socket.display()))
+        // The staging paths below live under `root`, which stands in for the kubelet's directory.
+        .arg("--kubelet-dir")
+        .arg(&root)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

@@ -64,7 +64,8 @@ DRIVER_PARAMS = {"source", "subdir", "ondelete", "encryption"}
 DRIVER_FLAGS = {
     "controller": {"--endpoint", "--driver-name", "--metrics-address", "--log-level", "--log-format", "--smb-encryption"},
     "node": {"--endpoint", "--node-id", "--driver-name", "--metrics-address", "--log-level", "--log-format",
-             "--smb-encryption", "--state-dir", "--keeper-socket", "--keeper-spawn", "--linger-after-handover"},
+             "--smb-encryption", "--state-dir", "--keeper-socket", "--keeper-spawn", "--linger-after-handover",
+             "--kubelet-dir", "--smb-connect-timeout-secs", "--smb-pending-timeout-secs"},
 }
 
 
@@ -481,6 +482,8 @@ def check_restart_survival(ds, case):
     expect("$(POD_NAME)" in sock, f"keeper socket {sock!r} is not per pod (a surging pod needs its own)")
     expect(nf.get("--keeper-socket") == sock, f"node --keeper-socket {nf.get('--keeper-socket')} != keeper {sock}")
     expect(nf.get("--keeper-spawn") == "false", "the node plugin must not start its own keeper in the chart")
+    expect(nf.get("--kubelet-dir", "").rstrip("/") == case["kubelet"].rstrip("/"),
+           f"node --kubelet-dir {nf.get('--kubelet-dir')!r} is not the kubelet directory {case['kubelet']!r}")
     expect(nf.get("--linger-after-handover") is True, "the node plugin must linger after a handover (no restart loop)")
     for ctr in (keeper, node):
         env = {e["name"]: e for e in ctr.get("env", [])}
@@ -848,7 +851,7 @@ def mutations():
         one(docs, "CSIDriver")["metadata"]["name"] = "smb.csi.k8s.io"
 
     def m_node_flag(docs):
-        container(ds(docs), "smb3-csi")["args"].append("--kubelet-dir=/var/lib/kubelet")
+        container(ds(docs), "smb3-csi")["args"].append("--remove-smb-mapping-during-unmount=true")
 
     def m_bidir_sidecar(docs):
         container(ds(docs), "node-driver-registrar")["volumeMounts"][0]["mountPropagation"] = "Bidirectional"

@@ -321,7 +321,8 @@ async fn establish_unbounded(
     // `ip=`/`addr=`: reach the server at an address; `host` still names it (SPN, share paths).
     let address = opts.connect_address.as_deref().unwrap_or(host);
     let conn = Arc::new(
-        Connection::open(address, port, framing, opts.connect_timeout, opts.wait_limits(), opts.observer.clone()).await?,
+        Connection::open(address, port, framing, opts.connect_timeout, opts.wait_limits(), opts.observer.clone())
+            .await?,
     );
     let negotiated = negotiate(&conn, opts, client_guid).await?;
     let first = creds.current().await?;
