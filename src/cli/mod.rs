@@ -1,7 +1,7 @@
 //! Subcommands of the `smb3-csi` binary.
 
-#[cfg(feature = "demo")]
 pub mod deadlines;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod keeper;
 pub mod mount;

@@ -28,37 +28,46 @@ pub struct RecoveryReport {
 impl StageRecord {
     /// The non-secret part of a NodeStageVolume request.
     pub fn from_request(req: &NodeStageVolumeRequest) -> StageRecord {
-        let (mount_flags, volume_mount_group) =
-            match req.volume_capability.as_ref().and_then(|c| c.access_type.as_ref()) {
-                Some(volume_capability::AccessType::Mount(m)) => (m.mount_flags.clone(), m.volume_mount_group.clone()),
-                _ => (Vec::new(), String::new()),
-            };
-        StageRecord {
-            volume_id: req.volume_id.clone(),
-            staging_path: PathBuf::from(&req.staging_target_path),
-            volume_context: req.volume_context.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            mount_flags,
-            volume_mount_group,
-            access_mode: req.volume_capability.as_ref().and_then(|c| c.access_mode.as_ref()).map_or(0, |m| m.mode),
-            read_only: false,
-        }
+        StageRecord::from_parts(
+            &req.volume_id,
+            &req.staging_target_path,
+            &req.volume_context,
+            req.volume_capability.as_ref(),
+            false,
+        )
     }
 
     /// The non-secret part of an inline volume's NodePublishVolume request (mounted at its target path).
     pub fn from_publish(req: &NodePublishVolumeRequest) -> StageRecord {
-        let (mount_flags, volume_mount_group) =
-            match req.volume_capability.as_ref().and_then(|c| c.access_type.as_ref()) {
-                Some(volume_capability::AccessType::Mount(m)) => (m.mount_flags.clone(), m.volume_mount_group.clone()),
-                _ => (Vec::new(), String::new()),
-            };
+        StageRecord::from_parts(
+            &req.volume_id,
+            &req.target_path,
+            &req.volume_context,
+            req.volume_capability.as_ref(),
+            req.readonly,
+        )
+    }
+
+    /// The fields both requests share; `path` is where the FUSE file system is mounted.
+    fn from_parts(
+        volume_id: &str,
+        path: &str,
+        volume_context: &HashMap<String, String>,
+        capability: Option<&VolumeCapability>,
+        read_only: bool,
+    ) -> StageRecord {
+        let (mount_flags, volume_mount_group) = match capability.and_then(|c| c.access_type.as_ref()) {
+            Some(volume_capability::AccessType::Mount(m)) => (m.mount_flags.clone(), m.volume_mount_group.clone()),
+            _ => (Vec::new(), String::new()),
+        };
         StageRecord {
-            volume_id: req.volume_id.clone(),
-            staging_path: PathBuf::from(&req.target_path),
-            volume_context: req.volume_context.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            volume_id: volume_id.to_string(),
+            staging_path: PathBuf::from(path),
+            volume_context: volume_context.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             mount_flags,
             volume_mount_group,
-            access_mode: req.volume_capability.as_ref().and_then(|c| c.access_mode.as_ref()).map_or(0, |m| m.mode),
-            read_only: req.readonly,
+            access_mode: capability.and_then(|c| c.access_mode.as_ref()).map_or(0, |m| m.mode),
+            read_only,
         }
     }
 
