@@ -81,17 +81,9 @@ if [[ -x $helm_render/build.sh && ! -x ${HELM_RENDER_HOME:-$HOME/.cache/helm-ren
   echo "setup.sh: building helm-render (first use only)"
   bash "$helm_render/build.sh" >/dev/null
 fi
-# Fuzzing (scripts/fuzz.sh): libFuzzer needs a nightly toolchain (sanitizer coverage flags), and cargo-fuzz.
-if command -v rustup >/dev/null; then
-  if ! rustup toolchain list | grep -q '^nightly'; then
-    echo "setup.sh: installing the nightly Rust toolchain (for scripts/fuzz.sh)"
-    rustup toolchain install nightly --profile minimal
-  fi
-  if ! command -v cargo-fuzz >/dev/null && [[ ! -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo-fuzz ]]; then
-    echo "setup.sh: installing cargo-fuzz"
-    cargo install --locked cargo-fuzz
-  fi
-else
-  echo "setup.sh: no rustup: scripts/fuzz.sh needs a nightly toolchain and cargo-fuzz; fuzzing is skipped" >&2
+# Fuzzing (scripts/fuzz.sh): cargo-fuzz, run with the machine's own toolchain (see fuzz.sh).
+if ! command -v cargo-fuzz >/dev/null && [[ ! -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo-fuzz ]]; then
+  echo "setup.sh: installing cargo-fuzz"
+  cargo install --locked cargo-fuzz
 fi
 echo "setup.sh: ok"
