@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod calendar;
 pub mod crypto;
 pub mod observer;
 pub mod secret;
