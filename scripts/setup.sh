@@ -5,9 +5,10 @@
 set -euo pipefail
 
 # samba-ad-dc and friends: the Kerberos test bed (an AD DC with its KDC on loopback); krb5-user: kinit;
-# fio: the benchmark's random reads (benches/compare.rs).
+# faketime: a client whose clock is off, for the Kerberos clock-skew test; fio: the benchmark's random reads
+# (benches/compare.rs).
 PACKAGES=(samba smbclient fuse3 ca-certificates python3 python3-venv
-  samba-ad-dc samba-ad-provision samba-dsdb-modules winbind krb5-user
+  samba-ad-dc samba-ad-provision samba-dsdb-modules winbind krb5-user faketime
   fio)
 
 missing=()

@@ -69,7 +69,7 @@ use super::proto::{
 };
 use super::rotation::{NodeCredentials, SecretLookup, SecretOrigin};
 use crate::k8s::{SecretError, SecretReader, SecretRef};
-use crate::mount::{self, FuseMount, MountError, MountOptions, MountState, FSTYPE};
+use crate::mount::{self, ConnectTarget, FuseMount, MountError, MountOptions, MountState, FSTYPE};
 use crate::volume::{SharePath, ShareUrl, VolumeId};
 use smb3::{is_not_found, Client, ClientOptions, Credentials, EncryptionPolicy, SessionPool, ShareTarget, Tree};
 
@@ -360,15 +360,14 @@ impl NodeService {
                 .map_err(|e| Status::internal(format!("creating the mount point {}: {e}", at.display())))?;
         }
         let dir = plan.share.base_path().join(&plan.sub_dir).to_string();
-        let mut target = ShareTarget { path: dir.clone(), ..plan.share.target() };
-        // The `port` mount option overrides the share address's port.
-        target.port = plan.options.port.unwrap_or(target.port);
+        let connect = ConnectTarget::new(&plan.share, &plan.options);
+        let target = ShareTarget { path: dir.clone(), ..connect.share.target() };
         let shown = target.to_string();
         let share_root = ShareTarget { path: String::new(), ..target.clone() };
         let pool_options = self.inner.pool.options();
         let volume_options =
             ClientOptions { encryption: plan.encryption.unwrap_or(pool_options.encryption), ..pool_options.clone() };
-        // `seal` overrides the volume's policy with `required`.
+        // `seal` overrides the volume's policy with `required`; `ip=` and `sec=` as in `connect`.
         let client_options = plan.options.client_options(&volume_options);
         let soft = plan.options.soft_timeout(&volume_options);
         let connecting = format!("connecting to {share_root} as {}", plan.creds.display_name());
@@ -661,9 +660,8 @@ fn watch_connections(inner: &Weak<Inner>) -> bool {
 
 /// The server and port a volume's sessions go to (the `port` option overrides the share address's).
 fn server_of(share: &ShareUrl, options: &MountOptions) -> (String, u16) {
-    let target = share.target();
-    let port = options.port.unwrap_or(target.port);
-    (target.host, port)
+    let share = ConnectTarget::new(share, options).share;
+    (share.server().to_string(), share.port())
 }
 
 fn fingerprint(options: &MountOptions) -> String {

@@ -5,6 +5,7 @@ mod credentials;
 mod fuse;
 mod options;
 mod table;
+mod target;
 
 use std::path::PathBuf;
 
@@ -14,6 +15,7 @@ pub use credentials::{CcacheFile, CredentialsFile, SharedCredentials};
 pub use fuse::{FuseMount, FSTYPE, SUBTYPE};
 pub use options::{MountOptionError, MountOptions, RecoveryMode, DEFAULT_RETRANS};
 pub use table::{bind_mount, mount_at, mount_state, mounts, parse_mountinfo, unmount, MountInfo, MountState};
+pub use target::ConnectTarget;
 
 /// Errors of mounting and unmounting. `Display` names the path and the operation; never a secret.
 #[derive(Debug, thiserror::Error)]

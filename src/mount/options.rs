@@ -62,7 +62,7 @@ pub struct MountOptions {
     pub sec: SecurityMechanism,
     /// `ip=`/`addr=`: the address to connect to; the server name in the source still names the Kerberos
     /// service principal (`cifs/<name>`), as with mount.cifs when the name does not resolve.
-    pub ip: Option<String>,
+    pub ip: Option<std::net::IpAddr>,
     /// `cruid=`: whose Kerberos credential cache to use (the Secret key `krb5cc_<cruid>`); default 0.
     pub cruid: Option<u32>,
     /// `connect_timeout=N` (seconds, 1..=3600): deadline for connect, NEGOTIATE and SESSION_SETUP.
@@ -342,13 +342,7 @@ impl MountOptions {
                     opts.mfsymlinks = key == "mfsymlinks";
                 }
                 "sec" => opts.sec = need()?.parse::<SecurityMechanism>().map_err(|why| invalid(&why))?,
-                "ip" | "addr" => {
-                    let addr = need()?;
-                    if addr.parse::<std::net::IpAddr>().is_err() {
-                        return Err(invalid("expected an IP address"));
-                    }
-                    opts.ip = Some(addr.to_string());
-                }
+                "ip" | "addr" => opts.ip = Some(need()?.parse().map_err(|_| invalid("expected an IP address"))?),
                 "cruid" => opts.cruid = Some(parse_id(need()?).ok_or_else(|| invalid("expected a numeric uid"))?),
                 "connect_timeout" => {
                     let secs = need()?.parse::<u64>().ok().filter(|s| (1..=3600).contains(s));
@@ -412,10 +406,7 @@ impl MountOptions {
         if self.seal {
             o.encryption = EncryptionPolicy::Required;
         }
-        o.security = self.sec;
-        if let Some(ip) = &self.ip {
-            o.connect_address = Some(ip.clone());
-        }
+        super::target::connect_as(&mut o, self.ip, self.sec);
         o.connect_timeout = self.connect_timeout.unwrap_or(o.connect_timeout);
         o.pending_timeout = self.pending_timeout.unwrap_or(o.pending_timeout);
         o
@@ -695,14 +686,14 @@ mod tests {
         let (o, ignored) = parse(&["sec=krb5,ip=127.0.0.20,cruid=1000"]).unwrap();
         assert!(ignored.is_empty());
         assert_eq!(
-            (o.sec, o.ip.as_deref(), o.ccache_key()),
-            (SecurityMechanism::Kerberos, Some("127.0.0.20"), "krb5cc_1000".into())
+            (o.sec, o.ip.map(|ip| ip.to_string()), o.ccache_key()),
+            (SecurityMechanism::Kerberos, Some("127.0.0.20".to_string()), "krb5cc_1000".into())
         );
         let c = o.client_options(&ClientOptions::default());
         assert_eq!((c.security, c.connect_address.as_deref()), (SecurityMechanism::Kerberos, Some("127.0.0.20")));
         assert_eq!(parse(&["sec=ntlmssp"]).unwrap().0.sec, SecurityMechanism::Ntlm);
         assert_eq!(parse(&["sec=krb5i"]).unwrap().0.sec, SecurityMechanism::Kerberos);
-        assert_eq!(parse(&["addr=::1"]).unwrap().0.ip.as_deref(), Some("::1"));
+        assert_eq!(parse(&["addr=::1"]).unwrap().0.ip, Some(std::net::Ipv6Addr::LOCALHOST.into()));
         assert_eq!(MountOptions::default().ccache_key(), "krb5cc_0");
         assert_eq!(MountOptions::default().client_options(&ClientOptions::default()).security, SecurityMechanism::Auto);
     }

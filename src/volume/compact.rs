@@ -98,6 +98,7 @@ mod tests {
             sub_dir: SharePath::parse_or_root(sub_dir).unwrap(),
             on_delete: Some(OnDelete::Delete),
             encryption: Some(EncryptionPolicy::IfSupported),
+            address: None,
         }
     }
 

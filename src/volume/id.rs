@@ -3,13 +3,17 @@
 //! # Format (version 1)
 //!
 //! ```text
-//! v1|<server>|<port>|<share>|<base path>|<subdir>|<onDelete>[|<encryption>]
+//! v1|<server>|<port>|<share>|<base path>|<subdir>|<onDelete>[|<encryption>[|<address>]]
 //! v1|files.example.com||team|k8s|shop/web-data|retain
 //! v1|files.example.com||team|k8s|lab/scratch|delete|off
+//! v1|dc1.corp.example||team|k8s|pvc-1|delete||10.0.0.5
 //! ```
 //!
-//! Seven `|`-separated fields, or eight when the StorageClass set the
-//! `encryption` parameter. `<port>` is empty for 445. `<base path>`
+//! Seven `|`-separated fields, eight when the StorageClass set the
+//! `encryption` parameter, nine when its `mountOptions` gave `ip=`/`addr=`
+//! (the `<address>` the server is reached at under its name, which
+//! DeleteVolume needs and its request does not carry; `<encryption>` is then
+//! empty if the parameter was not set). `<port>` is empty for 445. `<base path>`
 //! (from the StorageClass `source`) and `<subdir>` are `/`-joined relative
 //! paths, possibly empty; the volume's directory is `<base path>/<subdir>`,
 //! and `archive` renames `<subdir>` to `archived-<subdir>` under the base
@@ -17,8 +21,9 @@
 //! recorded: the controller's default applies). `<encryption>` is
 //! `required`, `if-supported` or `off`; when absent (every id from a
 //! StorageClass without the parameter, and every id written before the
-//! field existed) the process's default policy applies. The field is never
-//! written empty, so each volume still has exactly one spelling. In every field `%` and `|`
+//! field existed) the process's default policy applies. The field is written
+//! empty only before an `<address>`, and `<address>` is an IP address in its
+//! canonical spelling, so each volume still has exactly one spelling. In every field `%` and `|`
 //! are written `%25` and `%7C`; other characters, including non-ASCII, are
 //! kept as UTF-8. Decoding validates each field with the same rules as the
 //! StorageClass (`ShareUrl`, `SharePath`), so a forged handle cannot name a
@@ -35,6 +40,7 @@
 //! kept; re-encoding yields a v1 handle. They record no encryption policy.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use super::params::{encryption_name, parse_encryption, OnDelete};
 use super::path::{PathError, SharePath};
@@ -46,9 +52,10 @@ pub const MAX_VOLUME_ID_LEN: usize = 128;
 
 const VERSION: &str = "v1";
 const SEPARATOR: char = '|';
-/// Without and with the optional `<encryption>` field.
+/// Without and with the optional `<encryption>` field, and with `<address>` too.
 const V1_FIELDS: usize = 7;
 const V1_FIELDS_WITH_ENCRYPTION: usize = 8;
+const V1_FIELDS_WITH_ADDRESS: usize = 9;
 const LEGACY_SEPARATOR: char = '#';
 
 /// Why a volume id could not be encoded or parsed.
@@ -63,7 +70,9 @@ pub enum VolumeIdError {
     TooLong { len: usize },
     #[error("volume id {id:?} has version {version:?}; this driver reads v1 and csi-driver-smb handles")]
     UnsupportedVersion { id: String, version: String },
-    #[error("volume id {id:?} has {found} fields, v1 has {V1_FIELDS} or {V1_FIELDS_WITH_ENCRYPTION}")]
+    #[error(
+        "volume id {id:?} has {found} fields, v1 has {V1_FIELDS}, {V1_FIELDS_WITH_ENCRYPTION} or {V1_FIELDS_WITH_ADDRESS}"
+    )]
     FieldCount { id: String, found: usize },
     #[error("volume id {id:?}: bad percent escape in the {field} field")]
     BadEscape { id: String, field: &'static str },
@@ -86,6 +95,8 @@ pub enum VolumeIdError {
     BadOnDelete { id: String, value: String },
     #[error("volume id {id:?}: encryption {value:?} is not one of required, if-supported, off")]
     BadEncryption { id: String, value: String },
+    #[error("volume id {id:?}: address {value:?} is not an IP address")]
+    BadAddress { id: String, value: String },
     #[error("volume id {id:?} is neither a v1 handle nor a csi-driver-smb handle (server/share#subdir)")]
     Unrecognised { id: String },
 }
@@ -100,6 +111,7 @@ pub enum VolumeIdError {
 ///     sub_dir: SharePath::parse("shop/web-data").unwrap(),
 ///     on_delete: Some(OnDelete::Retain),
 ///     encryption: None,
+///     address: None,
 /// };
 /// let handle = id.encode().unwrap();
 /// assert_eq!(handle, "v1|files.example.com||team|k8s|shop/web-data|retain");
@@ -116,6 +128,9 @@ pub struct VolumeId {
     pub on_delete: Option<OnDelete>,
     /// The StorageClass's `encryption`; `None`: not recorded (the process's default applies).
     pub encryption: Option<EncryptionPolicy>,
+    /// The StorageClass's `ip=`/`addr=` mount option: the server is reached there under its name (which
+    /// names the Kerberos principal); `None`: the name is resolved.
+    pub address: Option<IpAddr>,
 }
 
 // By hand: `EncryptionPolicy` (in `smb3`) does not implement `Hash`.
@@ -125,6 +140,7 @@ impl std::hash::Hash for VolumeId {
         self.sub_dir.hash(state);
         self.on_delete.hash(state);
         self.encryption.map(encryption_name).hash(state);
+        self.address.hash(state);
     }
 }
 
@@ -148,9 +164,13 @@ impl VolumeId {
             id.push(SEPARATOR);
             id.push_str(field);
         }
-        if let Some(policy) = self.encryption {
+        if self.encryption.is_some() || self.address.is_some() {
             id.push(SEPARATOR);
-            id.push_str(encryption_name(policy));
+            id.push_str(self.encryption.map(encryption_name).unwrap_or_default());
+        }
+        if let Some(address) = self.address {
+            id.push(SEPARATOR);
+            id.push_str(&address.to_string());
         }
         if id.len() > MAX_VOLUME_ID_LEN {
             return Err(VolumeIdError::TooLong { len: id.len() });
@@ -186,11 +206,23 @@ impl VolumeId {
         if fields[0] != VERSION {
             return Err(VolumeIdError::UnsupportedVersion { id: id.to_string(), version: fields[0].to_string() });
         }
-        let (server, port, share, base, sub_dir, on_delete, encryption) = match fields[..] {
-            [_, server, port, share, base, sub_dir, on_delete] => (server, port, share, base, sub_dir, on_delete, None),
-            [_, server, port, share, base, sub_dir, on_delete, encryption] => {
-                (server, port, share, base, sub_dir, on_delete, Some(encryption))
+        let (server, port, share, base, sub_dir, on_delete, encryption, address) = match fields[..] {
+            [_, server, port, share, base, sub_dir, on_delete] => {
+                (server, port, share, base, sub_dir, on_delete, None, None)
             }
+            [_, server, port, share, base, sub_dir, on_delete, encryption] => {
+                (server, port, share, base, sub_dir, on_delete, Some(encryption), None)
+            }
+            [_, server, port, share, base, sub_dir, on_delete, encryption, address] => (
+                server,
+                port,
+                share,
+                base,
+                sub_dir,
+                on_delete,
+                Some(encryption).filter(|e| !e.is_empty()),
+                Some(address),
+            ),
             _ => return Err(VolumeIdError::FieldCount { id: id.to_string(), found: fields.len() }),
         };
         let server = unescape(id, server, "server")?;
@@ -221,7 +253,15 @@ impl VolumeId {
                     .ok_or_else(|| VolumeIdError::BadEncryption { id: id.to_string(), value: value.to_string() })?,
             ),
         };
-        let parsed = VolumeId { share, sub_dir, on_delete, encryption };
+        let address = match address {
+            None => None,
+            Some(value) => Some(
+                value
+                    .parse::<IpAddr>()
+                    .map_err(|_| VolumeIdError::BadAddress { id: id.to_string(), value: value.to_string() })?,
+            ),
+        };
+        let parsed = VolumeId { share, sub_dir, on_delete, encryption, address };
         // One spelling per volume: `a/` or `%7C`-free `%41` would otherwise
         // alias the canonical handle.
         if parsed.encode().as_deref() != Ok(id) {
@@ -241,7 +281,7 @@ impl VolumeId {
         let sub_dir = SharePath::parse_or_root(segments[1].trim_matches('/'))
             .map_err(|error| VolumeIdError::BadPath { id: id.to_string(), field: "subdir", error })?;
         let on_delete = parse_on_delete(id, segments.get(3).copied().unwrap_or(""))?;
-        Ok(VolumeId { share, sub_dir, on_delete, encryption: None })
+        Ok(VolumeId { share, sub_dir, on_delete, encryption: None, address: None })
     }
 }
 
@@ -303,6 +343,7 @@ mod tests {
             sub_dir: SharePath::parse_or_root(sub_dir).unwrap(),
             on_delete,
             encryption: None,
+            address: None,
         }
     }
 
@@ -362,6 +403,24 @@ mod tests {
         assert_eq!(set.len(), 3);
         // Incumbent handles record none.
         assert_eq!(VolumeId::parse("srv/share#sub#uuid#retain").unwrap().encryption, None);
+    }
+
+    #[test]
+    fn address_field_round_trips() {
+        let base = volume("//dc1.corp.example/share/base", "pvc-1", Some(OnDelete::Delete));
+        let at = |address: &str| VolumeId { address: Some(address.parse().unwrap()), ..base.clone() };
+        assert_eq!(round_trip(&at("10.0.0.5")), "v1|dc1.corp.example||share|base|pvc-1|delete||10.0.0.5");
+        assert_eq!(round_trip(&at("fd00::5")), "v1|dc1.corp.example||share|base|pvc-1|delete||fd00::5");
+        let sealed = with_encryption(at("10.0.0.5"), EncryptionPolicy::Required);
+        assert_eq!(round_trip(&sealed), "v1|dc1.corp.example||share|base|pvc-1|delete|required|10.0.0.5");
+        // The address is part of the identity; ids without it keep their seven or eight fields.
+        assert_ne!(at("10.0.0.5"), base);
+        assert_eq!(round_trip(&base), "v1|dc1.corp.example||share|base|pvc-1|delete");
+        assert!(err_free("v1|srv||share||x||off"));
+    }
+
+    fn err_free(id: &str) -> bool {
+        VolumeId::parse(id).is_ok_and(|v| v.address.is_none())
     }
 
     #[test]
@@ -437,8 +496,12 @@ mod tests {
         assert!(matches!(err("just-a-name"), VolumeIdError::Unrecognised { .. }));
         assert!(matches!(err("v2|srv||share||x|"), VolumeIdError::UnsupportedVersion { .. }));
         assert!(matches!(err("v1|srv||share||x"), VolumeIdError::FieldCount { found: 6, .. }));
-        assert!(matches!(err("v1|srv||share||x|||"), VolumeIdError::FieldCount { found: 9, .. }));
-        assert!(matches!(err("v1|srv||share||x||off|"), VolumeIdError::FieldCount { found: 9, .. }));
+        assert!(matches!(err("v1|srv||share||x|||"), VolumeIdError::BadAddress { ref value, .. } if value.is_empty()));
+        assert!(matches!(err("v1|srv||share||x||off|"), VolumeIdError::BadAddress { .. }));
+        assert!(matches!(err("v1|srv||share||x||off|dc1"), VolumeIdError::BadAddress { .. }));
+        assert!(matches!(err("v1|srv||share||x||off|10.0.0.5|"), VolumeIdError::FieldCount { found: 10, .. }));
+        // One spelling: a non-canonical IPv6 address, or an eight-field id with an empty policy, is refused.
+        assert!(matches!(err("v1|srv||share||x|||fd00:0::1"), VolumeIdError::Unrecognised { .. }));
         assert!(
             matches!(err("v1|srv||share||x||"), VolumeIdError::BadEncryption { ref value, .. } if value.is_empty())
         );

@@ -129,6 +129,11 @@ impl ShareUrl {
         Ok(ShareUrl { server: server.to_string(), port, share: share.to_string(), base_path })
     }
 
+    /// The same share on another port (a `port=` mount option).
+    pub fn with_port(&self, port: u16) -> ShareUrl {
+        ShareUrl { port, ..self.clone() }
+    }
+
     /// Host name or IP address (IPv6 without brackets).
     pub fn server(&self) -> &str {
         &self.server

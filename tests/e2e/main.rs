@@ -16,7 +16,7 @@
 mod control;
 mod provisioner;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use smb3_testkit::samba::{Samba, SambaProfile};
@@ -36,14 +36,7 @@ fn harness() {
         samba.share_path().display()
     );
     let env_path = state.join("samba.env");
-    let tmp = state.join("samba.env.tmp");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp).unwrap();
-        f.write_all(env.as_bytes()).unwrap();
-    }
-    std::fs::rename(&tmp, &env_path).unwrap();
+    write_env(&env_path, &env);
     eprintln!("harness: Samba on {}:{} share {}", samba.host(), samba.port(), samba.share_name());
 
     let config = provisioner::Config::from_env().expect("provisioner configuration");
@@ -69,6 +62,53 @@ fn harness() {
     });
     let _ = std::fs::remove_file(&env_path);
     drop(samba);
+}
+
+/// `KEY=value` lines for run.sh to `source`, written whole (a temp file renamed into place, mode 0600: it
+/// holds a password).
+fn write_env(path: &Path, env: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp).unwrap();
+    f.write_all(env.as_bytes()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The Kerberos scenario's Active Directory DC (Samba with its KDC, from the test kit, on a loopback address
+/// 127.0.0.20-59; run.sh starts the compiled test binary with `--ignored --exact ad_dc_harness`): writes its
+/// coordinates to `$E2E_STATE/addc.env` (`DC_KRB5_CONF` is the krb5.conf naming its KDC, for the driver's
+/// `KRB5_CONFIG`), then waits until `$E2E_STATE/run/addc.stop` appears. However the process ends, the kit's
+/// watchdog stops the DC and removes its directory.
+#[test]
+#[ignore = "run by tests/e2e/k8s/run.sh against a live cluster"]
+fn ad_dc_harness() {
+    use smb3_testkit::ad_dc::{AdDc, NETBIOS_DOMAIN};
+    let state = PathBuf::from(std::env::var("E2E_STATE").expect("E2E_STATE is set by run.sh"));
+    let dc = AdDc::start().expect("starting the private AD DC");
+    let env = format!(
+        "DC_IP={}\nDC_NAME={}\nDC_REALM={}\nDC_DOMAIN={NETBIOS_DOMAIN}\nDC_USER={}\nDC_PRINCIPAL={}\nDC_PASSWORD={}\n\
+         DC_SHARE={}\nDC_SHARE_PATH={}\nDC_KRB5_CONF={}\nDC_SMB_CONF={}\n",
+        dc.ip(),
+        dc.server_name(),
+        dc.realm(),
+        dc.user(),
+        dc.user_principal(),
+        dc.password().expose(),
+        dc.share_name(),
+        dc.share_path().display(),
+        dc.krb5_conf().display(),
+        dc.conf_path().display(),
+    );
+    let env_path = state.join("addc.env");
+    write_env(&env_path, &env);
+    eprintln!("ad_dc_harness: AD DC {} at {} (realm {})", dc.server_name(), dc.ip(), dc.realm());
+    let stop_file = state.join("run/addc.stop");
+    while !stop_file.exists() {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = std::fs::remove_file(&env_path);
+    drop(dc);
 }
 
 /// A stand-in node plugin (Identity + NodeGetInfo only) on `$E2E_FAKE_NODE_SOCKET`, for checking

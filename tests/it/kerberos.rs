@@ -282,70 +282,93 @@ fn short_ticket_conf(dc: &AdDc, lifetime: &str) -> std::path::PathBuf {
     conf
 }
 
-/// The shortest of a few lifetimes for which the KDC issues a TGT and a cifs
-/// ticket (printed: what the KDC does with short lifetimes is a measurement).
-async fn shortest_ticket_lifetime(dc: &AdDc) -> (Duration, std::path::PathBuf) {
-    for secs in [30u64, 60, 120, 300] {
-        let kdc = KdcConfig { ticket_lifetime: Duration::from_secs(secs), ..config(dc) };
-        let outcome = match request_tgt(&kdc, dc.user(), dc.password()).await {
-            Ok(tgt) => request_service_ticket(&kdc, &tgt, "cifs", &dc.server_name())
-                .await
-                .map(|t| (tgt.end_time - tgt.start_time, t.end_time - t.start_time)),
-            Err(e) => Err(e),
-        };
-        eprintln!("asked for {secs} s tickets: {outcome:?}");
-        if let Ok((_, cifs_life)) = outcome {
-            assert!(u64::from(cifs_life) <= secs + 1, "the KDC gave {cifs_life} s for {secs} s");
-            return (Duration::from_secs(secs), short_ticket_conf(dc, &format!("{secs}s")));
-        }
-    }
-    panic!("the KDC issues no ticket of 5 minutes or less");
+/// A TGT and a service ticket, or why the KDC refused, asking for `secs`-long
+/// tickets (printed: what the KDC does with short lifetimes is a measurement).
+async fn ask_for_tickets(dc: &AdDc, secs: u64) -> Result<(u32, u32), KerberosError> {
+    let kdc = KdcConfig { ticket_lifetime: Duration::from_secs(secs), ..config(dc) };
+    let tgt = request_tgt(&kdc, dc.user(), dc.password()).await?;
+    let cifs = request_service_ticket(&kdc, &tgt, "cifs", &dc.server_name()).await?;
+    let lives = (tgt.end_time - tgt.start_time, cifs.end_time - cifs.start_time);
+    eprintln!("asked for {secs} s tickets: TGT {} s, cifs {} s", lives.0, lives.1);
+    Ok(lives)
 }
 
-/// Tickets that end during a read/write loop: one client renews before the
-/// end (re-authenticating in place), the other does not and is told
-/// STATUS_NETWORK_SESSION_EXPIRED by Samba, which it heals in place. Both
-/// keep their open handle throughout and the loop sees no error.
-///
-/// Measured: the Samba 4.17 KDC refuses a service ticket with a TGT of 30,
-/// 60 or 120 s (KRB_AP_ERR_TKT_EXPIRED) and issues 300 s tickets, so this
-/// test runs 5.3 minutes: too long for every CI run (`--ignored` runs it).
+/// A password logon's ticket lifetime for the renewal test: the Samba 4.17
+/// KDC refuses a TGS request whose TGT has 120 s or less left
+/// (KRB_AP_ERR_TKT_EXPIRED; measured with MIT kinit and kvno too: a 121 s TGT
+/// gets a ticket at once, a 200 s one 70 s later but not 85 s later), and a
+/// password logon asks for both tickets with the same lifetime, so 150 s
+/// leaves 30 s for the two exchanges under load.
+const PASSWORD_TICKET_LIFETIME: u64 = 150;
+/// A credential cache's `cifs/` ticket lifetime for the renewal test: a
+/// service ticket may end long before its TGT (AD's "maximum lifetime for
+/// service ticket" policy), and a new one comes from the TGT, which then
+/// still has far more than 120 s left.
+const CCACHE_SERVICE_TICKET_LIFETIME: u64 = 30;
+
+/// Tickets that end during a read/write loop, for a password logon (a
+/// 150 s TGT and cifs ticket) and a credential cache (a 300 s TGT and a
+/// 30 s cifs ticket our client was given): one client of each renews before
+/// the end (re-authenticating in place), the other does not and is told
+/// STATUS_NETWORK_SESSION_EXPIRED by Samba, which it heals in place. Samba
+/// expires the session at the real end time of the ticket the KDC issued.
+/// All keep their open handle throughout, and the loop sees no error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "5 minutes: the Samba KDC issues no ticket shorter than 300 s; run with --ignored"]
 async fn tickets_ending_mid_loop_are_renewed_without_an_application_error() {
     let Some(dc) = shared_dc().await else { return };
-    let (lifetime, conf) = shortest_ticket_lifetime(dc).await;
-    let run = |renewal: bool, name: &'static str| {
-        let conf = conf.clone();
-        async move {
-            let opts = ClientOptions { krb5_config: Some(conf), kerberos_renewal: renewal, ..dc_options(dc) };
-            let client = Client::connect(&dc.server_name(), 445, &password_creds(dc), &opts).await.expect("logon");
-            let first_end = client.ticket_end().expect("a Kerberos ticket end");
-            let tree = client.tree(dc.share_name()).await.unwrap();
-            let file = tree.create(name).await.unwrap();
-            let started = std::time::Instant::now();
-            let (mut offset, mut slowest) = (0u64, Duration::ZERO);
-            while started.elapsed() < lifetime + Duration::from_secs(15) {
-                let line = format!("{offset:08}\n");
-                let t = std::time::Instant::now();
-                file.write_at(offset, line.as_bytes()).await.expect("write across the ticket's end");
-                let back = file.read_at(offset, line.len()).await.expect("read across the ticket's end");
-                slowest = slowest.max(t.elapsed());
-                assert_eq!(back, line.as_bytes());
-                offset += line.len() as u64;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            file.close().await.expect("the handle survived");
-            assert!(client.reauth_count() >= 1, "{name}: no re-authentication");
-            assert_eq!(client.reconnect_count(), 0, "{name}: healed in place, not by reconnecting");
-            assert!(client.ticket_end().unwrap() > first_end, "{name}: a new ticket");
-            eprintln!(
-                "{name}: {offset} bytes, {} re-authentications, slowest write+read {slowest:?}",
-                client.reauth_count()
-            );
+    let refused = ask_for_tickets(dc, 120).await.unwrap_err();
+    assert!(matches!(refused, KerberosError::TicketExpired { .. }), "120 s tickets: {refused}");
+    let (tgt_life, cifs_life) = ask_for_tickets(dc, PASSWORD_TICKET_LIFETIME).await.expect("150 s tickets");
+    assert!(u64::from(tgt_life.max(cifs_life)) <= PASSWORD_TICKET_LIFETIME + 1, "{tgt_life} {cifs_life}");
+    let password_conf = short_ticket_conf(dc, &format!("{PASSWORD_TICKET_LIFETIME}s"));
+
+    // The cache a user would hand over: a TGT, and a cifs ticket that ends first.
+    let tgt =
+        request_tgt(&KdcConfig { ticket_lifetime: Duration::from_secs(300), ..config(dc) }, dc.user(), dc.password())
+            .await
+            .expect("300 s TGT");
+    let short = KdcConfig { ticket_lifetime: Duration::from_secs(CCACHE_SERVICE_TICKET_LIFETIME), ..config(dc) };
+    let cifs = request_service_ticket(&short, &tgt, "cifs", &dc.server_name()).await.expect("30 s cifs ticket");
+    assert!(u64::from(cifs.end_time - cifs.start_time) <= CCACHE_SERVICE_TICKET_LIFETIME + 1, "{cifs:?}");
+    let cache =
+        Ccache { version: 0x0504, header: vec![], default_principal: tgt.client.clone(), credentials: vec![tgt, cifs] };
+    let ccache_creds = Credentials::Kerberos(KerberosCredentials::Ccache(CcacheBytes::new(cache.encode())));
+
+    let run = |creds: Credentials, conf: std::path::PathBuf, lifetime: u64, renewal: bool, name: &'static str| async move {
+        let opts = ClientOptions { krb5_config: Some(conf), kerberos_renewal: renewal, ..dc_options(dc) };
+        let client = Client::connect(&dc.server_name(), 445, &creds, &opts).await.expect("logon");
+        let first_end = client.ticket_end().expect("a Kerberos ticket end");
+        let tree = client.tree(dc.share_name()).await.unwrap();
+        let file = tree.create(name).await.unwrap();
+        let started = std::time::Instant::now();
+        let (mut offset, mut slowest) = (0u64, Duration::ZERO);
+        while started.elapsed() < Duration::from_secs(lifetime + 15) {
+            let line = format!("{offset:08}\n");
+            let t = std::time::Instant::now();
+            file.write_at(offset, line.as_bytes()).await.expect("write across the ticket's end");
+            let back = file.read_at(offset, line.len()).await.expect("read across the ticket's end");
+            slowest = slowest.max(t.elapsed());
+            assert_eq!(back, line.as_bytes());
+            offset += line.len() as u64;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        file.close().await.expect("the handle survived");
+        assert!(client.reauth_count() >= 1, "{name}: no re-authentication");
+        assert_eq!(client.reconnect_count(), 0, "{name}: healed in place, not by reconnecting");
+        assert!(client.ticket_end().unwrap() > first_end, "{name}: a new ticket");
+        eprintln!(
+            "{name}: {offset} bytes, {} re-authentications, slowest write+read {slowest:?}",
+            client.reauth_count()
+        );
     };
-    tokio::join!(run(true, "renewed.txt"), run(false, "expired.txt"));
+    let dc_conf = dc.krb5_conf().to_path_buf();
+    let cc = CCACHE_SERVICE_TICKET_LIFETIME;
+    tokio::join!(
+        run(password_creds(dc), password_conf.clone(), PASSWORD_TICKET_LIFETIME, true, "password-renewed.txt"),
+        run(password_creds(dc), password_conf, PASSWORD_TICKET_LIFETIME, false, "password-expired.txt"),
+        run(ccache_creds.clone(), dc_conf.clone(), cc, true, "ccache-renewed.txt"),
+        run(ccache_creds, dc_conf, cc, false, "ccache-expired.txt"),
+    );
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -436,9 +459,10 @@ async fn node_stages_with_a_krb5cc_secret_and_with_a_password_secret() {
 
 /// The controller over its gRPC socket creates and deletes volumes on the
 /// DC with a `krb5cc_<uid>` Secret and with a password Secret. The DC's name
-/// does not resolve on this machine, so the controller's session pool is
-/// given the DC's address (as `ip=` gives it to the node); the SPN is
-/// `cifs/dc1.smb3test.test` from the StorageClass `source`.
+/// does not resolve on this machine: the StorageClass `mountOptions` give
+/// `ip=` (recorded in the volume id, since DeleteVolume carries no mount
+/// options); the SPN is `cifs/dc1.smb3test.test` from the `source`. Without
+/// `ip=` the same request fails on the name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_creates_and_deletes_with_krb5cc_and_password_secrets() {
     use crate::common::csi::{create_request, delete, provision, Claim, Plugin, StorageClass};
@@ -446,7 +470,6 @@ async fn controller_creates_and_deletes_with_krb5cc_and_password_secrets() {
     let options = ClientOptions {
         timeout: Duration::from_secs(20),
         krb5_config: Some(dc.krb5_conf().to_path_buf()),
-        connect_address: Some(dc.ip().to_string()),
         ..Default::default()
     };
     let mut plugin = Plugin::start_with(options).await;
@@ -466,7 +489,7 @@ async fn controller_creates_and_deletes_with_krb5cc_and_password_secrets() {
         std::fs::set_permissions(dc.share_path().join(&base), std::fs::Permissions::from_mode(0o777)).unwrap();
         let mut class = StorageClass {
             parameters: Default::default(),
-            mount_options: vec!["sec=krb5".into()],
+            mount_options: vec!["sec=krb5".into(), format!("ip={}", dc.ip())],
             provisioner_secret: Some(secret),
         };
         class.parameters.insert("source".into(), format!("//{}/{}/{base}", dc.server_name(), dc.share_name()));
@@ -475,9 +498,13 @@ async fn controller_creates_and_deletes_with_krb5cc_and_password_secrets() {
             class.parameters.insert(format!("csi.storage.k8s.io/{role}-secret-namespace"), "default".into());
         }
         let claim = Claim::new("team", name, 1 << 30);
+        let unresolved = StorageClass { mount_options: vec!["sec=krb5".into()], ..class.clone() };
+        let e = provision(&mut plugin.controller, create_request(&unresolved, &claim)).await.unwrap_err();
+        assert!(e.message().contains(&dc.server_name()), "{name}: without ip=: {e:?}");
         let volume = provision(&mut plugin.controller, create_request(&class, &claim))
             .await
             .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert!(volume.volume_id.ends_with(&format!("|{}", dc.ip())), "{name}: {}", volume.volume_id);
         let dir = dc.share_path().join(&base).join(claim.pv_name());
         assert!(dir.is_dir(), "{name}: {} not created", dir.display());
         delete(&mut plugin.controller, &volume.volume_id, &class).await.unwrap();
@@ -510,4 +537,51 @@ async fn smb_cli_logs_on_with_the_krb5ccname_cache() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("auth:          kerberos") && stdout.contains("encrypted:     yes"), "{stdout}");
+}
+
+/// A node whose clock is an hour off (libfaketime, from the `faketime`
+/// package scripts/setup.sh installs) gets a one-line "clock skew" error
+/// from the KDC, with a ccache (`KRB5CCNAME`: the TGS exchange) and with a
+/// password (the AS exchange's encrypted timestamp), and nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skewed_clock_is_named_as_clock_skew() {
+    let faketime = Path::new("/usr/bin/faketime");
+    if !faketime.exists() {
+        assert!(!smb3_testkit::running_in_ci(), "CI=true: faketime is required (scripts/setup.sh installs it)");
+        eprintln!("faketime not installed: skipping");
+        return;
+    }
+    let Some(dc) = shared_dc().await else { return };
+    let ccache = dc.scratch_path(&format!("skew-{}.ccache", std::process::id()));
+    let _ = std::fs::remove_file(&ccache);
+    let lines = tokio::task::spawn_blocking(move || {
+        dc.kinit(&ccache, &dc.user_principal(), dc.password()).unwrap();
+        let smb = |offset: &str, ccache: Option<&Path>| {
+            let mut cmd = std::process::Command::new(faketime);
+            cmd.args(["-f", offset, env!("CARGO_BIN_EXE_smb3-csi"), "smb", "--sec", "krb5", "--ip"])
+                .arg(dc.ip().to_string())
+                .arg(format!("//{}/{}", dc.server_name(), dc.share_name()))
+                .arg("info")
+                .env("KRB5_CONFIG", dc.krb5_conf())
+                .env_remove("KRB5CCNAME");
+            match ccache {
+                Some(path) => cmd
+                    .env("KRB5CCNAME", format!("FILE:{}", path.display()))
+                    .env_remove("SMB_USERNAME")
+                    .env_remove("SMB_PASSWORD"),
+                None => cmd.env("SMB_USERNAME", dc.user()).env("SMB_PASSWORD", dc.password().expose()),
+            };
+            let out = cmd.output().unwrap();
+            assert!(!out.status.success(), "{offset}: {}", String::from_utf8_lossy(&out.stdout));
+            String::from_utf8_lossy(&out.stderr).trim().to_string()
+        };
+        [smb("+1h", Some(&ccache)), smb("-1h", None)]
+    })
+    .await
+    .unwrap();
+    for line in lines {
+        assert!(line.contains("clock skew") && line.contains("KRB_AP_ERR_SKEW"), "{line}");
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(!line.contains(dc.password().expose()), "{line}");
+    }
 }

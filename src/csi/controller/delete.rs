@@ -10,6 +10,7 @@ use tonic::{Code, Status};
 use super::record::{RecordError, RecordStore};
 use super::status::{self, record_status};
 use super::{dir_key, share_path, ControllerService};
+use crate::mount::ConnectTarget;
 use crate::volume::{OnDelete, VolumeId};
 use smb3::{is_not_found, Credentials, NtStatus, Tree};
 
@@ -20,7 +21,7 @@ impl ControllerService {
             return Ok(());
         }
         let _guard = self.lock(vec![dir_key(&id)], &format!("directory /{}", id.path_in_share()))?;
-        let tree = self.tree(&id.share, id.encryption, &creds, Code::NotFound).await?;
+        let tree = self.tree(&ConnectTarget::of_volume(&id), id.encryption, &creds, Code::NotFound).await?;
         let path = share_path(&id.path_in_share());
         let context = |what: &str| format!("{what} /{path} on {} as {}", id.share.share_root(), creds.display_name());
         let on_delete = id.on_delete.unwrap_or_default();

@@ -7,6 +7,7 @@ use tonic::{Code, Status};
 use super::record::{RecordError, RecordStore};
 use super::status::{self, record_status};
 use super::{dir_key, share_path, ControllerService};
+use crate::mount::ConnectTarget;
 use crate::volume::VolumeId;
 use smb3::{is_not_found, Credentials};
 
@@ -19,7 +20,7 @@ impl ControllerService {
         limit: i64,
     ) -> Result<i64, Status> {
         let _guard = self.lock(vec![dir_key(&id)], &format!("directory /{}", id.path_in_share()))?;
-        let tree = self.tree(&id.share, id.encryption, &creds, Code::NotFound).await?;
+        let tree = self.tree(&ConnectTarget::of_volume(&id), id.encryption, &creds, Code::NotFound).await?;
         let path = share_path(&id.path_in_share());
         match tree.stat(&path).await {
             Ok(_) => {}

@@ -10,6 +10,7 @@ use super::record::{RecordError, RecordStore};
 use super::status;
 use super::{share_path, ControllerService, RecordState};
 use crate::csi::proto::{controller_get_volume_response, ControllerGetVolumeResponse, Volume, VolumeCondition};
+use crate::mount::ConnectTarget;
 use crate::volume::VolumeId;
 use smb3::{is_not_found, Credentials};
 
@@ -41,7 +42,7 @@ impl ControllerService {
                 ),
             ));
         };
-        let tree = match self.tree(&id.share, id.encryption, &creds, Code::NotFound).await {
+        let tree = match self.tree(&ConnectTarget::of_volume(&id), id.encryption, &creds, Code::NotFound).await {
             Ok(tree) => tree,
             Err(status) => return Ok(respond(0, true, format!("share unreachable: {}", status.message()))),
         };
@@ -77,7 +78,7 @@ impl ControllerService {
         id: &VolumeId,
         creds: &Credentials,
     ) -> Result<(), Status> {
-        let tree = self.tree(&id.share, id.encryption, creds, Code::NotFound).await?;
+        let tree = self.tree(&ConnectTarget::of_volume(id), id.encryption, creds, Code::NotFound).await?;
         let path = share_path(&id.path_in_share());
         match tree.stat(&path).await {
             Ok(meta) if meta.is_dir() => Ok(()),

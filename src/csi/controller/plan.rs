@@ -11,7 +11,10 @@ use tonic::Status;
 use super::credentials::ShareKey;
 use super::validate::{capacity_of, check_capabilities, check_not_reserved, parse_volume_id, MAX_NAME_LEN};
 use super::{VolumeRecord, CONTEXT_ENCRYPTION, CONTEXT_SOURCE, CONTEXT_SUBDIR};
-use crate::csi::proto::{volume_content_source, CreateVolumeRequest, Volume, VolumeContentSource};
+use crate::csi::proto::{
+    volume_capability, volume_content_source, CreateVolumeRequest, Volume, VolumeCapability, VolumeContentSource,
+};
+use crate::mount::{ConnectTarget, MountOptions};
 use crate::volume::params::encryption_name;
 use crate::volume::{compact, SharePath, StorageClassParams, VolumeId};
 use smb3::Credentials;
@@ -29,6 +32,8 @@ pub(super) struct CreatePlan {
     /// The source volume's id as requested, and parsed.
     pub(super) clone_from: Option<(String, VolumeId)>,
     pub(super) creds: Credentials,
+    /// Where CreateVolume connects: the StorageClass `source` with its `mountOptions` (`port=`, `ip=`, `sec=`).
+    pub(super) connect: ConnectTarget,
 }
 
 impl CreatePlan {
@@ -58,11 +63,16 @@ impl CreatePlan {
             )));
         }
         check_not_reserved(&sub_dir)?;
+        let options = mount_options(&req.volume_capabilities)?;
+        // The port and address go into the id: DeleteVolume, which carries no mount options, connects as
+        // CreateVolume did.
+        let connect = ConnectTarget::new(&params.source, &options);
         let id = VolumeId {
-            share: params.source.clone(),
+            share: connect.share.clone(),
             sub_dir,
             on_delete: Some(params.on_delete),
             encryption: params.encryption,
+            address: connect.address,
         };
         // Every valid name gets an id: a directory named after the request (the name, or a template) that is
         // too long to spell out in the id gets a shorter name. A literal subDir is the administrator's
@@ -111,7 +121,7 @@ impl CreatePlan {
             }
         };
 
-        let creds = crate::csi::credentials_from_secrets(&req.secrets)?.ok_or_else(|| {
+        let creds = crate::csi::credentials_from_secrets_for(&req.secrets, options.cruid)?.ok_or_else(|| {
             Status::invalid_argument(
                 "a provisioner secret is required: set csi.storage.k8s.io/provisioner-secret-name and \
                  csi.storage.k8s.io/provisioner-secret-namespace in the StorageClass to a Secret with \
@@ -128,6 +138,7 @@ impl CreatePlan {
             capacity_unspecified: req.capacity_range.is_none(),
             clone_from,
             creds,
+            connect,
         })
     }
 
@@ -175,6 +186,22 @@ impl CreatePlan {
             accessible_topology: Vec::new(),
         }
     }
+}
+
+/// The StorageClass `mountOptions` (the mount flags of the requested capabilities), parsed as the node
+/// parses them: a flag the node would refuse is refused here, before a directory is made for it.
+fn mount_options(capabilities: &[VolumeCapability]) -> Result<MountOptions, Status> {
+    let flags: Vec<String> = capabilities
+        .iter()
+        .filter_map(|c| match &c.access_type {
+            Some(volume_capability::AccessType::Mount(m)) => Some(m.mount_flags.iter().cloned()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    MountOptions::parse(&flags)
+        .map(|(options, _ignored)| options)
+        .map_err(|e| Status::invalid_argument(format!("volume_capabilities: mount options: {e}")))
 }
 
 /// Whether `inner` is `outer` or below it (case-insensitively).
@@ -231,6 +258,36 @@ mod tests {
         assert_eq!(volume.volume_context[CONTEXT_SOURCE], "//srv/share/k8s");
         assert_eq!(volume.volume_context[CONTEXT_SUBDIR], "pvc-1");
         assert_eq!(volume.volume_context.len(), 2);
+    }
+
+    #[test]
+    fn mount_options_say_where_to_connect_and_the_id_keeps_it() {
+        let with_flags = |flags: &[&str]| {
+            let mut req = request();
+            req.parameters.insert("source".into(), "//dc1.corp.example/share/k8s".into());
+            req.volume_capabilities[0].access_type =
+                Some(volume_capability::AccessType::Mount(volume_capability::MountVolume {
+                    mount_flags: flags.iter().map(|f| f.to_string()).collect(),
+                    ..Default::default()
+                }));
+            req.secrets = HashMap::from([("krb5cc_1000".into(), "bm90".into()), ("krb5cc_0".into(), "bm90".into())]);
+            req
+        };
+        // cruid= picks the Secret key, as on the node (here a value that is no ccache, named by its key).
+        let e = CreatePlan::from_request(&with_flags(&["sec=krb5,cruid=1000"])).err().unwrap();
+        assert!(e.message().contains("krb5cc_1000"), "{e:?}");
+        let mut req = with_flags(&["sec=krb5,ip=10.0.0.5", "port=1445"]);
+        req.secrets = request().secrets;
+        let plan = CreatePlan::from_request(&req).unwrap();
+        assert_eq!(plan.volume_id, "v1|dc1.corp.example|1445|share|k8s|pvc-1|delete||10.0.0.5");
+        assert_eq!(plan.connect.share.server(), "dc1.corp.example", "the name stays: it makes the SPN");
+        assert_eq!(plan.connect.security, smb3::SecurityMechanism::Kerberos);
+        assert_eq!(crate::mount::ConnectTarget::of_volume(&plan.id).address, plan.connect.address);
+        assert_eq!(plan.volume(0).volume_context[CONTEXT_SOURCE], "//dc1.corp.example:1445/share/k8s");
+        // A flag the node would refuse is refused here, named.
+        let e = CreatePlan::from_request(&with_flags(&["ip=dc1"])).err().unwrap();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("mount option \"ip\": expected an IP address"), "{e:?}");
     }
 
     #[test]

@@ -25,7 +25,7 @@ impl ControllerService {
             Some((_, source)) => Some(stricter(self.effective(plan.id.encryption), self.effective(source.encryption))),
             None => plan.id.encryption,
         };
-        let tree = self.tree(&plan.id.share, encryption, &plan.creds, Code::InvalidArgument).await?;
+        let tree = self.tree(&plan.connect, encryption, &plan.creds, Code::InvalidArgument).await?;
         let store = RecordStore::under(plan.id.share.base_path());
         let name_path = store.name_path(&plan.name);
         let dir_path = store.dir_path(&plan.id.sub_dir);

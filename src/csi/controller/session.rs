@@ -9,8 +9,8 @@ use tonic::{Code, Status};
 
 use super::status::{self, is_auth_failure};
 use super::ControllerService;
+use crate::mount::ConnectTarget;
 use crate::volume::params::encryption_name;
-use crate::volume::ShareUrl;
 use smb3::{ClientOptions, Credentials, EncryptionPolicy, Error as SmbError, Recovery, Tree};
 
 /// How long a controller RPC waits for a lost server to come back before it
@@ -25,20 +25,24 @@ impl ControllerService {
         encryption.unwrap_or(self.pool.options().encryption)
     }
 
-    /// A connected tree for `share` with the `encryption` policy (`None`: the
-    /// pool's default); on success the credentials are remembered for RPCs
-    /// that carry none.
+    /// A connected tree for the share of `to` (at its address, with its
+    /// mechanism) with the `encryption` policy (`None`: the pool's default);
+    /// on success the credentials are remembered for RPCs that carry none.
     pub(super) async fn tree(
         &self,
-        share: &ShareUrl,
+        to: &ConnectTarget,
         encryption: Option<EncryptionPolicy>,
         creds: &Credentials,
         missing_share: Code,
     ) -> Result<Tree, Status> {
+        let share = &to.share;
         let target = share.target();
         let policy = self.effective(encryption);
-        let options =
-            ClientOptions { encryption: policy, recovery: CONTROLLER_RECOVERY, ..self.pool.options().clone() };
+        let options = to.client_options(&ClientOptions {
+            encryption: policy,
+            recovery: CONTROLLER_RECOVERY,
+            ..self.pool.options().clone()
+        });
         match self.pool.tree_with(&target, creds, &options).await {
             Ok(tree) => {
                 self.known_credentials.remember(share, creds);

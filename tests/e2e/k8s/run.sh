@@ -63,6 +63,16 @@ AUTH=$E2E_STATE/smb.auth
 (umask 077; printf 'username = %s\npassword = %s\ndomain = WORKGROUP\n' "$SMB_USER" "$SMB_PASSWORD" >"$AUTH")
 smbc() { smbclient "//$SMB_HOST/$SMB_SHARE" -p "$SMB_PORT" -A "$AUTH" --client-protection=encrypt -c "$1" 2>&1; }
 
+# --- the Kerberos scenario's Active Directory DC (Samba with its KDC, from the test kit, on 127.0.0.20-59) ---
+# Its krb5.conf (realm, KDC address) is the controller's and node plugin's KRB5_CONFIG, as the chart's
+# kerberos.krb5Conf would be; its name dc1.smb3test.test does not resolve, so volumes give ip=.
+rm -f "$E2E_STATE/run/addc.stop"
+start_daemon smb3-csi-addc "$HARNESS" --ignored --exact ad_dc_harness --nocapture
+wait_for "the private AD DC" 180 test -s "$E2E_STATE/addc.env" \
+  || die "AD DC harness did not start: $(tail -20 "$E2E_STATE/logs/smb3-csi-addc.log")"
+# shellcheck disable=SC1091
+source "$E2E_STATE/addc.env"
+
 # --- the chart's objects, rendered by helm-render ---
 HELM_RENDER=${HELM_RENDER:-$REPO_ROOT/../shared/tools/helm-render/helm-render}
 [[ -x $HELM_RENDER ]] || HELM_RENDER=/work/shared/tools/helm-render/helm-render
@@ -93,11 +103,11 @@ NODE_KUBECONFIG=$E2E_STATE/node.kubeconfig
 # --- the driver, as host processes ---
 # The node plugin as its manager would start it (test_node_plugin_restart starts it again the same way).
 start_node_plugin() {
-  start_daemon smb3-csi-node "$SMB3_CSI" node --endpoint "unix://$NODE_SOCKET" --node-id "$NODE_NAME" --kubelet-dir "$KUBELET_DIR" \
+  start_daemon smb3-csi-node env KRB5_CONFIG="$DC_KRB5_CONF" "$SMB3_CSI" node --endpoint "unix://$NODE_SOCKET" --node-id "$NODE_NAME" --kubelet-dir "$KUBELET_DIR" \
     --driver-name "$DRIVER" --kubeconfig "$NODE_KUBECONFIG" --log-level info
 }
 mkdir -p "$(dirname "$CONTROLLER_SOCKET")" "$PLUGIN_DIR"
-start_daemon smb3-csi-controller "$SMB3_CSI" controller --endpoint "unix://$CONTROLLER_SOCKET" \
+start_daemon smb3-csi-controller env KRB5_CONFIG="$DC_KRB5_CONF" "$SMB3_CSI" controller --endpoint "unix://$CONTROLLER_SOCKET" \
   --driver-name "$DRIVER" --log-level info
 if [[ ${E2E_FAKE_NODE:-0} == 1 ]]; then
   start_daemon smb3-csi-node "$HARNESS" --ignored --exact fake_node_plugin --nocapture
@@ -492,6 +502,92 @@ test_rwx_lock_file() {
   kc delete pvc locks --wait=false
 }
 
+# --- issue 16: Kerberos against the AD DC (NTLM is disabled there, so nothing passes by falling back) ---
+# dc_smbc CCACHE COMMANDS: the independent witness, MIT smbclient with Kerberos required (the tickets in CCACHE)
+# and encryption required, on the share by the DC's name at its address.
+dc_smbc() {
+  KRB5_CONFIG=$DC_KRB5_CONF smbclient "//$DC_NAME/$DC_SHARE" -I "$DC_IP" -s "$DC_SMB_CONF" --use-kerberos=required \
+    --use-krb5-ccache="FILE:$1" --client-protection=encrypt -c "$2" 2>&1
+}
+# A StorageClass whose provisioner and node-stage Secret is a krb5cc_0 credential cache (MIT kinit, base64, as
+# users make them), sec=krb5 and ip= (the DC's name does not resolve here: the controller and the node connect
+# to the address, the principal is cifs/<name>). A pod writes and reads; smbclient with Kerberos reads the file;
+# DeleteVolume (ccache, ip= from the volume id) removes the directory. Then a static PV whose node-stage Secret
+# is a username and password, sec=krb5: the node gets its own tickets.
+test_kerberos() {
+  local cc=$E2E_STATE/krb5cc_0 base=krb5-e2e
+  rm -f "$cc"
+  KRB5_CONFIG=$DC_KRB5_CONF kinit -c "FILE:$cc" "$DC_PRINCIPAL" <<<"$DC_PASSWORD" >/dev/null || fail "kinit $DC_PRINCIPAL"
+  echo "kinit $DC_PRINCIPAL: $(KRB5_CONFIG=$DC_KRB5_CONF klist -c "FILE:$cc" | grep -c krbtgt/) TGT in $cc"
+  dc_smbc "$cc" "mkdir $base" >/dev/null || true
+  kc -n "$NS" create secret generic smb-krb5 --from-literal=krb5cc_0="$(base64 -w0 "$cc")" \
+    --dry-run=client -o yaml | kc apply -f - >/dev/null
+  kc -n "$NS" create secret generic smb-krb5-password --from-literal=username="$DC_USER" \
+    --from-literal=password="$DC_PASSWORD" --from-literal=domain="$DC_DOMAIN" --dry-run=client -o yaml | kc apply -f - >/dev/null
+  kc apply -f - <<SC
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: smb3-krb5}
+provisioner: $DRIVER
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+mountOptions: [sec=krb5, "ip=$DC_IP"]
+parameters:
+  source: "//$DC_NAME/$DC_SHARE/$base"
+  csi.storage.k8s.io/provisioner-secret-name: smb-krb5
+  csi.storage.k8s.io/provisioner-secret-namespace: $NS
+  csi.storage.k8s.io/node-stage-secret-name: smb-krb5
+  csi.storage.k8s.io/node-stage-secret-namespace: $NS
+SC
+  pvc_yaml krb5-ccache smb3-krb5 ReadWriteMany | kc apply -f -
+  wait_bound krb5-ccache
+  local pv; pv=$(kc get pvc krb5-ccache -o jsonpath='{.spec.volumeName}')
+  echo "CreateVolume over Kerberos (ccache Secret, ip=$DC_IP): $(kc get pv "$pv" -o jsonpath='{.spec.csi.volumeHandle}')"
+  pod_yaml krb5-writer 'echo written-over-kerberos > /data/krb5.txt && cat /data/krb5.txt' \
+    "    persistentVolumeClaim: {claimName: krb5-ccache}" | kc apply -f -
+  wait_pod krb5-writer || fail "the pod on the Kerberos volume failed"
+  dc_smbc "$cc" "get $base/$pv/krb5.txt $E2E_STATE/krb5.txt" >/dev/null \
+    || fail "krb5.txt not on the DC's share under $base/$pv: $(dc_smbc "$cc" "ls $base/*")"
+  [[ $(cat "$E2E_STATE/krb5.txt") == written-over-kerberos ]] || fail "content on the DC: $(cat "$E2E_STATE/krb5.txt")"
+  echo "ccache Secret: $base/$pv/krb5.txt read back by smbclient --use-kerberos=required"
+  delete_pod krb5-writer
+  wait_for "unstage of $pv" 60 bash -c "! grep -qF '$pv' /proc/self/mounts" || fail "mounts left: $(mounts_of "$pv")"
+  kc delete pvc krb5-ccache --wait=false
+  wait_for "PV $pv deleted" 60 bash -c "! '$KUBECTL' --kubeconfig '$KUBECONFIG' get pv $pv" || fail "PV $pv not deleted"
+  ! dc_smbc "$cc" "ls $base/*" | grep -qw "$pv" || fail "DeleteVolume left $base/$pv on the DC's share"
+  echo "DeleteVolume over Kerberos removed $base/$pv"
+
+  dc_smbc "$cc" "mkdir $base/static-password" >/dev/null || true
+  kc apply -f - <<PV
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: krb5-password}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  mountOptions: [sec=krb5, "ip=$DC_IP"]
+  claimRef: {namespace: default, name: krb5-password}
+  csi:
+    driver: $DRIVER
+    volumeHandle: krb5-password-handle
+    volumeAttributes: {source: "//$DC_NAME/$DC_SHARE/$base", subDir: static-password}
+    nodeStageSecretRef: {name: smb-krb5-password, namespace: $NS}
+PV
+  printf 'apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: krb5-password}\nspec:\n  storageClassName: ""\n  volumeName: krb5-password\n  accessModes: [ReadWriteMany]\n  resources: {requests: {storage: 1Gi}}\n' | kc apply -f -
+  wait_bound krb5-password
+  pod_yaml krb5-password 'echo password-over-kerberos > /data/password.txt && cat /data/password.txt' \
+    "    persistentVolumeClaim: {claimName: krb5-password}" | kc apply -f -
+  wait_pod krb5-password || fail "the pod on the password Kerberos volume failed"
+  dc_smbc "$cc" "get $base/static-password/password.txt $E2E_STATE/password.txt" >/dev/null \
+    || fail "password.txt not on the DC's share"
+  [[ $(cat "$E2E_STATE/password.txt") == password-over-kerberos ]] || fail "content on the DC: $(cat "$E2E_STATE/password.txt")"
+  echo "password Secret: $base/static-password/password.txt read back by smbclient --use-kerberos=required"
+  delete_pod krb5-password
+  kc delete pvc krb5-password; kc delete pv krb5-password
+}
+
 run_test registration test_registration
 run_test dynamic-pvc test_dynamic_pvc
 run_test rwx-two-pods test_rwx_two_pods
@@ -501,6 +597,7 @@ run_test static-pv-subdir test_static_pv
 run_test samba-restart test_samba_restart
 run_test node-plugin-restart test_node_plugin_restart
 run_test rwx-lock-file test_rwx_lock_file
+run_test kerberos test_kerberos
 # Last: it rotates the password every later step would use.
 run_test password-rotation test_password_rotation
 

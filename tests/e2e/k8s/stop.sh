@@ -3,13 +3,13 @@
 # before containerd itself goes. State stays (start.sh resumes it); teardown.sh wipes it.
 source "$(dirname "$0")/lib.sh"
 
-# The harness (Samba + provisioner) and the fake node plugin stop cleanly when their stop file appears;
-# stop_daemon signals whatever is still running after a few seconds.
+# The harnesses (Samba + provisioner, the AD DC) and the fake node plugin stop cleanly when their stop file
+# appears; stop_daemon signals whatever is still running after a few seconds.
 if [[ -d $E2E_STATE/run ]]; then
-  touch "$E2E_STATE/run/harness.stop" "$E2E_STATE/run/fake-node.stop"
-  for _ in $(seq 1 25); do is_running smb3-csi-provisioner || break; sleep 0.2; done
+  touch "$E2E_STATE/run/harness.stop" "$E2E_STATE/run/fake-node.stop" "$E2E_STATE/run/addc.stop"
+  for _ in $(seq 1 25); do is_running smb3-csi-provisioner || is_running smb3-csi-addc || break; sleep 0.2; done
 fi
-for name in smb3-csi-provisioner smb3-csi-registrar smb3-csi-node smb3-csi-controller kubelet; do
+for name in smb3-csi-provisioner smb3-csi-addc smb3-csi-registrar smb3-csi-node smb3-csi-controller kubelet; do
   stop_daemon "$name"
 done
 CTRD=$E2E_STATE/containerd
