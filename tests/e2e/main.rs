@@ -11,6 +11,9 @@
 //!   appears (or the process is killed, which also stops Samba through the kit's watchdog). Meanwhile it
 //!   acts on fault requests from run.sh ([`control`]: restart Samba, change the user's password).
 //!
+//! - `ad_dc_harness` (ignored; run.sh starts it the same way): the test kit's AD DC (Samba with its KDC) for the
+//!   Kerberos scenario, its coordinates in `$E2E_STATE/addc.env`, until `$E2E_STATE/run/addc.stop` appears.
+//!
 //! The remaining tests check the provisioner's pure parts and run everywhere.
 
 mod control;

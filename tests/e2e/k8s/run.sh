@@ -505,8 +505,9 @@ test_rwx_lock_file() {
 # --- issue 16: Kerberos against the AD DC (NTLM is disabled there, so nothing passes by falling back) ---
 # dc_smbc CCACHE COMMANDS: the independent witness, MIT smbclient with Kerberos required (the tickets in CCACHE)
 # and encryption required, on the share by the DC's name at its address.
+# (smbclient finds no Kerberos mechanism with --use-krb5-ccache alone: KRB5CCNAME must name the cache too.)
 dc_smbc() {
-  KRB5_CONFIG=$DC_KRB5_CONF smbclient "//$DC_NAME/$DC_SHARE" -I "$DC_IP" -s "$DC_SMB_CONF" --use-kerberos=required \
+  KRB5_CONFIG=$DC_KRB5_CONF KRB5CCNAME=FILE:$1 smbclient "//$DC_NAME/$DC_SHARE" -I "$DC_IP" -s "$DC_SMB_CONF" --use-kerberos=required \
     --use-krb5-ccache="FILE:$1" --client-protection=encrypt -c "$2" 2>&1
 }
 # A StorageClass whose provisioner and node-stage Secret is a krb5cc_0 credential cache (MIT kinit, base64, as
