@@ -30,8 +30,20 @@ if [[ ${CI:-} == true ]]; then
   run cargo clippy --workspace --all-targets --features smb3-csi/demo -- -D warnings
 fi
 # The workspace: the smb3 client's own tests, the test kit's, and the driver's
-# (with the `demo` feature, so the demo test can run `smb3-csi demo`).
+# (with the `demo` feature, so the demo test can run `smb3-csi demo`). The run is
+# recorded for the secret scan: every test password is registered, and the tests'
+# tracing, each driver process's output, gRPC error messages and /metrics bodies
+# are kept under SMB3_TESTKIT_RUN_LOG (crates/smb3-testkit/src/run_log.rs).
+run_log=$(mktemp -d "${TMPDIR:-/tmp}/smb3-csi-run-log.XXXXXX")
+export SMB3_TESTKIT_RUN_LOG=$run_log
 run cargo test --workspace --all-targets --features smb3-csi/demo
+# Every registered secret (plain, UTF-16LE, hex, base64) searched for in all of it; fails on a hit.
+if run cargo run -q -p smb3-testkit --bin secret-scan -- "$run_log"; then
+  rm -rf "$run_log"
+else
+  echo "test.sh: the recorded run stays in $run_log" >&2
+fi
+unset SMB3_TESTKIT_RUN_LOG
 # The benchmark in its quick mode (small sizes, one run, under a minute): CI checks that it runs, not its numbers.
 run cargo test --features smb3-csi/demo --bench compare -- --quick
 # Every fuzz target for a few seconds from its committed corpus (README "Security").

@@ -8,7 +8,6 @@
 use std::time::Instant;
 
 use smb3::auth::ccache::Ccache;
-use smb3::Secret;
 use smb3_testkit::{AdDc, SambaError};
 
 fn start_or_skip() -> Option<AdDc> {
@@ -57,7 +56,11 @@ fn kerberos_logon_with_encryption_works_and_ntlm_is_blocked() {
     let ntlm = dc.smbclient_ntlm("ls").expect_err("NTLM must be refused");
     assert!(ntlm.to_string().contains("NT_STATUS_NTLM_BLOCKED"), "{ntlm}");
 
-    let wrong = dc.kinit(&dc.scratch_path("wrong.ccache"), &dc.user_principal(), &Secret::new("not-the-password"));
+    let wrong = dc.kinit(
+        &dc.scratch_path("wrong.ccache"),
+        &dc.user_principal(),
+        &smb3_testkit::run_log::test_password("not-the-password"),
+    );
     assert!(wrong.is_err(), "kinit with a wrong password must fail");
 
     let dir = dc.conf_path().parent().unwrap().parent().unwrap().to_path_buf();

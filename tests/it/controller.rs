@@ -632,7 +632,8 @@ async fn smb_failures_map_to_codes_without_secrets() {
     let mut plugin = Plugin::start().await;
     let claim = Claim::new("default", "x", 1);
 
-    let wrong = StorageClass::for_samba(samba, &base).with_password("not-the-password-42");
+    let wrong_password = smb3_testkit::run_log::test_password("not-the-password-42");
+    let wrong = StorageClass::for_samba(samba, &base).with_password(wrong_password.expose());
     let err = plugin.controller.create_volume(create_request(&wrong, &claim)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     assert!(err.message().contains("STATUS_LOGON_FAILURE"), "{}", err.message());
@@ -885,6 +886,8 @@ async fn binary_serves_until_sigterm() {
     let socket = dir.path().join("csi.sock");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smb3-csi"))
         .args(["controller", "--endpoint", &format!("unix://{}", socket.display()), "--driver-name", "smb3.csi.dev"])
+        .stdout(smb3_testkit::run_log::stdio("plugin"))
+        .stderr(smb3_testkit::run_log::stdio("plugin"))
         .spawn()
         .unwrap();
     let channel = crate::common::csi::connect(&socket).await;
@@ -904,6 +907,7 @@ async fn binary_serves_until_sigterm() {
         .env_remove("NODE_ID")
         .output()
         .unwrap();
+    smb3_testkit::run_log::record_output("cli", &out);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--node-id"), "{out:?}");
 }

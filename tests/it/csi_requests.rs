@@ -580,6 +580,7 @@ async fn malformed_requests_get_the_spec_code_and_change_nothing() {
             Ok(()) => failures.push(format!("{}: succeeded", case.name)),
             Err(s) => {
                 eprintln!("{}: {:?} {}", case.name, s.code(), s.message());
+                smb3_testkit::run_log::record("grpc-error", format!("{}: {:?} {}", case.name, s.code(), s.message()));
                 if s.code() != case.code {
                     failures.push(format!("{}: {:?}, expected {:?}: {}", case.name, s.code(), case.code, s.message()));
                 } else if s.message().is_empty() || !s.message().to_lowercase().contains(&case.says.to_lowercase()) {

@@ -22,6 +22,7 @@ fn demo_runs_the_whole_story() {
         return;
     }
     let out = Command::new(env!("CARGO_BIN_EXE_smb3-csi")).arg("demo").output().expect("run smb3-csi demo");
+    smb3_testkit::run_log::record_output("cli", &out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}");

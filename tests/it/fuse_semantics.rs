@@ -30,10 +30,7 @@ struct Env {
 }
 
 fn env(name: &str) -> Option<Env> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
+    crate::common::init_tracing();
     let fuse_ok = Path::new("/dev/fuse").exists() && nix::unistd::geteuid().is_root();
     let python_ok = Command::new("python3").arg("-c").arg("import sqlite3").status().is_ok_and(|s| s.success());
     if !fuse_ok || !python_ok {

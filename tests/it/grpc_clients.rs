@@ -54,7 +54,7 @@ impl Driver {
     }
 
     fn spawn(dir: tempfile::TempDir, socket: PathBuf, args: &[&str]) -> Driver {
-        let log = dir.path().join("driver.log");
+        let log = smb3_testkit::run_log::log_path("plugin").unwrap_or_else(|| dir.path().join("driver.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_smb3-csi"))
             .args(args)
             .args(["--log-level", "info,smb3_csi=debug"])

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use smb3::wire::header::HEADER_LEN;
 use smb3::wire::{Command, NtStatus};
-use smb3::{Client, ClientOptions, Credentials, Dialect, EncryptionPolicy, Error, Secret};
+use smb3::{Client, ClientOptions, Credentials, Dialect, EncryptionPolicy, Error};
 use smb3_testkit::hostile::{self, Act, HostileServer, Incoming};
-use smb3_testkit::proxy::CorruptingProxy;
+use smb3_testkit::proxy::{CorruptingProxy, Emit};
 use smb3_testkit::samba::{Samba, SambaProfile};
+use smb3_testkit::sealed;
 
 /// SMB2_GLOBAL_CAP_ENCRYPTION (MS-SMB2 2.2.4).
 const CAP_ENCRYPTION: u32 = 0x40;
@@ -31,7 +32,7 @@ fn tight() -> ClientOptions {
 }
 
 fn somebody() -> Credentials {
-    Credentials::user("victim", "", Secret::new("hostile-test-password"))
+    Credentials::user("victim", "", smb3_testkit::run_log::test_password("hostile"))
 }
 
 /// Keeps a connection to the real Samba busy (write, read back, list) while a case runs.
@@ -331,8 +332,8 @@ async fn encrypted_message_for_another_session_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_encrypted_frame_is_refused() {
-    // The same frame twice is a nonce reused for the same session: the second copy decrypts
-    // but answers a message id that was already answered.
+    // The same frame twice: the second copy decrypts, but under a nonce the session already
+    // received (it would also answer a message id already answered).
     let samba = samba!(SambaProfile::EncryptRequired);
     let witness = Witness::start(samba, "replay").await;
     let proxy = CorruptingProxy::start(samba.addr()).expect("proxy");
@@ -344,9 +345,48 @@ async fn replayed_encrypted_frame_is_refused() {
     let _ = tree.stat("").await;
     let e = tree.stat("").await.unwrap_err();
     assert!(fired.load(Ordering::SeqCst));
-    assert!(e.to_string().contains("second response for message id"), "{e}");
+    assert!(e.to_string().contains("server reused the nonce"), "{e}");
     assert_within(started.elapsed(), Duration::ZERO);
     assert!(!client.is_alive());
+    witness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nonce_reused_for_a_different_message_is_refused() {
+    // Not a replay: Samba's next answer, a different message that authenticates, sealed again
+    // with the key Samba logs (`debug encryption`) under the nonce of its previous answer.
+    // It answers a request still waiting, so only the nonce gives it away.
+    let samba = samba!(SambaProfile::KeysInLog);
+    let witness = Witness::start(samba!(), "nonce-reuse").await;
+    let proxy = CorruptingProxy::start(samba.addr()).expect("proxy");
+    let (client, tree) = via_proxy(samba, &proxy, &tight()).await;
+    tree.stat("").await.expect("stat before tampering");
+    let forged = Arc::new(AtomicBool::new(false));
+    let (f, mut previous) = (forged.clone(), None::<[u8; 16]>);
+    proxy.rewrite_responses(Box::new(move |_, payload| {
+        let (Some(nonce), Some(session)) = (sealed::nonce_of(&payload), sealed::session_of(&payload)) else {
+            return vec![payload];
+        };
+        match previous {
+            Some(used) if !f.load(Ordering::SeqCst) => {
+                let key = samba.server_out_key(session).expect("smbd logged the session's ServerOut key");
+                f.store(true, Ordering::SeqCst);
+                vec![sealed::reseal_with_nonce(&payload, &key, used).expect("reseal Samba's frame")]
+            }
+            _ => {
+                previous = Some(nonce);
+                vec![payload]
+            }
+        }
+    }));
+    let started = Instant::now();
+    tree.stat("").await.expect("the first answer is Samba's own");
+    let e = tree.stat("").await.expect_err("an answer under a reused nonce must be refused");
+    assert!(forged.load(Ordering::SeqCst));
+    assert!(matches!(e, Error::Integrity(_)), "{e}");
+    assert!(e.to_string().contains("server reused the nonce"), "{e}");
+    assert_within(started.elapsed(), Duration::ZERO);
+    assert!(!client.is_alive(), "a connection whose server reuses nonces must not be used again");
     witness.finish().await;
 }
 
@@ -440,5 +480,99 @@ async fn stripped_encryption_capability_on_302_is_caught_by_negotiate_validation
     let e = client.tree(samba.share_name()).await.err().expect("tree connect after a downgrade must fail");
     assert!(e.to_string().contains("VALIDATE_NEGOTIATE_INFO mismatch"), "{e}");
     assert_within(started.elapsed(), Duration::ZERO);
+    witness.finish().await;
+}
+
+/// After logon, Samba's answer to the first `command` is swallowed and replaced by an endless
+/// stream of interim STATUS_PENDING answers (one every 200 ms, still going when the client gives
+/// up). `op` runs on the same tree; returns its error, how long it took, and the client + tree to
+/// check the connection afterwards, once the stream has ended.
+async fn pending_stream_after_logon<T: std::fmt::Debug>(
+    name: &str,
+    command: Command,
+    op: impl for<'a> FnOnce(
+        &'a smb3::Tree,
+        &'a Client,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, Error>> + Send + 'a>>,
+) -> (Error, Duration, Client, smb3::Tree, CorruptingProxy) {
+    const EVERY: Duration = Duration::from_millis(200);
+    const STREAM: usize = 25; // 5 s: past the 3 s ceiling.
+    let samba = Samba::shared(SambaProfile::SigningOnly).expect("Samba is installed: the witness started");
+    let proxy = CorruptingProxy::start(samba.addr()).expect("proxy");
+    let opts = ClientOptions { encryption: EncryptionPolicy::Off, ..tight() };
+    let (client, tree) = via_proxy(samba, &proxy, &opts).await;
+    tree.stat("").await.expect("stat before tampering");
+    let streamed = Arc::new(AtomicBool::new(false));
+    let s = streamed.clone();
+    proxy.rewrite_responses_paced(Box::new(move |_, payload| {
+        if s.load(Ordering::SeqCst) || command_of(&payload) != Some(command.code()) {
+            return vec![Emit::Frame(payload)];
+        }
+        s.store(true, Ordering::SeqCst);
+        let h = smb3::wire::Header::decode(&payload).expect("header");
+        vec![Emit::Stream { frame: hostile::interim_reply(&h), every: EVERY, times: STREAM }]
+    }));
+    let started = Instant::now();
+    let e = op(&tree, &client).await.expect_err(&format!("{name}: a request kept pending must fail"));
+    let took = started.elapsed();
+    assert!(streamed.load(Ordering::SeqCst), "{name}: the stream never started");
+    eprintln!("{name}: {e} (after {took:?})");
+    (e, took, client, tree, proxy)
+}
+
+/// The same connection answers the next request, while the stream goes on (it began 5 s before
+/// its end; the ceiling ended the request at 3 s): the late interim answers are dropped quietly.
+async fn serves_after_the_stream(name: &str, tree: &smb3::Tree) {
+    tree.stat("").await.unwrap_or_else(|e| panic!("{name}: the same connection serves the next request: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_pending_on_read_after_logon_ends_at_the_ceiling() {
+    let witness = Witness::start(samba!(), "pending-read").await;
+    let (e, took, client, tree, _proxy) = pending_stream_after_logon("pending-read", Command::Read, |tree, _| {
+        Box::pin(async move {
+            let f = tree.create("pending-read.txt").await?;
+            f.write_at(0, b"data").await?;
+            f.read_at(0, 4).await
+        })
+    })
+    .await;
+    assert!(matches!(e, Error::StillPending { secs: 3, .. }), "{e}");
+    assert!(e.to_string().contains("server kept answering STATUS_PENDING for more than 3s"), "{e}");
+    assert_within(took, Duration::from_secs(3));
+    assert!(client.is_alive(), "one request given up on must not take the connection down");
+    serves_after_the_stream("pending-read", &tree).await;
+    let _ = tree.remove_file("pending-read.txt").await;
+    witness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_pending_on_query_directory_after_logon_ends_at_the_ceiling() {
+    let witness = Witness::start(samba!(), "pending-query-directory").await;
+    let (e, took, client, tree, _proxy) =
+        pending_stream_after_logon("pending-query-directory", Command::QueryDirectory, |tree, _| {
+            Box::pin(async move { tree.read_dir("").await })
+        })
+        .await;
+    assert!(matches!(e, Error::StillPending { secs: 3, .. }), "{e}");
+    assert_within(took, Duration::from_secs(3));
+    assert!(client.is_alive(), "one request given up on must not take the connection down");
+    serves_after_the_stream("pending-query-directory", &tree).await;
+    witness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_pending_on_echo_after_logon_is_a_protocol_violation() {
+    // ECHO is never processed asynchronously (a liveness probe): no waiting for the ceiling.
+    let witness = Witness::start(samba!(), "pending-echo").await;
+    let (e, took, client, _tree, _proxy) = pending_stream_after_logon("pending-echo", Command::Echo, |_, client| {
+        Box::pin(async move { client.echo().await })
+    })
+    .await;
+    assert!(matches!(e, Error::Protocol(_)), "{e}");
+    assert!(e.to_string().contains("STATUS_PENDING for ECHO request"), "{e}");
+    assert!(e.to_string().contains("never processed asynchronously"), "{e}");
+    assert_within(took, Duration::ZERO);
+    assert!(!client.is_alive(), "a protocol violation closes the connection");
     witness.finish().await;
 }

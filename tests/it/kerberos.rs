@@ -22,8 +22,7 @@ use std::time::Duration;
 use smb3::auth::ccache::Ccache;
 use smb3::auth::kdc::{request_service_ticket, request_tgt, KdcConfig, KerberosError};
 use smb3::{
-    CcacheBytes, Client, ClientOptions, Credentials, EncryptionPolicy, KerberosCredentials, NtStatus, Secret,
-    SecurityMechanism,
+    CcacheBytes, Client, ClientOptions, Credentials, EncryptionPolicy, KerberosCredentials, NtStatus, SecurityMechanism,
 };
 use smb3_csi::csi::proto::NodeStageVolumeRequest;
 use smb3_testkit::AdDc;
@@ -81,7 +80,9 @@ async fn password_gets_a_tgt_that_mit_smbclient_logs_on_with() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_unknown_principal_and_kdc_down_are_named() {
     let Some(dc) = shared_dc().await else { return };
-    let wrong = request_tgt(&config(dc), dc.user(), &Secret::new("not-the-password-1A")).await.unwrap_err();
+    let wrong = request_tgt(&config(dc), dc.user(), &smb3_testkit::run_log::test_password("not-the-password-1A"))
+        .await
+        .unwrap_err();
     assert!(matches!(wrong, KerberosError::WrongPassword { .. }), "{wrong}");
     assert!(!format!("{wrong} {wrong:?}").contains("not-the-password"), "{wrong:?}");
 
@@ -198,6 +199,7 @@ async fn our_client_logs_on_with_a_ccache_from_mit_kinit() {
     let path = ccache.clone();
     tokio::task::spawn_blocking(move || dc.kinit(&path, &dc.user_principal(), dc.password())).await.unwrap().unwrap();
     let bytes = std::fs::read(&ccache).unwrap();
+    smb3_testkit::run_log::register_ccache(&bytes);
     // The cache holds only the TGT: our client asks the KDC for the cifs ticket.
     let creds = Credentials::Kerberos(KerberosCredentials::Ccache(CcacheBytes::new(bytes.clone())));
     assert_eq!(creds.display_name(), dc.user_principal());
@@ -224,7 +226,7 @@ async fn kerberos_logon_failures_are_named_in_one_line() {
     let wrong = Credentials::Kerberos(KerberosCredentials::Password {
         user: dc.user().into(),
         realm: dc.realm().into(),
-        password: Secret::new("not-the-password-1A"),
+        password: smb3_testkit::run_log::test_password("not-the-password-1A"),
     });
     let line = connect(wrong, dc_options(dc)).await;
     assert!(line.contains("wrong password") && !line.contains("not-the-password"), "{line}");
@@ -371,8 +373,10 @@ async fn tickets_ending_mid_loop_are_renewed_without_an_application_error() {
     );
 }
 
+/// The base64 text of a `krb5cc_*` Secret; the cache is registered for the secret scan.
 fn base64(bytes: &[u8]) -> String {
     use base64::Engine;
+    smb3_testkit::run_log::register_ccache(bytes);
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
@@ -522,7 +526,7 @@ async fn smb_cli_logs_on_with_the_krb5ccname_cache() {
     let _ = std::fs::remove_file(&ccache);
     let out = tokio::task::spawn_blocking(move || {
         dc.kinit(&ccache, &dc.user_principal(), dc.password()).unwrap();
-        std::process::Command::new(env!("CARGO_BIN_EXE_smb3-csi"))
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_smb3-csi"))
             .args(["smb", "--sec", "krb5", "--ip", &dc.ip().to_string()])
             .arg(format!("//{}/{}", dc.server_name(), dc.share_name()))
             .arg("info")
@@ -530,7 +534,10 @@ async fn smb_cli_logs_on_with_the_krb5ccname_cache() {
             .env("KRB5_CONFIG", dc.krb5_conf())
             .env_remove("SMB_USERNAME")
             .output()
-            .unwrap()
+            .unwrap();
+        smb3_testkit::run_log::register_ccache(&std::fs::read(&ccache).unwrap_or_default());
+        smb3_testkit::run_log::record_output("cli", &out);
+        out
     })
     .await
     .unwrap();

@@ -9,7 +9,8 @@ macro_rules! samba {
     () => {
         samba!(SambaProfile::EncryptRequired)
     };
-    ($profile:expr) => {
+    ($profile:expr) => {{
+        crate::common::init_tracing();
         match Samba::shared($profile) {
             Some(s) => s,
             None => {
@@ -17,7 +18,7 @@ macro_rules! samba {
                 return;
             }
         }
-    };
+    }};
 }
 
 mod ad_dc;

@@ -31,7 +31,7 @@ impl Driver {
     async fn start() -> Driver {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("csi.sock");
-        let log = dir.path().join("driver.log");
+        let log = smb3_testkit::run_log::log_path("plugin").unwrap_or_else(|| dir.path().join("driver.log"));
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = Command::new(env!("CARGO_BIN_EXE_smb3-csi"))
             .args(["controller", "--endpoint", &format!("unix://{}", socket.display())])
@@ -68,6 +68,7 @@ impl Driver {
 
     async fn scrape(&self) -> Scrape {
         let (status, head, body) = self.get("/metrics").await;
+        smb3_testkit::run_log::record("metrics", &body);
         assert_eq!(status, 200, "{head}{body}");
         assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
         Scrape::parse(&body)
@@ -447,7 +448,8 @@ async fn counters_move_with_provisioning_against_samba() {
         delete(&mut controller, id, &class).await.unwrap();
     }
     // A wrong password: refused by the server, and must not show up anywhere.
-    let wrong = class.clone().with_password("Wr0ng-Pa55word-metrics-test");
+    let wrong_password = smb3_testkit::run_log::test_password("Wr0ng-Pa55word-metrics-test");
+    let wrong = class.clone().with_password(wrong_password.expose());
     let refused = provision(&mut controller, create_request(&wrong, &Claim::new("shop", "nope", 1 << 30))).await;
     let refused_code = refused.unwrap_err().code();
 
@@ -507,11 +509,13 @@ async fn bad_or_taken_metrics_address_fails_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let endpoint = format!("unix://{}", dir.path().join("csi.sock").display());
     let run = |address: String| {
-        Command::new(env!("CARGO_BIN_EXE_smb3-csi"))
+        let out = Command::new(env!("CARGO_BIN_EXE_smb3-csi"))
             .args(["controller", "--endpoint", &endpoint, "--metrics-address", &address])
             .env_remove("METRICS_ADDRESS")
             .output()
-            .unwrap()
+            .unwrap();
+        smb3_testkit::run_log::record_output("cli", &out);
+        out
     };
     let out = run("9808".into());
     assert!(!out.status.success());

@@ -53,6 +53,7 @@ fn wait_exit(child: &mut Child) -> (std::process::ExitStatus, String) {
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
             std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            smb3_testkit::run_log::record("cli", &err);
             return (status, err);
         }
         assert!(Instant::now() < deadline, "smb3-csi mount did not exit");
@@ -115,6 +116,7 @@ fn bad_options_and_credentials_in_flags_are_refused() {
             .arg(mp.path())
             .output()
             .unwrap();
+        smb3_testkit::run_log::record_output("cli", &out);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(want), "{opts}: {err}");
         assert!(!err.contains("hunter2"));

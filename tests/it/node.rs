@@ -291,7 +291,10 @@ async fn capabilities_info_and_malformed_requests() {
         volume_id: "v1|srv||share||pvc-1|delete".into(),
         staging_target_path: staging.display().to_string(),
         volume_capability: Some(rwx(&[])),
-        secrets: HashMap::from([("username".into(), "u".into()), ("password".into(), "hunter2".into())]),
+        secrets: HashMap::from([
+            ("username".into(), "u".into()),
+            ("password".into(), smb3_testkit::run_log::test_password("hunter2").expose().into()),
+        ]),
         ..Default::default()
     };
     let block = VolumeCapability {
@@ -1099,10 +1102,7 @@ async fn volume_rides_out_a_server_restart_and_a_rotated_secret() {
     if samba().is_none() {
         return;
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
+    crate::common::init_tracing();
     // A Samba of its own: it is stopped, restarted and re-keyed.
     let mut samba = Samba::start(SambaProfile::EncryptRequired).expect("private Samba");
     let mut plugin = NodePlugin::start(None).await;

@@ -32,10 +32,7 @@ macro_rules! own_samba {
 }
 
 fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "smb3=info".into()))
-        .with_test_writer()
-        .try_init();
+    crate::common::init_tracing();
 }
 
 fn creds(samba: &Samba) -> Credentials {
@@ -284,7 +281,7 @@ async fn rotated_password_is_picked_up_on_reconnect() {
     let f = tree.create("rotated.txt").await.unwrap();
     f.write_at(0, b"old password").await.unwrap();
 
-    let new = Secret::new("N3w-pass-".to_string() + &hex::encode(data(6, 3)));
+    let new = smb3_testkit::run_log::test_password("N3w-pass");
     samba.change_password(new.clone()).unwrap();
     *source.store.lock().unwrap() = new;
     let t = Instant::now();

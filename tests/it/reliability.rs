@@ -465,6 +465,7 @@ fn cli_mount_picks_up_a_rotated_password_from_its_credentials_file() {
     let status = child.wait().unwrap();
     let mut err = String::new();
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    smb3_testkit::run_log::record("plugin", &err);
     assert!(status.success(), "{status}: {err}");
     assert!(err.contains("re-read the credentials file"), "{err}");
     assert!(err.contains("SMB connection re-established"), "{err}");

@@ -143,6 +143,12 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        // Each plugin's and keeper's stderr, for the secret scan.
+        for entry in fs::read_dir(self.root.path()).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                smb3_testkit::run_log::record_file("plugin", &entry.path());
+            }
+        }
         if let Some(pid) = self.keeper_pid() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }

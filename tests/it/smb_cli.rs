@@ -21,7 +21,13 @@ fn smb_at(samba: &Samba, target: &str, args: &[&str]) -> Output {
     let (opts, rest): (Vec<&str>, Vec<&str>) = split_opts(args);
     cmd.args(opts).arg(target).args(rest);
     cmd.env_remove("SMB_USERNAME").env_remove("SMB_PASSWORD");
-    cmd.output().expect("run smb3-csi")
+    recorded(cmd.output().expect("run smb3-csi"))
+}
+
+/// `out`, kept for the secret scan (`smb3_testkit::run_log`).
+fn recorded(out: Output) -> Output {
+    smb3_testkit::run_log::record_output("cli", &out);
+    out
 }
 
 /// Leading `--flag value` pairs go before the target.
@@ -45,6 +51,7 @@ fn ok(out: &Output) -> String {
 
 /// The single stderr line of a failed command.
 fn fails(out: &Output) -> String {
+    smb3_testkit::run_log::record_output("cli", out);
     assert!(!out.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&out.stdout));
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
     assert_eq!(err.lines().count(), 1, "expected one line on stderr, got: {err}");
@@ -244,9 +251,11 @@ fn wrong_password_is_one_clear_line() {
     let samba = samba!(SambaProfile::EncryptRequired);
     let tmp = tempfile::tempdir().unwrap();
     let creds = tmp.path().join("bad");
-    std::fs::write(&creds, format!("username={}\npassword=definitely-wrong-pw\n", samba.user())).unwrap();
-    let out =
-        Command::new(BIN).args(["smb", "--credentials"]).arg(&creds).arg(samba.unc()).arg("info").output().unwrap();
+    let wrong = smb3_testkit::run_log::test_password("definitely-wrong-pw");
+    std::fs::write(&creds, format!("username={}\npassword={}\n", samba.user(), wrong.expose())).unwrap();
+    let out = recorded(
+        Command::new(BIN).args(["smb", "--credentials"]).arg(&creds).arg(samba.unc()).arg("info").output().unwrap(),
+    );
     let err = fails(&out);
     assert!(err.contains("STATUS_LOGON_FAILURE"), "{err}");
     assert!(err.contains(&samba.unc()) || err.contains("127.0.0.1"), "{err}");
@@ -262,6 +271,7 @@ fn credentials_from_environment() {
         .env("SMB_PASSWORD", samba.password().expose())
         .output()
         .unwrap();
+    let out = recorded(out);
     ok(&out);
     let out = Command::new(BIN).args(["smb", &samba.unc(), "info"]).env_remove("SMB_USERNAME").output().unwrap();
     assert!(fails(&out).contains("no credentials"));

@@ -8,7 +8,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -215,8 +215,8 @@ fn a_successor_adopts_the_mount_of_a_sigkilled_server_without_errors_or_lost_dat
         .arg(mp.path())
         .env_remove("SMB_USERNAME")
         .env_remove("SMB_PASSWORD")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(smb3_testkit::run_log::stdio("plugin"))
+        .stderr(smb3_testkit::run_log::stdio("plugin"))
         .spawn()
         .unwrap();
     wait_mounted(mp.path());

@@ -652,7 +652,9 @@ fn sanitize(s: &str) -> String {
 /// A password AD's complexity rules accept (upper, lower, digit, symbol).
 fn random_password() -> Secret {
     let body: String = rand::thread_rng().sample_iter(&Alphanumeric).take(20).map(char::from).collect();
-    Secret::new(format!("{body}-Aa1"))
+    let password = Secret::new(format!("{body}-Aa1"));
+    crate::run_log::register_secret(password.expose().as_bytes());
+    password
 }
 
 /// Takes the first loopback address 127.0.0.N whose lock file is free and

@@ -5,10 +5,12 @@
 //! whatever the server does (endless STATUS_PENDING, answers to ids never
 //! sent, duplicates, impossible lengths, zero credits, a byte-per-second drip).
 //!
-//! Cases that need a real session key (a bad signature, a wrong session id in
-//! a transform header, a replayed encrypted frame, a stripped capability) go
-//! through [`crate::proxy::CorruptingProxy::rewrite_responses`] in front of
-//! the real Samba instead.
+//! Cases that need a real session (a bad signature, a wrong session id in a
+//! transform header, a replayed encrypted frame, a stripped capability, a
+//! stream of interim answers after logon, a nonce reused for another message
+//! forged with [`crate::sealed`]) go through
+//! [`crate::proxy::CorruptingProxy::rewrite_responses`] in front of the real
+//! Samba instead.
 //!
 //! Plain threads and blocking sockets, like the proxy; stops when dropped.
 

@@ -19,7 +19,10 @@
 pub mod ad_dc;
 pub mod hostile;
 pub mod proxy;
+pub mod run_log;
 pub mod samba;
+pub mod sealed;
+pub mod secret_scan;
 
 pub use ad_dc::AdDc;
 pub use proxy::CorruptingProxy;

@@ -51,6 +51,21 @@ impl FrameHeader {
 /// payloads to send instead: none drops it, two repeats it, a changed one tampers with it.
 pub type Rewriter = Box<dyn FnMut(u64, Vec<u8>) -> Vec<Vec<u8>> + Send>;
 
+/// One step of what a [`PacedRewriter`] sends in place of a frame.
+#[derive(Clone, Debug)]
+pub enum Emit {
+    /// A frame payload (the 4-byte length is added).
+    Frame(Vec<u8>),
+    /// `frame` sent `times` times, one every `every`, from a thread of its
+    /// own: the connection's other frames keep flowing meanwhile, as from a
+    /// server that keeps answering one request STATUS_PENDING while it
+    /// serves the rest.
+    Stream { frame: Vec<u8>, every: Duration, times: usize },
+}
+
+/// As [`Rewriter`], but able to pace what it sends.
+pub type PacedRewriter = Box<dyn FnMut(u64, Vec<u8>) -> Vec<Emit> + Send>;
+
 /// Environment variable naming a directory the proxy writes every server-to-client frame
 /// payload into (one file per frame): seed corpora for the fuzz targets come from it.
 pub const CAPTURE_DIR_ENV: &str = "SMB3_TESTKIT_CAPTURE_DIR";
@@ -59,11 +74,12 @@ pub const CAPTURE_DIR_ENV: &str = "SMB3_TESTKIT_CAPTURE_DIR";
 #[derive(Default)]
 struct ProxyState {
     /// When set, frames are read whole and passed through it.
-    rewriter: Mutex<Option<Rewriter>>,
+    rewriter: Mutex<Option<PacedRewriter>>,
     /// Where frames are captured (from [`CAPTURE_DIR_ENV`] at start).
     capture_dir: Option<std::path::PathBuf>,
     captured: AtomicUsize,
-    stopping: AtomicBool,
+    /// Shared with the threads of [`Emit::Stream`].
+    stopping: Arc<AtomicBool>,
     /// Payload offset to corrupt in the next long-enough response.
     armed_at: Mutex<Option<usize>>,
     corrupted: AtomicUsize,
@@ -124,7 +140,14 @@ impl CorruptingProxy {
     }
 
     /// Passes every later server-to-client frame through `rewrite` (see [`Rewriter`]).
-    pub fn rewrite_responses(&self, rewrite: Rewriter) {
+    pub fn rewrite_responses(&self, mut rewrite: Rewriter) {
+        self.rewrite_responses_paced(Box::new(move |id, payload| {
+            rewrite(id, payload).into_iter().map(Emit::Frame).collect()
+        }));
+    }
+
+    /// Passes every later server-to-client frame through `rewrite` (see [`PacedRewriter`]).
+    pub fn rewrite_responses_paced(&self, rewrite: PacedRewriter) {
         *lock(&self.state.rewriter) = Some(rewrite);
     }
 
@@ -262,6 +285,30 @@ fn spawn_connection(client: TcpStream, upstream: SocketAddr, state: &Arc<ProxySt
     Ok(())
 }
 
+/// A payload with its 4-byte length in front, as one buffer (written whole under the connection's lock).
+fn framed(payload: &[u8]) -> io::Result<Vec<u8>> {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|l| *l < 1 << 24)
+        .ok_or_else(|| io::Error::other("rewritten frame too long"))?;
+    let mut out = Vec::with_capacity(4 + payload.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
+/// Sleeps `pause` in short steps, returning early once the proxy stops.
+fn pause_unless_stopping(stopping: &AtomicBool, pause: Duration) {
+    let until = std::time::Instant::now() + pause;
+    while !stopping.load(Ordering::SeqCst) {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        thread::sleep(left.min(ACCEPT_POLL));
+    }
+}
+
 fn finish_direction(state: &ProxyState, id: u64, directions_left: &AtomicUsize) {
     if directions_left.fetch_sub(1, Ordering::SeqCst) == 1 {
         lock(&state.connections).remove(&id);
@@ -273,6 +320,8 @@ fn finish_direction(state: &ProxyState, id: u64, directions_left: &AtomicUsize) 
 /// EOF at a frame boundary; an EOF inside a frame is an error.
 fn forward_responses(from: &mut impl Read, to: &mut impl Write, state: &ProxyState, id: u64) -> io::Result<()> {
     let mut header = [0u8; 4];
+    // Rewritten frames and the frames of an `Emit::Stream` go out whole, one at a time.
+    let writing = Arc::new(Mutex::new(()));
     let mut chunk = vec![0u8; CHUNK];
     loop {
         if !read_header_or_eof(from, &mut header)? {
@@ -299,15 +348,38 @@ fn forward_responses(from: &mut impl Read, to: &mut impl Write, state: &ProxySta
             }
             let out = match lock(&state.rewriter).as_mut() {
                 Some(rewrite) => rewrite(id, payload),
-                None => vec![payload],
+                None => vec![Emit::Frame(payload)],
             };
-            for p in out {
-                let len = u32::try_from(p.len())
-                    .ok()
-                    .filter(|l| *l < 1 << 24)
-                    .ok_or_else(|| io::Error::other("rewritten frame too long"))?;
-                to.write_all(&len.to_be_bytes())?;
-                to.write_all(&p)?;
+            for emit in out {
+                match emit {
+                    Emit::Frame(p) => {
+                        let framed = framed(&p)?;
+                        let _whole_frames = lock(&writing);
+                        to.write_all(&framed)?;
+                    }
+                    Emit::Stream { frame, every, times } => {
+                        let framed = framed(&frame)?;
+                        let client = lock(&state.connections).get(&id).map(|(c, _)| c.try_clone()).transpose()?;
+                        if let Some(mut client) = client {
+                            let (writing, stopping) = (Arc::clone(&writing), Arc::clone(&state.stopping));
+                            thread::Builder::new().name(format!("proxy-stream-{id}")).spawn(move || {
+                                for _ in 0..times {
+                                    if stopping.load(Ordering::SeqCst) {
+                                        return;
+                                    }
+                                    let written = {
+                                        let _whole_frames = lock(&writing);
+                                        client.write_all(&framed)
+                                    };
+                                    if written.is_err() {
+                                        return;
+                                    }
+                                    pause_unless_stopping(&stopping, every);
+                                }
+                            })?;
+                        }
+                    }
+                }
             }
             to.flush()?;
             continue;

@@ -72,6 +72,10 @@ pub enum SambaProfile {
     /// NetBIOS session service on 127.0.0.1:139, encryption required.
     /// Serialized machine-wide with a lock file held while it runs.
     NetbiosPort139,
+    /// Encryption required with AES-128-GCM only, and `debug encryption =
+    /// yes`: smbd logs each session's keys, so a test can forge encrypted
+    /// server messages that a client authenticates (see [`Samba::server_out_key`]).
+    KeysInLog,
 }
 
 impl SambaProfile {
@@ -86,7 +90,13 @@ impl SambaProfile {
 
     /// True when the server refuses unencrypted sessions.
     pub fn requires_encryption(&self) -> bool {
-        matches!(self, SambaProfile::EncryptRequired | SambaProfile::Cipher(_) | SambaProfile::NetbiosPort139)
+        matches!(
+            self,
+            SambaProfile::EncryptRequired
+                | SambaProfile::Cipher(_)
+                | SambaProfile::NetbiosPort139
+                | SambaProfile::KeysInLog
+        )
     }
 
     fn validate(&self) -> Result<(), SambaError> {
@@ -285,8 +295,7 @@ impl Samba {
         fs::write(&layout.conf, render_smb_conf(&layout, profile, port, &samba_log_level()))
             .map_err(|e| SambaError::io(format!("writing {}", layout.conf.display()), e))?;
 
-        let password =
-            Secret::new(rand::thread_rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect::<String>());
+        let password = crate::run_log::test_password("samba");
         // Password on stdin (-s), never in argv.
         let mut smbpasswd = Command::new(find_program("smbpasswd").unwrap_or_else(|| "smbpasswd".into()));
         smbpasswd.arg("-c").arg(&layout.conf).args(["-a", "-s", TEST_USER]);
@@ -376,6 +385,7 @@ impl Samba {
     /// Changes the test user's password (as root: no old password needed)
     /// and rewrites the credentials file. Sessions already set up stay up.
     pub fn change_password(&mut self, new: Secret) -> Result<(), SambaError> {
+        crate::run_log::register_secret(new.expose().as_bytes());
         let mut smbpasswd = Command::new(find_program("smbpasswd").unwrap_or_else(|| "smbpasswd".into()));
         smbpasswd.arg("-c").arg(&self.conf).args(["-s", TEST_USER]);
         let input = format!("{0}\n{0}\n", new.expose());
@@ -542,6 +552,16 @@ impl Samba {
         tail_file(&Layout::new(&self.dir).smbd_log, lines)
     }
 
+    /// The key smbd encrypts `session_id`'s messages with (its "ServerOut"
+    /// key: the client's decryption key), as a [`SambaProfile::KeysInLog`]
+    /// instance logs it once the session is set up. `None` for other
+    /// profiles or a session not (yet) logged.
+    pub fn server_out_key(&self, session_id: u64) -> Option<Vec<u8>> {
+        let logs = fs::read_dir(self.dir.join("log")).ok()?;
+        logs.filter_map(|entry| fs::read_to_string(entry.ok()?.path()).ok())
+            .find_map(|text| logged_server_out_key(&text, session_id))
+    }
+
     /// Stops smbd (pid file), samba-dcerpcd (its own pid file) and every
     /// other process of this instance, then removes its directory.
     /// Idempotent; also runs on drop.
@@ -639,6 +659,32 @@ impl Layout {
     }
 }
 
+/// Finds, in smbd's `debug encryption` dumps, the ServerOut key logged for
+/// `session_id`. The dump prints the session id's 8 bytes little-endian and
+/// each key as hex bytes after `[0000]`, 16 to a line (Samba 4.17
+/// `smbd_smb2_auth_generic_return`).
+fn logged_server_out_key(log: &str, session_id: u64) -> Option<Vec<u8>> {
+    let hex_bytes = |line: &str| -> Vec<u8> {
+        let Some((_, rest)) = line.split_once("[0000]") else { return Vec::new() };
+        rest.split_whitespace()
+            .map_while(|w| (w.len() == 2).then(|| u8::from_str_radix(w, 16).ok()).flatten())
+            .collect()
+    };
+    let want = session_id.to_le_bytes();
+    let mut in_session = false;
+    let mut found = None;
+    for line in log.lines() {
+        let line = line.trim_start();
+        if line.starts_with("Session Id") {
+            in_session = hex_bytes(line) == want;
+        } else if in_session && line.starts_with("ServerOut Key") {
+            found = Some(hex_bytes(line));
+            in_session = false;
+        }
+    }
+    found
+}
+
 /// The smb.conf of one instance. Pure, so the profiles are unit-tested.
 fn render_smb_conf(layout: &Layout, profile: SambaProfile, port: u16, log_level: &str) -> String {
     let d = |name: &str| layout.sub(name).display().to_string();
@@ -648,9 +694,10 @@ fn render_smb_conf(layout: &Layout, profile: SambaProfile, port: u16, log_level:
             let min = if max.eq_ignore_ascii_case("SMB2_02") { "SMB2_02" } else { "SMB2_10" };
             ("if_required", min, max)
         }
-        SambaProfile::EncryptRequired | SambaProfile::Cipher(_) | SambaProfile::NetbiosPort139 => {
-            ("required", "SMB2_10", "SMB3_11")
-        }
+        SambaProfile::EncryptRequired
+        | SambaProfile::Cipher(_)
+        | SambaProfile::NetbiosPort139
+        | SambaProfile::KeysInLog => ("required", "SMB2_10", "SMB3_11"),
     };
     let netbios = if profile == SambaProfile::NetbiosPort139 { "no" } else { "yes" };
     let mut conf = format!(
@@ -702,6 +749,9 @@ fn render_smb_conf(layout: &Layout, profile: SambaProfile, port: u16, log_level:
     );
     if let SambaProfile::Cipher(ciphers) = profile {
         conf.push_str(&format!("  server smb3 encryption algorithms = {ciphers}\n"));
+    }
+    if profile == SambaProfile::KeysInLog {
+        conf.push_str("  server smb3 encryption algorithms = AES-128-GCM\n  debug encryption = yes\n");
     }
     for (name, path) in [(SHARE, &layout.share), (OTHER_SHARE, &layout.other)] {
         conf.push_str(&format!(
@@ -1157,5 +1207,27 @@ mod tests {
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", "sleep 30"]);
         assert!(matches!(run(cmd, None, Duration::from_millis(200), "sleep".into()), Err(SambaError::Timeout { .. })));
+    }
+
+    #[test]
+    fn server_out_key_is_read_from_the_debug_encryption_dump() {
+        // As smbd 4.17 logs it with `debug encryption = yes` (two sessions).
+        let log =
+            "[2026/12/02 07:54:26.626860,  0] ../../source3/smbd/smb2_sesssetup.c:376(smbd_smb2_auth_generic_return)
+  debug encryption: dumping generated session keys
+  Session Id    [0000] 7E FF BF 91 00 00 00 00                             ~.......
+  Session Key   [0000] FE A2 E7 C1 C3 4A 75 EA   CE DC 33 B7 87 6A 96 11   .....Ju. ..3..j..
+  Cipher Algo: 2
+  ServerIn Key  [0000] 80 1D 36 F4 2C 11 21 BE   13 34 EA 4E 46 C7 48 E0   ..6.,.!. .4.NF.H.
+  ServerOut Key [0000] 7C 57 30 3B 35 69 DD 04   1C 84 D9 EC 6B 1F 5A 7E   |W0;5i.. ....k.Z~
+  Session Id    [0000] 01 00 00 00 00 00 00 00                             ........
+  ServerOut Key [0000] 11 22 33 44 55 66 77 88   99 AA BB CC DD EE FF 00   ........ ........
+";
+        let key = logged_server_out_key(log, 0x91BF_FF7E).unwrap();
+        assert_eq!(key[..4], [0x7C, 0x57, 0x30, 0x3B]);
+        assert_eq!(key.len(), 16);
+        assert_eq!(logged_server_out_key(log, 1).unwrap()[0], 0x11);
+        assert_eq!(logged_server_out_key(log, 2), None);
+        assert_eq!(logged_server_out_key("", 1), None);
     }
 }

@@ -398,8 +398,19 @@ pub fn decode_header(msg: &[u8]) -> Result<InHeader, WireError> {
     Ok(h)
 }
 
+/// A SETATTR time: the kernel puts its signed seconds since the epoch in the u64 field
+/// (`fuse_setattr_in`), so a time before 1970 (`touch -d 1960-01-01`) arrives as a huge value.
+/// Read as signed, never overflowing (found by fuzz/fuzz_targets/fuse_request.rs: `UNIX_EPOCH +`
+/// panicked); a time the platform cannot hold becomes the epoch.
 fn time_in(secs: u64, nsecs: u32) -> SystemTime {
-    UNIX_EPOCH + Duration::new(secs, nsecs.min(999_999_999))
+    let signed = secs as i64;
+    let whole = if signed >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(signed.unsigned_abs()))
+    } else {
+        UNIX_EPOCH.checked_sub(Duration::from_secs(signed.unsigned_abs()))
+    };
+    let nanos = Duration::from_nanos(u64::from(nsecs.min(999_999_999)));
+    whole.map(|t| t.checked_add(nanos).unwrap_or(t)).unwrap_or(UNIX_EPOCH)
 }
 
 fn lk_in(c: &mut Cursor<'_>) -> Result<LkIn, WireError> {
@@ -1086,5 +1097,25 @@ mod tests {
         assert_eq!(&e[4..8], &3i32.to_le_bytes());
         let i = notify_inval_inode(9, 0, 0);
         assert_eq!((i.len(), &i[4..8]), (40, &2i32.to_le_bytes()[..]));
+    }
+
+    #[test]
+    fn setattr_times_before_1970_and_at_the_limits_decode_without_panicking() {
+        let at = |secs: u64, nsecs: u32| {
+            let mut setattr = vec![0u8; 88];
+            setattr[0..4].copy_from_slice(&fattr::ATIME.to_le_bytes());
+            setattr[32..40].copy_from_slice(&secs.to_le_bytes());
+            setattr[56..60].copy_from_slice(&nsecs.to_le_bytes());
+            match decode(&header(opcode::SETATTR, 1, 9, &setattr)).unwrap().1 {
+                Request::Setattr(SetattrIn { atime: Some(TimeIn::At(t)), .. }) => t,
+                other => panic!("{other:?}"),
+            }
+        };
+        // 1960-01-01, as the kernel sends it: -315619200 in the u64 field.
+        assert_eq!(at((-315_619_200i64) as u64, 0), UNIX_EPOCH - Duration::from_secs(315_619_200));
+        assert_eq!(at(u64::MAX, 500), UNIX_EPOCH - Duration::from_secs(1) + Duration::from_nanos(500));
+        for secs in [i64::MAX as u64, i64::MIN as u64] {
+            let _ = at(secs, 999_999_999);
+        }
     }
 }

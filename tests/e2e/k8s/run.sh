@@ -39,8 +39,9 @@ cleanup() {
 bash "$E2E_DIR/install.sh"
 bash "$E2E_DIR/build.sh"
 log "building smb3-csi and the e2e harness"
-(cd "$REPO_ROOT" && cargo build --quiet --bin smb3-csi)
+(cd "$REPO_ROOT" && cargo build --quiet --bin smb3-csi && cargo build --quiet -p smb3-testkit --bin secret-scan)
 SMB3_CSI=$CARGO_TARGET_DIR/debug/smb3-csi
+SECRET_SCAN=$CARGO_TARGET_DIR/debug/secret-scan
 HARNESS=$(cd "$REPO_ROOT" && cargo test --quiet --test e2e --no-run --message-format=json 2>/dev/null \
   | jq -r 'select(.reason == "compiler-artifact" and .target.name == "e2e" and .executable != null) | .executable' | tail -1)
 [[ -x $HARNESS ]] || die "could not build the e2e harness (cargo test --test e2e --no-run)"
@@ -54,6 +55,9 @@ export E2E_CONTROLLER_SOCKET=$CONTROLLER_SOCKET E2E_FAKE_NODE_SOCKET=$NODE_SOCKE
 
 # --- Samba + test provisioner ---
 rm -f "$E2E_STATE/run/harness.stop" "$E2E_STATE/run/fake-node.stop"
+# The harness's test kit registers every password its Samba gets (the first, the rotated one) here,
+# for the secret scan at the end (crates/smb3-testkit/src/run_log.rs).
+export SMB3_TESTKIT_RUN_LOG=$E2E_STATE/secret-scan
 start_daemon smb3-csi-provisioner "$HARNESS" --ignored --exact harness --nocapture
 wait_for "the private Samba" 90 test -s "$E2E_STATE/samba.env" || die "harness did not start: $(tail -20 "$E2E_STATE/logs/smb3-csi-provisioner.log")"
 # shellcheck disable=SC1091
@@ -599,8 +603,20 @@ run_test samba-restart test_samba_restart
 run_test node-plugin-restart test_node_plugin_restart
 run_test rwx-lock-file test_rwx_lock_file
 run_test kerberos test_kerberos
-# Last: it rotates the password every later step would use.
+# It rotates the password every later step would use.
 run_test password-rotation test_password_rotation
+
+# Last: the driver's logs of the whole run searched for every password the run used (plain, UTF-16LE,
+# hex, base64); the first and the rotated one both went through Secrets and NodeStage requests.
+test_secret_scan() {
+  local run=$SMB3_TESTKIT_RUN_LOG component
+  mkdir -p "$run/logs"
+  for component in smb3-csi-node smb3-csi-controller smb3-csi-registrar; do
+    cp "$E2E_STATE/logs/$component.log" "$run/logs/$component-0-0.log"
+  done
+  "$SECRET_SCAN" "$run" smb3-csi-node smb3-csi-controller smb3-csi-registrar
+}
+run_test secret-scan test_secret_scan
 
 echo
 printf '%s\n' "${RESULTS[@]}"

@@ -3,6 +3,7 @@
 //! the transform header from the Nonce field on as additional data.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use aes::{Aes128, Aes256};
 use aes_gcm::aead::consts::{U11, U16};
@@ -12,6 +13,7 @@ use aes_gcm::aead::{AeadCore, AeadInPlace, KeyInit};
 use ccm::Ccm;
 use rand::RngCore;
 
+use super::nonce_window::{used_part, NonceWindow, NONCES_REMEMBERED};
 use super::CryptoError;
 use crate::wire::transform::{
     TransformHeader, TRANSFORM_AAD_OFFSET, TRANSFORM_FLAG_ENCRYPTED, TRANSFORM_HEADER_LEN, TRANSFORM_SIGNATURE_OFFSET,
@@ -132,6 +134,8 @@ pub struct Sealer {
     /// Starts at a random value; each message takes the next one, so a
     /// nonce repeats only after 2^64 messages.
     nonce_counter: AtomicU64,
+    /// The server's recent nonces: one coming back is refused.
+    received: Mutex<NonceWindow>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -149,7 +153,14 @@ impl Sealer {
         let mut rng = rand::thread_rng();
         let mut nonce_salt = [0u8; 4];
         rng.fill_bytes(&mut nonce_salt);
-        Ok(Sealer { cipher, encryptor, decryptor, nonce_salt, nonce_counter: AtomicU64::new(rng.next_u64()) })
+        Ok(Sealer {
+            cipher,
+            encryptor,
+            decryptor,
+            nonce_salt,
+            nonce_counter: AtomicU64::new(rng.next_u64()),
+            received: Mutex::new(NonceWindow::new(NONCES_REMEMBERED)),
+        })
     }
 
     pub fn cipher(&self) -> CipherId {
@@ -219,7 +230,8 @@ impl Sealer {
     /// Transform message -> (session id, plaintext). Fails, never returning
     /// unauthenticated bytes, on: bad or truncated header, flags other than
     /// "encrypted", OriginalMessageSize over the limit or different from the
-    /// ciphertext length, or a tag that does not verify.
+    /// ciphertext length, a tag that does not verify, or a nonce this Sealer
+    /// already received (see [`super::nonce_window`]).
     /// As [`decrypt`](Self::decrypt), but in place: the ciphertext after the
     /// transform header is replaced by the plaintext, whose range in `frame`
     /// is returned with the session id. Saves a copy of every large read.
@@ -241,6 +253,13 @@ impl Sealer {
             // Never leave partially decrypted, unauthenticated bytes behind.
             body.fill(0);
             return Err(CryptoError::DecryptFailed);
+        }
+        // Checked once authenticated: only the server's own nonces enter the window.
+        let used = used_part(&header.nonce, self.decryptor.nonce_len());
+        if !self.received.lock().unwrap_or_else(|p| p.into_inner()).admit(used) {
+            body.fill(0);
+            let nonce = used[..self.decryptor.nonce_len()].iter().map(|b| format!("{b:02x}")).collect();
+            return Err(CryptoError::NonceReused { nonce });
         }
         Ok((header.session_id, TRANSFORM_HEADER_LEN..frame.len()))
     }
@@ -507,5 +526,25 @@ mod tests {
         let unique: HashSet<_> = nonces.iter().collect();
         assert_eq!(unique.len(), nonces.len());
         assert!(server.decrypt(&client.encrypt(9, b"after")).is_ok());
+    }
+
+    #[test]
+    fn a_nonce_reused_for_another_message_is_refused() {
+        for cipher in ALL_CIPHERS {
+            let (client, server) = pair(cipher);
+            let nonce = client.next_nonce();
+            let first = client.encrypt_with_nonce(3, nonce, b"first answer");
+            let other = client.encrypt_with_nonce(3, nonce, b"a different answer");
+            assert!(server.decrypt(&first).is_ok(), "{cipher}");
+            let refused = server.decrypt(&other).unwrap_err();
+            assert!(matches!(refused, CryptoError::NonceReused { .. }), "{cipher}: {refused}");
+            assert!(refused.to_string().contains("reused the nonce"), "{refused}");
+            // Bytes the cipher ignores do not make the nonce new.
+            let mut padded = nonce;
+            padded[15] ^= 0xFF;
+            let again = client.encrypt_with_nonce(3, padded, b"third");
+            assert!(matches!(server.decrypt(&again), Err(CryptoError::NonceReused { .. })), "{cipher}");
+            assert!(server.decrypt(&client.encrypt(3, b"fresh nonce")).is_ok(), "{cipher}");
+        }
     }
 }

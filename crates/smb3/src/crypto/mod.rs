@@ -6,6 +6,7 @@
 pub mod encryption;
 pub mod kdf;
 pub mod keys;
+pub mod nonce_window;
 pub mod preauth;
 pub mod signing;
 
@@ -27,6 +28,9 @@ pub enum CryptoError {
     MessageTooShort { len: usize },
     #[error("encrypted message does not authenticate")]
     DecryptFailed,
+    /// MS-SMB2 2.2.41: a nonce is never reused within a session.
+    #[error("server reused the nonce {nonce} within the session (a nonce must never repeat)")]
+    NonceReused { nonce: String },
     #[error("transform header declares {declared} bytes but {actual} bytes of ciphertext follow")]
     SizeMismatch { declared: u32, actual: usize },
     #[error("encrypted message of {size} bytes exceeds the limit of {limit}")]
