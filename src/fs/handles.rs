@@ -1,6 +1,8 @@
 //! The open-handle table: file handles (an SMB handle plus the write-behind queue of its inode) and directory
 //! handles (a listing taken once and served by offset). Handle numbers are what the kernel passes back with
-//! each request on an open file or directory.
+//! each request on an open file or directory. Several handle numbers may share one SMB handle: a re-open of a
+//! file this node already has open, under a lease that still caches reads and handles, is served from the
+//! open SMB handle without a round trip (see [`Handles::share`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,13 +20,43 @@ pub(crate) struct OpenFile {
     file: Option<smb::File>,
     rt: Handle,
     pub ino: u64,
+    /// The open(2) flags of the open that made this SMB handle (what it may serve: see [`can_share`]).
+    pub flags: i32,
     /// Shared by every handle of the same inode.
     pub queue: Arc<WriteQueue>,
+}
+
+/// Whether an SMB handle opened with open(2) `existing` flags can serve a new open with `requested` flags: it
+/// has every access the new open needs, and the new open asks the server for nothing more (O_TRUNC does).
+/// O_APPEND is honoured per write (`SmbFs::write`), so it does not matter here.
+pub fn can_share(existing: i32, requested: i32) -> bool {
+    use nix::fcntl::OFlag;
+    let mode = |f: i32| OFlag::from_bits_truncate(f) & OFlag::O_ACCMODE;
+    let reads = |f: i32| mode(f) == OFlag::O_RDONLY || mode(f) == OFlag::O_RDWR;
+    let writes = |f: i32| mode(f) == OFlag::O_WRONLY || mode(f) == OFlag::O_RDWR;
+    requested & OFlag::O_TRUNC.bits() == 0
+        && (!reads(requested) || reads(existing))
+        && (!writes(requested) || writes(existing))
 }
 
 impl OpenFile {
     pub fn file(&self) -> &smb::File {
         self.file.as_ref().expect("present until drop")
+    }
+}
+
+impl OpenFile {
+    /// Closes the SMB handle now and waits for the server's answer when `open` is its last reference, so that
+    /// what follows a close(2) (another node's `rm`, `mv`, or the `rmdir` of the directory) finds the file
+    /// closed on the server; with requests still in flight on it, it closes when the last one lets go.
+    pub async fn close(open: Arc<OpenFile>) {
+        let Ok(mut open) = Arc::try_unwrap(open) else { return };
+        if let Some(f) = open.file.take() {
+            let path = f.path().to_string();
+            if let Err(e) = f.close().await {
+                tracing::warn!(path = %format!("/{path}"), error = %e, "closing SMB handle failed");
+            }
+        }
     }
 }
 
@@ -74,11 +106,22 @@ impl Handles {
         self.files.lock().unwrap().get(&fh).cloned().ok_or(Errno::EBADF)
     }
 
-    /// Registers an open `file` of inode `ino`; returns its handle number.
-    pub fn add_file(&self, ino: u64, file: smb::File) -> u64 {
+    /// Registers an open `file` of inode `ino`, opened with open(2) `flags`; returns its handle number.
+    pub fn add_file(&self, ino: u64, file: smb::File, flags: i32) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.insert_file(fh, ino, file);
+        self.insert_file(fh, ino, file, flags);
         fh
+    }
+
+    /// A new handle number for an open of `ino` with `flags`, served by an SMB handle of that inode already
+    /// open that [`can_share`] it and that `usable` accepts (its lease still caches reads and handles); `None`
+    /// when there is none and the open must go to the server.
+    pub fn share(&self, ino: u64, flags: i32, usable: impl Fn(&OpenFile) -> bool) -> Option<u64> {
+        let mut files = self.files.lock().unwrap();
+        let open = files.values().find(|f| f.ino == ino && can_share(f.flags, flags) && usable(f))?.clone();
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        files.insert(fh, open);
+        Some(fh)
     }
 
     /// Handle numbers continue from `next` (or above, if already there): a successor never reuses a number
@@ -88,7 +131,7 @@ impl Handles {
     }
 
     /// Registers an open `file` of inode `ino` under a given handle number (one the kernel already knows).
-    pub fn insert_file(&self, fh: u64, ino: u64, file: smb::File) {
+    pub fn insert_file(&self, fh: u64, ino: u64, file: smb::File, flags: i32) {
         let queue = {
             let mut queues = self.queues.lock().unwrap();
             match queues.get(&ino).and_then(|w| w.upgrade()) {
@@ -103,7 +146,7 @@ impl Handles {
                 }
             }
         };
-        let open = OpenFile { file: Some(file), rt: self.rt.clone(), ino, queue };
+        let open = OpenFile { file: Some(file), rt: self.rt.clone(), ino, flags, queue };
         self.files.lock().unwrap().insert(fh, Arc::new(open));
     }
 
@@ -112,9 +155,13 @@ impl Handles {
         self.queues.lock().unwrap().values().filter_map(Weak::upgrade).collect()
     }
 
-    /// Takes `fh` out of the table; the SMB handle closes when the last in-flight request lets go of it.
-    pub fn remove_file(&self, fh: u64) -> Option<Arc<OpenFile>> {
-        self.files.lock().unwrap().remove(&fh)
+    /// Takes `fh` out of the table, with whether other handle numbers still share its SMB handle. The SMB
+    /// handle closes when the last handle number and the last in-flight request let go of it.
+    pub fn remove_file(&self, fh: u64) -> Option<(Arc<OpenFile>, bool)> {
+        let mut files = self.files.lock().unwrap();
+        let open = files.remove(&fh)?;
+        let shared = files.values().any(|f| Arc::ptr_eq(f, &open));
+        Some((open, shared))
     }
 
     /// Any open handle of `ino`: after an unlink the name is gone, but the handle still answers.
@@ -150,5 +197,22 @@ impl Handles {
 
     pub fn remove_dir(&self, fh: u64) {
         self.dirs.lock().unwrap().remove(&fh);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::OFlag;
+
+    #[test]
+    fn a_handle_serves_opens_that_need_no_more_than_it_has() {
+        let (r, w, rw) = (OFlag::O_RDONLY.bits(), OFlag::O_WRONLY.bits(), OFlag::O_RDWR.bits());
+        let (append, trunc) = (OFlag::O_APPEND.bits(), OFlag::O_TRUNC.bits());
+        assert!(can_share(r, r) && can_share(rw, r) && can_share(rw, w) && can_share(rw, rw));
+        assert!(can_share(w, w | append) && can_share(rw | append, r));
+        assert!(!can_share(r, w) && !can_share(r, rw) && !can_share(w, r) && !can_share(w, rw));
+        // A truncating open must reach the server.
+        assert!(!can_share(rw, w | trunc) && !can_share(rw, rw | trunc));
     }
 }

@@ -8,11 +8,15 @@
 //!
 //! `cache=strict|loose|none` keep their meaning on top: strict still drops the page cache on each open, none
 //! never caches; a break only adds invalidations.
+//!
+//! The state each lease is in (granted, then lowered by each break) is kept too: while it still caches reads
+//! and handles, a re-open of the file is served from the open SMB handle (`handles`) without a round trip.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use futures_util::future::BoxFuture;
+use smb3::wire::durable::lease_state;
 use smb3::{LeaseBreak, LeaseBreakHandler};
 
 use super::writeback::WriteQueue;
@@ -23,8 +27,15 @@ pub trait Invalidator: Send + Sync {
     fn invalidate(&self, ino: u64);
 }
 
-/// Inode and write-behind queue of each open, by lease key.
-type OpenLeases = HashMap<[u8; 16], (u64, Weak<WriteQueue>)>;
+/// An open holding a lease: its inode, the inode's write-behind queue, and the lease state it holds now.
+struct Leased {
+    ino: u64,
+    queue: Weak<WriteQueue>,
+    state: u32,
+}
+
+/// The opens holding leases, by lease key.
+type OpenLeases = HashMap<[u8; 16], Leased>;
 
 /// The opens of this filesystem by lease key, and what a break of each must do.
 #[derive(Default)]
@@ -34,11 +45,18 @@ pub(crate) struct LeaseWatch {
 }
 
 impl LeaseWatch {
-    /// An open of inode `ino` holding lease `key`, with the inode's write-behind queue.
-    pub fn opened(&self, key: Option<[u8; 16]>, ino: u64, queue: &Arc<WriteQueue>) {
+    /// An open of inode `ino` holding lease `key` in `state` (as granted), with the inode's write-behind queue.
+    pub fn opened(&self, key: Option<[u8; 16]>, ino: u64, queue: &Arc<WriteQueue>, state: u32) {
         if let Some(key) = key {
-            self.opens.lock().unwrap().insert(key, (ino, Arc::downgrade(queue)));
+            self.opens.lock().unwrap().insert(key, Leased { ino, queue: Arc::downgrade(queue), state });
         }
+    }
+
+    /// Whether lease `key` still caches reads and handles: a re-open may then be served from its open (a
+    /// change by another node would break it first, and the break lowers the state before anything else).
+    pub fn caches_reads_and_handles(&self, key: Option<[u8; 16]>) -> bool {
+        let wanted = lease_state::READ_CACHING | lease_state::HANDLE_CACHING;
+        key.and_then(|k| self.opens.lock().unwrap().get(&k).map(|l| l.state & wanted == wanted)).unwrap_or(false)
     }
 
     pub fn closed(&self, key: Option<[u8; 16]>) {
@@ -63,7 +81,11 @@ impl LeaseWatch {
 
 impl LeaseBreakHandler for LeaseWatch {
     fn lease_breaking(&self, event: LeaseBreak) -> BoxFuture<'static, ()> {
-        let open = self.opens.lock().unwrap().get(&event.key).cloned();
+        let open = self.opens.lock().unwrap().get_mut(&event.key).map(|l| {
+            // Lowered at once: from now on no re-open is served from this open on the strength of it.
+            l.state = event.new;
+            (l.ino, l.queue.clone())
+        });
         let invalidator = self.invalidator.lock().unwrap().clone();
         Box::pin(async move {
             let Some((ino, queue)) = open else { return };

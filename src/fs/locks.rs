@@ -354,17 +354,30 @@ impl Locks {
         Ok(Some(Conflict { start: req.start, end: req.end, kind: holder, pid: 0 }))
     }
 
-    /// The handle `fh` is released: its locks are gone with it (the server drops an open's locks when it is
-    /// closed), so waiters of this node get another chance.
-    pub fn release(&self, ino: u64, fh: u64) {
-        let mut inodes = self.inodes.lock().unwrap();
-        if let Some(held) = inodes.get_mut(&ino) {
-            held.retain(|h| h.fh != fh);
-            if held.is_empty() {
-                inodes.remove(&ino);
+    /// The handle `fh` is released: its locks leave the table, and waiters of this node get another chance.
+    /// The server drops an open's locks when the SMB handle is closed; when other handle numbers still share
+    /// that SMB handle (`still_open`: a re-open served from it, see `handles`), they are unlocked there now.
+    pub async fn release(&self, ino: u64, fh: u64, still_open: bool) {
+        let mut gone = Vec::new();
+        {
+            let mut inodes = self.inodes.lock().unwrap();
+            if let Some(held) = inodes.get_mut(&ino) {
+                let (mine, rest): (Vec<Held>, Vec<Held>) = held.drain(..).partition(|h| h.fh == fh);
+                *held = rest;
+                gone = mine;
+                if held.is_empty() {
+                    inodes.remove(&ino);
+                }
             }
         }
-        drop(inodes);
+        if still_open && self.server {
+            for h in &gone {
+                let (offset, len) = smb_range(&h.seg);
+                if let Err(e) = h.file.file().unlock(offset, len).await {
+                    tracing::debug!(path = %h.file.file().path(), error = %e, "unlock on release failed");
+                }
+            }
+        }
         self.released.notify_waiters();
     }
 

@@ -29,8 +29,11 @@
 //!   regular file is EPERM.
 //! - **Locks** (`fcntl` and `flock`) are SMB byte-range locks on the server, seen by every node (`locks`);
 //!   `nobrl` keeps them node-local (the kernel's).
-//! - **Coherency across nodes**: every open holds a lease; a break flushes write-behind and drops the
-//!   kernel's cached pages and attributes of the file before it is acknowledged (`lease`).
+//! - **Coherency across nodes**: every open asks for a read+write+handle lease; a break flushes write-behind
+//!   and drops the kernel's cached pages and attributes of the file before it is acknowledged (`lease`).
+//!   While the lease still caches reads and handles, a re-open of a file the node has open is served from
+//!   the open SMB handle without a round trip (`handles`); a release closes the SMB handle before it returns
+//!   when no other open uses it, so another node's `rm`/`mv` right after a close finds the file closed.
 //! - **Hard links** are made with FileLinkInformation where the server allows it; otherwise EPERM.
 //! - **Unlink of an open file**: the name disappears at once (lookups answer ENOENT) and the open handles keep
 //!   reading and writing until closed; every open is made with FILE_SHARE_DELETE, so the server's

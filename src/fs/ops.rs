@@ -264,11 +264,11 @@ impl SmbFs {
                 Ok(file) => {
                     // Locks held through the predecessor's SMB handles went with its connection; the lease and
                     // O_APPEND are set up again for the new one.
-                    let key = file.lease_key();
-                    fs.handles.insert_file(fh, f.ino, file);
+                    let (key, state) = (file.lease_key(), file.granted_lease());
+                    fs.handles.insert_file(fh, f.ino, file, f.flags);
                     reopened.insert(fh, ());
                     if let Ok(open) = fs.handles.file(fh) {
-                        fs.leases.opened(key, f.ino, &open.queue);
+                        fs.leases.opened(key, f.ino, &open.queue, state);
                     }
                     if f.flags & OFlag::O_APPEND.bits() != 0 {
                         fs.appenders.lock().unwrap().insert(fh);
@@ -363,15 +363,28 @@ impl SmbFs {
 
     /// Registers an open SMB handle and its lease.
     fn add_open(&self, ino: u64, f: smb::File, flags: i32) -> u64 {
-        let key = f.lease_key();
-        let fh = self.handles.add_file(ino, f);
+        let (key, state) = (f.lease_key(), f.granted_lease());
+        let fh = self.handles.add_file(ino, f, flags);
         if let Ok(open) = self.handles.file(fh) {
-            self.leases.opened(key, ino, &open.queue);
+            self.leases.opened(key, ino, &open.queue, state);
         }
+        self.note_append(fh, flags);
+        fh
+    }
+
+    fn note_append(&self, fh: u64, flags: i32) {
         if flags & OFlag::O_APPEND.bits() != 0 {
             self.appenders.lock().unwrap().insert(fh);
         }
-        fh
+    }
+
+    /// A re-open served without a round trip: a handle number on an SMB handle of `ino` already open whose
+    /// lease still caches reads and handles (no other node has written the file or wants it exclusively since:
+    /// that would have broken the lease first), and that has the access `flags` need (see `handles`).
+    fn reuse_open(&self, ino: u64, flags: i32) -> Option<u64> {
+        let fh = self.handles.share(ino, flags, |f| self.leases.caches_reads_and_handles(f.file().lease_key()))?;
+        self.note_append(fh, flags);
+        Some(fh)
     }
 
     /// The runtime the SMB calls run on.
@@ -710,6 +723,10 @@ impl SmbFs {
     pub async fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
         let opts = open_options(flags, self.cfg.read_only)?;
         let path = self.path(ino)?;
+        if let Some(fh) = self.reuse_open(ino, flags) {
+            self.record(Record::FileOpened { fh, ino, flags });
+            return Ok(fh);
+        }
         let f = match self.tree.open(&path, opts).await {
             // The kernel's entry is older than another node's unlink. ESTALE makes the kernel walk the path
             // again with revalidation (a fresh LOOKUP): the open then fails with ENOENT, or, with O_CREAT
@@ -855,19 +872,23 @@ impl SmbFs {
         f.queue.take_error().map_or(Ok(()), Err)
     }
 
-    /// The last close of a handle: the SMB handle closes after its queued writes.
+    /// The last close of a handle: the SMB handle closes after its queued writes (and before this returns,
+    /// unless another handle number or a request in flight still uses it).
     pub async fn release(&self, fh: u64) {
         self.appenders.lock().unwrap().remove(&fh);
         let f = self.handles.remove_file(fh);
         self.record(Record::Released { fh });
-        if let Some(f) = &f {
+        if let Some((f, shared)) = &f {
             f.queue.drain().await;
-            // Its SMB locks and its lease go with the SMB handle.
-            self.locks.release(f.ino, fh);
-            self.leases.closed(f.file().lease_key());
+            // Its SMB locks and its lease go with the SMB handle, unless another handle number still uses it.
+            self.locks.release(f.ino, fh, *shared).await;
+            if !shared {
+                self.leases.closed(f.file().lease_key());
+            }
         }
-        // Dropping the last reference closes the SMB handle (see `OpenFile`).
-        drop(f);
+        if let Some((f, _)) = f {
+            OpenFile::close(f).await;
+        }
     }
 
     /// Queued writes, then an SMB flush of the file.

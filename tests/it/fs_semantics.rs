@@ -30,7 +30,15 @@ struct TwoNodes {
 }
 
 async fn two_nodes(samba: &Samba, test: &str, cfg: FsConfig) -> TwoNodes {
-    let (ca, ta) = connect(samba).await;
+    two_nodes_observed(samba, test, cfg, smb3::ObserverHandle::default()).await
+}
+
+/// Two nodes, the first one's SMB traffic seen by `observer`.
+async fn two_nodes_observed(samba: &Samba, test: &str, cfg: FsConfig, observer: smb3::ObserverHandle) -> TwoNodes {
+    let creds = smb3::Credentials::user(samba.user(), "", samba.password().clone());
+    let opts = smb3::ClientOptions { observer, ..smb3::ClientOptions::default() };
+    let ca = Client::connect(samba.host(), samba.port(), &creds, &opts).await.expect("connect");
+    let ta = ca.tree(samba.share_name()).await.expect("tree");
     let (cb, tb) = connect(samba).await;
     let dir = format!("fssem-{test}-{}", rand::thread_rng().next_u32());
     ta.mkdir_all(&dir).await.unwrap();
@@ -234,8 +242,8 @@ async fn lease_breaks_invalidate_before_the_ack() {
     let recorder = std::sync::Arc::new(Recorder::default());
     n.b.set_invalidator(recorder.clone());
 
-    // B's write reaches the server before A opens (write caching leases are not asked for: see
-    // `smb3::file::LEASE_STATE`), so A's open reads it.
+    // B's write reaches the server before A opens (A's open breaks B's write caching anyway: see
+    // `write_behind_reaches_the_server_before_a_write_caching_break_is_acknowledged`), so A's open reads it.
     let fb = open(&n.b, "shared.txt").await;
     n.b.write(fb.1, 0, b"from B".to_vec()).await.unwrap().complete().await;
     let fa = open(&n.a, "shared.txt").await;
@@ -254,6 +262,115 @@ async fn lease_breaks_invalidate_before_the_ack() {
     assert!(recorder.0.lock().unwrap().contains(&fb.0), "no invalidation of B's inode after A's write");
     assert_eq!(n.b.read(fb.1, 0, 100).await.unwrap(), &b"from A"[..]);
     n.a.release(fa.1).await;
+    n.b.release(fb.1).await;
+    n.tree.remove_tree(&n.dir).await.unwrap();
+}
+
+/// Write caching (the R+W+H lease every open asks for): the first node to open a file gets it, so its writes may
+/// stay behind; another node's open breaks it, and the holder sends what it holds back before it acknowledges,
+/// so the other node's open returns after the write and reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_behind_reaches_the_server_before_a_write_caching_break_is_acknowledged() {
+    let samba = samba!();
+    let n = two_nodes(samba, "wlease", FsConfig::default()).await;
+    let fa = open(&n.a, "data").await;
+    let w = n.a.write(fa.1, 0, b"written on A".to_vec()).await.unwrap();
+    // The write stays queued for 700 ms (the FUSE layer sends it at once; a slow link is what this stands for).
+    let held = Duration::from_millis(700);
+    let sent = tokio::spawn(async move {
+        tokio::time::sleep(held).await;
+        w.complete().await;
+    });
+    let started = Instant::now();
+    let fb = open(&n.b, "data").await;
+    let waited = started.elapsed();
+    assert!(waited >= held - Duration::from_millis(200), "B's open did not wait for A's flush ({waited:?})");
+    assert_eq!(n.b.read(fb.1, 0, 100).await.unwrap(), &b"written on A"[..]);
+    sent.await.unwrap();
+
+    // Now neither holds write caching: B's write is on the server when it completes, and A reads it.
+    n.b.write(fb.1, 0, b"WRITTEN".to_vec()).await.unwrap().complete().await;
+    assert_eq!(n.a.read(fa.1, 0, 100).await.unwrap(), &b"WRITTEN on A"[..]);
+    n.a.release(fa.1).await;
+    n.b.release(fb.1).await;
+    n.tree.remove_tree(&n.dir).await.unwrap();
+}
+
+/// statfs is the server's answer for the share: the same on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statfs_is_the_same_on_every_node() {
+    let samba = samba!();
+    let n = two_nodes(samba, "statfs", FsConfig::default()).await;
+    let (a, b) = (n.a.statfs().await.unwrap(), n.b.statfs().await.unwrap());
+    assert_eq!((a.blocks, a.bsize, a.namelen), (b.blocks, b.bsize, b.namelen));
+    // Free space moves with whatever else writes to that disk meanwhile: within 1% of its size.
+    assert!(a.bfree.abs_diff(b.bfree) <= a.blocks / 100, "{a:?} / {b:?}");
+    n.tree.remove_tree(&n.dir).await.unwrap();
+}
+
+/// Counts a client's CREATE round trips.
+#[derive(Default)]
+struct Creates(std::sync::atomic::AtomicU64);
+
+impl smb3::Observer for Creates {
+    fn round_trip(&self, command: smb3::wire::Command, _elapsed: Duration) {
+        if command == smb3::wire::Command::Create {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// A re-open of a file the node has open, under a lease that still caches reads and handles, is served from
+/// the open SMB handle (no CREATE); its locks are the server's and go when it is released though the SMB
+/// handle stays open; once another node's write breaks read caching, the next open goes to the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopen_under_a_read_and_handle_lease_makes_no_round_trip_until_a_break() {
+    let samba = samba!();
+    let creates = std::sync::Arc::new(Creates::default());
+    let n = two_nodes_observed(samba, "reopen", FsConfig::default(), smb3::ObserverHandle::new(creates.clone())).await;
+    let count = || creates.0.load(std::sync::atomic::Ordering::SeqCst);
+    let recorder = std::sync::Arc::new(Recorder::default());
+    n.a.set_invalidator(recorder.clone());
+    let fa = open(&n.a, "f").await;
+    n.a.write(fa.1, 0, b"v1".to_vec()).await.unwrap().complete().await;
+
+    let before = count();
+    let r1 = n.a.open(fa.0, OFlag::O_RDONLY.bits()).await.unwrap();
+    let r2 = n.a.open(fa.0, RW).await.unwrap();
+    assert_eq!(count(), before, "re-opens under the lease went to the server");
+    assert_eq!(n.a.read(r1, 0, 10).await.unwrap(), &b"v1"[..]);
+
+    // B's open breaks only A's write caching: A keeps read and handle caching, and re-opens stay local.
+    let fb = open(&n.b, "f").await;
+    let before = count();
+    let r3 = n.a.open(fa.0, OFlag::O_RDONLY.bits()).await.unwrap();
+    assert_eq!(count(), before, "read and handle caching held: the re-open needs no round trip");
+    n.a.release(r3).await;
+
+    // B writes: the server breaks A's read caching (A invalidates), and A's next open goes to the server.
+    n.b.write(fb.1, 0, b"v2".to_vec()).await.unwrap().complete().await;
+    let until = Instant::now() + Duration::from_secs(5);
+    while !recorder.0.lock().unwrap().contains(&fa.0) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(recorder.0.lock().unwrap().contains(&fa.0), "no break of A's read caching after B's write");
+    let before = count();
+    let r4 = n.a.open(fa.0, OFlag::O_RDONLY.bits()).await.unwrap();
+    assert_eq!(count(), before + 1, "a re-open after the break must go to the server");
+    assert_eq!(n.a.read(r4, 0, 10).await.unwrap(), &b"v2"[..]);
+
+    // A flock taken through a served re-open is on the server, and goes when that re-open is released,
+    // though the SMB handle stays open for the others.
+    let (fla, flb) = (LockOwner::Flock(r2), LockOwner::Flock(fb.1));
+    setlk(&n.a, (fa.0, r2), fla, (0, EOF), Some(LockKind::Exclusive)).await.unwrap();
+    assert_eq!(setlk(&n.b, fb, flb, (0, EOF), Some(LockKind::Exclusive)).await, Err(Errno::EAGAIN));
+    n.a.release(r2).await;
+    setlk(&n.b, fb, flb, (0, EOF), Some(LockKind::Exclusive)).await.unwrap();
+    setlk(&n.b, fb, flb, (0, EOF), None).await.unwrap();
+    assert_eq!(n.a.read(r1, 0, 10).await.unwrap(), &b"v2"[..]);
+    for fh in [r1, r4, fa.1] {
+        n.a.release(fh).await;
+    }
     n.b.release(fb.1).await;
     n.tree.remove_tree(&n.dir).await.unwrap();
 }

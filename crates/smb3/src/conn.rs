@@ -633,7 +633,15 @@ impl Connection {
             () = &mut cancelled => {}
         }
         self.cancel(id, prot).await?;
-        waiting.await
+        // A cancelled request is answered at once (STATUS_CANCELLED, or the result that raced the cancel): a
+        // server that stays silent after it is not waited on forever; the request is given up on.
+        match tokio::time::timeout(self.limits.request, &mut waiting).await {
+            Ok(r) => r,
+            Err(_) => {
+                let command = self.shared.pending.lock().unwrap().get(&id).map_or(Command::Cancel, |p| p.command);
+                Err(self.give_up_pending(id, command, prot).await)
+            }
+        }
     }
 
     /// SMB2 CANCEL of request `id` (MS-SMB2 2.2.30, 3.2.4.24): addressed by

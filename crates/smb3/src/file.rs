@@ -170,14 +170,25 @@ pub(crate) struct OpenInner {
     binding: Mutex<OpenBinding>,
 }
 
-/// Lease asked for with a durable open: read and handle caching. Handle caching is what makes servers grant
-/// durability; read caching makes the server tell us (a lease break, see `lease`) before another client's
-/// write, so a user that caches data can invalidate first. Write caching is not asked for: after the
-/// connection is cut, a durable handle left behind holding it made Samba 4.17 answer other clients'
-/// opens of the file with NT_STATUS_IO_TIMEOUT (the break cannot reach a disconnected holder), which the
-/// reliability test's smbclient check caught. A write-caching break is still handled (`lease`) if a
-/// server grants one.
-const LEASE_STATE: u32 = lease_state::READ_CACHING | lease_state::HANDLE_CACHING;
+/// Lease asked for with a durable open: read, write and handle caching. Handle caching is what makes servers
+/// grant durability; read caching makes the server tell us (a lease break, see `lease`) before another
+/// client's write, so a user that caches data can invalidate first; write caching lets written data stay
+/// behind (write-behind) until another client opens the file, whose open then breaks it and waits for our
+/// flush. Only one client holds write caching at a time: the server grants it to the first opener and breaks
+/// it to read+handle when another client opens.
+const LEASE_STATE: u32 = lease_state::READ_CACHING | lease_state::WRITE_CACHING | lease_state::HANDLE_CACHING;
+
+/// How long the server keeps a durable open after its connection is lost (the DH2Q Timeout, MS-SMB2
+/// 2.2.13.2.11; 0 would let the server choose: 60 s on Samba and Windows). Short on purpose: an open that
+/// cannot be reclaimed after a reconnect (Samba 4.17 refuses a reclaim when the file's size or times changed
+/// since the disconnect, as a write still running in its thread pool at the cut does, or when the file has
+/// another open) is reopened by path, and the stale open left behind keeps its lease until this expires. A
+/// stale write-caching lease makes every other client's open of the file wait for a break that cannot be
+/// delivered (Samba defers such an open until the stale open is scavenged), so this bounds that wait, well
+/// inside other clients' request timeouts (smbclient: 20 s). A reconnect reclaims within about a second;
+/// an outage longer than this reopens by path, which keeps the handle working (byte-range locks are lost
+/// then, and logged).
+pub(crate) const DURABLE_TIMEOUT_MS: u32 = 10_000;
 
 fn random_guid() -> [u8; 16] {
     let mut g = [0u8; 16];
@@ -234,7 +245,7 @@ impl OpenInner {
     fn durable_contexts(&self, create_guid: [u8; 16]) -> Vec<CreateContext> {
         match self.lease_key {
             Some(key) if self.params.durable => vec![
-                DurableRequestV2 { timeout_ms: 0, flags: 0, create_guid }.context(),
+                DurableRequestV2 { timeout_ms: DURABLE_TIMEOUT_MS, flags: 0, create_guid }.context(),
                 LeaseV2 { key, state: LEASE_STATE, flags: 0, parent_key: [0; 16], epoch: 0 }.context(),
             ],
             _ => Vec::new(),
@@ -450,6 +461,12 @@ impl File {
     /// The key of the lease this open holds (SMB 3.x files), as [`crate::LeaseBreak::key`] names it.
     pub fn lease_key(&self) -> Option<[u8; 16]> {
         self.inner.lease_key
+    }
+
+    /// The lease state (`lease_state` bits) the server granted with this open; 0 without a lease. Breaks
+    /// lower it later: the [`LeaseBreakHandler`](crate::LeaseBreakHandler) hears of each.
+    pub fn granted_lease(&self) -> u32 {
+        self.opened.lease_v2().ok().flatten().map_or(0, |l| l.state)
     }
 
     /// Whether the server made this open durable (it can be reclaimed after a lost connection).

@@ -13,7 +13,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use super::File;
 use crate::conn::Outgoing;
@@ -86,6 +87,11 @@ impl File {
     /// answers STATUS_PENDING and grants it later; when `cancelled` resolves first an SMB2 CANCEL goes out and
     /// this returns [`Error::Cancelled`] (a grant that raced the cancel is undone). A connection lost while
     /// waiting is waited out like any request, and the wait starts again on the new connection.
+    ///
+    /// The server's wakeup is not relied on alone: Samba 4.17 can miss the release of the conflicting lock
+    /// (the holder's CLOSE) and then keeps the request pending forever, with nothing left to wake it. So
+    /// a wait that lasts [`RECHECK_FIRST`] (doubling up to [`RECHECK_MAX`]) is cancelled by us and the
+    /// LOCK sent again, which the server judges afresh; see [`wait_outcome`].
     pub async fn lock_wait(
         &self,
         offset: u64,
@@ -94,57 +100,114 @@ impl File {
         cancelled: impl Future<Output = ()> + Send,
     ) -> Result<()> {
         let element = LockElement { offset, length: len, flags: kind.flags() };
-        let sequence = self.next_lock_sequence();
+        let mut sequence = self.next_lock_sequence();
         let link = &self.inner.tree.inner.link;
         let mut cancelled: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(cancelled);
         let mut deadline = None;
         let mut after = None;
         let mut replayed = false;
-        let cancelled_now = std::sync::atomic::AtomicBool::new(false);
+        let mut recheck = RECHECK_FIRST;
+        let cancelled_now = AtomicBool::new(false);
         loop {
-            let (_, generation) = link.up(after, &mut deadline).await?;
+            let (_, generation) = link.up(after.take(), &mut deadline).await?;
             let b = self.inner.tree.inner.binding(generation)?;
             let file_id = self.inner.id_for(b.generation)?;
             let req = LockRequest { lock_sequence: sequence, file_id, locks: vec![element.clone()] };
             let mut out = Outgoing::new(Command::Lock, b.id, 0, |m| req.encode(m));
             out.replay = replayed && b.session.info.dialect.is_smb3();
+            let recheck_due = AtomicBool::new(false);
+            let wait_for = recheck;
             let watch = async {
-                cancelled.as_mut().await;
-                cancelled_now.store(true, Ordering::SeqCst);
+                tokio::select! {
+                    () = cancelled.as_mut() => cancelled_now.store(true, Ordering::SeqCst),
+                    () = tokio::time::sleep(wait_for) => recheck_due.store(true, Ordering::SeqCst),
+                }
             };
             tokio::pin!(watch);
             let result = b.session.request_cancellable(out, b.encrypt, watch).await;
-            let was_cancelled = cancelled_now.load(Ordering::SeqCst);
-            match result {
+            let by = if cancelled_now.load(Ordering::SeqCst) {
+                Some(CancelledBy::Caller)
+            } else if recheck_due.load(Ordering::SeqCst) {
+                Some(CancelledBy::Recheck)
+            } else {
+                None
+            };
+            let outcome = match result {
                 Ok(r) if is_session_loss(r.header.status) => {
                     after = link.after_session_status(&b.session, b.generation, r.header.status).await;
+                    WaitOutcome::SendAgain { replay: true }
                 }
-                Ok(r) if r.header.status == NtStatus::CANCELLED => {
-                    return Err(Error::Cancelled { op: self.op("lock") });
-                }
-                Ok(r) if r.header.status.is_success() => {
-                    if was_cancelled {
-                        // Granted before the CANCEL arrived: the caller has given up, so give it back.
-                        let _ = self.unlock(offset, len).await;
-                        return Err(Error::Cancelled { op: self.op("lock") });
-                    }
-                    return Ok(());
-                }
-                Ok(r) if is_lock_conflict(r.header.status) => {
-                    return Err(Error::LockConflict { path: self.op("lock") })
-                }
-                Ok(r) => return Err(Error::Status { op: self.op("lock"), status: r.header.status }),
-                Err(e) if is_connection_loss(&e) && !was_cancelled => {
+                Ok(r) => wait_outcome(r.header.status, by),
+                Err(e) if is_connection_loss(&e) && by != Some(CancelledBy::Caller) => {
                     after = Some(link.lost(&b.session, b.generation, &e.to_string()));
+                    WaitOutcome::SendAgain { replay: true }
                 }
-                Err(e) if was_cancelled => {
+                Err(e) if by == Some(CancelledBy::Caller) => {
                     tracing::debug!(error = %e, "cancelled lock wait ended with an error");
-                    return Err(Error::Cancelled { op: self.op("lock") });
+                    WaitOutcome::Cancelled
                 }
                 Err(e) => return Err(e),
+            };
+            match outcome {
+                WaitOutcome::Granted => return Ok(()),
+                WaitOutcome::GiveBack => {
+                    // Granted before the CANCEL arrived: the caller has given up, so give it back.
+                    let _ = self.unlock(offset, len).await;
+                    return Err(Error::Cancelled { op: self.op("lock") });
+                }
+                WaitOutcome::Cancelled => return Err(Error::Cancelled { op: self.op("lock") }),
+                WaitOutcome::Conflict => return Err(Error::LockConflict { path: self.op("lock") }),
+                WaitOutcome::Failed(status) => return Err(Error::Status { op: self.op("lock"), status }),
+                WaitOutcome::SendAgain { replay: true } => replayed = true,
+                WaitOutcome::SendAgain { replay: false } => {
+                    tracing::debug!(path = %self.path(), waited = ?recheck, "lock still not granted; asking the server again");
+                    recheck = (recheck * 2).min(RECHECK_MAX);
+                    sequence = self.next_lock_sequence();
+                    replayed = false;
+                }
             }
-            replayed = true;
         }
+    }
+}
+
+/// How long a blocking LOCK waits before we cancel it and ask again (see [`File::lock_wait`]).
+pub(crate) const RECHECK_FIRST: Duration = Duration::from_millis(500);
+/// The longest interval between two asks of one lock wait.
+pub(crate) const RECHECK_MAX: Duration = Duration::from_secs(4);
+
+/// Who sent the SMB2 CANCEL of a blocking LOCK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CancelledBy {
+    /// The caller gave up (a signal: FUSE INTERRUPT).
+    Caller,
+    /// The re-check timer: the wait goes on with a fresh LOCK.
+    Recheck,
+}
+
+/// What the final answer to a blocking LOCK means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitOutcome {
+    Granted,
+    /// Granted, but the caller has given up meanwhile: unlock, then report cancelled.
+    GiveBack,
+    Cancelled,
+    Conflict,
+    Failed(NtStatus),
+    /// Send the LOCK again: after a reconnect (`replay`, same LockSequence) or after our re-check cancel.
+    SendAgain {
+        replay: bool,
+    },
+}
+
+/// The meaning of `status`, the final answer to a blocking LOCK, given who (if anyone) cancelled it.
+pub(crate) fn wait_outcome(status: NtStatus, by: Option<CancelledBy>) -> WaitOutcome {
+    match (status, by) {
+        (s, Some(CancelledBy::Caller)) if s.is_success() => WaitOutcome::GiveBack,
+        (s, _) if s.is_success() => WaitOutcome::Granted,
+        (NtStatus::CANCELLED, Some(CancelledBy::Recheck)) => WaitOutcome::SendAgain { replay: false },
+        (NtStatus::CANCELLED, _) => WaitOutcome::Cancelled,
+        (s, _) if is_lock_conflict(s) => WaitOutcome::Conflict,
+        (s, _) => WaitOutcome::Failed(s),
     }
 }
 
@@ -162,6 +225,22 @@ mod tests {
             let s = lock_sequence(n);
             assert!((1..=64).contains(&(s >> 4)));
         }
+    }
+
+    #[test]
+    fn a_blocking_locks_answer_given_who_cancelled_it() {
+        use CancelledBy::{Caller, Recheck};
+        assert_eq!(wait_outcome(NtStatus::SUCCESS, None), WaitOutcome::Granted);
+        assert_eq!(wait_outcome(NtStatus::SUCCESS, Some(Recheck)), WaitOutcome::Granted);
+        assert_eq!(wait_outcome(NtStatus::SUCCESS, Some(Caller)), WaitOutcome::GiveBack);
+        assert_eq!(wait_outcome(NtStatus::CANCELLED, Some(Caller)), WaitOutcome::Cancelled);
+        // Our own re-check: the wait goes on with a fresh request.
+        assert_eq!(wait_outcome(NtStatus::CANCELLED, Some(Recheck)), WaitOutcome::SendAgain { replay: false });
+        // A cancel nobody sent is the server's word.
+        assert_eq!(wait_outcome(NtStatus::CANCELLED, None), WaitOutcome::Cancelled);
+        assert_eq!(wait_outcome(NtStatus::LOCK_NOT_GRANTED, Some(Recheck)), WaitOutcome::Conflict);
+        assert_eq!(wait_outcome(NtStatus::RANGE_NOT_LOCKED, None), WaitOutcome::Failed(NtStatus::RANGE_NOT_LOCKED));
+        assert!(RECHECK_FIRST < RECHECK_MAX);
     }
 
     #[test]
