@@ -64,14 +64,27 @@ impl Witness {
             }
             tree.remove_file(&file).await.map_err(|e| format!("witness cleanup: {e}"))
         });
-        Witness { stop, rounds, task }
+        let witness = Witness { stop, rounds, task };
+        // The good connection works before the case starts (and its file exists for the cleanup).
+        witness.wait_for_a_round_after(0).await;
+        witness
     }
 
-    /// Stops the witness; fails the test if any of its operations failed or none ran.
+    /// Waits until the witness has done more than `seen` rounds (or its task ended: `finish` reports why).
+    async fn wait_for_a_round_after(&self, seen: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.rounds.load(Ordering::SeqCst) <= seen && !self.task.is_finished() {
+            assert!(Instant::now() < deadline, "the good connection did no work for 30 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the witness after one more whole round (the good connection still works once the case
+    /// is over); fails the test if any of its operations failed.
     async fn finish(self) {
+        self.wait_for_a_round_after(self.rounds.load(Ordering::SeqCst)).await;
         self.stop.store(true, Ordering::SeqCst);
         self.task.await.expect("witness task").expect("the good connection kept working");
-        assert!(self.rounds.load(Ordering::SeqCst) > 0, "the good connection did no work meanwhile");
     }
 }
 
@@ -503,14 +516,21 @@ async fn pending_stream_after_logon<T: std::fmt::Debug>(
     let (client, tree) = via_proxy(samba, &proxy, &opts).await;
     tree.stat("").await.expect("stat before tampering");
     let streamed = Arc::new(AtomicBool::new(false));
-    let s = streamed.clone();
+    let (s, mut kept_pending) = (streamed.clone(), None::<u64>);
     proxy.rewrite_responses_paced(Box::new(move |_, payload| {
-        if s.load(Ordering::SeqCst) || command_of(&payload) != Some(command.code()) {
+        let Some(h) = command_of(&payload).and_then(|_| smb3::wire::Header::decode(&payload).ok()) else {
             return vec![Emit::Frame(payload)];
+        };
+        match kept_pending {
+            // Every answer Samba gives it (its own interim under load, then the final one) is swallowed.
+            Some(id) if h.message_id == id => vec![],
+            None if h.command == command => {
+                kept_pending = Some(h.message_id);
+                s.store(true, Ordering::SeqCst);
+                vec![Emit::Stream { frame: hostile::interim_reply(&h), every: EVERY, times: STREAM }]
+            }
+            _ => vec![Emit::Frame(payload)],
         }
-        s.store(true, Ordering::SeqCst);
-        let h = smb3::wire::Header::decode(&payload).expect("header");
-        vec![Emit::Stream { frame: hostile::interim_reply(&h), every: EVERY, times: STREAM }]
     }));
     let started = Instant::now();
     let e = op(&tree, &client).await.expect_err(&format!("{name}: a request kept pending must fail"));
