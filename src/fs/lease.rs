@@ -104,3 +104,36 @@ impl LeaseBreakHandler for LeaseWatch {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lease_state::{HANDLE_CACHING as H, READ_CACHING as R, WRITE_CACHING as W};
+
+    fn lease_break(current: u32, new: u32) -> LeaseBreak {
+        LeaseBreak { path: "f".into(), key: [1; 16], current, new }
+    }
+
+    #[tokio::test]
+    async fn a_break_lowers_the_state_before_its_handler_runs() {
+        let watch = LeaseWatch::default();
+        let queue = Arc::new(WriteQueue::default());
+        let key = Some([1; 16]);
+        watch.opened(key, 7, &queue, R | W | H);
+        assert!(watch.caches_reads_and_handles(key));
+        // Losing write caching leaves reads and handles cached.
+        watch.lease_breaking(lease_break(R | W | H, R | H)).await;
+        assert!(watch.caches_reads_and_handles(key));
+        // Losing read caching: no re-open is served from the open from the moment the break arrives.
+        let handling = watch.lease_breaking(lease_break(R | H, H));
+        assert!(!watch.caches_reads_and_handles(key));
+        handling.await;
+        // A lease never granted, an unknown key, a closed open: nothing to serve from.
+        watch.opened(Some([2; 16]), 8, &queue, 0);
+        assert!(!watch.caches_reads_and_handles(Some([2; 16])));
+        assert!(!watch.caches_reads_and_handles(Some([3; 16])) && !watch.caches_reads_and_handles(None));
+        watch.opened(Some([4; 16]), 9, &queue, R | H);
+        watch.closed(Some([4; 16]));
+        assert!(!watch.caches_reads_and_handles(Some([4; 16])));
+    }
+}

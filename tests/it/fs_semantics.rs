@@ -1,8 +1,10 @@
 //! File semantics shared across nodes, at the filesystem layer without FUSE: two `SmbFs` over two separate SMB
 //! connections to one share stand in for two nodes mounting the same volume. Locks (fcntl ranges and flock)
 //! conflict across them through the server and are released on close; I/O of a node is not blocked by its own
-//! locks held through another handle; a lock wait can be interrupted. Outside CI a missing Samba skips; under
-//! CI=true it fails.
+//! locks held through another handle; a lock wait can be interrupted. Leases: a write-caching break flushes
+//! write-behind before the other node's open returns; a re-open under read+handle caching makes no round
+//! trip until a break. statfs agrees across nodes; a full share is ENOSPC. Outside CI a missing Samba skips;
+//! under CI=true it fails.
 
 use crate::common::connect;
 use std::ffi::OsStr;
@@ -306,6 +308,41 @@ async fn statfs_is_the_same_on_every_node() {
     // Free space moves with whatever else writes to that disk meanwhile: within 1% of its size.
     assert!(a.bfree.abs_diff(b.bfree) <= a.blocks / 100, "{a:?} / {b:?}");
     n.tree.remove_tree(&n.dir).await.unwrap();
+}
+
+/// A full share is ENOSPC (Samba answers STATUS_DISK_FULL), reported by the write or flush (close) that
+/// follows the write-behind that hit it, not EIO. The full disk is a 256 KiB tmpfs mounted inside the share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_share_is_enospc() {
+    let samba = samba!();
+    if !nix::unistd::geteuid().is_root() {
+        assert!(!smb3_testkit::running_in_ci(), "CI=true: root is required to mount the small disk");
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let n = two_nodes(samba, "full", FsConfig::default()).await;
+    let disk = samba.share_path().join(&n.dir).join("small");
+    std::fs::create_dir(&disk).unwrap();
+    nix::mount::mount(Some("tmpfs"), &disk, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=256k"))
+        .expect("mount a tmpfs");
+    let small = n.a.lookup(ROOT_INO, name("small")).await.unwrap();
+    let (_, fh) = n.a.create(small.ino, name("big"), CREATE_RW).await.unwrap();
+    let mut failed = None;
+    for i in 0..8u64 {
+        match n.a.write(fh, i * 65536, vec![7u8; 65536]).await {
+            Ok(w) => w.complete().await,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let failed = failed.or(n.a.flush(fh).await.err());
+    assert_eq!(failed, Some(Errno::ENOSPC), "512 KiB into a 256 KiB disk");
+    n.a.release(fh).await;
+    nix::mount::umount2(&disk, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    // The mount point is root's: removed on the disk.
+    std::fs::remove_dir_all(samba.share_path().join(&n.dir)).unwrap();
 }
 
 /// Counts a client's CREATE round trips.
