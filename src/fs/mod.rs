@@ -42,6 +42,7 @@
 
 mod attr;
 mod config;
+mod dircache;
 mod errno;
 pub mod fuse;
 mod handles;
@@ -51,6 +52,7 @@ mod lease;
 mod locks;
 mod mfsymlink;
 mod ops;
+mod prefetch;
 mod writeback;
 
 pub use attr::{Attr, FileKind};
