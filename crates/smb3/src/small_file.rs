@@ -109,7 +109,8 @@ fn first_failure(answers: &[Response], allowed: &[NtStatus]) -> Option<NtStatus>
     answers.iter().enumerate().find_map(|(i, r)| {
         let s = r.header.status;
         let middle = i > 0 && i + 1 < answers.len();
-        (!s.is_success() && !(middle && allowed.contains(&s))).then_some(s)
+        let tolerated = s.is_success() || (middle && allowed.contains(&s));
+        (!tolerated).then_some(s)
     })
 }
 
