@@ -27,7 +27,7 @@ use super::journal::{Journal, JournalError, Record, Snapshot};
 use super::lease::{Invalidator, LeaseWatch};
 use super::locks::{Conflict, LockOwner, LockRequest, Locks};
 use super::mfsymlink;
-use super::prefetch::{Prefetched, PREFETCH_LEN};
+use super::prefetch::{ForgetOnBreak, Prefetched, PREFETCH_LEN};
 use super::writeback::Ticket;
 use super::FsConfig;
 
@@ -160,7 +160,7 @@ pub struct SmbFs {
     /// Names known absent within the attribute TTL (see `dircache`): a create's LOOKUP needs no round trip.
     dircache: Mutex<DirCache>,
     /// Data read with an open, for the handle's first read (see `prefetch`).
-    prefetched: Prefetched,
+    prefetched: Arc<Prefetched>,
 }
 
 /// Whether an I/O failed because the range is locked by another open (SMB locks are mandatory).
@@ -194,6 +194,8 @@ impl SmbFs {
         let root = join_path("", root);
         let leases = Arc::new(LeaseWatch::default());
         tree.set_lease_break_handler(leases.clone());
+        let prefetched = Arc::new(Prefetched::new(cfg.attr_ttl));
+        leases.set_invalidator(Arc::new(ForgetOnBreak { prefetched: prefetched.clone(), then: None }));
         SmbFs {
             tree,
             handles: Handles::new(rt.clone()),
@@ -205,7 +207,7 @@ impl SmbFs {
             appenders: Mutex::default(),
             leases,
             dircache: Mutex::new(DirCache::new(cfg.attr_ttl)),
-            prefetched: Prefetched::new(cfg.attr_ttl),
+            prefetched,
             cfg,
             journal: None,
         }
@@ -366,7 +368,8 @@ impl SmbFs {
 
     /// What drops the kernel's caches of an inode when another node's change breaks our lease (see `fs::lease`).
     pub fn set_invalidator(&self, invalidator: Arc<dyn Invalidator>) {
-        self.leases.set_invalidator(invalidator);
+        let prefetched = self.prefetched.clone();
+        self.leases.set_invalidator(Arc::new(ForgetOnBreak { prefetched, then: Some(invalidator) }));
     }
 
     /// Registers an open SMB handle and its lease.

@@ -7,10 +7,12 @@
 //! (a reader that locks before it reads must see what the previous lock holder wrote).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+use super::lease::Invalidator;
 
 /// How much an open for reading asks for with the CREATE: small files whole, and for a large file no more
 /// than the kernel's first readahead would ask for anyway.
@@ -79,6 +81,22 @@ impl Prefetched {
     }
 }
 
+/// What a lease break does to an inode here: another client changed the file, so what was read with an open
+/// is dropped before the kernel's caches are (`then`: the FUSE session's invalidator, once there is one).
+pub struct ForgetOnBreak {
+    pub prefetched: Arc<Prefetched>,
+    pub then: Option<Arc<dyn Invalidator>>,
+}
+
+impl Invalidator for ForgetOnBreak {
+    fn invalidate(&self, ino: u64) {
+        self.prefetched.forget_ino(ino);
+        if let Some(kernel) = &self.then {
+            kernel.invalidate(ino);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +139,23 @@ mod tests {
         p.put(5, 13, Bytes::from_static(b"old"), 65536, t0);
         assert_eq!(p.take(5, 0, 10, t0 + Duration::from_secs(1)), None);
         assert!(!Prefetched::new(Duration::ZERO).enabled(), "actimeo=0 reads nothing ahead");
+    }
+
+    #[test]
+    fn a_lease_break_drops_the_data_then_the_kernels_caches() {
+        struct Seen(Mutex<Vec<u64>>);
+        impl Invalidator for Seen {
+            fn invalidate(&self, ino: u64) {
+                self.0.lock().unwrap().push(ino);
+            }
+        }
+        let t0 = Instant::now();
+        let prefetched = Arc::new(Prefetched::new(Duration::from_secs(60)));
+        prefetched.put(1, 10, Bytes::from_static(b"v1"), 65536, t0);
+        let kernel = Arc::new(Seen(Mutex::default()));
+        let on_break = ForgetOnBreak { prefetched: prefetched.clone(), then: Some(kernel.clone()) };
+        on_break.invalidate(10);
+        assert_eq!(prefetched.take(1, 0, 10, t0), None);
+        assert_eq!(*kernel.0.lock().unwrap(), [10]);
     }
 }
