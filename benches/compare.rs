@@ -701,19 +701,24 @@ async fn node_rows(plan: &Plan, samba: &Samba, root: &Path, socket: &Path, pid: 
         eprintln!("compare: {target} staged");
         figures.push(format!("{target} staged {:.1}", vm_rss_mib(pid)));
     }
-    // Unstaged 32 at a time: one unstage can take seconds (it waits for the FUSE session to end).
+    // Unstaged 32 at a time, as a busy node's kubelet would.
     let count = staged.len();
     let t0 = Instant::now();
     futures_util::stream::iter(staged.drain(..))
         .map(|(volume_id, path)| {
             let mut node = node.clone();
             async move {
-                node.node_unstage_volume(NodeUnstageVolumeRequest {
-                    volume_id,
-                    staging_target_path: path.display().to_string(),
-                })
-                .await
-                .expect("NodeUnstageVolume");
+                let request = NodeUnstageVolumeRequest { volume_id, staging_target_path: path.display().to_string() };
+                // ABORTED: another operation on the volume is in progress; a CO retries (CSI spec), so do we.
+                loop {
+                    match node.node_unstage_volume(request.clone()).await {
+                        Ok(_) => break,
+                        Err(s) if s.code() == tonic::Code::Aborted => {
+                            tokio::time::sleep(Duration::from_millis(100)).await
+                        }
+                        Err(s) => panic!("NodeUnstageVolume: {s:?}"),
+                    }
+                }
             }
         })
         .buffer_unordered(32)

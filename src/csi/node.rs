@@ -317,7 +317,9 @@ impl NodeService {
         let result = tokio::task::spawn_blocking(move || -> Result<(), MountError> {
             if let Some(staged) = staged {
                 match Arc::try_unwrap(staged) {
-                    Ok(staged) => staged.mount.unmount()?,
+                    Ok(staged) => {
+                        staged.mount.unmount()?;
+                    }
                     // A concurrent stats call holds it for a moment; unmounting the path is enough, the
                     // handle's drop then finds nothing mounted.
                     Err(_) => mount::unmount(&owned)?,

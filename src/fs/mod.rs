@@ -45,6 +45,7 @@
 
 mod attr;
 mod config;
+mod dircache;
 mod errno;
 pub mod fuse;
 mod handles;
@@ -54,6 +55,7 @@ mod lease;
 mod locks;
 mod mfsymlink;
 mod ops;
+mod prefetch;
 mod writeback;
 
 pub use attr::{Attr, FileKind};

@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex};
 
 /// The takeover journal, shared by the filesystem and the writes it queued.
 type SharedJournal = Arc<Mutex<Journal>>;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::fcntl::OFlag;
 use smb3::{self as smb, join_path, DirEntry, Metadata, OpenOptions, Tree};
 use tokio::runtime::Handle;
 
 use super::attr::{dir_placeholder, file_attr, symlink_attr, Attr, FileKind};
+use super::dircache::DirCache;
 use super::errno::{errno, Errno};
 use super::fuse::wire::InitOut;
 use super::handles::{Handles, OpenFile};
@@ -26,6 +27,7 @@ use super::journal::{Journal, JournalError, Record, Snapshot};
 use super::lease::{Invalidator, LeaseWatch};
 use super::locks::{Conflict, LockOwner, LockRequest, Locks};
 use super::mfsymlink;
+use super::prefetch::{ForgetOnBreak, Prefetched, PREFETCH_LEN};
 use super::writeback::Ticket;
 use super::FsConfig;
 
@@ -155,6 +157,10 @@ pub struct SmbFs {
     /// The takeover journal (see `journal`): every change of the node and handle tables the kernel sees.
     /// Taken after the `inodes` lock when both are held, so the journal's order is the tables' order.
     journal: Option<SharedJournal>,
+    /// Names known absent within the attribute TTL (see `dircache`): a create's LOOKUP needs no round trip.
+    dircache: Mutex<DirCache>,
+    /// Data read with an open, for the handle's first read (see `prefetch`).
+    prefetched: Arc<Prefetched>,
 }
 
 /// Whether an I/O failed because the range is locked by another open (SMB locks are mandatory).
@@ -188,6 +194,8 @@ impl SmbFs {
         let root = join_path("", root);
         let leases = Arc::new(LeaseWatch::default());
         tree.set_lease_break_handler(leases.clone());
+        let prefetched = Arc::new(Prefetched::new(cfg.attr_ttl));
+        leases.set_invalidator(Arc::new(ForgetOnBreak { prefetched: prefetched.clone(), then: None }));
         SmbFs {
             tree,
             handles: Handles::new(rt.clone()),
@@ -198,6 +206,8 @@ impl SmbFs {
             locks: Arc::new(Locks::new(cfg.byte_range_locks)),
             appenders: Mutex::default(),
             leases,
+            dircache: Mutex::new(DirCache::new(cfg.attr_ttl)),
+            prefetched,
             cfg,
             journal: None,
         }
@@ -358,7 +368,8 @@ impl SmbFs {
 
     /// What drops the kernel's caches of an inode when another node's change breaks our lease (see `fs::lease`).
     pub fn set_invalidator(&self, invalidator: Arc<dyn Invalidator>) {
-        self.leases.set_invalidator(invalidator);
+        let prefetched = self.prefetched.clone();
+        self.leases.set_invalidator(Arc::new(ForgetOnBreak { prefetched, then: Some(invalidator) }));
     }
 
     /// Registers an open SMB handle and its lease.
@@ -463,6 +474,24 @@ impl SmbFs {
         self.tree.stat(path).await.map_err(|e| errno(&e, "stat", path))
     }
 
+    /// The attributes of a file just opened with O_CREAT: those the CREATE answered (with the index number
+    /// from its QFid) when it made a new file, else (an existing file, or a server without QFid) asked for.
+    async fn created_metadata(f: &smb::File) -> Result<Metadata, smb::Error> {
+        let m = f.opened_metadata();
+        if f.was_created() && m.file_id != 0 {
+            return Ok(m);
+        }
+        f.metadata().await
+    }
+
+    /// `m` with the file's index number, asked for when the server's answer had none.
+    async fn with_file_id(&self, path: &str, m: Metadata) -> Result<Metadata, Errno> {
+        if m.file_id != 0 {
+            return Ok(m);
+        }
+        self.stat(path).await
+    }
+
     async fn set_times(&self, path: &str, atime: Option<SetTime>, mtime: Option<SetTime>) -> Result<(), Errno> {
         let (a, m) = (filetime(atime), filetime(mtime));
         if a == 0 && m == 0 {
@@ -474,6 +503,9 @@ impl SmbFs {
     /// `name` in directory `parent`; takes one reference to the inode returned (given back by [`SmbFs::forget`]).
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
         let path = self.child(parent, name)?;
+        if self.dircache.lock().unwrap().is_absent(&path, Instant::now()) {
+            return Err(Errno::ENOENT);
+        }
         let m = self.stat(&path).await?;
         let attr = self.entry(&path, &m);
         Ok(match self.symlink_len(&path, &m).await {
@@ -525,6 +557,7 @@ impl SmbFs {
         let open = fh.and_then(|fh| self.handles.file(fh).ok());
         self.settle(ino).await;
         if let Some(len) = set.size {
+            self.prefetched.forget_ino(ino);
             match &open {
                 Some(f) => f.file().set_len(len).await.map_err(|e| errno(&e, "truncate", &path))?,
                 None => {
@@ -558,10 +591,11 @@ impl SmbFs {
 
     /// The target stored in `path` if it is a Minshall+French symlink file (`None`: an ordinary file).
     async fn read_mfsymlink(&self, path: &str) -> Result<Option<Vec<u8>>, Errno> {
-        let f = self.tree.open(path, OpenOptions::new().read(true)).await.map_err(|e| errno(&e, "readlink", path))?;
-        let data = f.read_at(0, mfsymlink::FILE_SIZE + 1).await;
-        let _ = f.close().await;
-        let data = data.map_err(|e| errno(&e, "readlink", path))?;
+        let data = self
+            .tree
+            .read_small_file(path, mfsymlink::FILE_SIZE as u32 + 1)
+            .await
+            .map_err(|e| errno(&e, "readlink", path))?;
         Ok(mfsymlink::decode(&data).ok())
     }
 
@@ -613,18 +647,13 @@ impl SmbFs {
         let path = self.child(parent, name)?;
         let target = target.as_encoded_bytes();
         let contents = mfsymlink::encode(target).map_err(|_| Errno::ENAMETOOLONG)?;
-        let f = self
+        let m = self
             .tree
-            .open(&path, OpenOptions::new().write(true).create_new(true))
+            .write_whole_file(&path, &contents, smb::WholeFile::CreateNew)
             .await
             .map_err(|e| errno(&e, "symlink", &path))?;
-        let written = f.write_at(0, &contents).await;
-        let m = match written {
-            Ok(()) => f.metadata().await,
-            Err(e) => Err(e),
-        };
-        let closed = f.close().await;
-        let m = m.and_then(|m| closed.map(|()| m)).map_err(|e| errno(&e, "symlink", &path))?;
+        self.dircache.lock().unwrap().added(&path);
+        let m = self.with_file_id(&path, m).await?;
         let attr = self.entry(&path, &m);
         Ok(symlink_attr(&self.cfg, self.root_group(), attr.ino, &m, target.len()))
     }
@@ -641,7 +670,8 @@ impl SmbFs {
             .open(&path, OpenOptions::new().write(true).create_new(true))
             .await
             .map_err(|e| errno(&e, "mknod", &path))?;
-        let m = f.metadata().await;
+        self.dircache.lock().unwrap().added(&path);
+        let m = Self::created_metadata(&f).await;
         let _ = f.close().await;
         let m = m.map_err(|e| errno(&e, "mknod", &path))?;
         Ok(self.entry(&path, &m))
@@ -650,7 +680,9 @@ impl SmbFs {
     pub async fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
         self.writable()?;
         let path = self.child(parent, name)?;
+        let asked = Instant::now();
         self.tree.mkdir(&path).await.map_err(|e| errno(&e, "mkdir", &path))?;
+        self.dircache.lock().unwrap().made_dir(&path, asked);
         let m = self.stat(&path).await?;
         Ok(self.entry(&path, &m))
     }
@@ -674,6 +706,7 @@ impl SmbFs {
             (self.tree.remove_file(&path).await, "unlink")
         };
         result.map_err(|e| errno(&e, op, &path))?;
+        self.dircache.lock().unwrap().removed(&path);
         self.inodes.lock().unwrap().unlinked(&path);
         Ok(())
     }
@@ -695,6 +728,12 @@ impl SmbFs {
         let to = self.child(newparent, newname)?;
         let replace = flags & RENAME_NOREPLACE == 0;
         self.tree.rename(&from, &to, replace).await.map_err(|e| errno(&e, "rename", &from))?;
+        {
+            let mut known = self.dircache.lock().unwrap();
+            known.removed(&from);
+            known.removed(&to);
+            known.added(&to);
+        }
         let mut inodes = self.inodes.lock().unwrap();
         inodes.renamed(&from, &to);
         self.record(Record::Renamed { from, to });
@@ -715,6 +754,7 @@ impl SmbFs {
                 })
             }
         }
+        self.dircache.lock().unwrap().added(&link);
         let m = self.stat(&link).await?;
         Ok(self.entry(&link, &m))
     }
@@ -724,10 +764,26 @@ impl SmbFs {
         let opts = open_options(flags, self.cfg.read_only)?;
         let path = self.path(ino)?;
         if let Some(fh) = self.reuse_open(ino, flags) {
+            // Another handle of this node opens the file: earlier opens' prefetched data is dropped (see below).
+            self.prefetched.forget_ino(ino);
             self.record(Record::FileOpened { fh, ino, flags });
             return Ok(fh);
         }
-        let f = match self.tree.open(&path, opts).await {
+        // A read-only open of a file no other handle of this node has open reads its first bytes with the
+        // CREATE (see `prefetch`); any other open may change the file, so earlier opens' data is dropped.
+        let reading_alone = OFlag::from_bits_truncate(flags) & (OFlag::O_ACCMODE | OFlag::O_TRUNC) == OFlag::O_RDONLY
+            && self.prefetched.enabled()
+            && self.handles.open_handle_of(ino).is_none();
+        if !reading_alone {
+            self.prefetched.forget_ino(ino);
+        }
+        let opened_at = Instant::now();
+        let opened = if reading_alone {
+            self.tree.open_and_read(&path, opts, PREFETCH_LEN).await
+        } else {
+            self.tree.open(&path, opts).await.map(|f| (f, None))
+        };
+        let (f, head) = match opened {
             // The kernel's entry is older than another node's unlink. ESTALE makes the kernel walk the path
             // again with revalidation (a fresh LOOKUP): the open then fails with ENOENT, or, with O_CREAT
             // (which the kernel does not pass to OPEN), becomes a CREATE, as on a local disk.
@@ -741,6 +797,9 @@ impl SmbFs {
         }
         let fh = self.add_open(ino, f, flags);
         self.record(Record::FileOpened { fh, ino, flags });
+        if let Some(head) = head {
+            self.prefetched.put(fh, ino, head, PREFETCH_LEN, opened_at);
+        }
         Ok(fh)
     }
 
@@ -766,8 +825,8 @@ impl SmbFs {
         let path = self.child(parent, name)?;
         let opts = open_options(flags, false)?.write(true).create(true).create_new(flags & OFlag::O_EXCL.bits() != 0);
         let f = self.create_after_pending_delete(&path, opts).await.map_err(|e| errno(&e, "create", &path))?;
-        // The CREATE response has no file id; one query gets it (and the final attributes).
-        let m = match f.metadata().await {
+        self.dircache.lock().unwrap().added(&path);
+        let m = match Self::created_metadata(&f).await {
             Ok(m) => m,
             Err(e) => {
                 let _ = f.close().await;
@@ -775,6 +834,8 @@ impl SmbFs {
             }
         };
         let attr = self.entry(&path, &m);
+        // An O_CREAT open of a file that was there may now change it.
+        self.prefetched.forget_ino(attr.ino);
         let fh = self.add_open(attr.ino, f, flags);
         self.record(Record::FileOpened { fh, ino: attr.ino, flags });
         Ok((attr, fh))
@@ -786,6 +847,9 @@ impl SmbFs {
         let f = self.handles.file(fh)?;
         let end = offset.saturating_add(u64::from(size));
         f.queue.wait_range(offset, end).await;
+        if let Some(data) = self.prefetched.take(fh, offset, size, Instant::now()) {
+            return Ok(data);
+        }
         let mut result = f.file().read_at_bytes(offset, size as usize).await;
         if is_range_conflict(&result) {
             if let Some(holder) = self.locks.handle_covering(f.ino, &f, offset, end) {
@@ -817,6 +881,10 @@ impl SmbFs {
         }
         let req = LockRequest { owner, pid, start, end: end.saturating_add(1), kind };
         self.locks.set(ino, fh, &f, req, wait, interrupted).await?;
+        if kind.is_some() {
+            // What was read with the open predates the lock (see `prefetch`).
+            self.prefetched.forget_ino(ino);
+        }
         if kind.is_some() && self.cfg.byte_range_locks {
             self.leases.invalidate(ino).await;
         }
@@ -876,6 +944,7 @@ impl SmbFs {
     /// unless another handle number or a request in flight still uses it).
     pub async fn release(&self, fh: u64) {
         self.appenders.lock().unwrap().remove(&fh);
+        self.prefetched.forget(fh);
         let f = self.handles.remove_file(fh);
         self.record(Record::Released { fh });
         if let Some((f, shared)) = &f {
@@ -930,7 +999,9 @@ impl SmbFs {
         let stream = self.handles.dir(fh)?;
         let mut stream = stream.lock().await;
         if offset == 0 || stream.entries.is_none() {
+            let asked = Instant::now();
             let list = self.tree.read_dir(path).await.map_err(|e| errno(&e, "readdir", path))?;
+            self.dircache.lock().unwrap().listed(path, list.iter().map(|e| e.name.as_str()), asked);
             stream.entries = Some(Arc::new(list));
         }
         Ok(stream.entries.clone().expect("listed"))

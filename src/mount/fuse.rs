@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
@@ -23,6 +23,19 @@ use smb3::{join_path, Tree};
 pub const SUBTYPE: &str = "smb3-csi";
 /// The filesystem type in the mount table.
 pub const FSTYPE: &str = "fuse.smb3-csi";
+
+/// Longest [`FuseMount::unmount`] waits for the FUSE session to end after the unmount.
+pub const SESSION_END_WAIT: Duration = Duration::from_secs(5);
+
+/// How [`FuseMount::unmount`] left the FUSE session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmounted {
+    /// The kernel ended the connection and the session finished (its SMB handles closed).
+    SessionEnded,
+    /// The session was still serving after [`SESSION_END_WAIT`] (a busy mount detached lazily ends when its
+    /// last user leaves): it is left running.
+    SessionLeftRunning,
+}
 
 /// A live FUSE mount of a directory of an SMB share.
 ///
@@ -294,17 +307,24 @@ impl FuseMount {
         self.tree.reconnect_count()
     }
 
-    /// Unmounts (lazily if busy) and waits briefly for the session to end.
-    pub fn unmount(mut self) -> Result<(), MountError> {
+    /// Unmounts (lazily if busy) and waits for the session to end: the kernel ends the FUSE connection when
+    /// the mount goes, the session's loop then reads ENODEV, closes what the kernel left open and finishes;
+    /// its task is awaited (no polling). A lazily detached mount that is still in use ends its session only
+    /// when the last user leaves: after [`SESSION_END_WAIT`] the task is left to it and
+    /// [`Unmounted::SessionLeftRunning`] says so.
+    pub fn unmount(mut self) -> Result<Unmounted, MountError> {
         self.released = true;
         table::unmount(&self.mountpoint)?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.is_session_running() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // A lazily detached mount ends its session when the last user leaves; the task is left to it.
-        tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
-        Ok(())
+        let task = self.task.take();
+        let ended = wait_on(&self.rt, async move {
+            match task {
+                Some(task) => tokio::time::timeout(SESSION_END_WAIT, task).await.is_ok(),
+                None => true,
+            }
+        });
+        let outcome = if ended { Unmounted::SessionEnded } else { Unmounted::SessionLeftRunning };
+        tracing::info!(mountpoint = %self.mountpoint.display(), ?outcome, "unmounted");
+        Ok(outcome)
     }
 }
 

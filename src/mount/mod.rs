@@ -12,7 +12,7 @@ use std::path::PathBuf;
 /// Re-exported: the cache mode is the filesystem's notion, and `cache=` sets it.
 pub use crate::fs::CacheMode;
 pub use credentials::{CcacheFile, CredentialsFile, SharedCredentials};
-pub use fuse::{FuseMount, FSTYPE, SUBTYPE};
+pub use fuse::{FuseMount, Unmounted, FSTYPE, SESSION_END_WAIT, SUBTYPE};
 pub use options::{MountOptionError, MountOptions, RecoveryMode, DEFAULT_RETRANS};
 pub use table::{bind_mount, mount_at, mount_state, mounts, parse_mountinfo, unmount, MountInfo, MountState};
 pub use target::ConnectTarget;

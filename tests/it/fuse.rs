@@ -482,3 +482,24 @@ fn noperm_lets_any_user_write_what_the_modes_forbid() {
     assert_eq!(fs::metadata(&file).unwrap().mode() & 0o777, 0o644);
     m.unmount().unwrap();
 }
+
+/// An unmount waits for the FUSE session itself, not a fixed time: the kernel ends the connection with the
+/// mount, the session finishes at once (its SMB handles closed), and `unmount` says so; files written just
+/// before are on the server, as smbclient sees.
+#[test]
+fn unmount_ends_the_session_without_waiting_out_a_timeout() {
+    let Some(e) = env("unmount") else { return };
+    for round in 0..3 {
+        let (mp, m) = e.mount(&[]);
+        fs::write(mp.path().join(format!("f{round}")), b"written before the unmount").unwrap();
+        let started = std::time::Instant::now();
+        let outcome = m.unmount().unwrap();
+        let took = started.elapsed();
+        eprintln!("unmount {round}: {outcome:?} in {took:?}");
+        assert_eq!(outcome, smb3_csi::mount::Unmounted::SessionEnded, "round {round}");
+        assert!(took < smb3_csi::mount::SESSION_END_WAIT, "round {round}: {took:?}");
+        assert_eq!(mount::mount_state(mp.path()).unwrap(), MountState::NotMounted);
+        let got = e.samba.smbclient(&format!("get {}/f{round} -", e.dir)).unwrap();
+        assert!(got.contains("written before the unmount"), "{got}");
+    }
+}

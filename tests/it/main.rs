@@ -43,6 +43,7 @@ mod proto;
 mod reconnect;
 mod reliability;
 mod restart;
+mod small_files;
 mod smb_cli;
 mod smb_client;
 mod smb_locks;

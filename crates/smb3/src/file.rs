@@ -340,6 +340,34 @@ impl OpenInner {
     }
 }
 
+/// The READ of an open-and-read compound: from the start of the file, on the handle the CREATE opened.
+fn first_read(len: u32) -> ReadRequest {
+    ReadRequest {
+        padding: 0x50,
+        flags: 0,
+        length: len,
+        offset: 0,
+        file_id: FileId::ANY,
+        minimum_count: 0,
+        remaining_bytes: 0,
+    }
+}
+
+/// The data of that READ's answer (empty at end of file).
+fn first_read_data(r: &super::conn::Response, len: u32) -> Result<Bytes> {
+    if r.header.status == NtStatus::END_OF_FILE {
+        return Ok(Bytes::new());
+    }
+    if !r.header.status.is_success() {
+        return Err(Error::Status { op: "read with the open".into(), status: r.header.status });
+    }
+    let (_, data) = ReadResponse::parse(&r.msg)?;
+    if data.len() > len as usize {
+        return Err(Error::Protocol(format!("READ returned {} bytes, asked for {len}", data.len())));
+    }
+    Ok(r.msg.slice_ref(data))
+}
+
 /// An open handle. Close it with [`File::close`]; a dropped handle is closed
 /// in the background. It survives a lost connection: on SMB 3.x files are
 /// opened durable (with a lease), reclaimed on the new connection, or
@@ -367,6 +395,19 @@ impl File {
     /// whose connection is lost is sent again as a replay with the same
     /// CreateGuid, so a server that performed it hands back the same open.
     pub(crate) async fn open(tree: &Tree, path: &str, opts: OpenOptions) -> Result<File> {
+        File::open_reading(tree, path, opts, None).await.map(|(f, _)| f)
+    }
+
+    /// [`File::open`] that, with `read_len`, also reads up to that many bytes from the start of the file in
+    /// the same round trip (CREATE + READ as one related compound, MS-SMB2 3.2.4.1.4): a small file is open
+    /// and read for the price of the open alone. The data is a slice of the receive buffer.
+    pub(crate) async fn open_reading(
+        tree: &Tree,
+        path: &str,
+        opts: OpenOptions,
+        read_len: Option<u32>,
+    ) -> Result<(File, Option<Bytes>)> {
+        let read_len = read_len.map(|l| l.min(tree.max_read()));
         let link = tree.inner.link.clone();
         let durable = !opts.directory && link.first.dialect.is_smb3();
         let inner = OpenInner {
@@ -402,10 +443,28 @@ impl File {
                 continue;
             }
             let b = tree.inner.binding(generation)?;
-            let req = inner.create_request(disposition, inner.durable_contexts(create_guid));
-            let mut out = Outgoing::new(Command::Create, b.id, 0, |m| req.encode(m));
-            out.replay = replayed && session.info.dialect.is_smb3();
-            let resp = match session.request(out, b.encrypt).await {
+            let mut contexts = inner.durable_contexts(create_guid);
+            // The file's index number comes back with the open: no query for it after a create.
+            contexts.push(CreateContext::query_on_disk_id());
+            let req = inner.create_request(disposition, contexts);
+            let mut outs = vec![Outgoing::new(Command::Create, b.id, 0, |m| req.encode(m))];
+            if let Some(len) = read_len {
+                outs.push(Outgoing::new(Command::Read, b.id, len as usize, |m| first_read(len).encode(m)));
+            }
+            let replay = replayed && session.info.dialect.is_smb3();
+            outs.iter_mut().for_each(|o| o.replay = replay);
+            let sent = match outs.len() {
+                1 => session.request(outs.pop().expect("one request"), b.encrypt).await.map(|r| vec![r]),
+                _ => session.compound(outs, b.encrypt).await,
+            };
+            let (resp, read) = match sent {
+                Ok(mut rs) => {
+                    let read = (rs.len() > 1).then(|| rs.pop()).flatten();
+                    (Ok(rs.swap_remove(0)), read)
+                }
+                Err(e) => (Err(e), None),
+            };
+            let resp = match resp {
                 Ok(r) if is_session_loss(r.header.status) => {
                     after = link.after_session_status(&session, generation, r.header.status).await;
                     replayed = true;
@@ -435,13 +494,22 @@ impl File {
                 OpenBinding { id: body.file_id, generation: b.generation, create_guid, durable: granted, lost: None };
             let inner = Arc::new(inner);
             link.register_open(&inner);
-            return Ok(File {
+            let file = File {
                 inner,
                 opened: body,
                 closed: AtomicBool::new(false),
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 lock_requests: AtomicU64::new(0),
+            };
+            // The handle is open whatever the READ answered: its failure only means no data up front.
+            let data = read.zip(read_len).and_then(|(r, len)| match first_read_data(&r, len) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::debug!(path = %display_path(path), error = %e, "read with the open failed; reads go to the server");
+                    None
+                }
             });
+            return Ok((file, data));
         }
     }
 
@@ -493,14 +561,15 @@ impl File {
         Ok(r.pop().expect("one response"))
     }
 
-    /// Size and attributes as of the open.
+    /// Size and attributes as of the open, with the file's index number when the server answered the
+    /// open's QFid (0 when it did not); one link is assumed.
     pub fn opened_metadata(&self) -> Metadata {
         let o = &self.opened;
         Metadata {
             size: o.end_of_file,
             allocation_size: o.allocation_size,
             attributes: o.file_attributes,
-            file_id: 0,
+            file_id: super::small_file::disk_file_id(o).unwrap_or(0),
             links: 1,
             created: o.creation_time,
             accessed: o.last_access_time,

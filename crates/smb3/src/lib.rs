@@ -35,6 +35,7 @@ mod pool;
 mod protection;
 mod recovery;
 mod session;
+mod small_file;
 mod target;
 mod tree;
 
@@ -52,6 +53,7 @@ pub use pool::SessionPool;
 pub use recovery::{Backoff, ConnectionState, CredentialsSource, Recovery};
 pub use secret::Secret;
 pub use session::SessionInfo;
+pub use small_file::WholeFile;
 pub use target::{join_path, HostPort, ShareTarget, DEFAULT_PORT, NETBIOS_PORT};
 pub use tree::{is_not_found, CopyMethod, CopyProgress, DirEntry, FsStats, Metadata, Tree};
 pub use wire::{CipherId, Dialect, NtStatus, SigningAlgorithmId};

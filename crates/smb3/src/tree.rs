@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use futures_util::stream::{self, TryStreamExt};
 
 use super::conn::{Outgoing, Response};
@@ -928,6 +929,12 @@ impl Tree {
     /// so that it survives a lost connection (see [`File`]).
     pub async fn open(&self, path: &str, opts: OpenOptions) -> Result<File> {
         File::open(self, path, opts).await
+    }
+
+    /// [`Tree::open`] that also reads up to `read_len` bytes from the start of the file in the same round
+    /// trip; the data is empty at end of file and `None` when that read failed (the file is open anyway).
+    pub async fn open_and_read(&self, path: &str, opts: OpenOptions, read_len: u32) -> Result<(File, Option<Bytes>)> {
+        File::open_reading(self, path, opts, Some(read_len)).await
     }
 
     /// Creates (or truncates) a file for reading and writing.

@@ -44,7 +44,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::volume::SharePath;
-use smb3::{is_not_found, Error as SmbError, NtStatus, OpenOptions, Tree};
+use smb3::{is_not_found, Error as SmbError, NtStatus, Tree, WholeFile};
 
 /// The hidden directory under the base path that holds the records.
 pub const RECORD_DIR: &str = ".smb3-csi";
@@ -235,20 +235,19 @@ impl RecordStore {
     /// Reads a record; `None` if there is none.
     pub async fn read(&self, tree: &Tree, path: &str) -> Result<Option<VolumeRecord>, RecordError> {
         let smb = |source| RecordError::Smb { path: path.to_string(), source };
-        let file = match tree.open(path, OpenOptions::new().read(true)).await {
-            Ok(f) => f,
+        // One round trip (CREATE + READ + CLOSE): CreateVolume reads two records on every call.
+        let bytes = match tree.read_small_file(path, MAX_RECORD_LEN as u32 + 1).await {
+            Ok(b) => b,
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(smb(e)),
         };
-        let size = file.opened_metadata().size;
-        if size > MAX_RECORD_LEN {
-            let _ = file.close().await;
-            return Err(RecordError::Corrupt { path: path.to_string(), why: format!("{size} bytes is too large") });
+        if bytes.len() as u64 > MAX_RECORD_LEN {
+            return Err(RecordError::Corrupt {
+                path: path.to_string(),
+                why: format!("more than {MAX_RECORD_LEN} bytes"),
+            });
         }
-        let read = file.read_at(0, size as usize).await;
-        let closed = file.close().await;
-        let bytes = read.map_err(smb)?;
-        closed.map_err(smb)?;
+        let bytes = bytes.to_vec();
         let text = String::from_utf8(bytes)
             .map_err(|_| RecordError::Corrupt { path: path.to_string(), why: "not UTF-8".into() })?;
         VolumeRecord::decode(&text).map(Some).map_err(|why| RecordError::Corrupt { path: path.to_string(), why })
@@ -262,19 +261,18 @@ impl RecordStore {
         rand::thread_rng().fill_bytes(&mut nonce);
         let tmp = format!("{}/tmp-{}", self.dir, nonce.iter().map(|b| format!("{b:02x}")).collect::<String>());
         let tmp = tmp.trim_start_matches('/');
-        let options = OpenOptions::new().write(true).create_new(true);
-        let file = match tree.open(tmp, options).await {
+        // The whole record in one round trip (CREATE + WRITE + CLOSE), then the rename.
+        let contents = record.encode();
+        let written = match tree.write_whole_file(tmp, contents.as_bytes(), WholeFile::CreateNew).await {
             Err(e) if e.status() == Some(NtStatus::OBJECT_PATH_NOT_FOUND) => {
                 tree.mkdir_all(&self.dir.to_string()).await.map_err(smb)?;
-                tree.open(tmp, options).await.map_err(smb)?
+                tree.write_whole_file(tmp, contents.as_bytes(), WholeFile::CreateNew).await
             }
-            other => other.map_err(smb)?,
+            other => other,
         };
-        let written = file.write_at(0, record.encode().as_bytes()).await;
-        let closed = file.close().await;
-        let result = match (written, closed) {
-            (Err(e), _) | (Ok(()), Err(e)) => Err(smb(e)),
-            (Ok(()), Ok(())) => tree.rename(tmp, path, true).await.map_err(smb),
+        let result = match written {
+            Err(e) => Err(smb(e)),
+            Ok(_) => tree.rename(tmp, path, true).await.map_err(smb),
         };
         if result.is_err() {
             let _ = tree.remove_file(tmp).await;
