@@ -406,7 +406,7 @@ impl MountOptions {
         if self.seal {
             o.encryption = EncryptionPolicy::Required;
         }
-        super::target::connect_as(&mut o, self.ip, self.sec);
+        connect_as(&mut o, self.ip, self.sec);
         o.connect_timeout = self.connect_timeout.unwrap_or(o.connect_timeout);
         o.pending_timeout = self.pending_timeout.unwrap_or(o.pending_timeout);
         o
@@ -467,6 +467,15 @@ fn parse_vers(s: &str) -> Result<(Option<Dialect>, Option<Dialect>), String> {
             Ok(d) => Ok((Some(d), Some(d))),
             Err(_) => Err(format!("unknown version {s:?} (expected 2.1, 3.0, 3.02, 3.1.1, 3 or default)")),
         },
+    }
+}
+
+/// The one place the address and the mechanism go into client options (here, beside the options they come
+/// from, so the fuzz target that compiles this file alone has it; `target` uses it too).
+pub(super) fn connect_as(options: &mut ClientOptions, address: Option<std::net::IpAddr>, security: SecurityMechanism) {
+    options.security = security;
+    if let Some(address) = address {
+        options.connect_address = Some(address.to_string());
     }
 }
 

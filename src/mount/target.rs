@@ -56,16 +56,8 @@ impl ConnectTarget {
     /// `base` connecting as this target says.
     pub fn client_options(&self, base: &ClientOptions) -> ClientOptions {
         let mut options = base.clone();
-        connect_as(&mut options, self.address, self.security);
+        super::options::connect_as(&mut options, self.address, self.security);
         options
-    }
-}
-
-/// The one place the address and the mechanism go into client options.
-pub(super) fn connect_as(options: &mut ClientOptions, address: Option<IpAddr>, security: SecurityMechanism) {
-    options.security = security;
-    if let Some(address) = address {
-        options.connect_address = Some(address.to_string());
     }
 }
 

@@ -464,8 +464,25 @@ async fn request_kept_pending_past_the_ceiling_fails_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stripped_encryption_capability_on_302_is_caught_by_negotiate_validation() {
+    // Capabilities: 4 bytes, 24 bytes into the NEGOTIATE response body.
+    downgrade_on_302_is_caught("downgrade-encryption", "the encryption capability", 24, 4, CAP_ENCRYPTION).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripped_signing_on_302_is_caught_by_negotiate_validation() {
+    // SecurityMode: 2 bytes, 2 bytes into the NEGOTIATE response body.
+    downgrade_on_302_is_caught("downgrade-signing", "signing enabled", 2, 2, SIGNING_ENABLED).await;
+}
+
+/// SMB2_NEGOTIATE_SIGNING_ENABLED in the NEGOTIATE response's SecurityMode (MS-SMB2 2.2.4).
+const SIGNING_ENABLED: u32 = 0x01;
+
+/// A man in the middle clears `mask` in the `width`-byte field `at` bytes into Samba's 3.0.2 NEGOTIATE
+/// response (a flag this Samba does set): the logon may go on, but the tree connect's
+/// FSCTL_VALIDATE_NEGOTIATE_INFO sees what the server really said and refuses, at once.
+async fn downgrade_on_302_is_caught(name: &str, what: &str, at: usize, width: usize, mask: u32) {
     let samba = samba!(SambaProfile::MaxProtocol("SMB3_02"));
-    let witness = Witness::start(samba!(), "downgrade").await;
+    let witness = Witness::start(samba!(), name).await;
     let proxy = CorruptingProxy::start(samba.addr()).expect("proxy");
     let negotiate_seen = Arc::new(Mutex::new(None));
     let seen = negotiate_seen.clone();
@@ -473,11 +490,12 @@ async fn stripped_encryption_capability_on_302_is_caught_by_negotiate_validation
         &proxy,
         |p| command_of(p) == Some(Command::Negotiate.code()),
         move |mut p| {
-            // Capabilities: 24 bytes into the NEGOTIATE response body.
-            let at = HEADER_LEN + 24;
-            let caps = u32::from_le_bytes(p[at..at + 4].try_into().unwrap());
-            *seen.lock().unwrap() = Some(caps);
-            p[at..at + 4].copy_from_slice(&(caps & !CAP_ENCRYPTION).to_le_bytes());
+            let at = HEADER_LEN + at;
+            let mut field = [0u8; 4];
+            field[..width].copy_from_slice(&p[at..at + width]);
+            let value = u32::from_le_bytes(field);
+            *seen.lock().unwrap() = Some(value);
+            p[at..at + width].copy_from_slice(&(value & !mask).to_le_bytes()[..width]);
             vec![p]
         },
     );
@@ -487,11 +505,11 @@ async fn stripped_encryption_capability_on_302_is_caught_by_negotiate_validation
     let client = Client::connect("127.0.0.1", proxy.addr().port(), &creds, &opts).await.expect("logon");
     assert!(fired.load(Ordering::SeqCst));
     assert!(
-        negotiate_seen.lock().unwrap().expect("negotiate seen") & CAP_ENCRYPTION != 0,
-        "this Samba offers encryption on 3.0.2, so stripping it is a downgrade"
+        negotiate_seen.lock().unwrap().expect("negotiate seen") & mask != 0,
+        "this Samba sets {what} on 3.0.2, so clearing it is a downgrade"
     );
     let e = client.tree(samba.share_name()).await.err().expect("tree connect after a downgrade must fail");
-    assert!(e.to_string().contains("VALIDATE_NEGOTIATE_INFO mismatch"), "{e}");
+    assert!(e.to_string().contains("VALIDATE_NEGOTIATE_INFO mismatch"), "{what}: {e}");
     assert_within(started.elapsed(), Duration::ZERO);
     witness.finish().await;
 }
