@@ -340,8 +340,9 @@ impl OpenInner {
     }
 }
 
-/// The READ of an open-and-read compound: from the start of the file, on the handle the CREATE opened.
-fn first_read(len: u32) -> ReadRequest {
+/// The READ of an open-and-read compound (and of CREATE+READ+CLOSE): from the start of the file, on the
+/// handle the CREATE opened.
+pub(crate) fn first_read(len: u32) -> ReadRequest {
     ReadRequest {
         padding: 0x50,
         flags: 0,

@@ -16,9 +16,7 @@ use super::tree::{display_path, smb_path, Metadata, Tree};
 use super::wire::create::{
     self, access, disposition, options, share_access, CreateContext, CreateRequest, CreateResponse,
 };
-use super::wire::io::{
-    CloseRequest, CloseResponse, ReadRequest, ReadResponse, WriteRequest, CLOSE_FLAG_POSTQUERY_ATTRIB,
-};
+use super::wire::io::{CloseRequest, CloseResponse, ReadResponse, WriteRequest, CLOSE_FLAG_POSTQUERY_ATTRIB};
 use super::wire::{Command, FileId, NtStatus};
 
 /// How [`Tree::write_whole_file`] treats a file that is already there.
@@ -61,15 +59,7 @@ fn close_member() -> Outgoing {
 
 /// CREATE (open an existing file for reading) + READ of `len` bytes at 0 + CLOSE.
 pub(crate) fn read_chain(path: &str, len: u32) -> Vec<Outgoing> {
-    let read = ReadRequest {
-        padding: 0x50,
-        flags: 0,
-        length: len,
-        offset: 0,
-        file_id: FileId::ANY,
-        minimum_count: 0,
-        remaining_bytes: 0,
-    };
+    let read = crate::file::first_read(len);
     vec![
         create_member(
             path,
@@ -235,7 +225,7 @@ impl Tree {
 mod tests {
     use super::*;
     use crate::wire::header::{Header, HEADER_LEN};
-    use crate::wire::io::WriteResponse;
+    use crate::wire::io::{ReadRequest, WriteResponse};
 
     fn answer(command: Command, status: NtStatus, body: impl FnOnce(&mut Vec<u8>)) -> Response {
         let mut h = Header::new(command);
