@@ -45,6 +45,7 @@
 
 mod attr;
 mod config;
+mod dirattrs;
 mod dircache;
 mod errno;
 pub mod fuse;

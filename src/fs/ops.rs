@@ -18,6 +18,7 @@ use smb3::{self as smb, join_path, DirEntry, Metadata, OpenOptions, Tree};
 use tokio::runtime::Handle;
 
 use super::attr::{dir_placeholder, file_attr, symlink_attr, Attr, FileKind};
+use super::dirattrs::DirAttrs;
 use super::dircache::DirCache;
 use super::errno::{errno, Errno};
 use super::fuse::wire::InitOut;
@@ -159,6 +160,9 @@ pub struct SmbFs {
     journal: Option<SharedJournal>,
     /// Names known absent within the attribute TTL (see `dircache`): a create's LOOKUP needs no round trip.
     dircache: Mutex<DirCache>,
+    /// Directory attributes within the attribute TTL (see `dirattrs`): a create's permission check on its
+    /// parent needs no round trip.
+    dirattrs: Mutex<DirAttrs>,
     /// Data read with an open, for the handle's first read (see `prefetch`).
     prefetched: Arc<Prefetched>,
 }
@@ -207,6 +211,7 @@ impl SmbFs {
             appenders: Mutex::default(),
             leases,
             dircache: Mutex::new(DirCache::new(cfg.attr_ttl)),
+            dirattrs: Mutex::new(DirAttrs::new(cfg.attr_ttl)),
             prefetched,
             cfg,
             journal: None,
@@ -470,6 +475,11 @@ impl SmbFs {
         }
     }
 
+    /// This node changed an entry of directory `parent` (see `dirattrs`).
+    fn entry_changed(&self, parent: u64) {
+        self.dirattrs.lock().unwrap().entry_changed(parent, SystemTime::now());
+    }
+
     async fn stat(&self, path: &str) -> Result<Metadata, Errno> {
         self.tree.stat(path).await.map_err(|e| errno(&e, "stat", path))
     }
@@ -506,8 +516,10 @@ impl SmbFs {
         if self.dircache.lock().unwrap().is_absent(&path, Instant::now()) {
             return Err(Errno::ENOENT);
         }
+        let asked = Instant::now();
         let m = self.stat(&path).await?;
         let attr = self.entry(&path, &m);
+        self.dirattrs.lock().unwrap().fetched(attr.ino, &m, asked);
         Ok(match self.symlink_len(&path, &m).await {
             Some(len) => symlink_attr(&self.cfg, self.root_group(), attr.ino, &m, len),
             None => attr,
@@ -527,11 +539,18 @@ impl SmbFs {
     pub async fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, Errno> {
         let open = fh.and_then(|fh| self.handles.file(fh).ok()).or_else(|| self.handles.open_handle_of(ino));
         let path = self.path(ino)?;
+        let asked = Instant::now();
+        if open.is_none() {
+            if let Some(m) = self.dirattrs.lock().unwrap().get(ino, asked) {
+                return Ok(self.attr(ino, &m));
+            }
+        }
         self.settle(ino).await;
         let m = match open {
             Some(f) => f.file().metadata().await.map_err(|e| errno(&e, "getattr", &path))?,
             None => self.stat(&path).await?,
         };
+        self.dirattrs.lock().unwrap().fetched(ino, &m, asked);
         Ok(self.attr_at(ino, &path, &m).await)
     }
 
@@ -555,6 +574,7 @@ impl SmbFs {
         }
         let path = self.path(ino)?;
         let open = fh.and_then(|fh| self.handles.file(fh).ok());
+        self.dirattrs.lock().unwrap().forget(ino);
         self.settle(ino).await;
         if let Some(len) = set.size {
             self.prefetched.forget_ino(ino);
@@ -573,10 +593,12 @@ impl SmbFs {
             }
         }
         self.set_times(&path, set.atime, set.mtime).await?;
+        let asked = Instant::now();
         let m = match &open {
             Some(f) => f.file().metadata().await.map_err(|e| errno(&e, "getattr", &path))?,
             None => self.stat(&path).await?,
         };
+        self.dirattrs.lock().unwrap().fetched(ino, &m, asked);
         Ok(self.attr_at(ino, &path, &m).await)
     }
 
@@ -653,6 +675,7 @@ impl SmbFs {
             .await
             .map_err(|e| errno(&e, "symlink", &path))?;
         self.dircache.lock().unwrap().added(&path);
+        self.entry_changed(parent);
         let m = self.with_file_id(&path, m).await?;
         let attr = self.entry(&path, &m);
         Ok(symlink_attr(&self.cfg, self.root_group(), attr.ino, &m, target.len()))
@@ -671,6 +694,7 @@ impl SmbFs {
             .await
             .map_err(|e| errno(&e, "mknod", &path))?;
         self.dircache.lock().unwrap().added(&path);
+        self.entry_changed(parent);
         let m = Self::created_metadata(&f).await;
         let _ = f.close().await;
         let m = m.map_err(|e| errno(&e, "mknod", &path))?;
@@ -683,8 +707,11 @@ impl SmbFs {
         let asked = Instant::now();
         self.tree.mkdir(&path).await.map_err(|e| errno(&e, "mkdir", &path))?;
         self.dircache.lock().unwrap().made_dir(&path, asked);
+        self.entry_changed(parent);
         let m = self.stat(&path).await?;
-        Ok(self.entry(&path, &m))
+        let attr = self.entry(&path, &m);
+        self.dirattrs.lock().unwrap().fetched(attr.ino, &m, asked);
+        Ok(attr)
     }
 
     /// Removes a file; its open handles keep working until closed (see the module doc of `fs`).
@@ -707,6 +734,7 @@ impl SmbFs {
         };
         result.map_err(|e| errno(&e, op, &path))?;
         self.dircache.lock().unwrap().removed(&path);
+        self.entry_changed(parent);
         self.inodes.lock().unwrap().unlinked(&path);
         Ok(())
     }
@@ -734,6 +762,8 @@ impl SmbFs {
             known.removed(&to);
             known.added(&to);
         }
+        self.entry_changed(parent);
+        self.entry_changed(newparent);
         let mut inodes = self.inodes.lock().unwrap();
         inodes.renamed(&from, &to);
         self.record(Record::Renamed { from, to });
@@ -755,6 +785,7 @@ impl SmbFs {
             }
         }
         self.dircache.lock().unwrap().added(&link);
+        self.entry_changed(newparent);
         let m = self.stat(&link).await?;
         Ok(self.entry(&link, &m))
     }
@@ -826,6 +857,7 @@ impl SmbFs {
         let opts = open_options(flags, false)?.write(true).create(true).create_new(flags & OFlag::O_EXCL.bits() != 0);
         let f = self.create_after_pending_delete(&path, opts).await.map_err(|e| errno(&e, "create", &path))?;
         self.dircache.lock().unwrap().added(&path);
+        self.entry_changed(parent);
         let m = match Self::created_metadata(&f).await {
             Ok(m) => m,
             Err(e) => {

@@ -151,7 +151,7 @@ impl FuseMount {
         let mount = FuseMount { mountpoint, source, tree, rt, session, task: Some(task), released: false };
         match table::mount_at(&mount.mountpoint)? {
             Some(m) if m.fstype == FSTYPE => {
-                raise_readahead(&m.device);
+                set_readahead(&mount.session, &m.device, opts.rasize);
                 tracing::info!(source = %mount.source, mountpoint = %mount.mountpoint.display(), "mounted");
                 Ok(mount)
             }
@@ -380,13 +380,34 @@ fn fuse_mount_data(fd: i32, uid: u32, gid: u32, opts: &MountOptions) -> String {
     format!("fd={fd},rootmode=40000,user_id={uid},group_id={gid},allow_other{permissions},subtype={SUBTYPE}")
 }
 
-/// The kernel starts FUSE mounts with 128 KiB readahead; 1 MiB lets sequential reads use 1 MiB requests
-/// (pipelined SMB reads). Best effort: without /sys writable it stays at the default.
-fn raise_readahead(device: &str) {
-    let path = format!("/sys/class/bdi/{device}/read_ahead_kb");
-    if let Err(e) = std::fs::write(&path, format!("{}", crate::fs::MAX_IO / 1024)) {
-        tracing::debug!(path, error = %e, "could not raise readahead");
+/// How long a new mount's INIT may take before the readahead is set anyway (the kernel sends INIT with the
+/// mount(2) and the session answers it at once; this only bounds a kernel that never does).
+const INIT_WAIT: Duration = Duration::from_secs(5);
+
+/// Sets the mount's readahead to `rasize` bytes (`rasize=`; 0 leaves it). The kernel starts FUSE mounts at
+/// 128 KiB and lowers the window to the INIT reply's `max_readahead` when it takes that reply, so this waits
+/// for INIT first: set before, it would be undone. Best effort: without a writable /sys (an unprivileged
+/// container) the mount keeps the kernel's window, and says so.
+fn set_readahead(session: &Session, device: &str, rasize: u64) {
+    if rasize == 0 {
+        return;
     }
+    let until = std::time::Instant::now() + INIT_WAIT;
+    while !session.is_initialised() && !session.has_ended() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let path = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    match std::fs::write(&path, readahead_kb(rasize).to_string()) {
+        Ok(()) => tracing::debug!(path, kb = readahead_kb(rasize), "readahead set"),
+        Err(e) => {
+            tracing::warn!(path, error = %e, "could not set the mount's readahead (rasize=): sequential reads stay slower")
+        }
+    }
+}
+
+/// `read_ahead_kb` for `rasize` bytes: whole KiB, at least one page.
+fn readahead_kb(rasize: u64) -> u64 {
+    (rasize / 1024).max(4)
 }
 
 #[cfg(test)]

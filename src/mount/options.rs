@@ -69,6 +69,10 @@ pub struct MountOptions {
     pub connect_timeout: Option<Duration>,
     /// `pending_timeout=N` (seconds, 1..=86400): ceiling for a request the server keeps STATUS_PENDING.
     pub pending_timeout: Option<Duration>,
+    /// `rasize=N` (bytes, 0..=[`MAX_RASIZE`], default [`DEFAULT_RASIZE`]): the mount's readahead, as with
+    /// cifs. The kernel's FUSE default (128 KiB) keeps one 128 KiB request in flight and halves sequential
+    /// reads; a larger window keeps several 1 MiB reads in flight. 0 leaves the kernel's default.
+    pub rasize: u64,
 }
 
 /// `hard` or `soft`, as for NFS and kernel cifs.
@@ -89,6 +93,12 @@ pub const DEFAULT_RETRANS: u32 = 3;
 const MAX_ECHO_INTERVAL: u64 = 600;
 /// The largest `retrans`: a soft mount that waits for hours is a hard mount.
 const MAX_RETRANS: u32 = 100;
+/// `rasize` when not given. Measured on loopback Samba with 1 MiB FUSE reads (512 MiB, caches dropped): 128 KiB
+/// (the kernel's FUSE default) about 240 MB/s, 8 MiB (cifs' default with a 4 MiB rsize) about 390 MB/s,
+/// 16 MiB about 460 MB/s; beyond it no gain.
+pub const DEFAULT_RASIZE: u64 = 16 << 20;
+/// The largest `rasize`: beyond it a sequential reader only fills the page cache further ahead.
+pub const MAX_RASIZE: u64 = 256 << 20;
 
 impl Default for MountOptions {
     fn default() -> Self {
@@ -118,6 +128,7 @@ impl Default for MountOptions {
             cruid: None,
             connect_timeout: None,
             pending_timeout: None,
+            rasize: DEFAULT_RASIZE,
         }
     }
 }
@@ -354,6 +365,10 @@ impl MountOptions {
                     opts.pending_timeout =
                         Some(Duration::from_secs(secs.ok_or_else(|| invalid("expected whole seconds 1..86400"))?));
                 }
+                "rasize" => {
+                    let bytes = need()?.parse::<u64>().ok().filter(|b| *b <= MAX_RASIZE);
+                    opts.rasize = bytes.ok_or_else(|| invalid("expected bytes 0..268435456"))?;
+                }
                 k if IGNORED_FLAGS.contains(&k) && value.is_none() => ignored.push(part.to_string()),
                 k if IGNORED_KEYS.contains(&k) => ignored.push(part.to_string()),
                 _ => return Err(MountOptionError::Unknown(part.to_string())),
@@ -510,6 +525,16 @@ mod tests {
             "pending_timeout",
             "pending_timeout=86401",
         ] {
+            assert!(matches!(parse(&[bad]), Err(MountOptionError::Invalid { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn readahead_is_cifs_rasize_in_bytes() {
+        assert_eq!(MountOptions::default().rasize, 16 << 20);
+        assert_eq!(parse(&["rasize=16777216"]).unwrap().0.rasize, 16 << 20);
+        assert_eq!(parse(&["rasize=0"]).unwrap().0.rasize, 0, "0 leaves the kernel's default");
+        for bad in ["rasize", "rasize=", "rasize=-1", "rasize=1M", "rasize=268435457"] {
             assert!(matches!(parse(&[bad]), Err(MountOptionError::Invalid { .. })), "{bad}");
         }
     }

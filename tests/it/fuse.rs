@@ -503,3 +503,27 @@ fn unmount_ends_the_session_without_waiting_out_a_timeout() {
         assert!(got.contains("written before the unmount"), "{got}");
     }
 }
+
+/// The mount's readahead window (`/sys/class/bdi/<dev>/read_ahead_kb`).
+fn read_ahead_kb(mountpoint: &Path) -> u64 {
+    let dev = fs::metadata(mountpoint).unwrap().dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let kb = fs::read_to_string(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb")).unwrap();
+    kb.trim().parse().unwrap()
+}
+
+#[test]
+fn readahead_is_rasize_and_outlasts_the_kernels_init() {
+    let Some(e) = env("rasize") else { return };
+    // The kernel lowers the window to INIT's max_readahead when it takes the INIT reply: a window set before
+    // that is undone, so each mount is checked right after it returns and again once it has served a request.
+    for (flags, kb) in [(&[][..], 16 * 1024), (&["rasize=4194304"][..], 4096), (&["rasize=0"][..], 128)] {
+        for _ in 0..3 {
+            let (mp, m) = e.mount(flags);
+            assert_eq!(read_ahead_kb(mp.path()), kb, "{flags:?} right after mount");
+            fs::write(mp.path().join("ra"), b"x").unwrap();
+            assert_eq!(read_ahead_kb(mp.path()), kb, "{flags:?} after a request");
+            m.unmount().unwrap();
+        }
+    }
+}

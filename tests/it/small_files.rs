@@ -193,6 +193,59 @@ async fn creating_into_a_new_directory_costs_no_failed_lookups() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directorys_attributes_are_answered_within_the_ttl_with_this_nodes_changes() {
+    let samba = samba!();
+    let (_client, tree, trips) = counted_tree(samba).await;
+    let dir = test_dir("dirattr");
+    tree.mkdir_all(&dir).await.unwrap();
+    let ttl = Duration::from_millis(1500);
+    let fs = SmbFs::new(tree.clone(), &dir, config(ttl), Handle::current());
+    let sub = fs.mkdir(ROOT_INO, name("d")).await.unwrap();
+
+    // What the kernel does for each file `cp -r` creates with default_permissions: GETATTR of the directory
+    // (each create made it drop the directory's attributes), then CREATE. Only the CREATE reaches the server.
+    let flags = (OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL).bits();
+    let before = fs.getattr(sub.ino, None).await.unwrap();
+    trips.take();
+    let mut last = before.mtime;
+    for i in 0..5 {
+        let (_, fh) = fs.create(sub.ino, name(&format!("f{i}")), flags).await.unwrap();
+        fs.release(fh).await;
+        let now = fs.getattr(sub.ino, None).await.unwrap();
+        assert_eq!(trips.take(), [Command::Create], "file {i}: the directory's attributes were asked for");
+        assert!(now.mtime >= last, "file {i}: this node's create moves the directory's mtime forward");
+        last = now.mtime;
+    }
+    let on_server = tree.stat(&format!("{dir}/d")).await.unwrap().modified_time().unwrap();
+    let served = fs.getattr(sub.ino, None).await.unwrap().mtime;
+    let apart = served.duration_since(on_server).unwrap_or_else(|e| e.duration());
+    assert!(apart < Duration::from_secs(2), "served mtime {served:?}, server's {on_server:?}");
+    trips.take();
+
+    // Another client's change shows once the TTL has passed: then the server is asked again.
+    smbclient_put(samba, &format!("{dir}/d/theirs"), b"x").await;
+    tokio::time::sleep(ttl).await;
+    fs.getattr(sub.ino, None).await.unwrap();
+    assert_eq!(trips.take(), [Command::Create], "expired: asked again");
+    // Setting the directory's times forgets what was known.
+    let set = smb3_csi::fs::SetAttr { mtime: Some(smb3_csi::fs::SetTime::Now), ..Default::default() };
+    fs.setattr(sub.ino, None, set).await.unwrap();
+    trips.take();
+    fs.getattr(sub.ino, None).await.unwrap();
+    assert_eq!(trips.take(), [], "the setattr's own answer is fresh");
+    // Files are always asked for; actimeo=0 keeps nothing.
+    let file = fs.lookup(sub.ino, name("f0")).await.unwrap();
+    trips.take();
+    fs.getattr(file.ino, None).await.unwrap();
+    assert_eq!(trips.take(), [Command::Create]);
+    let uncached = SmbFs::new(tree.clone(), &dir, config(Duration::ZERO), Handle::current());
+    let d0 = uncached.lookup(ROOT_INO, name("d")).await.unwrap();
+    trips.take();
+    uncached.getattr(d0.ino, None).await.unwrap();
+    assert_eq!(trips.take(), [Command::Create]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_file_is_read_with_its_open() {
     let samba = samba!();
     let (_client, tree, trips) = counted_tree(samba).await;

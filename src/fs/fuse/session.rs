@@ -66,6 +66,9 @@ pub struct Session {
     dev: AsyncFd<File>,
     fs: Arc<SmbFs>,
     init: Mutex<Option<InitOut>>,
+    /// Set once the kernel has taken our INIT reply (what it applies from it, the readahead among them, is
+    /// in place then).
+    initialised: AtomicBool,
     in_flight: AtomicUsize,
     idle: Notify,
     stop: Notify,
@@ -113,6 +116,7 @@ impl Session {
         let session = Arc::new(Session {
             dev,
             fs,
+            initialised: AtomicBool::new(init.is_some()),
             init: Mutex::new(init),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -138,6 +142,11 @@ impl Session {
     /// The INIT parameters, once negotiated (or taken over).
     pub fn init(&self) -> Option<InitOut> {
         *self.init.lock().unwrap()
+    }
+
+    /// Whether the kernel has applied the INIT reply (or the connection was taken over initialised).
+    pub fn is_initialised(&self) -> bool {
+        self.initialised.load(Ordering::SeqCst)
     }
 
     /// Whether the kernel connection is gone (unmounted or aborted).
@@ -338,6 +347,8 @@ impl Session {
                 self.fs.record_init(out);
                 *self.init.lock().unwrap() = Some(out);
                 self.reply(h.unique, Ok(wire::init_out(&out, offer.minor).into()));
+                // The kernel applies the reply inside the write(2) that delivered it.
+                self.initialised.store(true, Ordering::SeqCst);
             }
             Err(e) => {
                 tracing::error!(major = offer.major, minor = offer.minor, "unsupported FUSE protocol version");
