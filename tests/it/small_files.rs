@@ -129,14 +129,24 @@ fn name(s: &str) -> &OsStr {
     OsStr::new(s)
 }
 
+/// The TTL of the filesystem tests below.
+const TTL: Duration = Duration::from_millis(1500);
+
+/// A filesystem with attribute TTL [`TTL`] on a new test directory, its tree, that directory and the counter of
+/// its round trips.
+async fn counted_fs(samba: &Samba, what: &str) -> (smb3::Client, Tree, String, SmbFs, Arc<Trips>) {
+    let (client, tree, trips) = counted_tree(samba).await;
+    let dir = test_dir(what);
+    tree.mkdir_all(&dir).await.unwrap();
+    let fs = SmbFs::new(tree.clone(), &dir, config(TTL), Handle::current());
+    (client, tree, dir, fs, trips)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creating_into_a_new_directory_costs_no_failed_lookups() {
     let samba = samba!();
-    let (_client, tree, trips) = counted_tree(samba).await;
-    let dir = test_dir("create");
-    tree.mkdir_all(&dir).await.unwrap();
-    let ttl = Duration::from_millis(1500);
-    let fs = SmbFs::new(tree.clone(), &dir, config(ttl), Handle::current());
+    let (_client, tree, dir, fs, trips) = counted_fs(samba, "create").await;
+    let ttl = TTL;
 
     let sub = fs.mkdir(ROOT_INO, name("new")).await.unwrap();
     trips.take();
@@ -195,11 +205,8 @@ async fn creating_into_a_new_directory_costs_no_failed_lookups() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directorys_attributes_are_answered_within_the_ttl_with_this_nodes_changes() {
     let samba = samba!();
-    let (_client, tree, trips) = counted_tree(samba).await;
-    let dir = test_dir("dirattr");
-    tree.mkdir_all(&dir).await.unwrap();
-    let ttl = Duration::from_millis(1500);
-    let fs = SmbFs::new(tree.clone(), &dir, config(ttl), Handle::current());
+    let (_client, tree, dir, fs, trips) = counted_fs(samba, "dirattr").await;
+    let ttl = TTL;
     let sub = fs.mkdir(ROOT_INO, name("d")).await.unwrap();
 
     // What the kernel does for each file `cp -r` creates with default_permissions: GETATTR of the directory
