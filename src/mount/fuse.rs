@@ -397,8 +397,9 @@ fn set_readahead(session: &Session, device: &str, rasize: u64) {
         std::thread::sleep(Duration::from_millis(1));
     }
     let path = format!("/sys/class/bdi/{device}/read_ahead_kb");
-    match std::fs::write(&path, readahead_kb(rasize).to_string()) {
-        Ok(()) => tracing::debug!(path, kb = readahead_kb(rasize), "readahead set"),
+    let kb = readahead_kb(rasize);
+    match std::fs::write(&path, kb.to_string()) {
+        Ok(()) => tracing::debug!(path, kb, "readahead set"),
         Err(e) => {
             tracing::warn!(path, error = %e, "could not set the mount's readahead (rasize=): sequential reads stay slower")
         }

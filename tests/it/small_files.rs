@@ -146,7 +146,6 @@ async fn counted_fs(samba: &Samba, what: &str) -> (smb3::Client, Tree, String, S
 async fn creating_into_a_new_directory_costs_no_failed_lookups() {
     let samba = samba!();
     let (_client, tree, dir, fs, trips) = counted_fs(samba, "create").await;
-    let ttl = TTL;
 
     let sub = fs.mkdir(ROOT_INO, name("new")).await.unwrap();
     trips.take();
@@ -176,7 +175,7 @@ async fn creating_into_a_new_directory_costs_no_failed_lookups() {
 
     // Another client's file shows once the TTL has passed (as its attribute changes do).
     smbclient_put(samba, &format!("{dir}/new/theirs"), b"from smbclient").await;
-    tokio::time::sleep(ttl).await;
+    tokio::time::sleep(TTL).await;
     let theirs = fs.lookup(sub.ino, name("theirs")).await.expect("seen after the TTL");
     assert_eq!(theirs.size, 14);
 
@@ -206,7 +205,6 @@ async fn creating_into_a_new_directory_costs_no_failed_lookups() {
 async fn a_directorys_attributes_are_answered_within_the_ttl_with_this_nodes_changes() {
     let samba = samba!();
     let (_client, tree, dir, fs, trips) = counted_fs(samba, "dirattr").await;
-    let ttl = TTL;
     let sub = fs.mkdir(ROOT_INO, name("d")).await.unwrap();
 
     // What the kernel does for each file `cp -r` creates with default_permissions: GETATTR of the directory
@@ -231,7 +229,7 @@ async fn a_directorys_attributes_are_answered_within_the_ttl_with_this_nodes_cha
 
     // Another client's change shows once the TTL has passed: then the server is asked again.
     smbclient_put(samba, &format!("{dir}/d/theirs"), b"x").await;
-    tokio::time::sleep(ttl).await;
+    tokio::time::sleep(TTL).await;
     fs.getattr(sub.ino, None).await.unwrap();
     assert_eq!(trips.take(), [Command::Create], "expired: asked again");
     // Setting the directory's times forgets what was known.

@@ -65,10 +65,9 @@ pub fn loop_runtime() -> &'static tokio::runtime::Handle {
 pub struct Session {
     dev: AsyncFd<File>,
     fs: Arc<SmbFs>,
-    init: Mutex<Option<InitOut>>,
     /// Set once the kernel has taken our INIT reply (what it applies from it, the readahead among them, is
-    /// in place then).
-    initialised: AtomicBool,
+    /// in place then), or from the start for a connection taken over initialised.
+    init: Mutex<Option<InitOut>>,
     in_flight: AtomicUsize,
     idle: Notify,
     stop: Notify,
@@ -116,7 +115,6 @@ impl Session {
         let session = Arc::new(Session {
             dev,
             fs,
-            initialised: AtomicBool::new(init.is_some()),
             init: Mutex::new(init),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -146,7 +144,7 @@ impl Session {
 
     /// Whether the kernel has applied the INIT reply (or the connection was taken over initialised).
     pub fn is_initialised(&self) -> bool {
-        self.initialised.load(Ordering::SeqCst)
+        self.init().is_some()
     }
 
     /// Whether the kernel connection is gone (unmounted or aborted).
@@ -345,10 +343,9 @@ impl Session {
                     );
                 }
                 self.fs.record_init(out);
-                *self.init.lock().unwrap() = Some(out);
                 self.reply(h.unique, Ok(wire::init_out(&out, offer.minor).into()));
                 // The kernel applies the reply inside the write(2) that delivered it.
-                self.initialised.store(true, Ordering::SeqCst);
+                *self.init.lock().unwrap() = Some(out);
             }
             Err(e) => {
                 tracing::error!(major = offer.major, minor = offer.minor, "unsupported FUSE protocol version");
