@@ -253,8 +253,8 @@ async fn an_open_that_does_not_share_delete_gives_way_to_another_clients_delete_
         let removed = tb.remove_file(&path).await;
         let took = started.elapsed();
         let breaks = std::mem::take(&mut *handler.1.lock().unwrap());
-        assert_eq!(breaks.len(), 1, "one break of our handle caching: {breaks:?}");
-        assert_eq!(breaks[0].new & H, 0);
+        eprintln!("round {round}: delete took {took:?}; breaks {breaks:?}");
+        assert!(breaks.iter().any(|b| b.current & H != 0 && b.new & H == 0), "no break of handle caching: {breaks:?}");
         if close_on_break {
             removed.unwrap();
             assert!(took < std::time::Duration::from_secs(2), "the delete waited {took:?}");
