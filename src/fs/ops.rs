@@ -968,7 +968,8 @@ impl SmbFs {
     }
 
     /// The last close of a handle: the SMB handle closes after its queued writes (and before this returns,
-    /// unless another handle number or a request in flight still uses it).
+    /// unless another handle number or a request in flight still uses it), or lingers for `closetimeo` in a
+    /// form another node's `rm`/`mv` does not wait for (see `linger`).
     pub async fn release(&self, fh: u64) {
         self.appenders.lock().unwrap().remove(&fh);
         self.prefetched.forget(fh);
