@@ -109,6 +109,7 @@ mod tests {
             cache: CacheMode::Strict,
             byte_range_locks: true,
             mfsymlinks: false,
+            close_timeout: Duration::from_secs(1),
         };
         let m = Metadata {
             size: 5000,

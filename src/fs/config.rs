@@ -36,6 +36,9 @@ pub struct FsConfig {
     pub byte_range_locks: bool,
     /// Symlinks are created and shown as Minshall+French symlink files (`mfsymlinks`).
     pub mfsymlinks: bool,
+    /// How long an SMB handle stays open after the last release of its file while its lease caches reads and
+    /// handles, so a re-open needs no round trip (`closetimeo`; zero: closed at release). See `fs::linger`.
+    pub close_timeout: Duration,
 }
 
 impl Default for FsConfig {
@@ -51,6 +54,7 @@ impl Default for FsConfig {
             cache: CacheMode::Strict,
             byte_range_locks: true,
             mfsymlinks: false,
+            close_timeout: Duration::from_secs(1),
         }
     }
 }

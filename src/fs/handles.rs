@@ -43,6 +43,17 @@ impl OpenFile {
     pub fn file(&self) -> &smb::File {
         self.file.as_ref().expect("present until drop")
     }
+
+    /// Swaps the SMB handle for `file` (another open of the same file: a lingering handle, see `linger`);
+    /// returns the one it held.
+    pub fn replace_file(&mut self, file: smb::File) -> Option<smb::File> {
+        self.file.replace(file)
+    }
+
+    /// Takes the SMB handle out, to close it otherwise; the `OpenFile` then closes nothing when dropped.
+    pub fn take_file(&mut self) -> Option<smb::File> {
+        self.file.take()
+    }
 }
 
 impl OpenFile {
@@ -122,6 +133,13 @@ impl Handles {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         files.insert(fh, open);
         Some(fh)
+    }
+
+    /// A new handle number for `open`, an SMB handle taken back from lingering (see `linger`).
+    pub fn adopt(&self, open: Arc<OpenFile>) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files.lock().unwrap().insert(fh, open);
+        fh
     }
 
     /// Handle numbers continue from `next` (or above, if already there): a successor never reuses a number

@@ -11,6 +11,8 @@
 //!
 //! The state each lease is in (granted, then lowered by each break) is kept too: while it still caches reads
 //! and handles, a re-open of the file is served from the open SMB handle (`handles`) without a round trip.
+//! A break that takes read or handle caching away closes the file's lingering handle (`linger`) first: that is
+//! what lets another node's delete, rename or write through.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -19,6 +21,7 @@ use futures_util::future::BoxFuture;
 use smb3::wire::durable::lease_state;
 use smb3::{LeaseBreak, LeaseBreakHandler};
 
+use super::linger::Lingering;
 use super::writeback::WriteQueue;
 
 /// Drops what the kernel caches of an inode (its pages and attributes). Implemented by the FUSE layer with
@@ -42,6 +45,8 @@ type OpenLeases = HashMap<[u8; 16], Leased>;
 pub(crate) struct LeaseWatch {
     opens: Mutex<OpenLeases>,
     invalidator: Mutex<Option<Arc<dyn Invalidator>>>,
+    /// The lingering handles, closed by a break that loses read or handle caching.
+    lingering: Mutex<Option<std::sync::Weak<Lingering>>>,
 }
 
 impl LeaseWatch {
@@ -57,6 +62,24 @@ impl LeaseWatch {
     pub fn caches_reads_and_handles(&self, key: Option<[u8; 16]>) -> bool {
         let wanted = lease_state::READ_CACHING | lease_state::HANDLE_CACHING;
         key.and_then(|k| self.opens.lock().unwrap().get(&k).map(|l| l.state & wanted == wanted)).unwrap_or(false)
+    }
+
+    /// Lease `key` is now held by a new open (a lingering handle under the same key) granted `state`: the kept
+    /// state is lowered to it (never raised: a break that arrived meanwhile stays applied). Whether it still
+    /// caches reads and handles.
+    pub fn reopened(&self, key: [u8; 16], state: u32) -> bool {
+        let wanted = lease_state::READ_CACHING | lease_state::HANDLE_CACHING;
+        match self.opens.lock().unwrap().get_mut(&key) {
+            Some(l) => {
+                l.state &= state;
+                l.state & wanted == wanted
+            }
+            None => false,
+        }
+    }
+
+    pub fn set_lingering(&self, lingering: &Arc<Lingering>) {
+        *self.lingering.lock().unwrap() = Some(Arc::downgrade(lingering));
     }
 
     pub fn closed(&self, key: Option<[u8; 16]>) {
@@ -87,7 +110,17 @@ impl LeaseBreakHandler for LeaseWatch {
             (l.ino, l.queue.clone())
         });
         let invalidator = self.invalidator.lock().unwrap().clone();
+        let rh = lease_state::READ_CACHING | lease_state::HANDLE_CACHING;
+        let loses_read_or_handle = event.current & rh != 0 && event.new & rh != event.current & rh;
+        let lingering = self.lingering.lock().unwrap().as_ref().and_then(std::sync::Weak::upgrade);
         Box::pin(async move {
+            if loses_read_or_handle {
+                // Before the acknowledgment: the open the server holds back (a delete, a rename, a write) finds
+                // the handle closed.
+                if let Some(l) = lingering {
+                    l.close_lease(event.key).await;
+                }
+            }
             let Some((ino, queue)) = open else { return };
             if event.loses_write_caching() {
                 if let Some(q) = queue.upgrade() {

@@ -32,8 +32,9 @@
 //! - **Coherency across nodes**: every open asks for a read+write+handle lease; a break flushes write-behind
 //!   and drops the kernel's cached pages and attributes of the file before it is acknowledged (`lease`).
 //!   While the lease still caches reads and handles, a re-open of a file the node has open is served from
-//!   the open SMB handle without a round trip (`handles`); a release closes the SMB handle before it returns
-//!   when no other open uses it, so another node's `rm`/`mv` right after a close finds the file closed.
+//!   the open SMB handle without a round trip (`handles`). After the last release the SMB handle lingers for
+//!   `closetimeo` (`linger`) while that lease holds, reopened without FILE_SHARE_DELETE, so another node's
+//!   `rm`/`mv` right after a close conflicts, breaks the lease, finds the handle closed and goes through.
 //! - **Hard links** are made with FileLinkInformation where the server allows it; otherwise EPERM.
 //! - **Unlink of an open file**: the name disappears at once (lookups answer ENOENT) and the open handles keep
 //!   reading and writing until closed; every open is made with FILE_SHARE_DELETE, so the server's
@@ -53,6 +54,7 @@ mod handles;
 mod inodes;
 pub mod journal;
 mod lease;
+mod linger;
 mod locks;
 mod mfsymlink;
 mod ops;

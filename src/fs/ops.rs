@@ -26,6 +26,7 @@ use super::handles::{Handles, OpenFile};
 use super::inodes::{Inodes, ROOT_INO};
 use super::journal::{Journal, JournalError, Record, Snapshot};
 use super::lease::{Invalidator, LeaseWatch};
+use super::linger::Lingering;
 use super::locks::{Conflict, LockOwner, LockRequest, Locks};
 use super::mfsymlink;
 use super::prefetch::{ForgetOnBreak, Prefetched, PREFETCH_LEN};
@@ -165,6 +166,8 @@ pub struct SmbFs {
     dirattrs: Mutex<DirAttrs>,
     /// Data read with an open, for the handle's first read (see `prefetch`).
     prefetched: Arc<Prefetched>,
+    /// SMB handles kept open after their last release (`closetimeo`, see `linger`).
+    lingering: Arc<Lingering>,
 }
 
 /// Whether an I/O failed because the range is locked by another open (SMB locks are mandatory).
@@ -200,6 +203,9 @@ impl SmbFs {
         tree.set_lease_break_handler(leases.clone());
         let prefetched = Arc::new(Prefetched::new(cfg.attr_ttl));
         leases.set_invalidator(Arc::new(ForgetOnBreak { prefetched: prefetched.clone(), then: None }));
+        let watch = leases.clone();
+        let lingering = Arc::new(Lingering::new(rt.clone(), cfg.close_timeout, move |key| watch.closed(key)));
+        leases.set_lingering(&lingering);
         SmbFs {
             tree,
             handles: Handles::new(rt.clone()),
@@ -213,6 +219,7 @@ impl SmbFs {
             dircache: Mutex::new(DirCache::new(cfg.attr_ttl)),
             dirattrs: Mutex::new(DirAttrs::new(cfg.attr_ttl)),
             prefetched,
+            lingering,
             cfg,
             journal: None,
         }
@@ -352,11 +359,18 @@ impl SmbFs {
         self.record(Record::Init(init));
     }
 
-    /// Waits for every queued write of every open file (a graceful handover).
+    /// Waits for every queued write of every open file, and closes the lingering handles (a graceful handover:
+    /// the successor reopens the kernel's handles from the journal and knows nothing of them).
     pub async fn drain_writes(&self) {
         for q in self.handles.queues() {
             q.drain().await;
         }
+        self.lingering.close_all().await;
+    }
+
+    /// How many SMB handles linger after their last release (see `linger`).
+    pub fn lingering_handles(&self) -> usize {
+        self.lingering.count()
     }
 
     /// A graceful handover: the journal is synced and no longer written (the successor owns it).
@@ -397,8 +411,13 @@ impl SmbFs {
     /// A re-open served without a round trip: a handle number on an SMB handle of `ino` already open whose
     /// lease still caches reads and handles (no other node has written the file or wants it exclusively since:
     /// that would have broken the lease first), and that has the access `flags` need (see `handles`).
+    /// An SMB handle lingering after its last release serves the same way (see `linger`).
     fn reuse_open(&self, ino: u64, flags: i32) -> Option<u64> {
-        let fh = self.handles.share(ino, flags, |f| self.leases.caches_reads_and_handles(f.file().lease_key()))?;
+        let usable = |f: &OpenFile| self.leases.caches_reads_and_handles(f.file().lease_key());
+        let fh = match self.handles.share(ino, flags, usable) {
+            Some(fh) => fh,
+            None => self.handles.adopt(self.lingering.take_back(ino, flags, usable)?),
+        };
         self.note_append(fh, flags);
         Some(fh)
     }
@@ -727,6 +746,7 @@ impl SmbFs {
     async fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
         self.writable()?;
         let path = self.child(parent, name)?;
+        self.close_lingering_at(&path).await;
         let (result, op) = if dir {
             (self.tree.remove_dir(&path).await, "rmdir")
         } else {
@@ -755,6 +775,8 @@ impl SmbFs {
         let from = self.child(parent, name)?;
         let to = self.child(newparent, newname)?;
         let replace = flags & RENAME_NOREPLACE == 0;
+        self.close_lingering_at(&from).await;
+        self.close_lingering_at(&to).await;
         self.tree.rename(&from, &to, replace).await.map_err(|e| errno(&e, "rename", &from))?;
         {
             let mut known = self.dircache.lock().unwrap();
@@ -800,6 +822,8 @@ impl SmbFs {
             self.record(Record::FileOpened { fh, ino, flags });
             return Ok(fh);
         }
+        // A lingering handle that cannot serve this open (O_TRUNC, more access) must not stand in its way.
+        self.lingering.close_ino(ino).await;
         // A read-only open of a file no other handle of this node has open reads its first bytes with the
         // CREATE (see `prefetch`); any other open may change the file, so earlier opens' data is dropped.
         let reading_alone = OFlag::from_bits_truncate(flags) & (OFlag::O_ACCMODE | OFlag::O_TRUNC) == OFlag::O_RDONLY
@@ -855,6 +879,9 @@ impl SmbFs {
         self.writable()?;
         let path = self.child(parent, name)?;
         let opts = open_options(flags, false)?.write(true).create(true).create_new(flags & OFlag::O_EXCL.bits() != 0);
+        if flags & OFlag::O_TRUNC.bits() != 0 {
+            self.close_lingering_at(&path).await;
+        }
         let f = self.create_after_pending_delete(&path, opts).await.map_err(|e| errno(&e, "create", &path))?;
         self.dircache.lock().unwrap().added(&path);
         self.entry_changed(parent);
@@ -973,22 +1000,75 @@ impl SmbFs {
     }
 
     /// The last close of a handle: the SMB handle closes after its queued writes (and before this returns,
-    /// unless another handle number or a request in flight still uses it).
+    /// unless another handle number or a request in flight still uses it), or lingers for `closetimeo` in a
+    /// form another node's `rm`/`mv` does not wait for (see `linger`).
     pub async fn release(&self, fh: u64) {
         self.appenders.lock().unwrap().remove(&fh);
         self.prefetched.forget(fh);
         let f = self.handles.remove_file(fh);
         self.record(Record::Released { fh });
-        if let Some((f, shared)) = &f {
-            f.queue.drain().await;
-            // Its SMB locks and its lease go with the SMB handle, unless another handle number still uses it.
-            self.locks.release(f.ino, fh, *shared).await;
-            if !shared {
-                self.leases.closed(f.file().lease_key());
-            }
-        }
-        if let Some((f, _)) = f {
+        let Some((f, shared)) = f else { return };
+        f.queue.drain().await;
+        // Its SMB locks go with the handle number; its lease with the SMB handle, unless another handle number
+        // still uses it, or it lingers.
+        self.locks.release(f.ino, fh, shared).await;
+        if shared {
             OpenFile::close(f).await;
+        } else {
+            self.linger_or_close(f).await;
+        }
+    }
+
+    /// The last handle number of an SMB handle is released: the handle lingers for `closetimeo` when its lease
+    /// still caches reads and handles (see `linger`), else it closes (both before this returns). To linger,
+    /// the file is opened again without FILE_SHARE_DELETE under the same lease key, sent together with the
+    /// CLOSE of the released handle.
+    async fn linger_or_close(&self, f: Arc<OpenFile>) {
+        let key = f.file().lease_key();
+        let path = self.path(f.ino).ok();
+        let lingers = self.lingering.enabled() && self.leases.caches_reads_and_handles(key);
+        let (Some(key), Some(path), true) = (key, path, lingers) else {
+            self.leases.closed(key);
+            return OpenFile::close(f).await;
+        };
+        // A request still in flight on it: it closes when that lets go.
+        let mut open = match Arc::try_unwrap(f) {
+            Ok(open) => open,
+            Err(f) => {
+                self.leases.closed(Some(key));
+                return OpenFile::close(f).await;
+            }
+        };
+        let flags = open.flags & !(OFlag::O_TRUNC | OFlag::O_CREAT | OFlag::O_EXCL).bits();
+        let Ok(opts) = open_options(flags, self.cfg.read_only) else {
+            self.leases.closed(Some(key));
+            return;
+        };
+        let released = open.take_file().expect("an open SMB handle");
+        let (again, closed) =
+            tokio::join!(self.tree.open(&path, opts.share_delete(false).lease_key(key)), released.close());
+        if let Err(e) = closed {
+            tracing::warn!(path = %format!("/{path}"), error = %e, "closing SMB handle failed");
+        }
+        match again {
+            Ok(file) if file.lease_key() == Some(key) && self.leases.reopened(key, file.granted_lease()) => {
+                open.replace_file(file);
+                self.lingering.keep(Arc::new(open), path).await;
+                // A break that came before the handle was kept found nothing to close: close it now.
+                if !self.leases.caches_reads_and_handles(Some(key)) {
+                    self.lingering.close_lease(key).await;
+                }
+            }
+            Ok(file) => {
+                self.leases.closed(Some(key));
+                if let Err(e) = file.close().await {
+                    tracing::warn!(path = %format!("/{path}"), error = %e, "closing SMB handle failed");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(path = %format!("/{path}"), error = %e, "no lingering handle: reopening failed");
+                self.leases.closed(Some(key));
+            }
         }
     }
 
@@ -1159,6 +1239,12 @@ impl SmbFs {
     /// Drops every open file (the kernel connection is gone); the SMB handles close on the runtime.
     pub fn close_all(&self) {
         self.handles.close_all();
+        self.lingering.drop_all();
+    }
+
+    /// Closes the lingering handles at `path` or below, before this node changes what is there.
+    async fn close_lingering_at(&self, path: &str) {
+        self.lingering.close_at_or_below(path).await;
     }
 }
 

@@ -35,6 +35,10 @@ pub struct MountOptions {
     pub seal: bool,
     /// How long attributes and directory entries are cached (`actimeo`, seconds; default 1).
     pub actimeo: Duration,
+    /// `closetimeo=N` (seconds, default 1; 0 disables): how long an SMB handle whose lease still caches reads
+    /// and handles stays open after the last close of the file, so a re-open needs no round trip (cifs'
+    /// deferred close).
+    pub closetimeo: Duration,
     pub cache: CacheMode,
     /// Do not share the SMB connection with other volumes of the same server and user.
     pub nosharesock: bool,
@@ -113,6 +117,7 @@ impl Default for MountOptions {
             min_vers: None,
             seal: false,
             actimeo: Duration::from_secs(1),
+            closetimeo: Duration::from_secs(1),
             cache: CacheMode::Strict,
             nosharesock: false,
             extra_gid_rw: false,
@@ -307,6 +312,10 @@ impl MountOptions {
                     let secs = need()?.parse::<u64>().ok().filter(|s| *s <= 86_400 * 365);
                     opts.actimeo = Duration::from_secs(secs.ok_or_else(|| invalid("expected whole seconds"))?);
                 }
+                "closetimeo" => {
+                    let secs = need()?.parse::<u64>().ok().filter(|s| *s <= 86_400 * 365);
+                    opts.closetimeo = Duration::from_secs(secs.ok_or_else(|| invalid("expected whole seconds"))?);
+                }
                 "cache" => {
                     opts.cache = match need()?.to_ascii_lowercase().as_str() {
                         "strict" => CacheMode::Strict,
@@ -455,6 +464,7 @@ impl From<&MountOptions> for FsConfig {
             cache: o.cache,
             byte_range_locks: !o.nobrl,
             mfsymlinks: o.mfsymlinks,
+            close_timeout: o.closetimeo,
         }
     }
 }
@@ -550,6 +560,7 @@ mod tests {
             "vers=3.0",
             "seal",
             "actimeo=30",
+            "closetimeo=5",
             "cache=loose",
             "nosharesock",
         ])
@@ -560,7 +571,11 @@ mod tests {
         assert_eq!(o.port, Some(4450));
         assert_eq!((o.min_vers, o.vers), (Some(Dialect::Smb300), Some(Dialect::Smb300)));
         assert_eq!(o.actimeo, Duration::from_secs(30));
-        assert_eq!(o.cache, CacheMode::Loose);
+        assert_eq!(o.closetimeo, Duration::from_secs(5));
+        assert_eq!(FsConfig::from(&o).close_timeout, Duration::from_secs(5));
+        assert_eq!(parse(&["closetimeo=0"]).unwrap().0.closetimeo, Duration::ZERO, "0 disables deferred close");
+        assert_eq!(MountOptions::default().closetimeo, Duration::from_secs(1));
+        assert_eq!(FsConfig::default().close_timeout, Duration::from_secs(1));
         let c = o.client_options(&ClientOptions { encryption: EncryptionPolicy::Off, ..Default::default() });
         assert_eq!(
             (c.min_dialect, c.max_dialect, c.encryption),
@@ -620,6 +635,10 @@ mod tests {
             ("vers=4", "vers"),
             ("actimeo=-1", "actimeo"),
             ("actimeo=1.5", "actimeo"),
+            ("closetimeo=-1", "closetimeo"),
+            ("closetimeo=0.5", "closetimeo"),
+            ("closetimeo=", "closetimeo"),
+            ("closetimeo", "closetimeo"),
             ("cache=always", "cache"),
             ("ro=1", "ro"),
             ("seal=yes", "seal"),

@@ -487,3 +487,258 @@ async fn symlinks_on_the_servers_disk_show_as_their_targets() {
     // Samba refuses to delete a link it follows: removed on the disk.
     std::fs::remove_dir_all(&disk).unwrap();
 }
+
+/// Counts a client's CREATE and CLOSE round trips.
+#[derive(Default)]
+struct OpensAndCloses {
+    creates: std::sync::atomic::AtomicU64,
+    closes: std::sync::atomic::AtomicU64,
+}
+
+impl smb3::Observer for OpensAndCloses {
+    fn round_trip(&self, command: smb3::wire::Command, _elapsed: Duration) {
+        use std::sync::atomic::Ordering::SeqCst;
+        match command {
+            smb3::wire::Command::Create => self.creates.fetch_add(1, SeqCst),
+            smb3::wire::Command::Close => self.closes.fetch_add(1, SeqCst),
+            _ => 0,
+        };
+    }
+}
+
+impl OpensAndCloses {
+    fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.creates.load(SeqCst), self.closes.load(SeqCst))
+    }
+}
+
+/// The files Samba has open under `dir` (`smbstatus -L`), one line each.
+fn open_on_server(samba: &Samba, dir: &str) -> Vec<String> {
+    let out =
+        std::process::Command::new("smbstatus").arg("-s").arg(samba.conf_path()).arg("-L").output().expect("smbstatus");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(dir)).map(str::to_string).collect()
+}
+
+/// Waits up to `secs` for `done`.
+async fn within(secs: u64, done: impl Fn() -> bool) -> bool {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while !done() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done()
+}
+
+/// Creates `n` under directory `parent` on a node, writes `data` and releases it; returns its inode.
+async fn write_and_release(fs: &SmbFs, parent: u64, n: &str, data: &[u8]) -> u64 {
+    let (attr, fh) = fs.create(parent, name(n), CREATE_RW | OFlag::O_TRUNC.bits()).await.unwrap();
+    fs.write(fh, 0, data.to_vec()).await.unwrap().complete().await;
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await;
+    attr.ino
+}
+
+/// Deferred close: after the last release the SMB handle lingers (the server still has the file open), a
+/// re-open within closetimeo makes no CREATE and reads the data, and the handle closes by itself once
+/// closetimeo has passed (a CLOSE, nothing open on the server); the next open goes to the server again.
+/// closetimeo=0: every re-open goes to the server, and nothing stays open after a release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_last_release_a_reopen_within_closetimeo_makes_no_round_trip() {
+    let samba = samba!();
+    let counts = std::sync::Arc::new(OpensAndCloses::default());
+    let n = two_nodes_observed(samba, "linger", FsConfig::default(), smb3::ObserverHandle::new(counts.clone())).await;
+    let ino = write_and_release(&n.a, ROOT_INO, "f", b"lingering").await;
+    assert_eq!(n.a.lingering_handles(), 1);
+    let lingering_on_server = || open_on_server(samba, &n.dir).len() == 1;
+    assert!(within(3, lingering_on_server).await, "the lingering handle is not open on the server");
+    for _ in 0..3 {
+        let before = counts.counts();
+        let started = Instant::now();
+        let fh = n.a.open(ino, OFlag::O_RDONLY.bits()).await.unwrap();
+        let reopen = started.elapsed();
+        assert_eq!(counts.counts().0, before.0, "a re-open within closetimeo went to the server");
+        assert_eq!(n.a.read(fh, 0, 100).await.unwrap(), &b"lingering"[..]);
+        let started = Instant::now();
+        n.a.release(fh).await;
+        eprintln!("re-open from the lingering handle: {reopen:?}; release (CREATE + CLOSE): {:?}", started.elapsed());
+        assert_eq!(n.a.lingering_handles(), 1);
+    }
+    // closetimeo (1 s) passes: the handle closes by itself.
+    let closes = counts.counts().1;
+    assert!(within(3, || n.a.lingering_handles() == 0).await, "the lingering handle outlived closetimeo");
+    assert!(within(1, || counts.counts().1 > closes).await, "no CLOSE after closetimeo");
+    assert!(open_on_server(samba, &n.dir).is_empty(), "{:?}", open_on_server(samba, &n.dir));
+    let before = counts.counts().0;
+    let fh = n.a.open(ino, OFlag::O_RDONLY.bits()).await.unwrap();
+    assert_eq!(counts.counts().0, before + 1, "after closetimeo a re-open goes to the server");
+    n.a.release(fh).await;
+    n.a.close_all();
+
+    // closetimeo=0: today's behaviour.
+    let counts = std::sync::Arc::new(OpensAndCloses::default());
+    let cfg = FsConfig { close_timeout: Duration::ZERO, ..FsConfig::default() };
+    let m = two_nodes_observed(samba, "nolinger", cfg, smb3::ObserverHandle::new(counts.clone())).await;
+    let ino = write_and_release(&m.a, ROOT_INO, "f", b"closed").await;
+    assert_eq!(m.a.lingering_handles(), 0);
+    assert!(open_on_server(samba, &m.dir).is_empty(), "closetimeo=0 keeps nothing open");
+    for _ in 0..2 {
+        let before = counts.counts().0;
+        let fh = m.a.open(ino, OFlag::O_RDONLY.bits()).await.unwrap();
+        assert_eq!(counts.counts().0, before + 1, "closetimeo=0: every re-open goes to the server");
+        assert_eq!(m.a.read(fh, 0, 100).await.unwrap(), &b"closed"[..]);
+        m.a.release(fh).await;
+    }
+    n.tree.remove_tree(&n.dir).await.unwrap();
+    m.tree.remove_tree(&m.dir).await.unwrap();
+}
+
+/// Another node's `rm` and `mv` right after this node's last release: the lingering handle shares no delete,
+/// so the server breaks its lease, it closes, and the rm or mv goes through at once; the name is gone for
+/// both nodes and for smbclient, and the other node can remove the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_nodes_rm_and_mv_right_after_the_last_release_go_through() {
+    let samba = samba!();
+    let n = two_nodes(samba, "lingerrm", FsConfig::default()).await;
+    for (round, op) in ["rm", "mv"].into_iter().enumerate() {
+        let sub = format!("sub{round}");
+        let dir_a = n.a.mkdir(ROOT_INO, name(&sub)).await.unwrap().ino;
+        write_and_release(&n.a, dir_a, "f", b"data").await;
+        assert_eq!(n.a.lingering_handles(), 1);
+        let dir_b = n.b.lookup(ROOT_INO, name(&sub)).await.unwrap().ino;
+        n.b.lookup(dir_b, name("f")).await.unwrap();
+        let started = Instant::now();
+        match op {
+            "rm" => n.b.unlink(dir_b, name("f")).await.unwrap(),
+            _ => n.b.rename(dir_b, name("f"), ROOT_INO, name("moved"), 0).await.unwrap(),
+        }
+        let took = started.elapsed();
+        eprintln!("another node's {op} right after the last release: {took:?}");
+        assert!(took < Duration::from_millis(1500), "{op} waited {took:?}");
+        assert_eq!(n.a.lingering_handles(), 0, "the break closed the lingering handle");
+        assert_eq!(n.a.lookup(dir_a, name("f")).await.map(|_| ()), Err(Errno::ENOENT));
+        assert_eq!(n.b.lookup(dir_b, name("f")).await.map(|_| ()), Err(Errno::ENOENT));
+        let listing = samba.smbclient(&format!("ls {}/{sub}/*", n.dir)).unwrap_or_default();
+        assert!(!listing.contains(" f "), "smbclient still lists f: {listing}");
+        n.b.rmdir(ROOT_INO, name(&sub)).await.unwrap();
+        if op == "mv" {
+            let moved = n.a.lookup(ROOT_INO, name("moved")).await.unwrap();
+            let fh = n.a.open(moved.ino, OFlag::O_RDONLY.bits()).await.unwrap();
+            assert_eq!(n.a.read(fh, 0, 10).await.unwrap(), &b"data"[..]);
+            n.a.release(fh).await;
+        }
+    }
+    // A file created again under a removed name: no STATUS_DELETE_PENDING in the way.
+    write_and_release(&n.a, ROOT_INO, "again", b"1").await;
+    n.b.unlink(ROOT_INO, name("again")).await.unwrap();
+    let started = Instant::now();
+    write_and_release(&n.b, ROOT_INO, "again", b"2").await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    n.a.close_all();
+    n.b.close_all();
+    n.tree.remove_tree(&n.dir).await.unwrap();
+}
+
+/// This node's own unlink, rename and rmdir right after its last release work at once (the lingering handle is
+/// closed first), and so does a truncating open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_own_unlink_rename_rmdir_and_truncate_after_release_work_at_once() {
+    let samba = samba!();
+    let n = two_nodes(samba, "lingerown", FsConfig::default()).await;
+    let sub = n.a.mkdir(ROOT_INO, name("sub")).await.unwrap().ino;
+    write_and_release(&n.a, sub, "f", b"x").await;
+    n.a.unlink(sub, name("f")).await.unwrap();
+    write_and_release(&n.a, sub, "g", b"y").await;
+    n.a.rename(sub, name("g"), sub, name("h"), 0).await.unwrap();
+    assert_eq!(n.a.lingering_handles(), 0);
+    let h = write_and_release(&n.a, sub, "h2", b"zz").await;
+    let fh = n.a.open(h, OFlag::O_RDWR.bits() | OFlag::O_TRUNC.bits()).await.unwrap();
+    assert_eq!(n.a.getattr(h, Some(fh)).await.unwrap().size, 0, "O_TRUNC reached the server");
+    n.a.release(fh).await;
+    // The directory, with lingering handles of files in it: renamed, then emptied and removed.
+    write_and_release(&n.a, sub, "k", b"k").await;
+    n.a.rename(ROOT_INO, name("sub"), ROOT_INO, name("sub2"), 0).await.unwrap();
+    let sub2 = n.a.lookup(ROOT_INO, name("sub2")).await.unwrap().ino;
+    for f in ["h", "h2", "k"] {
+        n.a.unlink(sub2, name(f)).await.unwrap();
+    }
+    n.a.rmdir(ROOT_INO, name("sub2")).await.unwrap();
+    assert!(open_on_server(samba, &n.dir).is_empty());
+    n.tree.remove_tree(&n.dir).await.unwrap();
+}
+
+/// Another node writes after this node's release: the write breaks the lingering handle's read caching, the
+/// break closes it, and this node's re-open goes to the server and reads the new data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_nodes_write_after_the_release_is_what_a_reopen_reads() {
+    let samba = samba!();
+    let counts = std::sync::Arc::new(OpensAndCloses::default());
+    let n = two_nodes_observed(samba, "lingerwr", FsConfig::default(), smb3::ObserverHandle::new(counts.clone())).await;
+    let ino = write_and_release(&n.a, ROOT_INO, "f", b"old").await;
+    assert_eq!(n.a.lingering_handles(), 1);
+    let fb = open(&n.b, "f").await;
+    n.b.write(fb.1, 0, b"new".to_vec()).await.unwrap().complete().await;
+    n.b.release(fb.1).await;
+    // The server tells of the write with a break that needs no answer: it may arrive after B's write returns.
+    assert!(within(5, || n.a.lingering_handles() == 0).await, "B's write did not close A's lingering handle");
+    let before = counts.counts().0;
+    let fh = n.a.open(ino, OFlag::O_RDONLY.bits()).await.unwrap();
+    assert_eq!(counts.counts().0, before + 1, "the re-open after the break went to the server");
+    assert_eq!(n.a.read(fh, 0, 10).await.unwrap(), &b"new"[..]);
+    n.a.release(fh).await;
+    n.a.close_all();
+    n.b.close_all();
+    n.tree.remove_tree(&n.dir).await.unwrap();
+}
+
+/// Unmount (close_all) leaves nothing open on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmount_closes_the_lingering_handles() {
+    let samba = samba!();
+    let cfg = FsConfig { close_timeout: Duration::from_secs(60), ..FsConfig::default() };
+    let n = two_nodes(samba, "lingerumount", cfg).await;
+    for f in ["a", "b", "c"] {
+        write_and_release(&n.a, ROOT_INO, f, b"data").await;
+    }
+    assert_eq!(n.a.lingering_handles(), 3);
+    // smbstatus reads Samba's share-mode database, which another test's opens may hold up for a moment.
+    assert!(within(3, || open_on_server(samba, &n.dir).len() == 3).await, "{:?}", open_on_server(samba, &n.dir));
+    n.a.close_all();
+    assert_eq!(n.a.lingering_handles(), 0);
+    assert!(within(3, || open_on_server(samba, &n.dir).is_empty()).await, "{:?}", open_on_server(samba, &n.dir));
+    n.tree.remove_tree(&n.dir).await.unwrap();
+}
+
+/// A graceful handover: the predecessor closes its lingering handles (they are not kernel handles and not in
+/// the journal), the successor reopens only the kernel's open files; nothing leaks and nothing closes twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_closes_the_lingering_handles_and_the_successor_reopens_only_kernel_handles() {
+    let samba = samba!();
+    let n = two_nodes(samba, "lingerhandover", FsConfig::default()).await;
+    let state = tempfile::tempdir().unwrap();
+    let (_c1, t1) = connect(samba).await;
+    let old = SmbFs::with_journal(t1, &n.dir, FsConfig::default(), Handle::current(), state.path()).unwrap();
+    let (attr, kept) = old.create(ROOT_INO, name("kept"), CREATE_RW).await.unwrap();
+    old.write(kept, 0, b"kept".to_vec()).await.unwrap().complete().await;
+    write_and_release(&old, ROOT_INO, "released", b"r").await;
+    assert_eq!(old.lingering_handles(), 1);
+    assert!(within(3, || open_on_server(samba, &n.dir).len() == 2).await, "{:?}", open_on_server(samba, &n.dir));
+    old.drain_writes().await;
+    assert_eq!(old.lingering_handles(), 0);
+    let open = open_on_server(samba, &n.dir);
+    assert!(open.len() == 1 && open[0].contains("kept"), "{open:?}");
+    old.close_journal().unwrap();
+    old.close_all();
+    assert!(within(3, || open_on_server(samba, &n.dir).is_empty()).await, "{:?}", open_on_server(samba, &n.dir));
+    let (_c2, t2) = connect(samba).await;
+    let (new, _) = SmbFs::restore(t2, &n.dir, FsConfig::default(), Handle::current(), state.path()).await.unwrap();
+    assert_eq!(new.lingering_handles(), 0);
+    let open = open_on_server(samba, &n.dir);
+    assert!(open.len() == 1 && open[0].contains("kept"), "{open:?}");
+    assert_eq!(new.read(kept, 0, 10).await.unwrap(), &b"kept"[..]);
+    new.release(kept).await;
+    assert_eq!(new.lingering_handles(), 1, "the successor's own releases linger");
+    let _ = attr;
+    new.close_all();
+    assert!(within(3, || open_on_server(samba, &n.dir).is_empty()).await, "{:?}", open_on_server(samba, &n.dir));
+    n.tree.remove_tree(&n.dir).await.unwrap();
+}

@@ -196,3 +196,77 @@ async fn flipped_byte_in_signed_response_is_an_integrity_error() {
     let e = tree.stat("").await.unwrap_err();
     assert!(matches!(e, Error::Integrity(_) | Error::Crypto(_)), "expected an integrity error, got {e}");
 }
+
+/// Closes an open when its lease loses handle caching (a lingering handle of the filesystem, in miniature).
+struct CloseOnHandleBreak(std::sync::Mutex<Option<smb3::File>>, std::sync::Mutex<Vec<smb3::LeaseBreak>>);
+
+impl smb3::LeaseBreakHandler for CloseOnHandleBreak {
+    fn lease_breaking(&self, event: smb3::LeaseBreak) -> futures_util::future::BoxFuture<'static, ()> {
+        use smb3::wire::durable::lease_state::HANDLE_CACHING as H;
+        let loses_handle = event.current & H != 0 && event.new & H == 0;
+        self.1.lock().unwrap().push(event);
+        let f = if loses_handle { self.0.lock().unwrap().take() } else { None };
+        Box::pin(async move {
+            if let Some(f) = f {
+                f.close().await.unwrap();
+            }
+        })
+    }
+}
+
+/// What deferred close rests on (Samba 4.17): an open without FILE_SHARE_DELETE, made under the lease key of
+/// an open of the same file, shares its lease (no break, the first open can close); another client's delete
+/// of the file then conflicts on share mode, the server breaks our handle caching and holds the delete until
+/// we answer, and when we close on that break the delete goes through: the name is gone for everyone.
+/// Without the close, the delete fails (sharing violation) instead of leaving a delete-pending name behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_that_does_not_share_delete_gives_way_to_another_clients_delete_on_a_handle_break() {
+    use smb3::wire::durable::lease_state::{HANDLE_CACHING as H, READ_CACHING as R};
+    let samba = samba!(SambaProfile::EncryptRequired);
+    let (_ca, ta) = connect(samba).await;
+    let (_cb, tb) = connect(samba).await;
+    let dir = format!("noshare-{}", rand::thread_rng().next_u32());
+    ta.mkdir_all(&dir).await.unwrap();
+    let handler = Arc::new(CloseOnHandleBreak(Default::default(), Default::default()));
+    ta.set_lease_break_handler(handler.clone());
+    for round in 0..2 {
+        let path = format!("{dir}/f{round}");
+        ta.write_whole_file(&path, b"data", smb3::WholeFile::CreateNew).await.unwrap();
+        let first = ta.open(&path, OpenOptions::new().read(true)).await.unwrap();
+        let key = first.lease_key().expect("a leased open");
+        assert_eq!(first.granted_lease() & (R | H), R | H);
+        let opts = OpenOptions::new().read(true).share_delete(false).lease_key(key);
+        let (second, closed) = tokio::join!(ta.open(&path, opts), first.close());
+        let second = second.unwrap();
+        closed.unwrap();
+        assert_eq!(second.lease_key(), Some(key));
+        assert_eq!(second.granted_lease() & (R | H), R | H, "the second open shares the lease");
+        assert!(handler.1.lock().unwrap().is_empty(), "no break for an open under the same lease key");
+        let close_on_break = round == 0;
+        let kept = if close_on_break {
+            *handler.0.lock().unwrap() = Some(second);
+            None
+        } else {
+            Some(second)
+        };
+        let started = std::time::Instant::now();
+        let removed = tb.remove_file(&path).await;
+        let took = started.elapsed();
+        let breaks = std::mem::take(&mut *handler.1.lock().unwrap());
+        eprintln!("round {round}: delete took {took:?}; breaks {breaks:?}");
+        assert!(breaks.iter().any(|b| b.current & H != 0 && b.new & H == 0), "no break of handle caching: {breaks:?}");
+        if close_on_break {
+            removed.unwrap();
+            assert!(took < std::time::Duration::from_secs(2), "the delete waited {took:?}");
+            assert!(tb.stat(&path).await.is_err() && ta.stat(&path).await.is_err());
+            let listing = samba.smbclient(&format!("ls {dir}/*")).unwrap_or_default();
+            assert!(!listing.contains(&format!("f{round}")), "smbclient still lists it: {listing}");
+        } else {
+            let e = removed.unwrap_err();
+            assert_eq!(e.status(), Some(NtStatus::SHARING_VIOLATION), "{e}");
+            kept.unwrap().close().await.unwrap();
+            tb.remove_file(&path).await.unwrap();
+        }
+    }
+    tb.remove_dir(&dir).await.unwrap();
+}

@@ -48,6 +48,10 @@ pub struct OpenOptions {
     truncate: bool,
     directory: bool,
     delete: bool,
+    /// Leave FILE_SHARE_DELETE out of the share mode (see [`OpenOptions::share_delete`]).
+    deny_delete: bool,
+    /// The lease key to open under instead of a new one (see [`OpenOptions::lease_key`]).
+    lease_key: Option<[u8; 16]>,
     /// File attributes for a newly created file (0 = server default).
     pub attributes: u32,
 }
@@ -93,6 +97,32 @@ impl OpenOptions {
     pub fn dir(mut self, v: bool) -> Self {
         self.directory = v;
         self
+    }
+    /// Whether other opens may delete or rename the file while this one is open (FILE_SHARE_DELETE; on by
+    /// default, as for every open of this crate). Off, another client's delete or rename open conflicts on
+    /// share mode: a server breaks this open's handle-caching lease first and waits for the answer
+    /// (MS-SMB2 3.3.5.9.8; Samba does), so a client that closes the open on that break lets it through.
+    pub fn share_delete(mut self, v: bool) -> Self {
+        self.deny_delete = !v;
+        self
+    }
+    /// Open under lease `key` (one an open of the same file already holds) rather than a new key: the new
+    /// open shares that lease (MS-SMB2 3.3.5.9.11), so it breaks nothing of it and keeps it alive when the
+    /// other open closes. Only for durable opens (SMB 3.x files); ignored otherwise.
+    pub fn lease_key(mut self, key: [u8; 16]) -> Self {
+        self.lease_key = Some(key);
+        self
+    }
+
+    /// The share mode (`share_access::*`): read and write always, delete unless [`OpenOptions::share_delete`]
+    /// turned it off.
+    pub(crate) fn share_access(&self) -> u32 {
+        let all = share_access::READ | share_access::WRITE | share_access::DELETE;
+        if self.deny_delete {
+            all & !share_access::DELETE
+        } else {
+            all
+        }
     }
 
     pub(crate) fn access(&self) -> u32 {
@@ -196,6 +226,53 @@ fn random_guid() -> [u8; 16] {
     g
 }
 
+/// The CREATE of an open made with `params` under `lease_key`, with `contexts`.
+fn create_request(
+    params: &OpenParams,
+    lease_key: Option<[u8; 16]>,
+    path: &str,
+    disposition: u32,
+    contexts: Vec<CreateContext>,
+) -> CreateRequest {
+    let leased = lease_key.is_some() && !contexts.is_empty();
+    CreateRequest {
+        oplock_level: if leased { create::OPLOCK_LEVEL_LEASE } else { create::OPLOCK_LEVEL_NONE },
+        impersonation_level: create::IMPERSONATION_IMPERSONATION,
+        desired_access: params.access,
+        file_attributes: params.attributes,
+        share_access: params.share,
+        create_disposition: disposition,
+        create_options: params.options,
+        name: smb_path(path),
+        contexts,
+    }
+}
+
+/// DH2Q and RqLs for a new durable open under `create_guid`.
+fn durable_contexts(params: &OpenParams, lease_key: Option<[u8; 16]>, create_guid: [u8; 16]) -> Vec<CreateContext> {
+    match lease_key {
+        Some(key) if params.durable => vec![
+            DurableRequestV2 { timeout_ms: DURABLE_TIMEOUT_MS, flags: 0, create_guid }.context(),
+            LeaseV2 { key, state: LEASE_STATE, flags: 0, parent_key: [0; 16], epoch: 0 }.context(),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+impl OpenParams {
+    /// How `opts` opens a file; `durable` on SMB 3.x for anything but a directory.
+    fn of(opts: &OpenOptions, durable: bool) -> OpenParams {
+        OpenParams {
+            access: opts.access(),
+            share: opts.share_access(),
+            disposition: opts.disposition(),
+            options: opts.create_options(),
+            attributes: opts.attributes,
+            durable,
+        }
+    }
+}
+
 impl OpenInner {
     /// The file id for requests on a tree binding of `generation`.
     fn id_for(&self, generation: u64) -> Result<FileId> {
@@ -227,29 +304,12 @@ impl OpenInner {
     }
 
     fn create_request(&self, disposition: u32, contexts: Vec<CreateContext>) -> CreateRequest {
-        let leased = self.lease_key.is_some() && !contexts.is_empty();
-        CreateRequest {
-            oplock_level: if leased { create::OPLOCK_LEVEL_LEASE } else { create::OPLOCK_LEVEL_NONE },
-            impersonation_level: create::IMPERSONATION_IMPERSONATION,
-            desired_access: self.params.access,
-            file_attributes: self.params.attributes,
-            share_access: self.params.share,
-            create_disposition: disposition,
-            create_options: self.params.options,
-            name: smb_path(&self.path),
-            contexts,
-        }
+        create_request(&self.params, self.lease_key, &self.path, disposition, contexts)
     }
 
     /// DH2Q and RqLs for a new durable open under `create_guid`.
     fn durable_contexts(&self, create_guid: [u8; 16]) -> Vec<CreateContext> {
-        match self.lease_key {
-            Some(key) if self.params.durable => vec![
-                DurableRequestV2 { timeout_ms: DURABLE_TIMEOUT_MS, flags: 0, create_guid }.context(),
-                LeaseV2 { key, state: LEASE_STATE, flags: 0, parent_key: [0; 16], epoch: 0 }.context(),
-            ],
-            _ => Vec::new(),
-        }
+        durable_contexts(&self.params, self.lease_key, create_guid)
     }
 
     /// Whether the server made this open durable and it is not lost.
@@ -414,15 +474,8 @@ impl File {
         let inner = OpenInner {
             tree: tree.clone(),
             path: path.to_string(),
-            params: OpenParams {
-                access: opts.access(),
-                share: share_access::READ | share_access::WRITE | share_access::DELETE,
-                disposition: opts.disposition(),
-                options: opts.create_options(),
-                attributes: opts.attributes,
-                durable,
-            },
-            lease_key: durable.then(random_guid),
+            params: OpenParams::of(&opts, durable),
+            lease_key: durable.then(|| opts.lease_key.unwrap_or_else(random_guid)),
             binding: Mutex::new(OpenBinding {
                 id: FileId::ANY,
                 generation: 0,
@@ -938,5 +991,51 @@ impl Drop for File {
                 let _ = tree.session.request(out, tree.encrypt).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::header::Header;
+
+    /// The CREATE an open with `opts` sends (durable, with a lease), encoded and decoded again.
+    fn sent(opts: OpenOptions) -> CreateRequest {
+        let params = OpenParams::of(&opts, true);
+        let key = opts.lease_key.unwrap_or([9; 16]);
+        let contexts = durable_contexts(&params, Some(key), [5; 16]);
+        let req = create_request(&params, Some(key), "d/f", disposition::OPEN, contexts);
+        let mut msg = Vec::new();
+        Header::new(Command::Create).encode(&mut msg);
+        req.encode(&mut msg);
+        CreateRequest::decode(&msg).unwrap()
+    }
+
+    #[test]
+    fn every_open_shares_delete_unless_told_not_to() {
+        let all = share_access::READ | share_access::WRITE | share_access::DELETE;
+        assert_eq!(sent(OpenOptions::new().read(true)).share_access, all);
+        assert_eq!(sent(OpenOptions::new().read(true).share_delete(true)).share_access, all);
+        let denying = sent(OpenOptions::new().read(true).write(true).share_delete(false));
+        assert_eq!(denying.share_access, share_access::READ | share_access::WRITE);
+        // The rest of the request is as without it.
+        let plain = sent(OpenOptions::new().read(true).write(true));
+        assert_eq!(denying.desired_access, plain.desired_access);
+        assert_eq!(denying.create_options, plain.create_options);
+        assert_eq!(denying.oplock_level, create::OPLOCK_LEVEL_LEASE);
+    }
+
+    #[test]
+    fn an_open_under_a_given_lease_key_asks_for_that_lease() {
+        let key = [0x42; 16];
+        let req = sent(OpenOptions::new().read(true).share_delete(false).lease_key(key));
+        let lease = req.contexts.iter().find(|c| c.name == b"RqLs").expect("a lease context");
+        let lease = LeaseV2::decode(&lease.data).unwrap();
+        assert_eq!(lease.key, key);
+        assert_eq!(lease.state, LEASE_STATE);
+        let durable = req.contexts.iter().find(|c| c.name == b"DH2Q").expect("a durable context");
+        assert_eq!(DurableRequestV2::decode(&durable.data).unwrap().create_guid, [5; 16]);
+        // Without one, the lease key is the open's own.
+        assert_eq!(OpenOptions::new().lease_key, None);
     }
 }
