@@ -44,19 +44,6 @@ impl OpenFile {
         self.file.as_ref().expect("present until drop")
     }
 
-    /// Swaps the SMB handle for `file` (another open of the same file: a lingering handle, see `linger`);
-    /// returns the one it held.
-    pub fn replace_file(&mut self, file: smb::File) -> Option<smb::File> {
-        self.file.replace(file)
-    }
-
-    /// Takes the SMB handle out, to close it otherwise; the `OpenFile` then closes nothing when dropped.
-    pub fn take_file(&mut self) -> Option<smb::File> {
-        self.file.take()
-    }
-}
-
-impl OpenFile {
     /// Closes the SMB handle now and waits for the server's answer when `open` is its last reference, so that
     /// what follows a close(2) (another node's `rm`, `mv`, or the `rmdir` of the directory) finds the file
     /// closed on the server; with requests still in flight on it, it closes when the last one lets go.

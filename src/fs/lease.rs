@@ -64,9 +64,9 @@ impl LeaseWatch {
         key.and_then(|k| self.opens.lock().unwrap().get(&k).map(|l| l.state & wanted == wanted)).unwrap_or(false)
     }
 
-    /// Lease `key` is now held by a new open (a lingering handle under the same key) granted `state`: the kept
-    /// state is lowered to it (never raised: a break that arrived meanwhile stays applied). Whether it still
-    /// caches reads and handles.
+    /// Lease `key` is now held by one more open (a lingering handle's guard, under the same key) granted
+    /// `state`: the kept state is lowered to it (never raised: a break that arrived meanwhile stays applied).
+    /// Whether it still caches reads and handles.
     pub fn reopened(&self, key: [u8; 16], state: u32) -> bool {
         let wanted = lease_state::READ_CACHING | lease_state::HANDLE_CACHING;
         match self.opens.lock().unwrap().get_mut(&key) {

@@ -33,8 +33,8 @@
 //!   and drops the kernel's cached pages and attributes of the file before it is acknowledged (`lease`).
 //!   While the lease still caches reads and handles, a re-open of a file the node has open is served from
 //!   the open SMB handle without a round trip (`handles`). After the last release the SMB handle lingers for
-//!   `closetimeo` (`linger`) while that lease holds, reopened without FILE_SHARE_DELETE, so another node's
-//!   `rm`/`mv` right after a close conflicts, breaks the lease, finds the handle closed and goes through.
+//!   `closetimeo` (`linger`) while that lease holds, with a guard opened without FILE_SHARE_DELETE, so another
+//!   node's `rm`/`mv` right after a close conflicts, breaks the lease, finds both closed and goes through.
 //! - **Hard links** are made with FileLinkInformation where the server allows it; otherwise EPERM.
 //! - **Unlink of an open file**: the name disappears at once (lookups answer ENOENT) and the open handles keep
 //!   reading and writing until closed; every open is made with FILE_SHARE_DELETE, so the server's

@@ -26,7 +26,7 @@ use super::handles::{Handles, OpenFile};
 use super::inodes::{Inodes, ROOT_INO};
 use super::journal::{Journal, JournalError, Record, Snapshot};
 use super::lease::{Invalidator, LeaseWatch};
-use super::linger::Lingering;
+use super::linger::{Announced, Lingering};
 use super::locks::{Conflict, LockOwner, LockRequest, Locks};
 use super::mfsymlink;
 use super::prefetch::{ForgetOnBreak, Prefetched, PREFETCH_LEN};
@@ -168,6 +168,16 @@ pub struct SmbFs {
     prefetched: Arc<Prefetched>,
     /// SMB handles kept open after their last release (`closetimeo`, see `linger`).
     lingering: Arc<Lingering>,
+}
+
+/// A release begun in the kernel's order and finished later (see [`SmbFs::begin_release`]).
+pub struct Release {
+    fh: u64,
+    file: Arc<OpenFile>,
+    /// Whether other handle numbers still use the SMB handle.
+    shared: bool,
+    /// Set while the release may leave a lingering handle.
+    announced: Option<Announced>,
 }
 
 /// Whether an I/O failed because the range is locked by another open (SMB locks are mandatory).
@@ -1003,11 +1013,33 @@ impl SmbFs {
     /// unless another handle number or a request in flight still uses it), or lingers for `closetimeo` in a
     /// form another node's `rm`/`mv` does not wait for (see `linger`).
     pub async fn release(&self, fh: u64) {
+        if let Some(r) = self.begin_release(fh) {
+            self.finish_release(r).await;
+        }
+    }
+
+    /// The part of [`SmbFs::release`] that waits for nothing, to run in the kernel's order before the next
+    /// request starts: the handle number is gone, and a release that may linger is announced (see `linger`),
+    /// so an unlink the application sends right after its close(2) waits for it. `None`: nothing to finish.
+    pub fn begin_release(&self, fh: u64) -> Option<Release> {
         self.appenders.lock().unwrap().remove(&fh);
         self.prefetched.forget(fh);
         let f = self.handles.remove_file(fh);
         self.record(Record::Released { fh });
-        let Some((f, shared)) = f else { return };
+        let (file, shared) = f?;
+        let key = file.file().lease_key();
+        let announced = match (shared, self.path(file.ino)) {
+            (false, Ok(path)) if self.lingering.enabled() && self.leases.caches_reads_and_handles(key) => {
+                Some(self.lingering.announce(&path, key))
+            }
+            _ => None,
+        };
+        Some(Release { fh, file, shared, announced })
+    }
+
+    /// The rest of a release begun with [`SmbFs::begin_release`].
+    pub async fn finish_release(&self, r: Release) {
+        let Release { fh, file: f, shared, announced } = r;
         f.queue.drain().await;
         // Its SMB locks go with the handle number; its lease with the SMB handle, unless another handle number
         // still uses it, or it lingers.
@@ -1017,57 +1049,42 @@ impl SmbFs {
         } else {
             self.linger_or_close(f).await;
         }
+        drop(announced);
     }
 
     /// The last handle number of an SMB handle is released: the handle lingers for `closetimeo` when its lease
     /// still caches reads and handles (see `linger`), else it closes (both before this returns). To linger,
-    /// the file is opened again without FILE_SHARE_DELETE under the same lease key, sent together with the
-    /// CLOSE of the released handle.
+    /// the file is opened again as the handle's guard, without FILE_SHARE_DELETE under the same lease key: that
+    /// CREATE is the release's one round trip, as the CLOSE would have been.
     async fn linger_or_close(&self, f: Arc<OpenFile>) {
         let key = f.file().lease_key();
         let path = self.path(f.ino).ok();
         let lingers = self.lingering.enabled() && self.leases.caches_reads_and_handles(key);
-        let (Some(key), Some(path), true) = (key, path, lingers) else {
+        let flags = f.flags & !(OFlag::O_TRUNC | OFlag::O_CREAT | OFlag::O_EXCL).bits();
+        let opts = open_options(flags, self.cfg.read_only);
+        let (Some(key), Some(path), true, Ok(opts)) = (key, path, lingers, opts) else {
             self.leases.closed(key);
             return OpenFile::close(f).await;
         };
-        // A request still in flight on it: it closes when that lets go.
-        let mut open = match Arc::try_unwrap(f) {
-            Ok(open) => open,
-            Err(f) => {
-                self.leases.closed(Some(key));
-                return OpenFile::close(f).await;
-            }
-        };
-        let flags = open.flags & !(OFlag::O_TRUNC | OFlag::O_CREAT | OFlag::O_EXCL).bits();
-        let Ok(opts) = open_options(flags, self.cfg.read_only) else {
-            self.leases.closed(Some(key));
-            return;
-        };
-        let released = open.take_file().expect("an open SMB handle");
-        let (again, closed) =
-            tokio::join!(self.tree.open(&path, opts.share_delete(false).lease_key(key)), released.close());
-        if let Err(e) = closed {
-            tracing::warn!(path = %format!("/{path}"), error = %e, "closing SMB handle failed");
-        }
-        match again {
-            Ok(file) if file.lease_key() == Some(key) && self.leases.reopened(key, file.granted_lease()) => {
-                open.replace_file(file);
-                self.lingering.keep(Arc::new(open), path).await;
+        match self.tree.open(&path, opts.share_delete(false).lease_key(key)).await {
+            Ok(guard) if guard.lease_key() == Some(key) && self.leases.reopened(key, guard.granted_lease()) => {
+                self.lingering.keep(f, guard, path).await;
                 // A break that came before the handle was kept found nothing to close: close it now.
                 if !self.leases.caches_reads_and_handles(Some(key)) {
                     self.lingering.close_lease(key).await;
                 }
             }
-            Ok(file) => {
+            Ok(guard) => {
                 self.leases.closed(Some(key));
-                if let Err(e) = file.close().await {
+                let (closed, ()) = tokio::join!(guard.close(), OpenFile::close(f));
+                if let Err(e) = closed {
                     tracing::warn!(path = %format!("/{path}"), error = %e, "closing SMB handle failed");
                 }
             }
             Err(e) => {
-                tracing::debug!(path = %format!("/{path}"), error = %e, "no lingering handle: reopening failed");
+                tracing::debug!(path = %format!("/{path}"), error = %e, "no lingering handle: the guard's open failed");
                 self.leases.closed(Some(key));
+                OpenFile::close(f).await;
             }
         }
     }

@@ -198,27 +198,27 @@ async fn flipped_byte_in_signed_response_is_an_integrity_error() {
 }
 
 /// Closes an open when its lease loses handle caching (a lingering handle of the filesystem, in miniature).
-struct CloseOnHandleBreak(std::sync::Mutex<Option<smb3::File>>, std::sync::Mutex<Vec<smb3::LeaseBreak>>);
+struct CloseOnHandleBreak(std::sync::Mutex<Vec<smb3::File>>, std::sync::Mutex<Vec<smb3::LeaseBreak>>);
 
 impl smb3::LeaseBreakHandler for CloseOnHandleBreak {
     fn lease_breaking(&self, event: smb3::LeaseBreak) -> futures_util::future::BoxFuture<'static, ()> {
         use smb3::wire::durable::lease_state::HANDLE_CACHING as H;
         let loses_handle = event.current & H != 0 && event.new & H == 0;
         self.1.lock().unwrap().push(event);
-        let f = if loses_handle { self.0.lock().unwrap().take() } else { None };
+        let files = if loses_handle { std::mem::take(&mut *self.0.lock().unwrap()) } else { Vec::new() };
         Box::pin(async move {
-            if let Some(f) = f {
+            for f in files {
                 f.close().await.unwrap();
             }
         })
     }
 }
 
-/// What deferred close rests on (Samba 4.17): an open without FILE_SHARE_DELETE, made under the lease key of
-/// an open of the same file, shares its lease (no break, the first open can close); another client's delete
+/// What deferred close rests on (Samba 4.17): an open without FILE_SHARE_DELETE (the guard), made under the
+/// lease key of an open of the same file that stays open, shares its lease (no break); another client's delete
 /// of the file then conflicts on share mode, the server breaks our handle caching and holds the delete until
-/// we answer, and when we close on that break the delete goes through: the name is gone for everyone.
-/// Without the close, the delete fails (sharing violation) instead of leaving a delete-pending name behind.
+/// we answer, and when we close both opens on that break the delete goes through: the name is gone for
+/// everyone. Without the close, the delete fails (sharing violation) instead of leaving a delete-pending name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_that_does_not_share_delete_gives_way_to_another_clients_delete_on_a_handle_break() {
     use smb3::wire::durable::lease_state::{HANDLE_CACHING as H, READ_CACHING as R};
@@ -236,18 +236,17 @@ async fn an_open_that_does_not_share_delete_gives_way_to_another_clients_delete_
         let key = first.lease_key().expect("a leased open");
         assert_eq!(first.granted_lease() & (R | H), R | H);
         let opts = OpenOptions::new().read(true).share_delete(false).lease_key(key);
-        let (second, closed) = tokio::join!(ta.open(&path, opts), first.close());
-        let second = second.unwrap();
-        closed.unwrap();
-        assert_eq!(second.lease_key(), Some(key));
-        assert_eq!(second.granted_lease() & (R | H), R | H, "the second open shares the lease");
+        let guard = ta.open(&path, opts).await.unwrap();
+        assert_eq!(guard.lease_key(), Some(key));
+        assert_eq!(guard.granted_lease() & (R | H), R | H, "the guard shares the lease");
+        assert_eq!(first.granted_lease() & (R | H), R | H);
         assert!(handler.1.lock().unwrap().is_empty(), "no break for an open under the same lease key");
         let close_on_break = round == 0;
         let kept = if close_on_break {
-            *handler.0.lock().unwrap() = Some(second);
+            handler.0.lock().unwrap().extend([first, guard]);
             None
         } else {
-            Some(second)
+            Some((first, guard))
         };
         let started = std::time::Instant::now();
         let removed = tb.remove_file(&path).await;
@@ -264,7 +263,9 @@ async fn an_open_that_does_not_share_delete_gives_way_to_another_clients_delete_
         } else {
             let e = removed.unwrap_err();
             assert_eq!(e.status(), Some(NtStatus::SHARING_VIOLATION), "{e}");
-            kept.unwrap().close().await.unwrap();
+            let (first, guard) = kept.unwrap();
+            first.close().await.unwrap();
+            guard.close().await.unwrap();
             tb.remove_file(&path).await.unwrap();
         }
     }

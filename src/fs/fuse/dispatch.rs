@@ -175,6 +175,7 @@ pub async fn dispatch(fs: &SmbFs, h: &InHeader, req: Request) -> Result<bytes::B
         }
         Request::Read { fh, offset, size } => return fs.read(fh, offset, size).await,
         Request::Flush { fh, .. } => fs.flush(fh).await.map(|()| Vec::new()),
+        // Served by the session, which begins it in the kernel's order; one arriving here is released at once.
         Request::Release { fh, .. } => {
             fs.release(fh).await;
             Ok(Vec::new())

@@ -280,6 +280,19 @@ impl Session {
                 }
             }
             Request::Write { fh, offset, data, .. } => self.write(&h, fh, offset, data).await,
+            Request::Release { fh, .. } => {
+                // Begun before the next request is read: the kernel does not wait for a release before the
+                // application's next call, and an unlink right after close(2) must find it (see `fs::linger`).
+                let release = self.fs.begin_release(fh);
+                let guard = InFlight::new(self);
+                self.fs.runtime().spawn(async move {
+                    let s = &guard.0;
+                    if let Some(r) = release {
+                        s.fs.finish_release(r).await;
+                    }
+                    s.reply(h.unique, Ok(bytes::Bytes::new()));
+                });
+            }
             Request::Setlk { lk, sleep: true } => {
                 // Registered before the next request is read, so its INTERRUPT finds it.
                 let (tx, rx) = tokio::sync::oneshot::channel();
