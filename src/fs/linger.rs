@@ -59,7 +59,10 @@ struct InFlight {
 
 /// A release that may leave a lingering handle, announced before its first await: this node's own unlink,
 /// rename or truncating open of the path waits until it is dropped (the guard is open and kept, or not made).
-pub(crate) struct Announced(#[allow(dead_code)] oneshot::Sender<()>);
+pub(crate) struct Announced {
+    /// Dropped with it, which is what the waiters hear.
+    _done: oneshot::Sender<()>,
+}
 
 /// The lingering handles of a filesystem, at most one per inode.
 pub(crate) struct Lingering {
@@ -98,7 +101,7 @@ impl Lingering {
         self.track(InFlight { path: path.to_string(), lease_key, closing: false, done: done.clone() });
         // Driven to the end so that it is seen done (and forgotten) even when nobody waits for it.
         self.rt.spawn(done);
-        Announced(tx)
+        Announced { _done: tx }
     }
 
     /// Keeps `open` (opened by `path`) and its `guard` for the timeout; an older lingering handle of the same

@@ -1041,9 +1041,10 @@ impl SmbFs {
     pub async fn finish_release(&self, r: Release) {
         let Release { fh, file: f, shared, announced } = r;
         f.queue.drain().await;
-        // Its SMB locks go with the handle number; its lease with the SMB handle, unless another handle number
-        // still uses it, or it lingers.
-        self.locks.release(f.ino, fh, shared).await;
+        // Its SMB locks go with the handle number: unlocked on the server now when the SMB handle stays open
+        // (another handle number uses it, or it may linger), else by its CLOSE. Its lease goes with the SMB
+        // handle, unless another handle number still uses it, or it lingers.
+        self.locks.release(f.ino, fh, shared || announced.is_some()).await;
         if shared {
             OpenFile::close(f).await;
         } else {

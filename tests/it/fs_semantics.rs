@@ -601,6 +601,29 @@ async fn after_the_last_release_a_reopen_within_closetimeo_makes_no_round_trip()
     m.tree.remove_tree(&m.dir).await.unwrap();
 }
 
+/// A lock is gone at close(2) though the SMB handle lingers: the same node's next open, served by the
+/// lingering handle, takes the lock at once (flock in a loop: the lock of the previous round must not stand in
+/// its way on that handle), and so does another node right after the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_is_free_at_close_though_the_handle_lingers() {
+    let samba = samba!();
+    let n = two_nodes(samba, "lingerlock", FsConfig::default()).await;
+    let ino = write_and_release(&n.a, ROOT_INO, "lock", b"").await;
+    for round in 0..3 {
+        let fh = n.a.open(ino, OFlag::O_RDWR.bits()).await.unwrap();
+        assert_eq!(n.a.lingering_handles(), 0, "round {round}: the open was not served by the lingering handle");
+        setlk(&n.a, (ino, fh), LockOwner::Flock(fh), (0, EOF), Some(LockKind::Exclusive)).await.unwrap();
+        n.a.release(fh).await;
+        assert_eq!(n.a.lingering_handles(), 1);
+    }
+    let fb = open(&n.b, "lock").await;
+    setlk(&n.b, fb, LockOwner::Flock(fb.1), (0, EOF), Some(LockKind::Exclusive)).await.unwrap();
+    n.b.release(fb.1).await;
+    n.a.close_all();
+    n.b.close_all();
+    n.tree.remove_tree(&n.dir).await.unwrap();
+}
+
 /// Another node's `rm` and `mv` right after this node's last release: the lingering handle's guard shares no
 /// delete, so the server breaks their lease, both close, and the rm or mv goes through at once; the name is gone for
 /// both nodes and for smbclient, and the other node can remove the directory.

@@ -7,7 +7,8 @@ source "$(dirname "$0")/lib.sh"
 BINARIES=(kube-apiserver kube-controller-manager kubelet kubectl)
 # Bump when the source patches below change: cached binaries are rebuilt.
 # 2: the kubelet's :authority patch of level 1 is gone (a tree that has it is unpacked again).
-PATCH_LEVEL=2
+# 3: built with Go 1.15, the vendor tree unmodified (level 2 swapped reflect2 for Go 1.19).
+PATCH_LEVEL=3
 mkdir -p "$K8S_BIN" "$E2E_CACHE/images"
 
 build_kubernetes() {
@@ -18,15 +19,21 @@ build_kubernetes() {
   mkdir -p "$gopath/src/k8s.io"
   ln -sfn "${src%/}" "$gopath/src/k8s.io/kubernetes"
   tree=$gopath/src/k8s.io/kubernetes
-  export GOPATH=$gopath GO111MODULE=off GOFLAGS= CGO_ENABLED=0 GOCACHE=$E2E_CACHE/go-build
+  # Go 1.15 (bullseye's, see install.sh): the Go kubernetes 1.20 was released with, so the vendor tree is
+  # built as it is.
+  local go115=/usr/lib/go-1.15/bin
+  [[ -x $go115/go ]] || die "no Go 1.15 in $go115: run install.sh first"
+  export PATH=$go115:$PATH GOROOT=/usr/lib/go-1.15
+  export GOPATH=$gopath GO111MODULE=off GOFLAGS= CGO_ENABLED=0 GOCACHE=$E2E_CACHE/go1.15-build
 
-  # reflect2 v1.0.1 reads runtime internals that changed in Go 1.18; Debian's v1.0.2 is API-compatible.
-  local r2=/usr/share/gocode/src/github.com/modern-go/reflect2
-  if [[ ! -f $tree/vendor/github.com/modern-go/reflect2/.from-debian ]]; then
-    log "swapping vendored reflect2 for Debian's $(dpkg-query -W -f='${Version}' golang-github-modern-go-reflect2-dev)"
-    rm -rf "$tree/vendor/github.com/modern-go/reflect2"
-    cp -r "$r2" "$tree/vendor/github.com/modern-go/reflect2"
-    touch "$tree/vendor/github.com/modern-go/reflect2/.from-debian"
+  # PATCH_LEVEL 2 replaced the vendored reflect2 with Debian's (for Go 1.19): a tree carrying that swap is
+  # thrown away and unpacked again, as is the openapi-gen built from it.
+  if [[ -e $tree/vendor/github.com/modern-go/reflect2/.from-debian ]]; then
+    log "the cached kubernetes source carries a swapped reflect2: unpacking it again"
+    rm -rf "$E2E_CACHE/src" "$gopath/src/k8s.io/kubernetes" "$E2E_CACHE/openapi-gen"
+    bash "$E2E_DIR/install.sh"
+    build_kubernetes
+    return
   fi
 
   # The kubelet 1.20 gRPC clients (plugin registration, CSI) send the unix socket *path* as the

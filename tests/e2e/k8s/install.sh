@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the e2e cluster needs from Debian (bookworm): etcd, containerd, runc, busybox-static,
-# the kubernetes source package (1.20.2, with vendor/) and the Go pieces its build needs. Idempotent.
+# the kubernetes source package (1.20.2, with vendor/), and the Go that builds it as released: Go 1.15 from
+# Debian 11 (bullseye), the release that shipped kubernetes 1.20.2 and built it with that Go. Its vendored
+# modules (reflect2 v1.0.1 reads Go runtime internals that changed in 1.18) do not work with bookworm's
+# Go 1.19, and the source is built unmodified. Idempotent.
 source "$(dirname "$0")/lib.sh"
 
-need_pkgs=(etcd-server containerd runc busybox-static golang-github-modern-go-reflect2-dev dpkg-dev
+need_pkgs=(etcd-server containerd runc busybox-static golang-1.15-go dpkg-dev
   gcc libc6-dev iptables iproute2 smbclient openssl jq containernetworking-plugins)
 missing=()
 for p in "${need_pkgs[@]}"; do
@@ -17,6 +20,25 @@ if [[ ! -f $src_list ]]; then
 Types: deb-src
 URIs: http://deb.debian.org/debian
 Suites: bookworm
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  apt_updated=0
+fi
+# Bullseye only for what bookworm lacks (golang-1.15-go and its -src): pinned below every bookworm package.
+bullseye_list=/etc/apt/sources.list.d/smb3-csi-e2e-bullseye.sources
+bullseye_pin=/etc/apt/preferences.d/smb3-csi-e2e-bullseye
+if [[ ! -f $bullseye_list || ! -f $bullseye_pin ]]; then
+  log "adding bullseye (pinned at 100) for golang-1.15-go"
+  cat >"$bullseye_pin" <<'PIN'
+Package: *
+Pin: release n=bullseye
+Pin-Priority: 100
+PIN
+  cat >"$bullseye_list" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bullseye
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
