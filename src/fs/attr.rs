@@ -110,6 +110,7 @@ mod tests {
             byte_range_locks: true,
             mfsymlinks: false,
             close_timeout: Duration::from_secs(1),
+            ..FsConfig::default()
         };
         let m = Metadata {
             size: 5000,

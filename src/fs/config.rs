@@ -39,7 +39,15 @@ pub struct FsConfig {
     /// How long an SMB handle stays open after the last release of its file while its lease caches reads and
     /// handles, so a re-open needs no round trip (`closetimeo`; zero: closed at release). See `fs::linger`.
     pub close_timeout: Duration,
+    /// At most this many SMB handles linger at once (each with its guard: twice as many opens on the server);
+    /// a release beyond it closes as without deferred close. Bounds what a walk over many files (`cat` of a
+    /// whole tree) keeps open on the server within one `closetimeo`.
+    pub max_lingering: usize,
 }
+
+/// Lingering handles per mount by default: 512 files, 1024 opens on the server. Samba's per-connection limit is
+/// far above (16384 opens per smbd by default); a node shares one connection among its volumes of a share.
+pub const DEFAULT_MAX_LINGERING: usize = 512;
 
 impl Default for FsConfig {
     /// What mount.cifs presents without options: root-owned, 0755, read-write, 1 s attribute cache.
@@ -55,6 +63,7 @@ impl Default for FsConfig {
             byte_range_locks: true,
             mfsymlinks: false,
             close_timeout: Duration::from_secs(1),
+            max_lingering: DEFAULT_MAX_LINGERING,
         }
     }
 }

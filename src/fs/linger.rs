@@ -68,6 +68,8 @@ pub(crate) struct Announced {
 pub(crate) struct Lingering {
     rt: Handle,
     timeout: Duration,
+    /// At most this many entries (and releases announced) at once.
+    max: usize,
     entries: Mutex<HashMap<u64, Entry>>,
     /// Guards whose CREATE (announced releases) or CLOSE (taken-back handles) has not been answered, by id.
     in_flight: Mutex<HashMap<u64, InFlight>>,
@@ -77,11 +79,18 @@ pub(crate) struct Lingering {
 }
 
 impl Lingering {
-    /// Handles linger for `timeout` (zero: deferred close is off); `on_close` hears of each one closed.
-    pub fn new(rt: Handle, timeout: Duration, on_close: impl Fn(Option<[u8; 16]>) + Send + Sync + 'static) -> Self {
+    /// Up to `max` handles linger for `timeout` (zero: deferred close is off); `on_close` hears of each one
+    /// closed.
+    pub fn new(
+        rt: Handle,
+        timeout: Duration,
+        max: usize,
+        on_close: impl Fn(Option<[u8; 16]>) + Send + Sync + 'static,
+    ) -> Self {
         Lingering {
             rt,
             timeout,
+            max,
             entries: Mutex::default(),
             in_flight: Mutex::default(),
             next_id: AtomicU64::new(1),
@@ -89,8 +98,14 @@ impl Lingering {
         }
     }
 
-    pub fn enabled(&self) -> bool {
-        !self.timeout.is_zero()
+    /// Whether a release may linger: deferred close is on and fewer than the most handles linger or are on
+    /// their way to.
+    pub fn has_room(&self) -> bool {
+        if self.timeout.is_zero() {
+            return false;
+        }
+        let announced = self.in_flight.lock().unwrap().values().filter(|g| !g.closing && g.done.peek().is_none()).count();
+        self.entries.lock().unwrap().len() + announced < self.max
     }
 
     /// A release of the SMB handle at `path` under lease `lease_key` that may linger: until the returned value

@@ -214,7 +214,9 @@ impl SmbFs {
         let prefetched = Arc::new(Prefetched::new(cfg.attr_ttl));
         leases.set_invalidator(Arc::new(ForgetOnBreak { prefetched: prefetched.clone(), then: None }));
         let watch = leases.clone();
-        let lingering = Arc::new(Lingering::new(rt.clone(), cfg.close_timeout, move |key| watch.closed(key)));
+        let lingering = Arc::new(Lingering::new(rt.clone(), cfg.close_timeout, cfg.max_lingering, move |key| {
+            watch.closed(key)
+        }));
         leases.set_lingering(&lingering);
         SmbFs {
             tree,
@@ -1029,7 +1031,7 @@ impl SmbFs {
         let (file, shared) = f?;
         let key = file.file().lease_key();
         let announced = match (shared, self.path(file.ino)) {
-            (false, Ok(path)) if self.lingering.enabled() && self.leases.caches_reads_and_handles(key) => {
+            (false, Ok(path)) if self.lingering.has_room() && self.leases.caches_reads_and_handles(key) => {
                 Some(self.lingering.announce(&path, key))
             }
             _ => None,
@@ -1048,19 +1050,19 @@ impl SmbFs {
         if shared {
             OpenFile::close(f).await;
         } else {
-            self.linger_or_close(f).await;
+            self.linger_or_close(f, announced.is_some()).await;
         }
         drop(announced);
     }
 
-    /// The last handle number of an SMB handle is released: the handle lingers for `closetimeo` when its lease
-    /// still caches reads and handles (see `linger`), else it closes (both before this returns). To linger,
+    /// The last handle number of an SMB handle is released: the handle lingers for `closetimeo` when the release
+    /// was `announced` and its lease still caches reads and handles (see `linger`), else it closes (both before this returns). To linger,
     /// the file is opened again as the handle's guard, without FILE_SHARE_DELETE under the same lease key: that
     /// CREATE is the release's one round trip, as the CLOSE would have been.
-    async fn linger_or_close(&self, f: Arc<OpenFile>) {
+    async fn linger_or_close(&self, f: Arc<OpenFile>, announced: bool) {
         let key = f.file().lease_key();
         let path = self.path(f.ino).ok();
-        let lingers = self.lingering.enabled() && self.leases.caches_reads_and_handles(key);
+        let lingers = announced && self.leases.caches_reads_and_handles(key);
         let flags = f.flags & !(OFlag::O_TRUNC | OFlag::O_CREAT | OFlag::O_EXCL).bits();
         let opts = open_options(flags, self.cfg.read_only);
         let (Some(key), Some(path), true, Ok(opts)) = (key, path, lingers, opts) else {

@@ -465,6 +465,7 @@ impl From<&MountOptions> for FsConfig {
             byte_range_locks: !o.nobrl,
             mfsymlinks: o.mfsymlinks,
             close_timeout: o.closetimeo,
+            ..FsConfig::default()
         }
     }
 }

@@ -624,6 +624,22 @@ async fn a_lock_is_free_at_close_though_the_handle_lingers() {
     n.tree.remove_tree(&n.dir).await.unwrap();
 }
 
+/// At most `max_lingering` handles linger; a release beyond that closes its handle as without deferred close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_handles_linger_than_the_limit() {
+    let samba = samba!();
+    let cfg = FsConfig { max_lingering: 2, close_timeout: Duration::from_secs(60), ..FsConfig::default() };
+    let n = two_nodes(samba, "lingermax", cfg).await;
+    for (i, f) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        write_and_release(&n.a, ROOT_INO, f, b"data").await;
+        assert_eq!(n.a.lingering_handles(), (i + 1).min(2), "after {f}");
+    }
+    // Two files, each with its guard.
+    assert!(within(3, || open_on_server(samba, &n.dir).len() == 4).await, "{:?}", open_on_server(samba, &n.dir));
+    n.a.close_all();
+    n.tree.remove_tree(&n.dir).await.unwrap();
+}
+
 /// Another node's `rm` and `mv` right after this node's last release: the lingering handle's guard shares no
 /// delete, so the server breaks their lease, both close, and the rm or mv goes through at once; the name is gone for
 /// both nodes and for smbclient, and the other node can remove the directory.
