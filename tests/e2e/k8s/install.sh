@@ -13,37 +13,31 @@ for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 
-src_list=/etc/apt/sources.list.d/smb3-csi-e2e-src.sources
-if [[ ! -f $src_list ]]; then
-  log "adding a deb-src entry for bookworm"
-  cat >"$src_list" <<'SRC'
-Types: deb-src
+# add_source FILE TYPES SUITE: a deb822 entry for deb.debian.org's main, written once (then apt-get update).
+add_source() {
+  [[ -f $1 ]] && return 0
+  log "adding a $2 entry for $3"
+  cat >"$1" <<SRC
+Types: $2
 URIs: http://deb.debian.org/debian
-Suites: bookworm
+Suites: $3
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
   apt_updated=0
-fi
-# Bullseye only for what bookworm lacks (golang-1.15-go and its -src): pinned below every bookworm package.
-bullseye_list=/etc/apt/sources.list.d/smb3-csi-e2e-bullseye.sources
+}
+add_source /etc/apt/sources.list.d/smb3-csi-e2e-src.sources deb-src bookworm
+# Bullseye only for what bookworm lacks (golang-1.15-go and its -src): pinned below every bookworm package,
+# the pin written before the source.
 bullseye_pin=/etc/apt/preferences.d/smb3-csi-e2e-bullseye
-if [[ ! -f $bullseye_list || ! -f $bullseye_pin ]]; then
-  log "adding bullseye (pinned at 100) for golang-1.15-go"
+if [[ ! -f $bullseye_pin ]]; then
   cat >"$bullseye_pin" <<'PIN'
 Package: *
 Pin: release n=bullseye
 Pin-Priority: 100
 PIN
-  cat >"$bullseye_list" <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bullseye
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-  apt_updated=0
 fi
+add_source /etc/apt/sources.list.d/smb3-csi-e2e-bullseye.sources deb bullseye
 if (( ${#missing[@]} )) || [[ -n ${apt_updated+x} ]] || [[ ! -d $E2E_CACHE/src ]]; then
   log "apt-get update"
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
