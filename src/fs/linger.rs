@@ -104,7 +104,8 @@ impl Lingering {
         if self.timeout.is_zero() {
             return false;
         }
-        let announced = self.in_flight.lock().unwrap().values().filter(|g| !g.closing && g.done.peek().is_none()).count();
+        let announced =
+            self.in_flight.lock().unwrap().values().filter(|g| !g.closing && g.done.peek().is_none()).count();
         self.entries.lock().unwrap().len() + announced < self.max
     }
 

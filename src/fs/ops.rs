@@ -214,9 +214,8 @@ impl SmbFs {
         let prefetched = Arc::new(Prefetched::new(cfg.attr_ttl));
         leases.set_invalidator(Arc::new(ForgetOnBreak { prefetched: prefetched.clone(), then: None }));
         let watch = leases.clone();
-        let lingering = Arc::new(Lingering::new(rt.clone(), cfg.close_timeout, cfg.max_lingering, move |key| {
-            watch.closed(key)
-        }));
+        let lingering =
+            Arc::new(Lingering::new(rt.clone(), cfg.close_timeout, cfg.max_lingering, move |key| watch.closed(key)));
         leases.set_lingering(&lingering);
         SmbFs {
             tree,
