@@ -32,7 +32,10 @@ impl ControllerService {
         let record_err = |e: RecordError| record_status(&e, Code::InvalidArgument);
 
         let mut resuming_clone = false;
-        if let Some(existing) = store.read(&tree, &name_path).await.map_err(record_err)? {
+        // Both records at once: one round trip instead of two on every call (the directory's record only
+        // matters when the name has none).
+        let (by_name, by_dir) = tokio::join!(store.read(&tree, &name_path), store.read(&tree, &dir_path));
+        if let Some(existing) = by_name.map_err(record_err)? {
             if let Some(why) = plan.incompatibility(&existing) {
                 return Err(Status::already_exists(why));
             }
@@ -43,7 +46,7 @@ impl ControllerService {
                 }
                 RecordState::Creating => resuming_clone = true,
             }
-        } else if let Some(owner) = store.read(&tree, &dir_path).await.map_err(record_err)? {
+        } else if let Some(owner) = by_dir.map_err(record_err)? {
             if owner.name != plan.name {
                 return Err(Status::already_exists(format!(
                     "directory /{} is already volume {:?}; use a subDir that is unique per volume",
@@ -151,8 +154,13 @@ impl ControllerService {
         sub_dir: &SharePath,
     ) -> Result<(), Status> {
         let err = |e: RecordError| record_status(&e, Code::InvalidArgument);
-        store.write(tree, &store.name_path(&record.name), record).await.map_err(err)?;
-        store.write(tree, &store.dir_path(sub_dir), record).await.map_err(err)
+        // At once: either may be missing after a crash in between, and a retry recovers from both (the name's
+        // record says the volume exists; the directory's, with this name, lets the create go on).
+        let (name_path, dir_path) = (store.name_path(&record.name), store.dir_path(sub_dir));
+        let (by_name, by_dir) =
+            tokio::join!(store.write(tree, &name_path, record), store.write(tree, &dir_path, record));
+        by_name.map_err(err)?;
+        by_dir.map_err(err)
     }
 }
 
