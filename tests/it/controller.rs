@@ -289,6 +289,23 @@ async fn idempotency_survives_a_restart_and_conflicts_are_already_exists() {
         provision(&mut plugin.controller, create_request(&shared, &Claim::new("team", "b", 1))).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
     assert!(err.message().contains(&owner.pv_name()), "{}", err.message());
+    // A crash between the two record writes (they go out together) that lost the directories' records: the
+    // external-provisioner's retries put them back, and the directory is refused to another name again.
+    let records = local(samba, &format!("{base}/.smb3-csi"));
+    let dir_records = || {
+        let names = std::fs::read_dir(&records).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
+        names.filter(|n| n.starts_with("dir-")).collect::<Vec<_>>()
+    };
+    assert_eq!(dir_records().len(), 2);
+    for n in dir_records() {
+        std::fs::remove_file(records.join(n)).unwrap();
+    }
+    assert_eq!(provision(&mut plugin.controller, create_request(&shared, &owner)).await.unwrap(), a);
+    assert_eq!(provision(&mut plugin.controller, create_request(&class, &claim)).await.unwrap(), first);
+    assert_eq!(dir_records().len(), 2, "the retries did not write the directories' records again");
+    let err =
+        provision(&mut plugin.controller, create_request(&shared, &Claim::new("team", "b", 1))).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
 
     // A new controller process (no memory) gives the same answers.
     plugin.stop().await;

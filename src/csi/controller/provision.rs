@@ -32,8 +32,7 @@ impl ControllerService {
         let record_err = |e: RecordError| record_status(&e, Code::InvalidArgument);
 
         let mut resuming_clone = false;
-        // Both records at once: one round trip instead of two on every call (the directory's record only
-        // matters when the name has none).
+        // Both records at once: one round trip instead of two on every call.
         let (by_name, by_dir) = tokio::join!(store.read(&tree, &name_path), store.read(&tree, &dir_path));
         if let Some(existing) = by_name.map_err(record_err)? {
             if let Some(why) = plan.incompatibility(&existing) {
@@ -42,6 +41,12 @@ impl ControllerService {
             match existing.state {
                 RecordState::Ready => {
                     tracing::info!(volume_id = %plan.volume_id, "volume exists with compatible parameters");
+                    // A crash between the two record writes may have left the directory's missing: it is what
+                    // refuses another volume on the same directory, so a retry puts it back.
+                    if matches!(by_dir, Ok(None)) {
+                        let err = |e: RecordError| record_status(&e, Code::InvalidArgument);
+                        store.write(&tree, &dir_path, &existing).await.map_err(err)?;
+                    }
                     return Ok(plan.volume(existing.capacity_bytes));
                 }
                 RecordState::Creating => resuming_clone = true,
@@ -154,8 +159,9 @@ impl ControllerService {
         sub_dir: &SharePath,
     ) -> Result<(), Status> {
         let err = |e: RecordError| record_status(&e, Code::InvalidArgument);
-        // At once: either may be missing after a crash in between, and a retry recovers from both (the name's
-        // record says the volume exists; the directory's, with this name, lets the create go on).
+        // At once: either may be missing after a crash in between, and a retry puts it back (with the name's
+        // record the volume exists and the directory's is written again; with the directory's alone, naming
+        // this volume, the create goes on).
         let (name_path, dir_path) = (store.name_path(&record.name), store.dir_path(sub_dir));
         let (by_name, by_dir) =
             tokio::join!(store.write(tree, &name_path, record), store.write(tree, &dir_path, record));
