@@ -176,8 +176,8 @@ pub struct Release {
     file: Arc<OpenFile>,
     /// Whether other handle numbers still use the SMB handle.
     shared: bool,
-    /// Set while the release may leave a lingering handle.
-    announced: Option<Announced>,
+    /// The share path, while the release may leave a lingering handle there.
+    announced: Option<(String, Announced)>,
 }
 
 /// Whether an I/O failed because the range is locked by another open (SMB locks are mandatory).
@@ -1031,7 +1031,8 @@ impl SmbFs {
         let key = file.file().lease_key();
         let announced = match (shared, self.path(file.ino)) {
             (false, Ok(path)) if self.lingering.has_room() && self.leases.caches_reads_and_handles(key) => {
-                Some(self.lingering.announce(&path, key))
+                let announced = self.lingering.announce(&path, key);
+                Some((path, announced))
             }
             _ => None,
         };
@@ -1046,27 +1047,32 @@ impl SmbFs {
         // (another handle number uses it, or it may linger), else by its CLOSE. Its lease goes with the SMB
         // handle, unless another handle number still uses it, or it lingers.
         self.locks.release(f.ino, fh, shared || announced.is_some()).await;
-        if shared {
-            OpenFile::close(f).await;
-        } else {
-            self.linger_or_close(f, announced.is_some()).await;
+        match (shared, announced) {
+            (true, _) => OpenFile::close(f).await,
+            // Dropped once the handle lingers or is closed: what waits for the release may go on.
+            (false, Some((path, _announced))) => self.linger_or_close(f, path).await,
+            (false, None) => self.close_unleased(f).await,
         }
-        drop(announced);
     }
 
-    /// The last handle number of an SMB handle is released: the handle lingers for `closetimeo` when the release
-    /// was `announced` and its lease still caches reads and handles (see `linger`), else it closes (both before this returns). To linger,
-    /// the file is opened again as the handle's guard, without FILE_SHARE_DELETE under the same lease key: that
-    /// CREATE is the release's one round trip, as the CLOSE would have been.
-    async fn linger_or_close(&self, f: Arc<OpenFile>, announced: bool) {
+    /// The last handle number of an SMB handle is released and its lease goes with it: the handle closes.
+    async fn close_unleased(&self, f: Arc<OpenFile>) {
+        self.leases.closed(f.file().lease_key());
+        OpenFile::close(f).await;
+    }
+
+    /// The last handle number of an SMB handle at `path` is released, announced as one that may linger: the
+    /// handle lingers for `closetimeo` when its lease still caches reads and handles (see `linger`), else it
+    /// closes (both before this returns). To linger, the file is opened again as the handle's guard, without
+    /// FILE_SHARE_DELETE under the same lease key: that CREATE is the release's one round trip, as the CLOSE
+    /// would have been.
+    async fn linger_or_close(&self, f: Arc<OpenFile>, path: String) {
         let key = f.file().lease_key();
-        let path = self.path(f.ino).ok();
-        let lingers = announced && self.leases.caches_reads_and_handles(key);
+        let lingers = self.leases.caches_reads_and_handles(key);
         let flags = f.flags & !(OFlag::O_TRUNC | OFlag::O_CREAT | OFlag::O_EXCL).bits();
         let opts = open_options(flags, self.cfg.read_only);
-        let (Some(key), Some(path), true, Ok(opts)) = (key, path, lingers, opts) else {
-            self.leases.closed(key);
-            return OpenFile::close(f).await;
+        let (Some(key), true, Ok(opts)) = (key, lingers, opts) else {
+            return self.close_unleased(f).await;
         };
         match self.tree.open(&path, opts.share_delete(false).lease_key(key)).await {
             Ok(guard) if guard.lease_key() == Some(key) && self.leases.reopened(key, guard.granted_lease()) => {

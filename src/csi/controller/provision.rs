@@ -44,8 +44,7 @@ impl ControllerService {
                     // A crash between the two record writes may have left the directory's missing: it is what
                     // refuses another volume on the same directory, so a retry puts it back.
                     if matches!(by_dir, Ok(None)) {
-                        let err = |e: RecordError| record_status(&e, Code::InvalidArgument);
-                        store.write(&tree, &dir_path, &existing).await.map_err(err)?;
+                        store.write(&tree, &dir_path, &existing).await.map_err(record_err)?;
                     }
                     return Ok(plan.volume(existing.capacity_bytes));
                 }

@@ -5,10 +5,9 @@
 source "$(dirname "$0")/lib.sh"
 
 BINARIES=(kube-apiserver kube-controller-manager kubelet kubectl)
-# Bump when the source patches below change: cached binaries are rebuilt.
-# 2: the kubelet's :authority patch of level 1 is gone (a tree that has it is unpacked again).
-# 3: built with Go 1.15, the vendor tree unmodified (level 2 swapped reflect2 for Go 1.19).
-PATCH_LEVEL=3
+# Bump when the build changes: cached binaries are rebuilt. 1: Go 1.15, the source as the package ships it
+# (install.sh fetches a tree again that earlier scripts edited).
+BUILD_LEVEL=1
 mkdir -p "$K8S_BIN" "$E2E_CACHE/images"
 
 build_kubernetes() {
@@ -25,29 +24,6 @@ build_kubernetes() {
   [[ -x $go115/go ]] || die "no Go 1.15 in $go115: run install.sh first"
   export PATH=$go115:$PATH GOROOT=/usr/lib/go-1.15
   export GOPATH=$gopath GO111MODULE=off GOFLAGS= CGO_ENABLED=0 GOCACHE=$E2E_CACHE/go1.15-build
-
-  # PATCH_LEVEL 2 replaced the vendored reflect2 with Debian's (for Go 1.19): a tree carrying that swap is
-  # thrown away and unpacked again, as is the openapi-gen built from it.
-  if [[ -e $tree/vendor/github.com/modern-go/reflect2/.from-debian ]]; then
-    log "the cached kubernetes source carries a swapped reflect2: unpacking it again"
-    rm -rf "$E2E_CACHE/src" "$gopath/src/k8s.io/kubernetes" "$E2E_CACHE/openapi-gen"
-    bash "$E2E_DIR/install.sh"
-    build_kubernetes
-    return
-  fi
-
-  # The kubelet 1.20 gRPC clients (plugin registration, CSI) send the unix socket *path* as the
-  # HTTP/2 :authority. The driver accepts that (src/csi/h2fix), so the kubelet is built as Debian
-  # ships it. PATCH_LEVEL 1 edited two files of the cached tree to send "localhost": a tree
-  # carrying that edit is thrown away and unpacked again from the source package, never edited back.
-  if grep -qs 'grpc.WithAuthority("localhost")' "$tree/pkg/volume/csi/csi_client.go" \
-    "$tree/pkg/kubelet/pluginmanager/operationexecutor/operation_generator.go"; then
-    log "the cached kubernetes source carries an old :authority patch: unpacking it again"
-    rm -rf "$E2E_CACHE/src" "$gopath/src/k8s.io/kubernetes"
-    bash "$E2E_DIR/install.sh"
-    build_kubernetes
-    return
-  fi
 
   local openapi=$tree/pkg/generated/openapi/zz_generated.openapi.go
   if [[ ! -s $openapi ]]; then
@@ -76,13 +52,13 @@ build_kubernetes() {
   log "building ${BINARIES[*]} (cold: 10+ minutes on 2 cores)"
   (cd "$tree" && go build -p "$(nproc)" -ldflags "$ldflags" -o "$K8S_BIN.tmp/" "${pkgs[@]}")
   for b in "${BINARIES[@]}"; do mv "$K8S_BIN.tmp/$b" "$K8S_BIN/$b"; done
-  echo "$PATCH_LEVEL" >"$K8S_BIN/.patch-level"
+  echo "$BUILD_LEVEL" >"$K8S_BIN/.build-level"
   rmdir "$K8S_BIN.tmp" 2>/dev/null || true
 }
 
 have_all=1
 for b in "${BINARIES[@]}"; do [[ -x $K8S_BIN/$b ]] || have_all=0; done
-[[ $(cat "$K8S_BIN/.patch-level" 2>/dev/null) == "$PATCH_LEVEL" ]] || have_all=0
+[[ $(cat "$K8S_BIN/.build-level" 2>/dev/null) == "$BUILD_LEVEL" ]] || have_all=0
 if (( have_all )); then
   log "kubernetes binaries cached in $K8S_BIN"
 else

@@ -38,6 +38,14 @@ Pin-Priority: 100
 PIN
 fi
 add_source /etc/apt/sources.list.d/smb3-csi-e2e-bullseye.sources deb bullseye
+
+# The kubernetes source is built as the package ships it. A tree cached without this stamp came from earlier
+# versions of these scripts, which edited it: it is fetched again, with the openapi-gen built from it.
+as_shipped=$E2E_CACHE/src/.as-shipped
+if [[ -d $E2E_CACHE/src && ! -f $as_shipped ]]; then
+  log "the cached kubernetes source has no $as_shipped stamp: fetching it again"
+  rm -rf "$E2E_CACHE/src" "$E2E_CACHE/openapi-gen"
+fi
 if (( ${#missing[@]} )) || [[ -n ${apt_updated+x} ]] || [[ ! -d $E2E_CACHE/src ]]; then
   log "apt-get update"
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -51,6 +59,7 @@ mkdir -p "$E2E_CACHE/src"
 if ! ls -d "$E2E_CACHE"/src/kubernetes-* >/dev/null 2>&1; then
   log "fetching the kubernetes source package"
   (cd "$E2E_CACHE/src" && apt-get source -qq kubernetes)
+  touch "$as_shipped"
 fi
 ls -d "$E2E_CACHE"/src/kubernetes-* >/dev/null || die "kubernetes source not found in $E2E_CACHE/src"
 log "install done"
