@@ -39,12 +39,16 @@ cleanup() {
 bash "$E2E_DIR/install.sh"
 bash "$E2E_DIR/build.sh"
 log "building smb3-csi and the e2e harness"
-(cd "$REPO_ROOT" && cargo build --quiet --bin smb3-csi && cargo build --quiet -p smb3-testkit --bin secret-scan)
+# The same packages, targets and features as the README's test command (scripts/test.sh), so after it
+# nothing is compiled again: another feature set would rebuild the driver and much of its dependency tree
+# (about 6 minutes on 2 cores).
+BUILD_ARGS=(--workspace --all-targets --features smb3-csi/demo)
+(cd "$REPO_ROOT" && cargo build --quiet "${BUILD_ARGS[@]}")
 SMB3_CSI=$CARGO_TARGET_DIR/debug/smb3-csi
 SECRET_SCAN=$CARGO_TARGET_DIR/debug/secret-scan
-HARNESS=$(cd "$REPO_ROOT" && cargo test --quiet --test e2e --no-run --message-format=json 2>/dev/null \
+HARNESS=$(cd "$REPO_ROOT" && cargo test --quiet "${BUILD_ARGS[@]}" --no-run --message-format=json 2>/dev/null \
   | jq -r 'select(.reason == "compiler-artifact" and .target.name == "e2e" and .executable != null) | .executable' | tail -1)
-[[ -x $HARNESS ]] || die "could not build the e2e harness (cargo test --test e2e --no-run)"
+[[ -x $HARNESS ]] || die "could not build the e2e harness (cargo test ${BUILD_ARGS[*]} --no-run)"
 
 trap cleanup EXIT
 # A previous run that was killed may have left a cluster behind: start from a clean state.
