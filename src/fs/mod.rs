@@ -63,6 +63,7 @@ mod writeback;
 
 pub use attr::{Attr, FileKind};
 pub use config::{CacheMode, FsConfig};
+pub use dircache::RELIST_AFTER;
 pub use errno::Errno;
 pub use fuse::{Notifier, MAX_IO};
 pub use inodes::ROOT_INO;

@@ -543,8 +543,19 @@ impl SmbFs {
     /// `name` in directory `parent`; takes one reference to the inode returned (given back by [`SmbFs::forget`]).
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
         let path = self.child(parent, name)?;
-        if self.dircache.lock().unwrap().is_absent(&path, Instant::now()) {
-            return Err(Errno::ENOENT);
+        let relist = {
+            let mut known = self.dircache.lock().unwrap();
+            if known.is_absent(&path, Instant::now()) {
+                return Err(Errno::ENOENT);
+            }
+            known.relist(&path, Instant::now()).map(str::to_owned)
+        };
+        if let Some(dir) = relist {
+            // Renews what this node knows of the directory (see `dircache`); a failure leaves it to the stat.
+            let _ = self.list_dir(&dir).await;
+            if self.dircache.lock().unwrap().is_absent(&path, Instant::now()) {
+                return Err(Errno::ENOENT);
+            }
         }
         let asked = Instant::now();
         let m = self.stat(&path).await?;
@@ -1136,12 +1147,21 @@ impl SmbFs {
         let stream = self.handles.dir(fh)?;
         let mut stream = stream.lock().await;
         if offset == 0 || stream.entries.is_none() {
-            let asked = Instant::now();
-            let list = self.tree.read_dir(path).await.map_err(|e| errno(&e, "readdir", path))?;
-            self.dircache.lock().unwrap().listed(path, list.iter().map(|e| e.name.as_str()), asked);
+            self.dircache.lock().unwrap().listing_asked(path);
+            let list = self.list_dir(path).await?;
             stream.entries = Some(Arc::new(list));
         }
         Ok(stream.entries.clone().expect("listed"))
+    }
+
+    /// Lists directory `path` for a listing announced with `DirCache::listing_asked`, and makes it what this
+    /// node knows of the directory's names.
+    async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>, Errno> {
+        let asked = Instant::now();
+        let list = self.tree.read_dir(path).await;
+        let names = list.as_ref().ok().map(|l| l.iter().map(|e| e.name.as_str()));
+        self.dircache.lock().unwrap().listing_done(path, names, asked);
+        list.map_err(|e| errno(&e, "readdir", path))
     }
 
     /// Lists directory `ino` from `offset` into `add`, which returns `true` when it is full (the listing stops

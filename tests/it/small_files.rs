@@ -12,7 +12,7 @@ use nix::fcntl::OFlag;
 use rand::RngCore;
 use smb3::wire::Command;
 use smb3::{ClientOptions, Credentials, NtStatus, Observer, ObserverHandle, Tree, WholeFile};
-use smb3_csi::fs::{Errno, FsConfig, LockKind, LockOwner, SmbFs, ROOT_INO};
+use smb3_csi::fs::{Errno, FsConfig, LockKind, LockOwner, SmbFs, RELIST_AFTER, ROOT_INO};
 use smb3_testkit::samba::{Samba, SambaProfile};
 use tokio::runtime::Handle;
 
@@ -199,6 +199,48 @@ async fn creating_into_a_new_directory_costs_no_failed_lookups() {
     trips.take();
     assert_eq!(uncached.lookup(sub0.ino, name("x")).await.unwrap_err(), Errno::ENOENT);
     assert_eq!(trips.take(), [Command::Create]);
+}
+
+/// What `cp -r` of many files into one directory costs once the directory's knowledge has expired: one
+/// listing per TTL, not one failed lookup per file (each of which costs the server a scan of the directory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_directory_is_listed_again_when_what_is_known_expires() {
+    let samba = samba!();
+    let (_client, _tree, dir, fs, trips) = counted_fs(samba, "relist").await;
+    let flags = (OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL).bits();
+
+    let busy = fs.mkdir(ROOT_INO, name("busy")).await.unwrap();
+    let quiet = fs.mkdir(ROOT_INO, name("quiet")).await.unwrap();
+    for i in 0..RELIST_AFTER {
+        let f = format!("f{i}");
+        assert_eq!(fs.lookup(busy.ino, name(&f)).await.unwrap_err(), Errno::ENOENT);
+        let (_, fh) = fs.create(busy.ino, name(&f), flags).await.unwrap();
+        fs.release(fh).await;
+    }
+    assert_eq!(fs.lookup(quiet.ino, name("one")).await.unwrap_err(), Errno::ENOENT);
+    // Another client's files, which only a listing or a lookup can show.
+    smbclient_put(samba, &format!("{dir}/busy/theirs"), b"from smbclient").await;
+    smbclient_put(samba, &format!("{dir}/quiet/theirs"), b"from smbclient").await;
+    tokio::time::sleep(TTL).await;
+    trips.take();
+
+    // The busy directory is listed once, then answers for the TTL again: absent names without asking, and
+    // another client's file is seen.
+    assert_eq!(fs.lookup(busy.ino, name("next")).await.unwrap_err(), Errno::ENOENT);
+    let listing = trips.take();
+    assert!(listing.contains(&Command::QueryDirectory), "renewed by a listing: {listing:?}");
+    for i in 0..3 {
+        assert_eq!(fs.lookup(busy.ino, name(&format!("more{i}"))).await.unwrap_err(), Errno::ENOENT);
+    }
+    assert_eq!(trips.take(), [], "answered from the new listing");
+    assert_eq!(fs.lookup(busy.ino, name("theirs")).await.unwrap().size, 14);
+    assert_eq!(fs.lookup(busy.ino, name("F3")).await.unwrap().size, 0, "this node's own file, any case");
+
+    // The quiet directory answered one lookup: a lookup there after the TTL asks for its one name.
+    trips.take();
+    assert_eq!(fs.lookup(quiet.ino, name("two")).await.unwrap_err(), Errno::ENOENT);
+    assert_eq!(trips.take(), [Command::Create], "one failed open, no listing");
+    assert_eq!(fs.lookup(quiet.ino, name("theirs")).await.unwrap().size, 14);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
