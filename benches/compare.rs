@@ -434,36 +434,75 @@ fn transfers(plan: &Plan, samba: &Samba, work: &Path) -> Vec<Row> {
         ),
     );
 
-    // Sequential write: dd conv=fsync through the mount vs put, the source in the page cache.
+    // Sequential write through the mount vs put, the source in the page cache. `dd conv=fsync` ends with an
+    // SMB FLUSH, which Samba (strict sync) turns into an fsync of the file on the server's disk; `put` never
+    // asks for one. So the peer is also measured with that fsync done on the server after its put (the same
+    // durability), and ours without conv=fsync (close(2) still waits until the server has every byte: the
+    // same guarantee as put's).
     let mut mount_write = Vec::new();
+    let mut mount_write_close = Vec::new();
     let mut peer_put = Vec::new();
+    let mut peer_put_synced = Vec::new();
+    let dd_write = |mp: &Path, extra: &[&str]| {
+        let out = run(
+            "dd write",
+            Command::new("dd")
+                .arg(format!("if={}", local_big.display()))
+                .arg(format!("of={}", mp.join("w.bin").display()))
+                .arg("bs=1M")
+                .args(extra),
+        );
+        assert_eq!(dd_bytes(&out), size);
+    };
     for _ in 0..plan.runs {
         sh(&format!("cat {} > /dev/null", local_big.display()));
         let (cost, _) = peer.timed(&format!("put {} put.bin", local_big.display()), work);
         assert_eq!(fs::metadata(share.join("put.bin")).unwrap().len(), size, "smbclient put a different size");
+        let t0 = Instant::now();
+        fs::File::open(share.join("put.bin")).unwrap().sync_all().unwrap();
+        let server_fsync = t0.elapsed().as_secs_f64();
         peer_put.push(cost);
+        peer_put_synced.push(Cost { wall: cost.wall + server_fsync, cpu: cost.cpu });
         fs::remove_file(share.join("put.bin")).unwrap();
-        sh(&format!("cat {} > /dev/null", local_big.display()));
-        mount_write.push(ours.through_mount(&work.join("mnt"), |mp| {
-            let out = run(
-                "dd write",
-                Command::new("dd")
-                    .arg(format!("if={}", local_big.display()))
-                    .arg(format!("of={}", mp.join("w.bin").display()))
-                    .args(["bs=1M", "conv=fsync"]),
-            );
-            assert_eq!(dd_bytes(&out), size);
-        }));
-        assert_eq!(fs::metadata(share.join("w.bin")).unwrap().len(), size, "the mount wrote a different size");
-        fs::remove_file(share.join("w.bin")).unwrap();
+        for (costs, extra) in [(&mut mount_write, &["conv=fsync"][..]), (&mut mount_write_close, &[][..])] {
+            sh(&format!("cat {} > /dev/null", local_big.display()));
+            costs.push(ours.through_mount(&work.join("mnt"), |mp| dd_write(mp, extra)));
+            assert_eq!(fs::metadata(share.join("w.bin")).unwrap().len(), size, "the mount wrote a different size");
+            fs::remove_file(share.join("w.bin")).unwrap();
+        }
     }
     let (mount_write, peer_put) = (median_cost(&mount_write), median_cost(&peer_put));
+    let (mount_write_close, peer_put_synced) = (median_cost(&mount_write_close), median_cost(&peer_put_synced));
     push(
         &mut rows,
         Row::timed(
             &format!("sequential write, {} MiB: mount (dd bs=1M conv=fsync) vs put", plan.big_mib),
             mb_s,
             mount_write,
+            peer_put,
+        ),
+    );
+    push(
+        &mut rows,
+        Row::timed(
+            &format!(
+                "sequential write, {} MiB: mount (dd bs=1M conv=fsync) vs put, then fsync on the server",
+                plan.big_mib
+            ),
+            mb_s,
+            mount_write,
+            peer_put_synced,
+        ),
+    );
+    push(
+        &mut rows,
+        Row::timed(
+            &format!(
+                "sequential write, {} MiB: mount (dd bs=1M, no fsync; close waits for the server) vs put",
+                plan.big_mib
+            ),
+            mb_s,
+            mount_write_close,
             peer_put,
         ),
     );
