@@ -237,18 +237,34 @@ async fn stat(tree: &Tree, path: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The download's chunks are written by a thread of their own with plain write(2)s of the decrypted responses:
+/// no buffer in between (a tokio file would copy each chunk once more for its blocking thread).
 async fn get(tree: &Tree, remote: &str, local: &std::path::Path) -> Result<(), Error> {
+    use std::io::Write;
     let file = tree.open(remote, OpenOptions::new().read(true)).await?;
     let started = std::time::Instant::now();
-    let out = tokio::fs::File::create(local)
-        .await
+    let writing = |source| Error::LocalIo { op: format!("writing {}", local.display()), source };
+    let mut out = std::fs::File::create(local)
         .map_err(|source| Error::LocalIo { op: format!("creating {}", local.display()), source })?;
-    let mut out = tokio::io::BufWriter::with_capacity(4 << 20, out);
-    let n = file.download(&mut out).await?;
+    let (chunks, mut received) = tokio::sync::mpsc::channel::<bytes::Bytes>(WRITE_QUEUE);
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        while let Some(chunk) = received.blocking_recv() {
+            out.write_all(&chunk)?;
+        }
+        Ok(())
+    });
+    let downloaded = file.download_into(chunks).await;
+    let written = writer.await.map_err(|e| writing(std::io::Error::other(e.to_string())))?;
+    // The writer's own error explains a download cut short by it.
+    written.map_err(writing)?;
+    let n = downloaded?;
     file.close().await?;
     report(n, started);
     Ok(())
 }
+
+/// Chunks read ahead of the local writes at most (each up to the read size, 1 MiB or more).
+const WRITE_QUEUE: usize = 4;
 
 async fn put(tree: &Tree, local: &std::path::Path, remote: &str) -> Result<(), Error> {
     let mut input = tokio::fs::File::open(local)

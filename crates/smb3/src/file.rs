@@ -903,6 +903,21 @@ impl File {
 
     /// Streams the whole file into `sink` with reads kept in flight; returns the byte count.
     pub async fn download<W: AsyncWrite + Unpin>(&self, sink: &mut W) -> Result<u64> {
+        let total = self.download_to(&mut WriteSink(&mut *sink)).await?;
+        sink.flush().await.map_err(|source| Error::LocalIo { op: "writing local file".into(), source })?;
+        Ok(total)
+    }
+
+    /// Streams the whole file as it arrives, one chunk (up to the read size) at a time, into `chunks`, with
+    /// reads kept in flight; returns the byte count. The chunks are the decrypted responses themselves: a
+    /// receiver that writes them out (a thread with a local file) copies nothing in between. The channel's
+    /// capacity bounds the memory held when the receiver is slower. A receiver gone before the end is an
+    /// error ([`Error::LocalIo`], broken pipe).
+    pub async fn download_into(&self, chunks: tokio::sync::mpsc::Sender<Bytes>) -> Result<u64> {
+        self.download_to(&mut ChannelSink(chunks)).await
+    }
+
+    async fn download_to(&self, sink: &mut impl ChunkSink) -> Result<u64> {
         let chunk = self.inner.tree.max_read().min(CHUNK);
         let mut offset = 0u64;
         let mut total = 0u64;
@@ -911,15 +926,17 @@ impl File {
         let mut reads = stream::iter((0..).map(|i: u64| i * u64::from(chunk)).take_while(|o| *o < size.max(1)))
             .map(|o| self.read_chunk(o, chunk))
             .buffered(PIPELINE_DEPTH);
+        let put_err = |source| Error::LocalIo { op: "writing local file".into(), source };
         while let Some(data) = reads.next().await {
             let data = data?;
             if data.is_empty() {
                 break;
             }
-            sink.write_all(&data).await.map_err(|source| Error::LocalIo { op: "writing local file".into(), source })?;
-            total += data.len() as u64;
-            offset += data.len() as u64;
-            if data.len() < chunk as usize {
+            let (len, last) = (data.len(), data.len() < chunk as usize);
+            sink.put(data).await.map_err(put_err)?;
+            total += len as u64;
+            offset += len as u64;
+            if last {
                 break;
             }
         }
@@ -929,11 +946,11 @@ impl File {
             if data.is_empty() {
                 break;
             }
-            sink.write_all(&data).await.map_err(|source| Error::LocalIo { op: "writing local file".into(), source })?;
-            offset += data.len() as u64;
-            total += data.len() as u64;
+            let len = data.len() as u64;
+            sink.put(data).await.map_err(put_err)?;
+            offset += len;
+            total += len;
         }
-        sink.flush().await.map_err(|source| Error::LocalIo { op: "writing local file".into(), source })?;
         Ok(total)
     }
 
@@ -991,6 +1008,30 @@ impl Drop for File {
                 let _ = tree.session.request(out, tree.encrypt).await;
             });
         }
+    }
+}
+
+/// Where [`File::download`] and [`File::download_into`] put what they read.
+trait ChunkSink {
+    async fn put(&mut self, data: Bytes) -> std::io::Result<()>;
+}
+
+struct WriteSink<'a, W>(&'a mut W);
+
+impl<W: AsyncWrite + Unpin> ChunkSink for WriteSink<'_, W> {
+    async fn put(&mut self, data: Bytes) -> std::io::Result<()> {
+        self.0.write_all(&data).await
+    }
+}
+
+struct ChannelSink(tokio::sync::mpsc::Sender<Bytes>);
+
+impl ChunkSink for ChannelSink {
+    async fn put(&mut self, data: Bytes) -> std::io::Result<()> {
+        self.0
+            .send(data)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the receiver of the download is gone"))
     }
 }
 
