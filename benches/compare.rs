@@ -67,11 +67,43 @@ const QUICK: Plan = Plan {
     staged: &[1, 10],
 };
 
-/// Wall and client CPU seconds of one measured piece of work.
+/// Wall, client CPU and server CPU seconds of one measured piece of work.
 #[derive(Clone, Copy, Debug, Default)]
 struct Cost {
     wall: f64,
     cpu: f64,
+    /// What the private Samba spent on it (all its processes).
+    server: f64,
+}
+
+/// The CPU seconds (user + system) the private Samba has used so far, and how many processes it has: its
+/// live processes, and the children they reaped (a client's connection process ends with the client).
+fn samba_cpu(samba: &Samba) -> (f64, usize) {
+    // /proc reports times in USER_HZ, which is 100 on Linux whatever the kernel's own tick.
+    const USER_HZ: f64 = 100.0;
+    let pids = samba.processes();
+    let mut ticks = 0i64;
+    for pid in &pids {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // Fields from the third (state) on follow the command name, which may hold spaces.
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime, stime, cutime, cstime: fields 14 to 17.
+        ticks += (14..=17).filter_map(|f| fields.get(f - 3)?.parse::<i64>().ok()).sum::<i64>();
+    }
+    (ticks as f64 / USER_HZ, pids.len())
+}
+
+/// Server CPU since `before` (taken with [`samba_cpu`]), once the connection processes of the clients that
+/// finished are gone and reaped, so that their time is counted.
+fn samba_cpu_since(samba: &Samba, before: (f64, usize)) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while samba.processes().len() > before.1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A process that just ended is a zombie until smbd reaps it, and is counted once it has been.
+    std::thread::sleep(Duration::from_millis(100));
+    samba_cpu(samba).0 - before.0
 }
 
 /// CPU seconds (user + system) of every child process waited for so far.
@@ -87,7 +119,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn median_cost(v: &[Cost]) -> Cost {
-    Cost { wall: median(v.iter().map(|c| c.wall).collect()), cpu: median(v.iter().map(|c| c.cpu).collect()) }
+    Cost {
+        wall: median(v.iter().map(|c| c.wall).collect()),
+        cpu: median(v.iter().map(|c| c.cpu).collect()),
+        server: median(v.iter().map(|c| c.server).collect()),
+    }
 }
 
 fn percentile(v: &[f64], p: f64) -> f64 {
@@ -152,13 +188,14 @@ impl Peer<'_> {
 
     /// Runs smbclient and returns its cost and standard output.
     fn timed(&self, commands: &str, cwd: &Path) -> (Cost, String) {
-        let cpu0 = children_cpu();
+        let (cpu0, server0) = (children_cpu(), samba_cpu(self.samba));
         let t0 = Instant::now();
         let out = run(&format!("smbclient -c {commands:?}"), &mut self.command(commands, cwd));
         let wall = t0.elapsed().as_secs_f64();
+        let server = samba_cpu_since(self.samba, server0);
         // smbclient reports transfers ("getting file ... of size N") on stderr, listings on stdout.
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (Cost { wall, cpu: children_cpu() - cpu0 }, text)
+        (Cost { wall, cpu: children_cpu() - cpu0, server }, text)
     }
 }
 
@@ -176,13 +213,14 @@ struct Mounted {
 
 impl Ours<'_> {
     fn smb(&self, args: &[&str]) -> Cost {
-        let cpu0 = children_cpu();
+        let (cpu0, server0) = (children_cpu(), samba_cpu(self.samba));
         let t0 = Instant::now();
         run(
             "smb3-csi smb",
             Command::new(BIN).arg("smb").arg("--credentials").arg(&self.creds).arg(self.samba.unc()).args(args),
         );
-        Cost { wall: t0.elapsed().as_secs_f64(), cpu: children_cpu() - cpu0 }
+        let wall = t0.elapsed().as_secs_f64();
+        Cost { wall, cpu: children_cpu() - cpu0, server: samba_cpu_since(self.samba, server0) }
     }
 
     /// Starts `smb3-csi mount` on `mountpoint` and waits until the mount answers.
@@ -215,7 +253,7 @@ impl Ours<'_> {
     /// Mounts, runs `work` against the mount point, unmounts and waits for the mount process: the cost
     /// counts the mount process (connect and logon included) and the work's processes.
     fn through_mount(&self, mountpoint: &Path, work: impl FnOnce(&Path)) -> Cost {
-        let cpu0 = children_cpu();
+        let (cpu0, server0) = (children_cpu(), samba_cpu(self.samba));
         let t0 = Instant::now();
         let mut m = self.mount(mountpoint);
         work(&m.mountpoint);
@@ -223,7 +261,7 @@ impl Ours<'_> {
         mount::unmount(&m.mountpoint).expect("unmount");
         let status = m.child.wait().expect("wait for smb3-csi mount");
         assert!(status.success(), "smb3-csi mount exited with {status}");
-        Cost { wall, cpu: children_cpu() - cpu0 }
+        Cost { wall, cpu: children_cpu() - cpu0, server: samba_cpu_since(self.samba, server0) }
     }
 }
 
@@ -297,13 +335,14 @@ fn row_line(r: &Row) -> String {
         _ => "-".into(),
     };
     format!(
-        "| {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} |",
         r.name,
         r.ours,
         r.peer,
         r.ratio,
         pair(r.ours_cost, r.peer_cost, |c| c.wall),
-        pair(r.ours_cost, r.peer_cost, |c| c.cpu)
+        pair(r.ours_cost, r.peer_cost, |c| c.cpu),
+        pair(r.ours_cost, r.peer_cost, |c| c.server)
     )
 }
 
@@ -332,8 +371,10 @@ fn print_table(plan: &Plan, rows: &[Row]) {
         kernel.trim(),
         plan.runs
     );
-    println!("| work | ours | smbclient | ratio | wall s ours / peer | client CPU s ours / peer |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| work | ours | smbclient | ratio | wall s ours / peer | client CPU s ours / peer | smbd CPU s ours / peer |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for r in rows {
         println!("{}", row_line(r));
     }
@@ -462,7 +503,7 @@ fn transfers(plan: &Plan, samba: &Samba, work: &Path) -> Vec<Row> {
         fs::File::open(share.join("put.bin")).unwrap().sync_all().unwrap();
         let server_fsync = t0.elapsed().as_secs_f64();
         peer_put.push(cost);
-        peer_put_synced.push(Cost { wall: cost.wall + server_fsync, cpu: cost.cpu });
+        peer_put_synced.push(Cost { wall: cost.wall + server_fsync, ..cost });
         fs::remove_file(share.join("put.bin")).unwrap();
         for (costs, extra) in [(&mut mount_write, &["conv=fsync"][..]), (&mut mount_write_close, &[][..])] {
             sh(&format!("cat {} > /dev/null", local_big.display()));
