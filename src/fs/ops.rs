@@ -1157,8 +1157,19 @@ impl SmbFs {
     /// Lists directory `path` for a listing announced with `DirCache::listing_asked`, and makes it what this
     /// node knows of the directory's names.
     async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>, Errno> {
+        /// Ends the announced listing as failed if the future is dropped before the answer.
+        struct Pending<'a>(Option<(&'a Mutex<DirCache>, &'a str)>);
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                if let Some((cache, dir)) = self.0.take() {
+                    cache.lock().unwrap().listing_done(dir, None::<std::iter::Empty<&str>>, Instant::now());
+                }
+            }
+        }
+        let mut pending = Pending(Some((&self.dircache, path)));
         let asked = Instant::now();
         let list = self.tree.read_dir(path).await;
+        pending.0 = None;
         let names = list.as_ref().ok().map(|l| l.iter().map(|e| e.name.as_str()));
         self.dircache.lock().unwrap().listing_done(path, names, asked);
         list.map_err(|e| errno(&e, "readdir", path))
