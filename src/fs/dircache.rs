@@ -118,8 +118,7 @@ impl DirCache {
 
     /// For a lookup of `path` that [`DirCache::is_absent`] could not answer: the directory to list (its path
     /// as given) when its knowledge has expired after answering at least [`RELIST_AFTER`] lookups and no
-    /// renewal is in flight. The listing is then announced ([`DirCache::listing_asked`] is done here); the
-    /// caller lists it and ends with [`DirCache::listing_done`].
+    /// renewal is in flight. The caller lists it ([`DirCache::listing_asked`], then [`DirCache::listing_done`]).
     pub fn relist<'a>(&mut self, path: &'a str, now: Instant) -> Option<&'a str> {
         let (dir, _) = split(path);
         let key = dir?;
@@ -129,9 +128,7 @@ impl DirCache {
             return None;
         }
         known.relisting = true;
-        let dir = path.rsplit_once('/').map_or("", |(dir, _)| dir);
-        self.listing_asked(dir);
-        Some(dir)
+        Some(path.rsplit_once('/').map_or("", |(dir, _)| dir))
     }
 
     /// A listing of `dir` is about to be asked for: this node's changes there are recorded until it is done.
@@ -386,6 +383,7 @@ mod tests {
         assert_eq!(c.relist("d/x", t0), None, "still valid: nothing to renew");
         assert_eq!(c.relist("e/x", later), None, "an unknown directory is never listed for a lookup");
         assert_eq!(c.relist("D/x", later), Some("D"), "the directory as the lookup spelled it");
+        c.listing_asked("D");
         assert_eq!(c.relist("d/y", later), None, "one renewal at a time");
         c.listing_done("D", Some(["a"].into_iter()), later);
         assert!(c.is_absent("d/x", later) && !c.is_absent("d/A", later));
@@ -399,6 +397,7 @@ mod tests {
             assert!(c.is_absent(&format!("d/f{i}"), t0));
         }
         assert_eq!(c.relist("d/x", later), Some("d"));
+        c.listing_asked("d");
         c.listing_done("d", None::<std::vec::IntoIter<&str>>, later);
         assert!(!c.is_absent("d/x", later));
         assert_eq!(c.relist("d/x", later), None);

@@ -1147,15 +1147,14 @@ impl SmbFs {
         let stream = self.handles.dir(fh)?;
         let mut stream = stream.lock().await;
         if offset == 0 || stream.entries.is_none() {
-            self.dircache.lock().unwrap().listing_asked(path);
             let list = self.list_dir(path).await?;
             stream.entries = Some(Arc::new(list));
         }
         Ok(stream.entries.clone().expect("listed"))
     }
 
-    /// Lists directory `path` for a listing announced with `DirCache::listing_asked`, and makes it what this
-    /// node knows of the directory's names.
+    /// Lists directory `path` and makes the listing what this node knows of the directory's names, with the
+    /// changes it made meanwhile (see `dircache`).
     async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>, Errno> {
         /// Ends the announced listing as failed if the future is dropped before the answer.
         struct Pending<'a>(Option<(&'a Mutex<DirCache>, &'a str)>);
@@ -1166,6 +1165,7 @@ impl SmbFs {
                 }
             }
         }
+        self.dircache.lock().unwrap().listing_asked(path);
         let mut pending = Pending(Some((&self.dircache, path)));
         let asked = Instant::now();
         let list = self.tree.read_dir(path).await;
